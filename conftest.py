@@ -1,0 +1,13 @@
+"""Doctests of optional modules run only where their framework is installed."""
+
+import importlib.util
+
+collect_ignore_glob = ["benchmarks/*", "examples/*"]
+_OPTIONAL = {
+    "src/recordkit/integrations/lightning.py": "torch",
+    "src/recordkit/integrations/keras.py": "keras",
+    "src/recordkit/plot.py": "matplotlib",
+}
+for _path, _module in _OPTIONAL.items():
+    if importlib.util.find_spec(_module) is None:
+        collect_ignore_glob.append(_path)

@@ -1,0 +1,5 @@
+import sys
+
+from recordkit.cli import main
+
+sys.exit(main())

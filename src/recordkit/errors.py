@@ -1,0 +1,71 @@
+"""The one exception family recordkit raises on purpose.
+
+Every error names the file (and the key, where there is one) and says what to do.
+Catch :class:`RecordkitError` to catch them all.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "NotARecordError",
+    "RecordBusyError",
+    "RecordClosedError",
+    "RecordDamagedError",
+    "RecordExistsError",
+    "RecordLockedError",
+    "RecordNotFoundError",
+    "RecordWriteError",
+    "RecordkitError",
+    "RecordkitWarning",
+    "SnapshotError",
+    "UnsafeRecordError",
+]
+
+
+class RecordkitError(Exception):
+    """Base of every error recordkit raises on purpose."""
+
+
+class RecordNotFoundError(RecordkitError, FileNotFoundError):
+    """No record at the given path, or no run with the given id under the root."""
+
+
+class NotARecordError(RecordkitError):
+    """The file exists but is not a recordkit record (or is of an unknown format version)."""
+
+
+class RecordDamagedError(RecordkitError):
+    """The file is a record but cannot be read: truncated, corrupted or failing a checksum."""
+
+
+class UnsafeRecordError(RecordkitError):
+    """The file points outside itself (external links, external storage, virtual datasets)
+    or claims sizes that would exhaust memory; it is refused without being read."""
+
+
+class RecordClosedError(RecordkitError):
+    """A write was attempted on a run that is closed (saved, failed or interrupted)."""
+
+
+class RecordLockedError(RecordkitError):
+    """Another live process holds the run open for writing."""
+
+
+class RecordExistsError(RecordkitError, FileExistsError):
+    """A file already exists where a new run was to be created."""
+
+
+class RecordBusyError(RecordkitError):
+    """The run is being written by another process and could not be read consistently."""
+
+
+class RecordWriteError(RecordkitError, OSError):
+    """Writing to the record failed: disk full, file too large, folder read-only or removed."""
+
+
+class SnapshotError(RecordkitError, ValueError):
+    """A weight snapshot cannot be stored as given (shape or dtype changed, unknown object)."""
+
+
+class RecordkitWarning(UserWarning):
+    """Something was stored differently from what was asked (e.g. a parameter as its repr)."""

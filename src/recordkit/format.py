@@ -1,0 +1,663 @@
+"""The HDF5 layout of a record (format version 1).
+
+This is the only module that knows paths inside a record file. docs/FORMAT.md describes
+every object listed here for readers who use plain h5py or h5dump.
+
+Layout of ``<root>/<experiment>/<run_id>.h5``::
+
+    /                       attrs: format, format_version, run_id, name, experiment,
+                                   status, created, ended, error, params_hash,
+                                   recordkit_version, restarts
+    /params                 scalar UTF-8 string: the params as tagged JSON
+    /system                 scalar UTF-8 string: system info as JSON
+    /info                   scalar UTF-8 string: facts about the run (trainer, optimizer, ...)
+    /history/<metric>       1-D compound (epoch i8, step i8, value f8, time f8), growing
+    /snapshots              1-D compound (epoch i8, step i8, time f8): one row per snapshot
+    /weights/<tensor>       (n_snapshots, *tensor_shape), snapshot axis first, growing
+    /extras/<key>           what Recorder.add stored: a dataset, a group of datasets, or JSON
+
+Names of metrics, tensors and extras are escaped (see :func:`escape_name`) and the original
+name is kept in the ``name`` attribute of each object.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import enum
+import hashlib
+import json
+import math
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import PurePath
+from typing import Any
+
+import h5py
+import numpy as np
+
+from recordkit.errors import RecordkitWarning
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "HISTORY_DTYPE",
+    "SNAPSHOT_DTYPE",
+    "STATUSES",
+    "decode_params",
+    "encode_params",
+    "escape_name",
+    "flatten_params",
+    "params_hash",
+    "unescape_name",
+]
+
+FORMAT_NAME = "recordkit"
+FORMAT_VERSION = 1
+
+#: Values of the root attribute ``status``. A reader treats ``running`` in a file that no
+#: process holds open as an interrupted run.
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+PARAMS = "params"
+SYSTEM = "system"
+INFO = "info"
+HISTORY = "history"
+SNAPSHOTS = "snapshots"
+WEIGHTS = "weights"
+EXTRAS = "extras"
+
+#: One row of a metric's history. ``step`` is -1 when the row was logged without a step.
+HISTORY_DTYPE = np.dtype(
+    [("epoch", "<i8"), ("step", "<i8"), ("value", "<f8"), ("time", "<f8")]
+)
+#: One row of the snapshot table: the epoch (and step) each snapshot index stands for.
+SNAPSHOT_DTYPE = np.dtype([("epoch", "<i8"), ("step", "<i8"), ("time", "<f8")])
+
+#: dtype attribute value for bfloat16 tensors, stored as their raw uint16 bit patterns.
+BFLOAT16 = "bfloat16"
+
+HISTORY_CHUNK_ROWS = 512
+#: Target size of one chunk of a weight dataset: big enough for fast appends, small enough
+#: to stay far below HDF5's 4 GiB chunk limit. Tensors above it are split along their axes.
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+#: Attribute strings are bounded: error messages and names stay far below 64 KiB.
+MAX_ATTR_CHARS = 8192
+
+
+# --- names --------------------------------------------------------------------------------
+
+
+def escape_name(name: str) -> str:
+    """Turn any string into a legal HDF5 link name, reversibly.
+
+    ``%``, ``/`` and NUL are percent-encoded; the names ``.`` and the empty string (which
+    HDF5 refuses) become ``%2E`` and ``%``.
+
+    Example:
+        >>> escape_name("train/loss")
+        'train%2Floss'
+        >>> unescape_name(escape_name("100% ./x\\x00")) == "100% ./x\\x00"
+        True
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"names must be str, received {type(name).__name__}: {name!r}")
+    escaped = name.replace("%", "%25").replace("/", "%2F").replace("\x00", "%00")
+    if escaped == ".":
+        return "%2E"
+    if escaped == "":
+        return "%"
+    return escaped
+
+
+_UNESCAPE = re.compile(r"%(25|2F|00|2E)")
+_UNESCAPE_MAP = {"25": "%", "2F": "/", "00": "\x00", "2E": "."}
+
+
+def unescape_name(escaped: str) -> str:
+    """Invert :func:`escape_name`."""
+    if escaped == "%":
+        return ""
+    return _UNESCAPE.sub(lambda m: _UNESCAPE_MAP[m.group(1)], escaped)
+
+
+def object_name(obj: h5py.HLObject) -> str:
+    """The original name of a metric, tensor or extra: its ``name`` attribute, else the
+    unescaped link name."""
+    stored = obj.attrs.get("name")
+    if isinstance(stored, bytes):
+        stored = stored.decode("utf-8", "replace")
+    if isinstance(stored, str):
+        return stored
+    return unescape_name(obj.name.rsplit("/", 1)[-1])
+
+
+def bounded(text: str, limit: int = MAX_ATTR_CHARS) -> str:
+    """Cut a string for an attribute, saying so at the end."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 20] + f"... [{len(text) - limit + 20} chars cut]"
+
+
+# --- params: tagged JSON --------------------------------------------------------------------
+
+_TAG = "$type"
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_MAX_ARRAY_PARAM = 100_000
+
+
+def _qualname(obj: Any) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _float(value: float) -> Any:
+    if math.isfinite(value):
+        return value
+    return {_TAG: "float", "value": repr(value)}  # 'nan', 'inf', '-inf'
+
+
+def _array_to_list(arr: np.ndarray) -> Any:
+    if arr.dtype.kind == "f":
+        return [_array_to_list(a) for a in arr] if arr.ndim else _float(float(arr))
+    return arr.tolist()
+
+
+def encode_value(value: Any, key: str, flagged: list[str]) -> Any:
+    """Encode one value as tagged JSON. What cannot be encoded faithfully is stored as
+    ``{"$type": "repr", ...}`` and its key appended to *flagged*."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, enum.Enum):  # before int: IntEnum is an int
+        return {
+            _TAG: "enum",
+            "class": _qualname(value),
+            "name": value.name,
+            "value": encode_value(value.value, key, flagged),
+        }
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return _float(value)
+    if isinstance(value, np.generic):
+        if isinstance(value, (np.bool_, np.number)) and value.dtype.kind in "biuf":
+            item = value.item()
+            return {
+                _TAG: "numpy",
+                "dtype": value.dtype.str,
+                "value": _float(item) if isinstance(item, float) else item,
+            }
+        return _repr(value, key, flagged)
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "biuf" and value.size <= _MAX_ARRAY_PARAM:
+            return {
+                _TAG: "ndarray",
+                "dtype": value.dtype.str,
+                "shape": list(value.shape),
+                "data": _array_to_list(value),
+            }
+        return _repr(value, key, flagged)
+    if isinstance(value, PurePath):
+        return {_TAG: "path", "value": str(value)}
+    if isinstance(value, (bytes, bytearray)):
+        return {_TAG: "bytes", "base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return {_TAG: type(value).__name__, "value": value.isoformat()}
+    if isinstance(value, _dt.timedelta):
+        return {_TAG: "timedelta", "seconds": value.total_seconds()}
+    if isinstance(value, complex):
+        return {_TAG: "complex", "real": _float(value.real), "imag": _float(value.imag)}
+    if isinstance(value, tuple):
+        return {_TAG: "tuple", "items": [encode_value(v, f"{key}[{i}]", flagged)
+                                         for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [encode_value(v, f"{key}[{i}]", flagged) for i, v in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        items = [encode_value(v, f"{key}{{}}", flagged) for v in value]
+        items.sort(key=lambda v: json.dumps(v, sort_keys=True))
+        return {_TAG: "set", "items": items}
+    if isinstance(value, Mapping):
+        return encode_mapping(value, key, flagged)
+    if hasattr(value, "_get_kwargs") and hasattr(value, "__dict__"):  # argparse.Namespace
+        return encode_mapping(vars(value), key, flagged)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return {_TAG: "dataclass", "class": _qualname(value),
+                "fields": encode_mapping(fields, key, flagged)}
+    return _repr(value, key, flagged)
+
+
+def _repr(value: Any, key: str, flagged: list[str]) -> dict[str, Any]:
+    flagged.append(key)
+    try:
+        text = repr(value)
+    except Exception as err:  # a broken __repr__ must not stop training either
+        text = f"<unrepresentable {_qualname(value)}: {type(err).__name__}>"
+    # Memory addresses differ between runs and would break the params hash.
+    return {_TAG: "repr", "class": _qualname(value), "repr": _ADDRESS.sub("", bounded(text))}
+
+
+def encode_mapping(mapping: Mapping[Any, Any], key: str, flagged: list[str]) -> Any:
+    prefix = f"{key}." if key else ""
+    if all(isinstance(k, str) for k in mapping) and _TAG not in mapping:
+        return {k: encode_value(v, prefix + k, flagged) for k, v in mapping.items()}
+    items = [[encode_value(k, key, flagged), encode_value(v, f"{prefix}{k}", flagged)]
+             for k, v in mapping.items()]
+    items.sort(key=lambda kv: json.dumps(kv[0], sort_keys=True))
+    return {_TAG: "dict", "items": items}
+
+
+def encode_params(params: Mapping[str, Any], *, warn: bool = True) -> tuple[str, list[str]]:
+    """Encode params as a JSON document; return it and the keys stored as their repr.
+
+    Example:
+        >>> doc, flagged = encode_params({"lr": 0.1, "sizes": (3, 4)})
+        >>> decode_params(doc)
+        {'lr': 0.1, 'sizes': (3, 4)}
+    """
+    flagged: list[str] = []
+    encoded = encode_mapping(params, "", flagged)
+    if warn:
+        for key in flagged:
+            warnings.warn(
+                f"recordkit: hyperparameter {key!r} cannot be stored faithfully; "
+                "it is stored as its repr and flagged in the record",
+                RecordkitWarning,
+                stacklevel=3,
+            )
+    return json.dumps(encoded, ensure_ascii=False, allow_nan=False), flagged
+
+
+def _decode_float(value: Any) -> Any:
+    if isinstance(value, dict) and value.get(_TAG) == "float":
+        return float(value["value"])
+    return value
+
+
+def decode_value(value: Any) -> Any:
+    """Invert :func:`encode_value` as far as it can be done without running code: enums
+    come back as ``"Class.NAME"`` strings, dataclasses as dicts, reprs as strings."""
+    if isinstance(value, list):
+        return [decode_value(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    tag = value.get(_TAG)
+    if tag is None:
+        return {k: decode_value(v) for k, v in value.items()}
+    if tag == "float":
+        return float(value["value"])
+    if tag == "tuple":
+        return tuple(decode_value(v) for v in value["items"])
+    if tag == "set":
+        return {_hashable(decode_value(v)) for v in value["items"]}
+    if tag == "dict":
+        return {_hashable(decode_value(k)): decode_value(v) for k, v in value["items"]}
+    if tag == "path":
+        from pathlib import Path
+
+        return Path(value["value"])
+    if tag == "numpy":
+        return np.dtype(value["dtype"]).type(_decode_float(value["value"]))
+    if tag == "ndarray":
+        data = _decode_nested_floats(value["data"])
+        return np.asarray(data, dtype=np.dtype(value["dtype"])).reshape(value["shape"])
+    if tag == "bytes":
+        return base64.b64decode(value["base64"])
+    if tag == "datetime":
+        return _dt.datetime.fromisoformat(value["value"])
+    if tag == "date":
+        return _dt.date.fromisoformat(value["value"])
+    if tag == "time":
+        return _dt.time.fromisoformat(value["value"])
+    if tag == "timedelta":
+        return _dt.timedelta(seconds=value["seconds"])
+    if tag == "complex":
+        return complex(_decode_float(value["real"]), _decode_float(value["imag"]))
+    if tag == "enum":
+        return f"{value['class'].rsplit('.', 1)[-1]}.{value['name']}"
+    if tag == "dataclass":
+        decoded = decode_value(value["fields"])
+        return decoded
+    if tag == "repr":
+        return str(value["repr"])
+    return {k: decode_value(v) for k, v in value.items()}  # unknown tag: keep as data
+
+
+def _decode_nested_floats(data: Any) -> Any:
+    if isinstance(data, list):
+        return [_decode_nested_floats(v) for v in data]
+    return _decode_float(data)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, np.ndarray):
+        return tuple(value.tolist())
+    return value
+
+
+def decode_params(document: str) -> dict[str, Any]:
+    """Decode the JSON document written by :func:`encode_params`."""
+    decoded = decode_value(json.loads(document))
+    if not isinstance(decoded, dict):
+        raise ValueError("params document is not a JSON object")
+    return decoded
+
+
+def params_hash(document: str) -> str:
+    """A short hash of a params document that does not depend on key order.
+
+    Example:
+        >>> a, _ = encode_params({"lr": 0.1, "width": 64})
+        >>> b, _ = encode_params({"width": 64, "lr": 0.1})
+        >>> params_hash(a) == params_hash(b)
+        True
+    """
+    canonical = json.dumps(json.loads(document), sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts with dotted keys, e.g. ``{"opt": {"lr": 1}}`` → ``{"opt.lr": 1}``.
+
+    Example:
+        >>> flatten_params({"opt": {"lr": 0.1, "betas": (0.9, 0.99)}, "seed": 1})
+        {'opt.lr': 0.1, 'opt.betas': (0.9, 0.99), 'seed': 1}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and all(isinstance(k, str) for k in value):
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def dumps_json(value: Any) -> str:
+    """JSON for system info, info and plain extras: NaN/inf and odd types handled."""
+    flagged: list[str] = []
+    return json.dumps(encode_value(value, "", flagged), ensure_ascii=False, allow_nan=False)
+
+
+def loads_json(document: str) -> Any:
+    return decode_value(json.loads(document))
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def new_file(path: str, **kwargs: Any) -> h5py.File:
+    """Create a record file; fails if it exists. Locking is off so that a reader holding
+    the file open can never block the writer (research/HDF5-NOTES.md)."""
+    return h5py.File(path, "x", locking=False, **kwargs)
+
+
+def write_root_attrs(f: h5py.File, attrs: Mapping[str, Any]) -> None:
+    for key, value in attrs.items():
+        if isinstance(value, str):
+            value = bounded(value)
+        f.attrs[key] = value
+
+
+def write_text(group: h5py.Group, key: str, text: str) -> None:
+    """Write (or replace) a scalar UTF-8 string dataset."""
+    if key in group:
+        del group[key]
+    group.create_dataset(key, data=text, dtype=h5py.string_dtype("utf-8"))
+
+
+def read_text(group: h5py.Group, key: str) -> str | None:
+    if key not in group:
+        return None
+    value = group[key][()]
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+def history_dataset(f: h5py.File, metric: str, *, checksum: bool) -> h5py.Dataset:
+    group = f.require_group(HISTORY)
+    key = escape_name(metric)
+    if key in group:
+        return group[key]
+    ds = group.create_dataset(
+        key, shape=(0,), maxshape=(None,), dtype=HISTORY_DTYPE,
+        chunks=(HISTORY_CHUNK_ROWS,), fletcher32=checksum,
+    )
+    ds.attrs["name"] = metric
+    return ds
+
+
+def append_rows(ds: h5py.Dataset, rows: np.ndarray) -> None:
+    n = ds.shape[0]
+    ds.resize((n + len(rows),) + ds.shape[1:])
+    ds[n:] = rows
+
+
+def weight_chunks(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
+    """Chunk shape of a weight dataset: one snapshot per chunk, tensor axes split from the
+    first on until the chunk is at most *chunk_bytes*.
+
+    Example:
+        >>> weight_chunks((1000, 1000), 4, 4 * 1024 * 1024)
+        (1, 1000, 1000)
+        >>> weight_chunks((4096, 4096), 4, 4 * 1024 * 1024)
+        (1, 256, 4096)
+    """
+    chunk = [max(1, d) for d in shape]
+    for axis in range(len(chunk)):
+        rest = itemsize * math.prod(chunk[axis + 1 :])
+        if rest * chunk[axis] <= chunk_bytes:
+            break
+        chunk[axis] = max(1, chunk_bytes // rest)
+    return (1, *chunk)
+
+
+def weight_dataset(
+    f: h5py.File,
+    name: str,
+    array: np.ndarray,
+    *,
+    stored_dtype: str,
+    first_snapshot: int,
+    checksum: bool,
+    compression: Any = None,
+    compression_opts: Any = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> h5py.Dataset:
+    """The dataset of one tensor, created on its first snapshot."""
+    group = f.require_group(WEIGHTS)
+    key = escape_name(name)
+    if key in group:
+        return group[key]
+    shape = tuple(int(d) for d in array.shape)
+    ds = group.create_dataset(
+        key,
+        shape=(0, *shape),
+        maxshape=(None, *shape),
+        dtype=array.dtype,
+        chunks=weight_chunks(shape, array.dtype.itemsize, chunk_bytes),
+        fletcher32=checksum,
+        compression=compression,
+        compression_opts=compression_opts,
+    )
+    ds.attrs["name"] = name
+    ds.attrs["dtype"] = stored_dtype
+    ds.attrs["first_snapshot"] = first_snapshot
+    return ds
+
+
+class BFloat16Bits(np.ndarray):
+    """uint16 bit patterns of bfloat16 values, for when ml_dtypes is not installed.
+
+    Example:
+        >>> bits = BFloat16Bits.of(np.array([0x3F80], dtype=np.uint16))  # 1.0
+        >>> float(decode_tensor(*encode_tensor(bits)).astype(np.float32)[0])
+        1.0
+    """
+
+    @classmethod
+    def of(cls, bits: np.ndarray) -> BFloat16Bits:
+        return np.asarray(bits, dtype=np.uint16).view(cls)
+
+
+def encode_tensor(array: np.ndarray) -> tuple[np.ndarray, str]:
+    """The array to store and the dtype name to record. bfloat16 (ml_dtypes or a torch
+    tensor's bits) is stored as its uint16 bit pattern; everything else as it is."""
+    if isinstance(array, BFloat16Bits):
+        return array.view(np.ndarray), BFLOAT16
+    if array.dtype.name == BFLOAT16:
+        return array.view(np.uint16), BFLOAT16
+    if array.dtype.kind not in "biufc":
+        raise TypeError(f"dtype {array.dtype} cannot be stored as a weight")
+    return array, array.dtype.name
+
+
+def decode_tensor(array: np.ndarray, stored_dtype: str) -> np.ndarray:
+    """Invert :func:`encode_tensor`. bfloat16 comes back as ml_dtypes.bfloat16 when
+    ml_dtypes is installed, else as float32 (exact: bfloat16 is the top half of a float32)."""
+    if stored_dtype != BFLOAT16:
+        return array
+    bits = np.asarray(array, dtype=np.uint16)
+    try:
+        import ml_dtypes
+    except ImportError:
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    return bits.view(ml_dtypes.bfloat16)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def is_record(f: h5py.File) -> bool:
+    fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("utf-8", "replace")
+    return fmt == FORMAT_NAME
+
+
+def attr_str(f: h5py.HLObject, key: str, default: str = "") -> str:
+    value = f.attrs.get(key, default)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def members(group: h5py.Group | None) -> Iterable[tuple[str, Any]]:
+    """(original name, h5py object) for every member of a group, in name order."""
+    if group is None:
+        return []
+    return [(object_name(group[key]), group[key]) for key in group]
+
+
+# --- extras ----------------------------------------------------------------------------------
+
+
+def _numeric_array(value: Any) -> np.ndarray | None:
+    """*value* as a numeric (or bool) array, or None when it is not one."""
+    if isinstance(value, np.ndarray):
+        arr = value
+    elif hasattr(value, "__array__") or hasattr(value, "numpy"):
+        from recordkit.tensors import to_arrays
+
+        try:
+            arr = to_arrays({"x": value}, copy=False)["x"]
+        except Exception:
+            return None
+    elif isinstance(value, (list, tuple)) and value and not any(
+        isinstance(v, np.ndarray) or hasattr(v, "__array__") for v in value
+    ):
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError):  # ragged
+            return None
+    else:
+        return None
+    if isinstance(arr, BFloat16Bits) or arr.dtype.name == BFLOAT16:
+        return arr
+    if arr.dtype.kind not in "biufc" or arr.dtype == object:
+        return None
+    return arr
+
+
+def _array_like(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or hasattr(value, "__array__")
+
+
+def _write_array(group: h5py.Group, key: str, arr: np.ndarray, name: str, kind: str) -> None:
+    stored, stored_dtype = encode_tensor(arr)
+    ds = group.create_dataset(key, data=stored)
+    ds.attrs["name"] = name
+    ds.attrs["kind"] = kind
+    ds.attrs["dtype"] = stored_dtype
+
+
+def write_extra(f: h5py.File, key: str, value: Any) -> None:
+    """Store what ``Recorder.add`` received under ``/extras``.
+
+    kinds (the ``kind`` attribute): ``array`` (a numeric array), ``list`` (a list of
+    numbers, read back as a list), ``arrays`` (a group ``0``, ``1``, ... of arrays: a list
+    of arrays of different shapes, like the old Record's model weights), ``dict`` (a group
+    of named arrays), ``json`` (anything else, as tagged JSON).
+    """
+    group = f.require_group(EXTRAS)
+    escaped = escape_name(key)
+    if escaped in group:
+        del group[escaped]
+    arr = _numeric_array(value)
+    if arr is not None:
+        kind = "list" if isinstance(value, (list, tuple)) else "array"
+        _write_array(group, escaped, arr, key, kind)
+        return
+    if isinstance(value, (list, tuple)) and value and all(
+        _array_like(v) and _numeric_array(v) is not None for v in value
+    ):
+        sub = group.create_group(escaped)
+        sub.attrs["name"] = key
+        sub.attrs["kind"] = "arrays"
+        for i, item in enumerate(value):
+            arr = _numeric_array(item)
+            assert arr is not None
+            _write_array(sub, str(i), arr, str(i), "array")
+        return
+    if isinstance(value, Mapping) and value and all(
+        isinstance(k, str) and _array_like(v) and _numeric_array(v) is not None
+        for k, v in value.items()
+    ):
+        sub = group.create_group(escaped)
+        sub.attrs["name"] = key
+        sub.attrs["kind"] = "dict"
+        for k, v in value.items():
+            arr = _numeric_array(v)
+            assert arr is not None
+            _write_array(sub, escape_name(k), arr, k, "array")
+        return
+    write_text(group, escaped, dumps_json(value))
+    group[escaped].attrs["name"] = key
+    group[escaped].attrs["kind"] = "json"
+
+
+def read_array(ds: h5py.Dataset) -> np.ndarray:
+    return decode_tensor(ds[()], attr_str(ds, "dtype"))
+
+
+def read_extra(obj: h5py.HLObject) -> Any:
+    """Invert :func:`write_extra`."""
+    kind = attr_str(obj, "kind", "array")
+    if kind == "json":
+        return loads_json(read_text(obj.parent, obj.name.rsplit("/", 1)[-1]) or "null")
+    if kind == "arrays":
+        return [read_array(obj[k]) for k in sorted(obj, key=int)]
+    if kind == "dict":
+        return {object_name(obj[k]): read_array(obj[k]) for k in obj}
+    arr = read_array(obj)
+    if kind == "list":
+        return arr.tolist()
+    return arr

@@ -1,0 +1,561 @@
+"""The read side: an immutable view of one run file, lazy on weights."""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+from recordkit import format as fmt
+from recordkit.errors import (
+    NotARecordError,
+    RecordBusyError,
+    RecordDamagedError,
+    RecordkitError,
+    RecordNotFoundError,
+)
+from recordkit.locking import is_locked
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["History", "Record", "TensorHistory", "load", "resolve_path"]
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _has_hdf5_signature(path: Path) -> bool:
+    """HDF5's superblock signature sits at byte 0, 512, 1024, 2048, ..."""
+    try:
+        with open(path, "rb") as fh:
+            offset = 0
+            size = os.fstat(fh.fileno()).st_size
+            while offset < min(size, 1 << 20):
+                fh.seek(offset)
+                if fh.read(8) == _HDF5_SIGNATURE:
+                    return True
+                offset = 512 if offset == 0 else offset * 2
+    except OSError:
+        return False
+    return False
+
+
+def open_h5(path: Path) -> h5py.File:
+    """Open a record file read-only, turning every failure into a RecordkitError."""
+    if not path.exists():
+        raise RecordNotFoundError(f"no record at {str(path)!r}")
+    if path.is_dir():
+        raise NotARecordError(f"{str(path)!r} is a folder, not a record file; "
+                              "use recordkit.load_all for a folder of runs")
+    try:
+        return h5py.File(str(path), "r", locking=False)
+    except OSError as err:
+        if not _has_hdf5_signature(path):
+            raise NotARecordError(
+                f"{str(path)!r} is not a recordkit record (not an HDF5 file)"
+            ) from None
+        if is_locked(path):
+            raise RecordBusyError(
+                f"{str(path)!r} is being written by another process and could not be read "
+                f"consistently ({err}); try again in a moment"
+            ) from None
+        raise RecordDamagedError(
+            f"{str(path)!r} is damaged and cannot be opened ({err}); "
+            "run `recordkit verify` on it"
+        ) from None
+
+
+def resolve_path(path_or_run_id: str | os.PathLike[str], root: str | os.PathLike[str] | None,
+                 experiment: str | None = None) -> Path:
+    """The file of a run given as a path, or as a run id (or unique prefix) under *root*."""
+    candidate = Path(path_or_run_id)
+    if candidate.is_file() or candidate.suffix == ".h5" or root is None:
+        if not candidate.exists():
+            raise RecordNotFoundError(f"no record at {str(candidate)!r}")
+        return candidate
+    base = Path(root)
+    run_id = str(path_or_run_id)
+    if not base.is_dir():
+        raise RecordNotFoundError(f"no folder {str(base)!r} to look for run {run_id!r} in")
+    folders = [base / experiment] if experiment else [base, *sorted(
+        p for p in base.iterdir() if p.is_dir())]
+    exact = [f / f"{run_id}.h5" for f in folders if (f / f"{run_id}.h5").is_file()]
+    if exact:
+        return exact[0]
+    prefixed = sorted({p for f in folders if f.is_dir() for p in f.glob(f"{run_id}*.h5")})
+    if len(prefixed) == 1:
+        return prefixed[0]
+    if len(prefixed) > 1:
+        raise RecordNotFoundError(
+            f"run id {run_id!r} is ambiguous under {str(base)!r}: "
+            + ", ".join(p.stem for p in prefixed[:5])
+        )
+    raise RecordNotFoundError(f"no run {run_id!r} under {str(base)!r}")
+
+
+class History(Mapping[str, np.ndarray]):
+    """Per-metric history: ``history[name]`` is the values, in logging order.
+
+    Each metric keeps its own epochs (and steps): ``history.epochs(name)``.
+    """
+
+    def __init__(self, rows: Mapping[str, np.ndarray]) -> None:
+        self._rows = dict(rows)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self._rows[name]["value"].copy()
+        except KeyError:
+            known = ", ".join(repr(k) for k in list(self._rows)[:20]) or "none"
+            raise KeyError(f"no metric {name!r}; metrics: {known}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __repr__(self) -> str:
+        return f"History({', '.join(f'{k!r}: {len(v)} rows' for k, v in self._rows.items())})"
+
+    def rows(self, name: str) -> np.ndarray:
+        """The structured rows (epoch, step, value, time) of one metric."""
+        self[name]  # noqa: B018 - raises the helpful KeyError
+        return self._rows[name].copy()
+
+    def epochs(self, name: str) -> np.ndarray:
+        return self.rows(name)["epoch"]
+
+    def steps(self, name: str) -> np.ndarray:
+        return self.rows(name)["step"]
+
+    def times(self, name: str) -> np.ndarray:
+        return self.rows(name)["time"]
+
+    def final(self, name: str) -> float:
+        values = self[name]
+        return float(values[-1]) if len(values) else float("nan")
+
+    def is_epoch_level(self, name: str) -> bool:
+        """One row per epoch (as opposed to step-level metrics, many rows per epoch)."""
+        epochs = self.epochs(name)
+        return len(np.unique(epochs)) == len(epochs)
+
+
+class TensorHistory:
+    """The snapshots of one tensor, read lazily: ``r.weight("fc.weight")[3]`` reads the
+    bytes of that one snapshot only."""
+
+    def __init__(self, record: Record, name: str, key: str, epochs: np.ndarray,
+                 stored_dtype: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self._record = record
+        self.name = name
+        self._key = key
+        self.epochs = epochs
+        self._stored_dtype = stored_dtype
+        self.shape = shape
+        self.dtype_name = stored_dtype
+        self._dtype = dtype
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def __repr__(self) -> str:
+        return (f"<TensorHistory {self.name!r} {self.dtype_name}{list(self.shape)} "
+                f"× {len(self)} snapshots>")
+
+    def __getitem__(self, index: int | slice) -> np.ndarray:
+        n = len(self)
+        if isinstance(index, slice):
+            positions = range(*index.indices(n))
+            ds = self._record._dataset(fmt.WEIGHTS, self._key)
+            if not positions:
+                data = np.zeros((0, *self.shape), dtype=self._dtype)
+            elif positions.step > 0:
+                data = ds[positions.start:positions.stop:positions.step]
+            else:
+                data = np.stack([ds[i] for i in positions])
+            return fmt.decode_tensor(data, self._stored_dtype)
+        i = int(index)
+        if not -n <= i < n:
+            raise IndexError(f"snapshot index {i} out of range: tensor {self.name!r} has "
+                             f"{n} snapshots (epochs {self.epochs.tolist()[:10]})")
+        ds = self._record._dataset(fmt.WEIGHTS, self._key)
+        return fmt.decode_tensor(ds[i % n], self._stored_dtype)
+
+    def at(self, epoch: int) -> np.ndarray:
+        """The snapshot taken at *epoch*."""
+        hits = np.nonzero(self.epochs == epoch)[0]
+        if not len(hits):
+            raise KeyError(f"tensor {self.name!r} has no snapshot at epoch {epoch}; "
+                           f"snapshot epochs: {self.epochs.tolist()}")
+        return self[int(hits[-1])]
+
+
+class Record:
+    """An immutable view of one run file. Small parts are read at once; weights and
+    extras are read when asked for.
+
+    Use :func:`recordkit.load` to get one. ``close()`` (or ``with``) releases the file
+    handle that weight reads keep open.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = Path(path)
+        self._h5: h5py.File | None = None
+        last_error: RecordkitError | None = None
+        # A run being written can be caught mid-write; a live writer is given a moment.
+        for attempt in range(3):
+            try:
+                with open_h5(self._path) as f:
+                    self._read_header(f)
+                return
+            except RecordBusyError as err:
+                last_error = err
+                time.sleep(0.05 * (attempt + 1))
+            except RecordkitError:
+                raise
+            except Exception as err:
+                if is_locked(self._path):
+                    last_error = RecordBusyError(
+                        f"{str(self._path)!r} is being written by another process and could "
+                        f"not be read consistently ({type(err).__name__}: {err}); try again"
+                    )
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise RecordDamagedError(
+                    f"{str(self._path)!r} is damaged: {type(err).__name__}: {err}; run "
+                    "`recordkit verify` on it"
+                ) from None
+        assert last_error is not None
+        raise last_error
+
+    def _read_header(self, f: h5py.File) -> None:
+        if not fmt.is_record(f):
+            raise NotARecordError(
+                f"{str(self._path)!r} is an HDF5 file but not a recordkit record "
+                "(no root attribute format='recordkit')"
+            )
+        version = int(f.attrs.get("format_version", 0))
+        if version > fmt.FORMAT_VERSION:
+            raise NotARecordError(
+                f"{str(self._path)!r} is a record of format version {version}; this "
+                f"recordkit reads up to version {fmt.FORMAT_VERSION}: upgrade recordkit"
+            )
+        self._attrs = {k: fmt.attr_str(f, k) for k in (
+            "run_id", "name", "experiment", "status", "created", "ended", "error",
+            "params_hash", "recordkit_version", "restarts")}
+        self._format_version = version
+        params_text = fmt.read_text(f, fmt.PARAMS) or "{}"
+        self._params = fmt.decode_params(params_text)
+        flagged = f[fmt.PARAMS].attrs.get("unserialisable", "[]") if fmt.PARAMS in f else "[]"
+        self._unserialisable = list(fmt.loads_json(
+            flagged.decode() if isinstance(flagged, bytes) else flagged))
+        self._system = fmt.loads_json(fmt.read_text(f, fmt.SYSTEM) or "{}")
+        self._info = fmt.loads_json(fmt.read_text(f, fmt.INFO) or "{}")
+        self._history = History({
+            name: ds[()] for name, ds in fmt.members(f.get(fmt.HISTORY))
+        })
+        table = f[fmt.SNAPSHOTS][()] if fmt.SNAPSHOTS in f else np.zeros(
+            0, fmt.SNAPSHOT_DTYPE)
+        self._snapshots = table
+        self._tensors: dict[str, tuple[str, str, tuple[int, ...], np.dtype, int]] = {}
+        self._rows: dict[str, int] = {}
+        weights = f.get(fmt.WEIGHTS)
+        for key in weights if weights is not None else []:
+            ds = weights[key]
+            name = fmt.object_name(ds)
+            first = int(ds.attrs.get("first_snapshot", 0))
+            # Rows past the snapshot table were written by a commit that did not finish.
+            self._rows[name] = max(0, min(ds.shape[0], len(table) - first))
+            self._tensors[name] = (key, fmt.attr_str(ds, "dtype", ds.dtype.name),
+                                   tuple(ds.shape[1:]), ds.dtype, first)
+        extras = f.get(fmt.EXTRAS)
+        self._extra_keys = {} if extras is None else {
+            fmt.object_name(extras[k]): k for k in extras}
+
+    # --- run fields -------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def run_id(self) -> str:
+        return self._attrs["run_id"]
+
+    @property
+    def name(self) -> str:
+        return self._attrs["name"]
+
+    @property
+    def experiment(self) -> str:
+        return self._attrs["experiment"]
+
+    @property
+    def stored_status(self) -> str:
+        """The status as written in the file."""
+        return self._attrs["status"]
+
+    @property
+    def status(self) -> str:
+        """``completed``, ``failed``, ``interrupted``, or ``running`` while a live process
+        writes the run. A file left ``running`` by a process that died reads as
+        ``interrupted``."""
+        status = self._attrs["status"]
+        if status == "running" and not is_locked(self._path):
+            return "interrupted"
+        return status
+
+    @property
+    def error(self) -> str:
+        """``"Type: message"`` of the exception that ended a failed run, else ``""``."""
+        return self._attrs["error"]
+
+    @property
+    def created(self) -> _dt.datetime:
+        return _dt.datetime.fromisoformat(self._attrs["created"])
+
+    @property
+    def ended(self) -> _dt.datetime | None:
+        text = self._attrs["ended"]
+        return _dt.datetime.fromisoformat(text) if text else None
+
+    @property
+    def restarts(self) -> list[dict[str, Any]]:
+        """One entry per time the run was resumed."""
+        return list(fmt.loads_json(self._attrs["restarts"] or "[]"))
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return copy.deepcopy(self._params)
+
+    @property
+    def unserialisable_params(self) -> list[str]:
+        """Keys of params stored as their repr because they could not be stored faithfully."""
+        return list(self._unserialisable)
+
+    @property
+    def params_hash(self) -> str:
+        """Identifies the parameter set (independent of key order); repeated runs of one
+        configuration share it."""
+        return self._attrs["params_hash"]
+
+    @property
+    def system(self) -> dict[str, Any]:
+        return copy.deepcopy(self._system)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Facts about the run written by the integrations (trainer, optimizer, model)."""
+        return copy.deepcopy(self._info)
+
+    @property
+    def format_version(self) -> int:
+        return self._format_version
+
+    # --- history ---------------------------------------------------------------------------
+
+    @property
+    def history(self) -> History:
+        return self._history
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self._history)
+
+    def history_frame(self, level: str = "epoch") -> pd.DataFrame:
+        """The history as a pandas DataFrame.
+
+        Args:
+            level: ``"epoch"``: one row per epoch, a column per epoch-level metric (metrics
+                logged at other rates hold NaN where they have no value);
+                ``"step"``: one row per step, a column per metric logged with steps;
+                ``"long"``: one row per logged value (metric, epoch, step, value, time).
+        """
+        pd = _pandas()
+        if level == "long":
+            frames = [pd.DataFrame({"metric": name, **{k: rows[k] for k in rows.dtype.names}})
+                      for name, rows in self._history._rows.items()]
+            if not frames:
+                return pd.DataFrame(columns=["metric", "epoch", "step", "value", "time"])
+            return pd.concat(frames, ignore_index=True)
+        if level not in ("epoch", "step"):
+            raise ValueError(f"history_frame(level={level!r}): must be 'epoch', 'step' "
+                             "or 'long'")
+        columns: dict[str, Any] = {}
+        for name, rows in self._history._rows.items():
+            if level == "epoch" and self._history.is_epoch_level(name):
+                columns[name] = pd.Series(rows["value"], index=rows["epoch"])
+            elif level == "step" and (rows["step"] >= 0).any():
+                chosen = rows[rows["step"] >= 0]
+                series = pd.Series(chosen["value"], index=chosen["step"])
+                columns[name] = series[~series.index.duplicated(keep="last")]
+        frame = pd.DataFrame(columns)
+        frame.index.name = level
+        return frame.sort_index()
+
+    # --- weights ---------------------------------------------------------------------------
+
+    @property
+    def snapshot_epochs(self) -> list[int]:
+        """Epochs that have weights, in snapshot order."""
+        return [int(e) for e in self._snapshots["epoch"]]
+
+    @property
+    def tensor_names(self) -> list[str]:
+        return [name for name, rows in self._rows.items() if rows]
+
+    def weight(self, name: str) -> TensorHistory:
+        """All snapshots of one tensor, read lazily."""
+        try:
+            key, stored, shape, dtype, first = self._tensors[name]
+        except KeyError:
+            known = ", ".join(repr(k) for k in list(self._tensors)[:20]) or "none"
+            raise KeyError(f"no tensor {name!r} in {str(self._path)!r}; tensors: {known}"
+                           ) from None
+        rows = self._rows[name]
+        epochs = self._snapshots["epoch"][first:first + rows] if rows else np.zeros(
+            0, np.int64)
+        return TensorHistory(self, name, key, np.asarray(epochs, dtype=np.int64),
+                             stored, shape, dtype)
+
+    def weights(self, epoch: int = -1) -> dict[str, np.ndarray]:
+        """Every tensor of one snapshot: ``epoch=-1`` is the last snapshot, otherwise the
+        snapshot taken at that epoch."""
+        epochs = self.snapshot_epochs
+        if not epochs:
+            raise KeyError(f"{str(self._path)!r} holds no weight snapshots")
+        if epoch == -1:
+            index = len(epochs) - 1
+        elif epoch in epochs:
+            index = len(epochs) - 1 - epochs[::-1].index(epoch)
+        else:
+            raise KeyError(f"no snapshot at epoch {epoch} in {str(self._path)!r}; "
+                           f"snapshot epochs: {epochs}")
+        out: dict[str, np.ndarray] = {}
+        for name, (key, stored, _, _, first) in self._tensors.items():
+            rows = self._rows[name]
+            if rows and first <= index < first + rows:
+                ds = self._dataset(fmt.WEIGHTS, key)
+                out[name] = fmt.decode_tensor(ds[index - first], stored)
+        return out
+
+    # --- extras and plain data --------------------------------------------------------------
+
+    @property
+    def extras(self) -> Mapping[str, Any]:
+        """What ``Recorder.add`` stored, read on access."""
+        return _Extras(self)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """A plain dict: params, run fields and ``observations`` (metric → list of values),
+        the shape the older ``researcher`` tool gave."""
+        data: dict[str, Any] = self.params
+        fields = {
+            "run_id": self.run_id, "name": self.name, "title": self.name,
+            "experiment": self.experiment, "status": self.status,
+            "created": self._attrs["created"], "timestamp": self._attrs["created"],
+            "hash": self.params_hash,
+        }
+        for key, value in fields.items():
+            data.setdefault(key, value)
+        observations = {name: self._history[name].tolist() for name in self._history}
+        if "observations" in self._extra_keys:
+            stored = self.extras["observations"]
+            if isinstance(stored, Mapping):
+                observations.update(stored)
+        data["observations"] = observations
+        return data
+
+    # --- file handle ---------------------------------------------------------------------
+
+    def _dataset(self, group: str, key: str) -> h5py.Dataset:
+        if self._h5 is None or not self._h5.id.valid:
+            self._h5 = open_h5(self._path)
+        return self._h5[group][key]
+
+    def close(self) -> None:
+        """Release the file handle kept for lazy reads. Safe to call twice."""
+        if self._h5 is not None:
+            if self._h5.id.valid:
+                self._h5.close()
+            self._h5 = None
+
+    def __enter__(self) -> Record:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return (f"<recordkit.Record {self.name!r} run_id={self.run_id} status={self.status} "
+                f"epochs={len(self.epochs)} snapshots={len(self._snapshots)} "
+                f"at {str(self._path)!r}>")
+
+    @property
+    def epochs(self) -> list[int]:
+        """Every epoch that has at least one metric value, sorted."""
+        seen: set[int] = set()
+        for rows in self._history._rows.values():
+            seen.update(int(e) for e in rows["epoch"])
+        return sorted(seen)
+
+
+class _Extras(Mapping[str, Any]):
+    def __init__(self, record: Record) -> None:
+        self._record = record
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            escaped = self._record._extra_keys[key]
+        except KeyError:
+            known = ", ".join(repr(k) for k in self._record._extra_keys) or "none"
+            raise KeyError(f"no extra {key!r}; extras: {known}") from None
+        self._record._dataset(fmt.EXTRAS, escaped)  # opens the file
+        assert self._record._h5 is not None
+        return fmt.read_extra(self._record._h5[fmt.EXTRAS][escaped])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._record._extra_keys)
+
+    def __len__(self) -> int:
+        return len(self._record._extra_keys)
+
+
+def _pandas() -> Any:
+    try:
+        import pandas as pd
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            "recordkit needs pandas for data frames: pip install 'recordkit[analysis]'"
+        ) from err
+    return pd
+
+
+def load(path_or_run_id: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+         ) -> Record:
+    """Open one record: a path, or a run id (or a unique prefix of one) under *root*.
+
+    Raises:
+        RecordNotFoundError: nothing at that path, or no such run under root.
+        NotARecordError: the file is not a record.
+        RecordDamagedError: the file is a damaged record.
+    """
+    return Record(resolve_path(path_or_run_id, root))

@@ -1,0 +1,28 @@
+"""Shared test support: frameworks that may be absent, and reading records back."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import pytest
+
+
+def required() -> set[str]:
+    """Frameworks the environment promises (``RECORDKIT_REQUIRE=lightning,keras``)."""
+    return {s.strip() for s in os.environ.get("RECORDKIT_REQUIRE", "").split(",") if s.strip()}
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import *module* or skip the calling test module; a failure instead of a skip when
+    the environment promises the extra (so a skip never hides a broken environment)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        if extra in required():
+            pytest.fail(f"RECORDKIT_REQUIRE names {extra!r} but {module} does not import: {err}",
+                        pytrace=False)
+        pytest.skip(f"{module} is not installed (pip install 'recordkit[{extra}]')",
+                    allow_module_level=True)
+        raise  # unreachable
