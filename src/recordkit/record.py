@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import os
@@ -176,20 +177,23 @@ class TensorHistory:
         n = len(self)
         if isinstance(index, slice):
             positions = range(*index.indices(n))
-            ds = self._record._dataset(fmt.WEIGHTS, self._key)
             if not positions:
-                data = np.zeros((0, *self.shape), dtype=self._dtype)
-            elif positions.step > 0:
-                data = ds[positions.start:positions.stop:positions.step]
-            else:
-                data = np.stack([ds[i] for i in positions])
+                return fmt.decode_tensor(np.zeros((0, *self.shape), dtype=self._dtype),
+                                         self._stored_dtype)
+            with self._record._file() as f:
+                ds = f[fmt.WEIGHTS][self._key]
+                if positions.step > 0:
+                    data = ds[positions.start:positions.stop:positions.step]
+                else:
+                    data = np.stack([ds[i] for i in positions])
             return fmt.decode_tensor(data, self._stored_dtype)
         i = int(index)
         if not -n <= i < n:
             raise IndexError(f"snapshot index {i} out of range: tensor {self.name!r} has "
                              f"{n} snapshots (epochs {self.epochs.tolist()[:10]})")
-        ds = self._record._dataset(fmt.WEIGHTS, self._key)
-        return fmt.decode_tensor(ds[i % n], self._stored_dtype)
+        with self._record._file() as f:
+            data = f[fmt.WEIGHTS][self._key][i % n]
+        return fmt.decode_tensor(data, self._stored_dtype)
 
     def at(self, epoch: int) -> np.ndarray:
         """The snapshot taken at *epoch*."""
@@ -204,8 +208,8 @@ class Record:
     """An immutable view of one run file. Small parts are read at once; weights and
     extras are read when asked for.
 
-    Use :func:`recordkit.load` to get one. ``close()`` (or ``with``) releases the file
-    handle that weight reads keep open.
+    Use :func:`recordkit.load` to get one. Each lazy read opens the file for that read;
+    inside ``with record:`` the file stays open for the block (faster for many reads).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -442,11 +446,11 @@ class Record:
             raise KeyError(f"no snapshot at epoch {epoch} in {str(self._path)!r}; "
                            f"snapshot epochs: {epochs}")
         out: dict[str, np.ndarray] = {}
-        for name, (key, stored, _, _, first) in self._tensors.items():
-            rows = self._rows[name]
-            if rows and first <= index < first + rows:
-                ds = self._dataset(fmt.WEIGHTS, key)
-                out[name] = fmt.decode_tensor(ds[index - first], stored)
+        with self._file() as f:
+            for name, (key, stored, _, _, first) in self._tensors.items():
+                rows = self._rows[name]
+                if rows and first <= index < first + rows:
+                    out[name] = fmt.decode_tensor(f[fmt.WEIGHTS][key][index - first], stored)
         return out
 
     # --- extras and plain data --------------------------------------------------------------
@@ -479,19 +483,27 @@ class Record:
 
     # --- file handle ---------------------------------------------------------------------
 
-    def _dataset(self, group: str, key: str) -> h5py.Dataset:
-        if self._h5 is None or not self._h5.id.valid:
-            self._h5 = open_h5(self._path)
-        return self._h5[group][key]
+    @contextlib.contextmanager
+    def _file(self) -> Iterator[h5py.File]:
+        """The open file: the one a ``with record:`` block keeps open, else opened for
+        this read only (a handle left open would clash with plain h5py in this process)."""
+        if self._h5 is not None and self._h5.id.valid:
+            yield self._h5
+            return
+        with open_h5(self._path) as f:
+            yield f
 
     def close(self) -> None:
-        """Release the file handle kept for lazy reads. Safe to call twice."""
+        """Release the file handle a ``with`` block keeps open. Safe to call twice."""
         if self._h5 is not None:
             if self._h5.id.valid:
                 self._h5.close()
             self._h5 = None
 
     def __enter__(self) -> Record:
+        """Keep the file open for many lazy reads (faster); closed at the end of the block."""
+        if self._h5 is None or not self._h5.id.valid:
+            self._h5 = open_h5(self._path)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -528,9 +540,8 @@ class _Extras(Mapping[str, Any]):
         except KeyError:
             known = ", ".join(repr(k) for k in self._record._extra_keys) or "none"
             raise KeyError(f"no extra {key!r}; extras: {known}") from None
-        self._record._dataset(fmt.EXTRAS, escaped)  # opens the file
-        assert self._record._h5 is not None
-        return fmt.read_extra(self._record._h5[fmt.EXTRAS][escaped])
+        with self._record._file() as f:
+            return fmt.read_extra(f[fmt.EXTRAS][escaped])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._record._extra_keys)
