@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import recordkit as rk
+from tests.support import require
 from recordkit.errors import (
     NotARecordError,
     RecordClosedError,
@@ -118,8 +119,11 @@ def test_metrics_at_different_rates_keep_their_epochs(tmp_path: pathlib.Path) ->
     assert r.history["val_loss"].tolist() == [102.0, 105.0]
     assert r.history.steps("batch_loss").tolist() == list(range(12))
     assert r.history.epochs("batch_loss").tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert r.history.is_epoch_level("loss") and not r.history.is_epoch_level("batch_loss")
+
+    require("pandas", "analysis")
     frame = r.history_frame()
-    assert list(frame.index) == [0, 1, 2, 3, 4, 5] if frame is not None else False
+    assert list(frame.index) == [0, 1, 2, 3, 4, 5]
     assert "batch_loss" not in frame.columns  # step-level: many rows per epoch
     assert math.isnan(frame.loc[3, "val_loss"]) and frame.loc[5, "val_loss"] == 105.0
     steps = r.history_frame(level="step")

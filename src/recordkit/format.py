@@ -437,7 +437,7 @@ def history_dataset(f: h5py.File, metric: str, *, checksum: bool) -> h5py.Datase
 
 def append_rows(ds: h5py.Dataset, rows: np.ndarray) -> None:
     n = ds.shape[0]
-    ds.resize((n + len(rows),) + ds.shape[1:])
+    ds.resize((n + len(rows), *ds.shape[1:]))
     ds[n:] = rows
 
 

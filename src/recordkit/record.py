@@ -129,7 +129,7 @@ class History(Mapping[str, np.ndarray]):
 
     def rows(self, name: str) -> np.ndarray:
         """The structured rows (epoch, step, value, time) of one metric."""
-        self[name]  # noqa: B018 - raises the helpful KeyError
+        self[name]  # raises the helpful KeyError
         return self._rows[name].copy()
 
     def epochs(self, name: str) -> np.ndarray:
@@ -387,7 +387,8 @@ class Record:
         """
         pd = _pandas()
         if level == "long":
-            frames = [pd.DataFrame({"metric": name, **{k: rows[k] for k in rows.dtype.names}})
+            fields = fmt.HISTORY_DTYPE.names or ()
+            frames = [pd.DataFrame({"metric": name, **{k: rows[k] for k in fields}})
                       for name, rows in self._history._rows.items()]
             if not frames:
                 return pd.DataFrame(columns=["metric", "epoch", "step", "value", "time"])
