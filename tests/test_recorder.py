@@ -402,9 +402,10 @@ def test_root_attributes_and_plain_h5py_layout(tmp_path: pathlib.Path) -> None:
         assert f.attrs["format"] == "recordkit" and f.attrs["format_version"] == 1
         assert f.attrs["run_id"] == rec.run_id and f.attrs["experiment"] == "mnist"
         assert f.attrs["status"] == "completed"
-        row = f["history/train%2Floss"][0]
-        assert (row["epoch"], row["step"], row["value"]) == (0, 10, 0.5)
-        assert f["history/train%2Floss"].attrs["name"] == "train/loss"
+        names = [n.decode() for n in f["history/metrics"][()]]
+        assert names == ["train/loss"]
+        row = f["history/rows"][0]
+        assert (row["metric"], row["epoch"], row["step"], row["value"]) == (0, 0, 10, 0.5)
         assert f["snapshots"]["epoch"].tolist() == [0]
         np.testing.assert_array_equal(f["weights/fc.weight"][0], np.eye(2))
         import json

@@ -11,12 +11,13 @@ Layout of ``<root>/<experiment>/<run_id>.h5``::
     /params                 scalar UTF-8 string: the params as tagged JSON
     /system                 scalar UTF-8 string: system info as JSON
     /info                   scalar UTF-8 string: facts about the run (trainer, optimizer, ...)
-    /history/<metric>       1-D compound (epoch i8, step i8, value f8, time f8), growing
+    /history/metrics        1-D UTF-8 strings: metric names, in the order first logged
+    /history/rows           1-D compound (metric i4, epoch i8, step i8, value f8, time f8)
     /snapshots              1-D compound (epoch i8, step i8, time f8): one row per snapshot
     /weights/<tensor>       (n_snapshots, *tensor_shape), snapshot axis first, growing
     /extras/<key>           what Recorder.add stored: a dataset, a group of datasets, or JSON
 
-Names of metrics, tensors and extras are escaped (see :func:`escape_name`) and the original
+Names of tensors and extras are escaped (see :func:`escape_name`) and the original
 name is kept in the ``name`` attribute of each object.
 """
 
@@ -69,17 +70,34 @@ SNAPSHOTS = "snapshots"
 WEIGHTS = "weights"
 EXTRAS = "extras"
 
-#: One row of a metric's history. ``step`` is -1 when the row was logged without a step.
+#: One row of a metric's history as readers see it. ``step`` is -1 when the row was logged
+#: without a step.
 HISTORY_DTYPE = np.dtype(
     [("epoch", "<i8"), ("step", "<i8"), ("value", "<f8"), ("time", "<f8")]
 )
+#: One row of ``/history/rows`` in the file: the same, with the metric's index into
+#: ``/history/metrics``. All metrics share one table, so a commit appends once.
+HISTORY_ROW_DTYPE = np.dtype(
+    [("metric", "<i4"), ("epoch", "<i8"), ("step", "<i8"), ("value", "<f8"), ("time", "<f8")]
+)
+HISTORY_ROWS = "rows"
+HISTORY_METRICS = "metrics"
 #: One row of the snapshot table: the epoch (and step) each snapshot index stands for.
 SNAPSHOT_DTYPE = np.dtype([("epoch", "<i8"), ("step", "<i8"), ("time", "<f8")])
 
 #: dtype attribute value for bfloat16 tensors, stored as their raw uint16 bit patterns.
 BFLOAT16 = "bfloat16"
 
-HISTORY_CHUNK_ROWS = 512
+#: Rows per chunk of the history table: 113 rows of 36 bytes + the 4-byte checksum fit one
+#: 4 KiB page. With WRITE_OPTIONS the chunk is page-aligned, so the in-place rewrite of
+#: the last chunk on each commit is one page, which a SIGKILL cannot tear (Linux stops a
+#: killed write between pages): committed rows never fail their checksum after a crash.
+HISTORY_CHUNK_ROWS = 113
+#: Rows per chunk of the snapshot table: 170 rows of 24 bytes + checksum, one page.
+SNAPSHOT_CHUNK_ROWS = 170
+#: File access options of every writer: objects of 4000 bytes or more (history and table
+#: chunks, weight chunks) start on a 4 KiB page boundary. Not stored in the file.
+WRITE_OPTIONS: dict[str, int] = {"alignment_threshold": 4000, "alignment_interval": 4096}
 #: Target size of one chunk of a weight dataset: big enough for fast appends, small enough
 #: to stay far below HDF5's 4 GiB chunk limit. Tensors above it are split along their axes.
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
@@ -396,7 +414,7 @@ def loads_json(document: str) -> Any:
 def new_file(path: str, **kwargs: Any) -> h5py.File:
     """Create a record file; fails if it exists. Locking is off so that a reader holding
     the file open can never block the writer (research/HDF5-NOTES.md)."""
-    return h5py.File(path, "x", locking=False, **kwargs)
+    return h5py.File(path, "x", locking=False, **WRITE_OPTIONS, **kwargs)
 
 
 def write_root_attrs(f: h5py.File, attrs: Mapping[str, Any]) -> None:
@@ -422,17 +440,70 @@ def read_text(group: h5py.Group, key: str) -> str | None:
     return str(value)
 
 
-def history_dataset(f: h5py.File, metric: str, *, checksum: bool) -> h5py.Dataset:
+def create_history(f: h5py.File, *, checksum: bool) -> None:
+    """The history table (``/history/rows``) and its metric names (``/history/metrics``)."""
     group = f.require_group(HISTORY)
-    key = escape_name(metric)
-    if key in group:
-        return group[key]
-    ds = group.create_dataset(
-        key, shape=(0,), maxshape=(None,), dtype=HISTORY_DTYPE,
-        chunks=(HISTORY_CHUNK_ROWS,), fletcher32=checksum,
-    )
-    ds.attrs["name"] = metric
-    return ds
+    if HISTORY_ROWS not in group:
+        group.create_dataset(
+            HISTORY_ROWS, shape=(0,), maxshape=(None,), dtype=HISTORY_ROW_DTYPE,
+            chunks=(HISTORY_CHUNK_ROWS,), fletcher32=checksum,
+        )
+    if HISTORY_METRICS not in group:
+        group.create_dataset(
+            HISTORY_METRICS, shape=(0,), maxshape=(None,),
+            dtype=h5py.string_dtype("utf-8"), chunks=(64,),
+        )
+
+
+def history_tables(f: h5py.File) -> tuple[h5py.Dataset, h5py.Dataset]:
+    group = f[HISTORY]
+    return group[HISTORY_ROWS], group[HISTORY_METRICS]
+
+
+def metric_names(f: h5py.File) -> list[str]:
+    """The metric names in index order (the order they were first logged)."""
+    group = f.get(HISTORY)
+    if group is None or HISTORY_METRICS not in group:
+        return []
+    return [n.decode("utf-8") if isinstance(n, bytes) else str(n)
+            for n in group[HISTORY_METRICS][()]]
+
+
+def add_metric_names(f: h5py.File, names: list[str]) -> None:
+    """Append new metric names; they must be in the file before rows that use them."""
+    ds = f[HISTORY][HISTORY_METRICS]
+    n = ds.shape[0]
+    ds.resize((n + len(names),))
+    ds[n:] = names
+
+
+def split_history(rows: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """``{metric: rows of HISTORY_DTYPE}`` from table rows, each metric in logging order.
+    Rows whose metric index has no name (a commit cut short) are left out."""
+    out: dict[str, np.ndarray] = {}
+    if not len(rows):
+        return out
+    ids = rows["metric"]
+    order = np.argsort(ids, kind="stable")
+    ids_sorted = ids[order]
+    bounds = np.searchsorted(ids_sorted, np.arange(len(names) + 1))
+    for index, name in enumerate(names):
+        picked = rows[order[bounds[index]:bounds[index + 1]]]
+        if not len(picked):
+            continue
+        view = np.empty(len(picked), dtype=HISTORY_DTYPE)
+        for field in HISTORY_DTYPE.names or ():
+            view[field] = picked[field]
+        out[name] = view
+    return out
+
+
+def read_history(f: h5py.File) -> dict[str, np.ndarray]:
+    """Every metric's rows, read with one read of the table."""
+    group = f.get(HISTORY)
+    if group is None or HISTORY_ROWS not in group:
+        return {}
+    return split_history(group[HISTORY_ROWS][()], metric_names(f))
 
 
 def append_rows(ds: h5py.Dataset, rows: np.ndarray) -> None:

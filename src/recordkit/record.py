@@ -23,7 +23,10 @@ from recordkit.errors import (
     RecordkitError,
     RecordNotFoundError,
 )
+from recordkit.filters import ensure_readable
 from recordkit.locking import is_locked
+from recordkit.safety import check_file, check_layout
+from recordkit.verify import damage_hint, open_interrupted
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,6 +59,9 @@ def open_h5(path: Path) -> h5py.File:
     if path.is_dir():
         raise NotARecordError(f"{str(path)!r} is a folder, not a record file; "
                               "use recordkit.load_all for a folder of runs")
+    patched = open_interrupted(path)  # a killed flush's stale end address, read around
+    if patched is not None:
+        return patched
     try:
         return h5py.File(str(path), "r", locking=False)
     except OSError as err:
@@ -70,7 +76,7 @@ def open_h5(path: Path) -> h5py.File:
             ) from None
         raise RecordDamagedError(
             f"{str(path)!r} is damaged and cannot be opened ({err}); "
-            "run `recordkit verify` on it"
+            f"{damage_hint(path, err)}"
         ) from None
 
 
@@ -151,6 +157,13 @@ class History(Mapping[str, np.ndarray]):
         return len(np.unique(epochs)) == len(epochs)
 
 
+def _weight_dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
+    """A weight dataset, its compression filters made available (hdf5plugin, lazily)."""
+    ds = f[fmt.WEIGHTS][key]
+    ensure_readable(ds, path)
+    return ds
+
+
 class TensorHistory:
     """The snapshots of one tensor, read lazily: ``r.weight("fc.weight")[3]`` reads the
     bytes of that one snapshot only."""
@@ -181,7 +194,7 @@ class TensorHistory:
                 return fmt.decode_tensor(np.zeros((0, *self.shape), dtype=self._dtype),
                                          self._stored_dtype)
             with self._record._file() as f:
-                ds = f[fmt.WEIGHTS][self._key]
+                ds = _weight_dataset(f, self._key, self._record.path)
                 if positions.step > 0:
                     data = ds[positions.start:positions.stop:positions.step]
                 else:
@@ -192,7 +205,7 @@ class TensorHistory:
             raise IndexError(f"snapshot index {i} out of range: tensor {self.name!r} has "
                              f"{n} snapshots (epochs {self.epochs.tolist()[:10]})")
         with self._record._file() as f:
-            data = f[fmt.WEIGHTS][self._key][i % n]
+            data = _weight_dataset(f, self._key, self._record.path)[i % n]
         return fmt.decode_tensor(data, self._stored_dtype)
 
     def at(self, epoch: int) -> np.ndarray:
@@ -236,13 +249,15 @@ class Record:
                     time.sleep(0.05 * (attempt + 1))
                     continue
                 raise RecordDamagedError(
-                    f"{str(self._path)!r} is damaged: {type(err).__name__}: {err}; run "
-                    "`recordkit verify` on it"
+                    f"{str(self._path)!r} is damaged: {type(err).__name__}: {err}; "
+                    f"{damage_hint(self._path, err)}"
                 ) from None
         assert last_error is not None
         raise last_error
 
     def _read_header(self, f: h5py.File) -> None:
+        check_file(f, self._path)  # refuses links outside the file, crafted sizes
+        check_layout(f, self._path)
         if not fmt.is_record(f):
             raise NotARecordError(
                 f"{str(self._path)!r} is an HDF5 file but not a recordkit record "
@@ -265,9 +280,7 @@ class Record:
             flagged.decode() if isinstance(flagged, bytes) else flagged))
         self._system = fmt.loads_json(fmt.read_text(f, fmt.SYSTEM) or "{}")
         self._info = fmt.loads_json(fmt.read_text(f, fmt.INFO) or "{}")
-        self._history = History({
-            name: ds[()] for name, ds in fmt.members(f.get(fmt.HISTORY))
-        })
+        self._history = History(fmt.read_history(f))
         table = f[fmt.SNAPSHOTS][()] if fmt.SNAPSHOTS in f else np.zeros(
             0, fmt.SNAPSHOT_DTYPE)
         self._snapshots = table
@@ -451,7 +464,8 @@ class Record:
             for name, (key, stored, _, _, first) in self._tensors.items():
                 rows = self._rows[name]
                 if rows and first <= index < first + rows:
-                    out[name] = fmt.decode_tensor(f[fmt.WEIGHTS][key][index - first], stored)
+                    ds = _weight_dataset(f, key, self._path)
+                    out[name] = fmt.decode_tensor(ds[index - first], stored)
         return out
 
     # --- extras and plain data --------------------------------------------------------------
@@ -488,11 +502,20 @@ class Record:
     def _file(self) -> Iterator[h5py.File]:
         """The open file: the one a ``with record:`` block keeps open, else opened for
         this read only (a handle left open would clash with plain h5py in this process)."""
-        if self._h5 is not None and self._h5.id.valid:
-            yield self._h5
-            return
-        with open_h5(self._path) as f:
-            yield f
+        try:
+            if self._h5 is not None and self._h5.id.valid:
+                yield self._h5
+                return
+            with open_h5(self._path) as f:
+                yield f
+        except RecordkitError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+            # Damage found by a lazy read (e.g. a fletcher32 checksum): say where and what.
+            raise RecordDamagedError(
+                f"{str(self._path)!r} is damaged: reading it failed with "
+                f"{type(err).__name__}: {err}; {damage_hint(self._path, err)}"
+            ) from None
 
     def close(self) -> None:
         """Release the file handle a ``with`` block keeps open. Safe to call twice."""

@@ -7,13 +7,14 @@ import contextlib
 import datetime as _dt
 import errno
 import os
+import re
 import secrets
 import stat
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,13 +31,23 @@ from recordkit.errors import (
     RecordWriteError,
     SnapshotError,
 )
+from recordkit.filters import dataset_options
 from recordkit.locking import RunLock
+from recordkit.policy import SnapshotPolicy, cast_for_storage
 from recordkit.tensors import to_arrays
+from recordkit.writer import SnapshotJob, SnapshotWriter
 
 __all__ = ["Recorder", "new_run_id", "record_experiment"]
 
 DEFAULT_EXPERIMENT = "default"
-_COMPRESSIONS = (None, "gzip", "lzf")
+#: A record whose estimated final size exceeds this gets a warning before its first snapshot.
+SIZE_WARNING_BYTES = 10 * 1024**3
+#: The writer thread writes a big tensor in slices of about this size, taking the recorder
+#: lock for one slice at a time, so a log() call never waits for a whole snapshot.
+_SLICE_BYTES = 16 * 1024 * 1024
+#: The in-memory HDF5 type of history rows, built once: deriving it on every write costs
+#: three times the write of one row.
+_HISTORY_MTYPE = h5py.h5t.py_create(fmt.HISTORY_ROW_DTYPE)
 
 
 def _version() -> str:
@@ -109,11 +120,25 @@ class Recorder:
         params: hyperparameters (a mapping or an ``argparse.Namespace``), nested allowed.
         resume: path or run id of an existing record to continue instead of starting one.
         durable: fsync on every commit, so committed epochs survive a power loss too.
-        system: capture system info (once per run).
+        system: capture system info (once per run); a mapping is stored as the system
+            info instead (importers keep the original machine's description this way).
         checksum: fletcher32 checksums on history and weights, so damage is detected.
-        compression: None (default), ``"gzip"`` or ``"lzf"`` for weights.
-        compression_opts: e.g. the gzip level.
+        compression: None (default), ``"gzip"`` or ``"lzf"`` for weights; with the
+            hdf5plugin package also ``"zstd"``, ``"blosc"``, ``"blosc2"``, ``"lz4"`` and
+            ``"bitshuffle"`` (readers then need hdf5plugin too; recordkit imports it).
+        compression_opts: e.g. the gzip level; for a plugin a level or a mapping of the
+            hdf5plugin class's keywords.
         chunk_bytes: target size of one chunk of a weight dataset.
+        background: write snapshots on a background thread (default); the training
+            thread only copies the tensors. False writes them in :meth:`snapshot` itself,
+            without copying.
+        max_pending_bytes: bound on the bytes of snapshots copied but not yet written;
+            :meth:`snapshot` waits when it is reached. None (default): one snapshot at a
+            time, so memory holds at most the snapshot being written and the next copy.
+        size_warning_bytes: warn (RecordkitWarning) before the first snapshot when the
+            record's estimated final size exceeds this (see :meth:`plan`); None: never.
+        created: the run's creation time (and so its run id) instead of now; importers
+            of older tools' files pass the original timestamp. A naive time is UTC.
 
     Raises:
         RecordWriteError: the folder cannot be created or written.
@@ -138,16 +163,22 @@ class Recorder:
         *,
         resume: str | os.PathLike[str] | None = None,
         durable: bool = False,
-        system: bool = True,
+        system: bool | Mapping[str, Any] = True,
         checksum: bool = True,
         compression: str | None = None,
         compression_opts: Any = None,
         chunk_bytes: int = fmt.DEFAULT_CHUNK_BYTES,
+        background: bool = True,
+        max_pending_bytes: int | None = None,
+        size_warning_bytes: int | None = SIZE_WARNING_BYTES,
+        created: _dt.datetime | None = None,
     ) -> None:
-        if compression not in _COMPRESSIONS:
-            raise ValueError(
-                f"Recorder(compression={compression!r}): must be one of {_COMPRESSIONS}"
-            )
+        filter_options = dataset_options(compression, compression_opts)
+        if max_pending_bytes is not None and (isinstance(max_pending_bytes, bool) or not
+                                              isinstance(max_pending_bytes, int)
+                                              or max_pending_bytes < 0):
+            raise ValueError(f"Recorder(max_pending_bytes={max_pending_bytes!r}): must be "
+                             "an int >= 0 or None (one snapshot at a time)")
         if not isinstance(chunk_bytes, int) or chunk_bytes < 1024:
             raise ValueError(
                 f"Recorder(chunk_bytes={chunk_bytes!r}): must be an int >= 1024"
@@ -155,11 +186,20 @@ class Recorder:
         self._root = Path(root)
         self._durable = bool(durable)
         self._checksum = bool(checksum)
-        self._compression = compression
-        self._compression_opts = compression_opts
+        self._compression = filter_options.get("compression")
+        self._compression_opts = filter_options.get("compression_opts")
         self._chunk_bytes = chunk_bytes
+        self._background = bool(background)
+        self._max_pending_bytes = max_pending_bytes
+        self._size_warning_bytes = size_warning_bytes
+        self._writer: SnapshotWriter | None = None
+        self._planned_snapshots: int | None = None
+        self._tensor_specs: dict[str, tuple[Any, ...]] | None = None
+        self._last_snapshot_epoch: int | None = None
+        self._size_checked = False
         self._lock = threading.RLock()
         self._pending: dict[str, list[tuple[int, int, float, float]]] = {}
+        self._metric_ids: dict[str, int] = {}  # index of each name in /history/metrics
         self._last_epoch: dict[str, int] = {}
         self._epoch = -1
         self._status = "running"
@@ -171,13 +211,15 @@ class Recorder:
             self._resume(resume, _check_experiment(experiment) if experiment else None,
                          _check_name("name", name))
         else:
-            self._create(_check_experiment(experiment), _check_name("name", name), system)
+            self._create(_check_experiment(experiment), _check_name("name", name), system,
+                         created)
         # Buffered rows are committed (status untouched) if the interpreter exits first.
         self._finalizer = weakref.finalize(self, Recorder._at_exit, weakref.ref(self))
 
     # --- creation -------------------------------------------------------------------------
 
-    def _create(self, experiment: str, name: str | None, system: bool) -> None:
+    def _create(self, experiment: str, name: str | None, system: bool | Mapping[str, Any],
+                created: _dt.datetime | None = None) -> None:
         folder = self._root / experiment
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -186,7 +228,8 @@ class Recorder:
                 f"cannot create the experiment folder {str(folder)!r}: {err.strerror}; "
                 "choose a root you can write to"
             ) from err
-        now = _dt.datetime.now(_dt.timezone.utc)
+        now = _dt.datetime.now(_dt.timezone.utc) if created is None else (
+            created if created.tzinfo else created.replace(tzinfo=_dt.timezone.utc))
         for _attempt in range(5):
             run_id = new_run_id(now)
             path = folder / f"{run_id}.h5"
@@ -209,7 +252,8 @@ class Recorder:
         self._created = now
         self._flagged: list[str] = []
         document = self._encode_params(stacklevel=4)
-        system_info = self._system_info() if system else {}
+        system_info = (dict(system) if isinstance(system, Mapping)
+                       else self._system_info() if system else {})
         with self._writing("write the run header"):
             fmt.write_root_attrs(self._file, {
                 "format": fmt.FORMAT_NAME,
@@ -228,10 +272,10 @@ class Recorder:
             self._write_params(document)
             fmt.write_text(self._file, fmt.SYSTEM, fmt.dumps_json(system_info))
             fmt.write_text(self._file, fmt.INFO, "{}")
-            self._file.require_group(fmt.HISTORY)
+            fmt.create_history(self._file, checksum=self._checksum)
             self._file.create_dataset(
                 fmt.SNAPSHOTS, shape=(0,), maxshape=(None,), dtype=fmt.SNAPSHOT_DTYPE,
-                chunks=(fmt.HISTORY_CHUNK_ROWS,), fletcher32=self._checksum,
+                chunks=(fmt.SNAPSHOT_CHUNK_ROWS,), fletcher32=self._checksum,
             )
             self._file.require_group(fmt.WEIGHTS)
             self._file.require_group(fmt.EXTRAS)
@@ -256,7 +300,7 @@ class Recorder:
             mode = path.stat().st_mode
             if not mode & stat.S_IWUSR:
                 path.chmod(mode | stat.S_IWUSR)
-            self._file = h5py.File(str(path), "r+", locking=False)
+            self._file = h5py.File(str(path), "r+", locking=False, **fmt.WRITE_OPTIONS)
         except OSError as err:
             self._run_lock.release()
             raise self._write_error(err, f"reopen the record {str(path)!r}") from err
@@ -277,9 +321,9 @@ class Recorder:
         self._params = old
         info_text = fmt.read_text(f, fmt.INFO)
         self._info = dict(fmt.loads_json(info_text)) if info_text else {}
-        for metric, ds in fmt.members(f.get(fmt.HISTORY)):
-            if len(ds):
-                self._last_epoch[metric] = int(ds[-1]["epoch"])
+        self._metric_ids = {name: i for i, name in enumerate(fmt.metric_names(f))}
+        for metric, rows in fmt.read_history(f).items():
+            self._last_epoch[metric] = int(rows[-1]["epoch"])
         self._epoch = max(self._last_epoch.values(), default=-1)
         restarts = fmt.loads_json(fmt.attr_str(f, "restarts", "[]"))
         restarts.append({
@@ -431,34 +475,188 @@ class Recorder:
                 )
                 self._last_epoch[name] = row_epoch
                 self._epoch = max(self._epoch, row_epoch)
+            if self._writer is not None:  # the row is kept; a snapshot failure surfaces
+                self._writer.check()
 
-    def snapshot(self, weights: Any, epoch: int | None = None, step: int | None = None) -> None:
+    def plan(self, epochs: int | None = None, *, snapshot_epochs: int | None = None) -> None:
+        """Say how long the run will be, so that the record's final size can be estimated
+        before the first snapshot (a warning when it exceeds ``size_warning_bytes`` or the
+        free disk space). Integrations call this when fitting starts.
+
+        Args:
+            epochs: the planned number of epochs; every epoch is snapshotted unless
+                *snapshot_epochs* says otherwise.
+            snapshot_epochs: how many snapshots the run will take, e.g.
+                ``SnapshotPolicy.planned_snapshots(epochs)``.
+        """
+        count = snapshot_epochs if snapshot_epochs is not None else epochs
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                                  or count < 0):
+            raise ValueError(f"Recorder.plan(epochs={epochs!r}, snapshot_epochs="
+                             f"{snapshot_epochs!r}): must be ints >= 0 or None")
+        with self._lock:
+            self._planned_snapshots = count
+            self._size_checked = False
+
+    def snapshot(self, weights: Any, epoch: int | None = None, step: int | None = None, *,
+                 policy: SnapshotPolicy | None = None, frozen: Collection[str] = ()) -> None:
         """Store one snapshot of every tensor in *weights*.
+
+        With ``background=True`` (the default) this only copies the tensors to host memory
+        and queues the copies; a writer thread writes them. :meth:`commit` waits until
+        they are in the file. An error of the writer is raised by the next call of
+        :meth:`snapshot`, :meth:`log`, :meth:`commit` or :meth:`close`.
 
         Args:
             weights: ``{name: array}``, a torch Module or state_dict, or a Keras model.
             epoch: the epoch of the snapshot; the latest logged epoch when None (0 before
                 any). A second snapshot of the same epoch replaces the first.
             step: the global step, when known.
+            policy: which tensors to keep (include / exclude patterns) and the storage
+                dtype; every tensor in its own dtype when None.
+            frozen: names of tensors that do not train; they are left out.
 
         Raises:
             SnapshotError: a tensor changed shape or dtype since the first snapshot, or a
-                tensor held in earlier snapshots is missing.
+                tensor held in earlier snapshots is missing (checked before anything is
+                queued).
+            RecordWriteError: an earlier queued snapshot could not be written.
         """
         arrays = to_arrays(weights, copy=False)
+        dtype = "keep" if policy is None else policy.dtype
+        if policy is not None:
+            arrays = {name: arrays[name] for name in policy.select(arrays, frozen)}
+        elif frozen:
+            arrays = {name: a for name, a in arrays.items() if name not in frozen}
         with self._lock:
             self._check_open("snapshot")
-            if epoch is None:
-                epoch = max(self._epoch, 0)
-            self._write_snapshot(arrays, int(epoch), -1 if step is None else int(step))
+            if self._writer is not None:
+                self._writer.check()
+            epoch = max(self._epoch, 0) if epoch is None else int(epoch)
+            step = -1 if step is None else int(step)
+            self._check_tensors(arrays, dtype, epoch)
+            nbytes = sum(_stored_nbytes(a, dtype) for a in arrays.values())
+            self._check_size(nbytes)
+            if not self._background:  # the caller waits, so its arrays need no copy
+                self._write_snapshot(
+                    {name: cast_for_storage(a, dtype) for name, a in arrays.items()},
+                    epoch, step)
+                return
+            writer = self._start_writer()
+        try:
+            writer.reserve(nbytes)  # back-pressure: waits, without the lock, for room
+        except BaseException:
+            with self._lock:
+                self._tensor_specs = None  # this snapshot was checked but is not queued
+            raise
+        try:
+            # The next training step may change the tensors: copy now. A cast is a copy.
+            copies = {name: (a.copy() if dtype == "keep" else cast_for_storage(a, dtype))
+                      for name, a in arrays.items()}
+        except BaseException:
+            writer.release(nbytes)
+            with self._lock:
+                self._tensor_specs = None
+            raise
+        writer.submit(SnapshotJob(copies, epoch, step, nbytes))
+
+    def _start_writer(self) -> SnapshotWriter:
+        if self._writer is None or not self._writer.alive:
+            ref = weakref.ref(self)
+
+            def write(job: SnapshotJob) -> None:  # holds the recorder only while writing
+                rec = ref()
+                if rec is None:
+                    raise RecordClosedError("the recorder was garbage-collected with "
+                                            "snapshots still queued")
+                try:
+                    rec._write_snapshot(job.arrays, job.epoch, job.step)
+                except BaseException:
+                    with rec._lock:
+                        rec._tensor_specs = None  # re-read from the file on the next call
+                    raise
+
+            self._writer = SnapshotWriter(write, max_pending_bytes=self._max_pending_bytes,
+                                          name=f"recordkit-writer-{self._run_id}")
+            # Queued snapshots are written when the recorder is dropped or at exit.
+            weakref.finalize(self, self._writer.stop)
+        return self._writer
+
+    def _check_tensors(self, arrays: Mapping[str, np.ndarray], dtype: str, epoch: int) -> None:
+        """Raise SnapshotError in the caller's thread, before anything is queued, when a
+        tensor changed shape or dtype or went missing. The writer checks again against
+        the file; this check only makes the error come from the call that caused it."""
+        specs = self._tensor_specs
+        if specs is None:
+            assert self._file is not None
+            specs = {}
+            for _, ds in fmt.members(self._file.get(fmt.WEIGHTS)):
+                held = ds.shape[0] + int(ds.attrs["first_snapshot"]) > 0
+                specs[fmt.object_name(ds)] = (ds.shape[1:], ds.dtype,
+                                              fmt.attr_str(ds, "dtype"), held)
+            table = self._file[fmt.SNAPSHOTS]
+            self._last_snapshot_epoch = int(table[-1]["epoch"]) if len(table) else None
+        for name, array in arrays.items():
+            known = specs.get(name)
+            stored = _stored_spec(array, dtype)
+            if known is not None and (known[0], known[1], known[2]) != (
+                    tuple(array.shape), *stored):
+                raise SnapshotError(
+                    f"snapshot at epoch {epoch}: tensor {name!r} is {stored[1]}"
+                    f"{list(array.shape)} but earlier snapshots in {str(self._path)!r} hold "
+                    f"{known[2]}{list(known[0])}; a tensor must keep its shape and dtype "
+                    "across snapshots"
+                )
+        if epoch != self._last_snapshot_epoch:  # not a replacement
+            for name, (_, _, _, held) in specs.items():
+                if held and name not in arrays:
+                    raise SnapshotError(
+                        f"snapshot at epoch {epoch}: tensor {name!r}, held in earlier "
+                        f"snapshots of {str(self._path)!r}, is missing; snapshot the same "
+                        "tensors each time (same include/exclude/frozen)"
+                    )
+        for name, array in arrays.items():
+            specs[name] = (tuple(array.shape), *_stored_spec(array, dtype), True)
+        self._tensor_specs = specs
+        self._last_snapshot_epoch = epoch
+
+    def _check_size(self, snapshot_bytes: int) -> None:
+        """Warn once, before the first snapshot, when the record will not fit."""
+        if self._size_checked:
+            return
+        self._size_checked = True
+        planned = self._planned_snapshots
+        total = snapshot_bytes * (planned if planned is not None else 1)
+        try:
+            usage = os.statvfs(self._path.parent)
+            free: int | None = usage.f_bavail * usage.f_frsize
+        except OSError:
+            free = None
+        about = (f"{planned} planned snapshot(s)" if planned is not None
+                 else "one snapshot (call Recorder.plan(epochs=...) for a full estimate)")
+        compressed = " before compression" if self._compression is not None else ""
+        if free is not None and total > free:
+            problem = f"only {_size(free)} are free on the disk"
+        elif (planned is not None and self._size_warning_bytes is not None
+              and total > self._size_warning_bytes):
+            problem = f"above the warning threshold of {_size(self._size_warning_bytes)}"
+        else:
+            return
+        warnings.warn(
+            f"recordkit: {str(self._path)!r} will hold about {_size(total)}{compressed} of "
+            f"weights ({about} of {_size(snapshot_bytes)}), {problem}; snapshot less often "
+            "(snapshot_every=N or 'best'), exclude tensors, store float16/bfloat16, or "
+            "choose another root",
+            RecordkitWarning, stacklevel=3,
+        )
 
     def _write_snapshot(self, arrays: Mapping[str, np.ndarray], epoch: int, step: int) -> None:
-        f = self._file
-        assert f is not None
-        table = f[fmt.SNAPSHOTS]
-        n = table.shape[0]
-        index = n - 1 if n and int(table[n - 1]["epoch"]) == epoch else n
-        weights = f[fmt.WEIGHTS]
+        """Write one snapshot: on the writer thread, or on the caller's in sync mode.
+
+        The recorder lock is held for the metadata steps and for each slice of data, not
+        for the whole snapshot. The table row goes last: readers trust only snapshots the
+        table lists, so a crash mid-snapshot leaves the previous snapshots intact.
+        """
         encoded = {}
         for name, array in arrays.items():
             try:
@@ -466,40 +664,79 @@ class Recorder:
                     array, fmt.BFloat16Bits) else array)
             except TypeError as err:
                 raise SnapshotError(f"snapshot: tensor {name!r}: {err}") from None
-        for key in weights:
-            ds = weights[key]
-            name = fmt.object_name(ds)
-            if name not in encoded and ds.shape[0] > index:
-                continue  # replacing a snapshot that did not hold this tensor either
-            if name not in encoded and ds.shape[0] + int(ds.attrs["first_snapshot"]) > 0:
-                raise SnapshotError(
-                    f"snapshot at epoch {epoch}: tensor {name!r}, held in earlier snapshots "
-                    f"of {str(self._path)!r}, is missing; snapshot the same tensors each time"
-                )
-        with self._writing(f"write the snapshot of epoch {epoch}"):
-            for name, (array, stored_dtype) in encoded.items():
-                ds = fmt.weight_dataset(
-                    f, name, array, stored_dtype=stored_dtype, first_snapshot=index,
-                    checksum=self._checksum, compression=self._compression,
-                    compression_opts=self._compression_opts, chunk_bytes=self._chunk_bytes,
-                )
-                if ds.shape[1:] != array.shape or ds.dtype != array.dtype or (
-                    fmt.attr_str(ds, "dtype") != stored_dtype
-                ):
+        with self._lock:
+            f = self._file
+            if f is None:
+                raise RecordClosedError(f"snapshot of epoch {epoch}: {str(self._path)!r} "
+                                        "was closed before the snapshot was written")
+            table = f[fmt.SNAPSHOTS]
+            n = table.shape[0]
+            index = n - 1 if n and int(table[n - 1]["epoch"]) == epoch else n
+            weights = f[fmt.WEIGHTS]
+            for key in weights:
+                ds = weights[key]
+                name = fmt.object_name(ds)
+                if name not in encoded and ds.shape[0] > index:
+                    continue  # replacing a snapshot that did not hold this tensor either
+                if name not in encoded and ds.shape[0] + int(ds.attrs["first_snapshot"]) > 0:
                     raise SnapshotError(
-                        f"snapshot at epoch {epoch}: tensor {name!r} is {stored_dtype}"
-                        f"{list(array.shape)} but earlier snapshots in {str(self._path)!r} "
-                        f"hold {fmt.attr_str(ds, 'dtype')}{list(ds.shape[1:])}; a tensor must "
-                        "keep its shape and dtype across snapshots"
+                        f"snapshot at epoch {epoch}: tensor {name!r}, held in earlier "
+                        f"snapshots of {str(self._path)!r}, is missing; snapshot the same "
+                        "tensors each time (same include/exclude/frozen)"
                     )
-                row = index - int(ds.attrs["first_snapshot"])
-                if row >= ds.shape[0]:
-                    ds.resize((row + 1, *ds.shape[1:]))
-                ds[row] = array
-            # The table row goes last: a reader trusts only snapshots the table lists.
+            targets = []
+            with self._writing(f"write the snapshot of epoch {epoch}"):
+                self._ensure_space(sum(int(a.nbytes) for a, _ in encoded.values()),
+                                   f"write the snapshot of epoch {epoch}")
+                for name, (array, stored_dtype) in encoded.items():
+                    ds = fmt.weight_dataset(
+                        f, name, array, stored_dtype=stored_dtype, first_snapshot=index,
+                        checksum=self._checksum, compression=self._compression,
+                        compression_opts=self._compression_opts,
+                        chunk_bytes=self._chunk_bytes,
+                    )
+                    if ds.shape[1:] != array.shape or ds.dtype != array.dtype or (
+                        fmt.attr_str(ds, "dtype") != stored_dtype
+                    ):
+                        raise SnapshotError(
+                            f"snapshot at epoch {epoch}: tensor {name!r} is {stored_dtype}"
+                            f"{list(array.shape)} but earlier snapshots in "
+                            f"{str(self._path)!r} hold {fmt.attr_str(ds, 'dtype')}"
+                            f"{list(ds.shape[1:])}; a tensor must keep its shape and dtype "
+                            "across snapshots"
+                        )
+                    row = index - int(ds.attrs["first_snapshot"])
+                    if row < 0:
+                        raise SnapshotError(
+                            f"snapshot at epoch {epoch}: tensor {name!r} first appeared in a "
+                            f"later snapshot of {str(self._path)!r}; it cannot be added to "
+                            "an earlier one"
+                        )
+                    targets.append((ds, row, array))
+                for ds, row, _ in targets:
+                    if row >= ds.shape[0]:
+                        ds.resize((row + 1, *ds.shape[1:]))
+        for ds, row, array in targets:
+            for part in _slices(ds.chunks, array.shape, array.dtype.itemsize):
+                with self._lock, self._writing(f"write the snapshot of epoch {epoch}"):
+                    if part is None:
+                        ds[row] = array
+                    else:
+                        ds[row, part] = array[part]
+        with self._lock, self._writing(f"write the snapshot of epoch {epoch}"):
+            # The tensors reach the file before the row that lists them: one flush does
+            # not order its writes, and a kill inside it could leave a listed snapshot
+            # unwritten (benchmarks/crash_kills.py found it).
+            f.flush()
             if index == n:
                 table.resize((n + 1,))
             table[index] = (epoch, step, time.time())
+            # Committed on its own: crash-safe once written, whether or not commit() waits.
+            f.flush()
+            fd = f.id.get_vfd_handle() if self._durable else None
+        if fd is not None:  # without the lock: log() need not wait for the disk
+            with self._writing(f"write the snapshot of epoch {epoch}"):
+                os.fsync(fd)
 
     def add(self, key: str, value: Any) -> None:
         """Store any named value: an array, a list of arrays, or a plain value.
@@ -521,36 +758,101 @@ class Recorder:
                 assert self._file is not None
                 fmt.write_extra(self._file, key, value)
 
-    def commit(self, durable: bool | None = None) -> None:
+    def commit(self, durable: bool | None = None, *, wait: bool = True) -> None:
         """Write everything logged so far and flush it to the file.
 
         After commit returns, a process killed at any moment leaves these rows readable.
 
+        Queued snapshots are written first, so after commit returns they are in the file
+        too, and flushed with the history.
+
         Args:
             durable: also fsync, so a power loss keeps them; defaults to the recorder's
                 ``durable`` option.
+            wait: False commits the history rows now without waiting for queued
+                snapshots, so training overlaps their writing; each snapshot is flushed
+                (committed) by the writer as soon as it is written. A writer error already
+                known is still raised.
+
+        Raises:
+            SnapshotError, RecordWriteError: a queued snapshot failed; the history rows are
+                committed before it is raised.
         """
+        writer_error = self._drain() if wait else None
         with self._lock:
             self._check_open("commit")
+            if not wait and self._writer is not None:
+                try:
+                    self._writer.check()
+                except BaseException as err:
+                    writer_error = err
             self._commit(self._durable if durable is None else durable)
+        if writer_error is not None:
+            raise writer_error
+
+    def _drain(self) -> BaseException | None:
+        """Wait until the queued snapshots are written; return the writer's error, if any.
+
+        Called without the lock held: the writer takes it for each slice it writes."""
+        writer = self._writer
+        if writer is None:
+            return None
+        try:
+            writer.wait()
+        except BaseException as err:
+            return err
+        return None
 
     def _commit(self, durable: bool) -> None:
         f = self._file
         assert f is not None
         with self._writing("commit"):
-            for name, rows in self._pending.items():
-                if rows:
-                    ds = fmt.history_dataset(f, name, checksum=self._checksum)
-                    fmt.append_rows(ds, np.array(rows, dtype=fmt.HISTORY_DTYPE))
-            self._pending.clear()
+            self._ensure_space(self._pending_bytes(), "commit")
+            self._write_pending()
             f.flush()
             if durable:
                 os.fsync(f.id.get_vfd_handle())
+        self._check_file_still_there()
+
+    def _write_pending(self) -> None:
+        """Append the buffered history rows to the one history table.
+
+        One append per commit, whatever the number of metrics, and it costs the same at
+        epoch 5,000 as at epoch 1: nothing is rewritten. New metric names go into
+        ``/history/metrics`` first, so a row never points at a name not yet written. The
+        low-level calls skip h5py's per-call checks, which cost more than the write itself
+        for a few rows (docs/BENCHMARKS.md)."""
+        f = self._file
+        assert f is not None
+        pending = [(name, rows) for name, rows in self._pending.items() if rows]
+        if not pending:
+            return
+        new = [name for name, _ in pending if name not in self._metric_ids]
+        if new:
+            fmt.add_metric_names(f, new)
+            for name in new:
+                self._metric_ids[name] = len(self._metric_ids)
+        data = np.array([(self._metric_ids[name], *row) for name, rows in pending
+                         for row in rows], dtype=fmt.HISTORY_ROW_DTYPE)
+        table = self.__dict__.get("_history_table")
+        if table is None or not table.id.valid:
+            table = self._history_table = fmt.history_tables(f)[0]
+        dsid = table.id
+        n = dsid.shape[0]
+        dsid.set_extent((n + len(data),))
+        space = dsid.get_space()
+        space.select_hyperslab((n,), (len(data),))
+        dsid.write(h5py.h5s.create_simple((len(data),)), space, data, mtype=_HISTORY_MTYPE)
+        self._pending.clear()
 
     def rewind(self, epoch: int) -> None:
         """Drop history rows and snapshots of *epoch* and later, e.g. before a resumed run
         repeats those epochs, so that nothing is recorded twice."""
+        writer_error = self._drain()  # queued snapshots were taken before the rewind
+        if writer_error is not None:
+            raise writer_error
         with self._lock:
+            self._tensor_specs = None
             self._check_open("rewind")
             f = self._file
             assert f is not None
@@ -558,17 +860,21 @@ class Recorder:
                 for name in list(self._pending):
                     self._pending[name] = [r for r in self._pending[name] if r[0] < epoch]
                 self._last_epoch.clear()
-                for name, ds in fmt.members(f[fmt.HISTORY]):
-                    rows = ds[:]
-                    kept = rows[rows["epoch"] < epoch]
-                    if len(kept) < len(rows):
-                        ds.resize((len(kept),))
-                        if len(kept):
-                            ds[:] = kept
-                    epochs = [int(e) for e in kept["epoch"][-1:]]
-                    epochs += [r[0] for r in self._pending.get(name, [])[-1:]]
-                    if epochs:
-                        self._last_epoch[name] = max(epochs)
+                table = fmt.history_tables(f)[0]
+                rows = table[()]
+                kept = rows[rows["epoch"] < epoch]
+                if len(kept) < len(rows):
+                    table.resize((len(kept),))
+                    if len(kept):
+                        table[:] = kept
+                names = {i: name for name, i in self._metric_ids.items()}
+                for name, view in fmt.split_history(kept, [names[i] for i in
+                                                           range(len(names))]).items():
+                    self._last_epoch[name] = int(view["epoch"][-1])
+                for name, pending_rows in self._pending.items():
+                    if pending_rows:
+                        self._last_epoch[name] = max(self._last_epoch.get(name, -1),
+                                                     pending_rows[-1][0])
                 table = f[fmt.SNAPSHOTS]
                 snap_epochs = table["epoch"][:] if len(table) else np.zeros(0, np.int64)
                 stale = np.nonzero(snap_epochs >= epoch)[0]
@@ -588,7 +894,7 @@ class Recorder:
         """Close the run as completed and return its id. The record is read-only after."""
         with self._lock:
             self._check_open("save")
-            self.close("completed")
+        self.close("completed")
         return self._run_id
 
     def close(self, status: str = "completed", *, error: BaseException | str | None = None
@@ -599,10 +905,36 @@ class Recorder:
             status: ``"completed"``, ``"failed"``, ``"interrupted"``, or ``"running"`` to
                 leave the run open for a later resume.
             error: the exception (or its text) that ended a failed run.
+
+        Raises:
+            SnapshotError, RecordWriteError: a queued snapshot failed. The run is closed
+                first and the failure is stored in its ``error`` attribute. When *error* is
+                given (closing after a crash) it is not raised but stored and warned about,
+                so it does not hide the crash.
         """
         if status not in fmt.STATUSES:
             raise ValueError(f"Recorder.close(status={status!r}): must be one of "
                              f"{fmt.STATUSES}")
+        writer_error = None
+        writer = self._writer
+        if writer is not None and not self._closed:
+            writer.stop()  # writes what is queued; without the lock, which it needs
+            writer_error = self._drain()
+        if writer_error is not None:
+            lost = f"a snapshot was not written: {type(writer_error).__name__}: {writer_error}"
+            if error is None:
+                error = lost
+            else:
+                error = (f"{type(error).__name__}: {error}" if isinstance(error, BaseException)
+                         else str(error)) + f"; {lost}"
+                warnings.warn(f"recordkit: {str(self._path)!r}: {lost}", RecordkitWarning,
+                              stacklevel=2)
+                writer_error = None
+        self._close(status, error)
+        if writer_error is not None:
+            raise writer_error
+
+    def _close(self, status: str, error: BaseException | str | None) -> None:
         with self._lock:
             if self._closed:
                 return
@@ -630,11 +962,8 @@ class Recorder:
         assert f is not None
         self._status = status
         with self._writing(f"close the run as {status}"):
-            for name, rows in self._pending.items():
-                if rows:
-                    ds = fmt.history_dataset(f, name, checksum=self._checksum)
-                    fmt.append_rows(ds, np.array(rows, dtype=fmt.HISTORY_DTYPE))
-            self._pending.clear()
+            self._ensure_space(self._pending_bytes(), f"close the run as {status}")
+            self._write_pending()
             attrs: dict[str, Any] = {"status": status}
             if status != "running":
                 attrs["ended"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
@@ -690,10 +1019,75 @@ class Recorder:
         except OSError as err:
             raise self._write_error(err, what) from err
         except (RuntimeError, ValueError, KeyError) as err:  # h5py's other error types
+            if "errno = " in str(err):  # a system call failed inside HDF5 (e.g. on flush)
+                raise self._write_error(OSError(str(err)), what) from err
             raise RecordWriteError(
                 f"cannot {what} in {str(getattr(self, '_path', self._root))!r}: "
                 f"{type(err).__name__}: {err}"
             ) from err
+
+    def _pending_bytes(self) -> int:
+        return sum(len(rows) for rows in self._pending.values()) * fmt.HISTORY_DTYPE.itemsize
+
+    def _ensure_space(self, nbytes: int, what: str) -> None:
+        """Refuse a write the disk (or RLIMIT_FSIZE) cannot take, before HDF5 starts it.
+
+        A write that fails inside HDF5 leaves the library unable to flush or close the
+        file (and h5py can crash the process when it frees the handles), so the space is
+        checked first; the record then stays as the last commit left it."""
+        f = self._file
+        if f is None:
+            return
+        needed = nbytes + nbytes // 16 + _SPACE_MARGIN  # chunk index, headers, heap
+        try:
+            usage = os.statvfs(self._path.parent)
+            free = usage.f_bavail * usage.f_frsize
+        except OSError:
+            free = None
+        if free is not None and needed > free:
+            error = RecordWriteError(
+                f"cannot {what} in {str(self._path)!r}: the disk is full; it needs about "
+                f"{_size(needed)} and {_size(free)} are free. Free space or choose another "
+                "root; the epochs committed so far stay readable")
+            error.errno = errno.ENOSPC
+            raise error
+        try:
+            import resource
+        except ImportError:  # pragma: no cover - Windows: no RLIMIT_FSIZE
+            return
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit == resource.RLIM_INFINITY:
+            return
+        try:
+            size = max(os.fstat(f.id.get_vfd_handle()).st_size, f.id.get_filesize())
+        except Exception:
+            return
+        if size + needed > limit:
+            error = RecordWriteError(
+                f"cannot {what} in {str(self._path)!r}: the file is larger than this "
+                f"process may write (RLIMIT_FSIZE / quota): it needs about {_size(needed)} "
+                f"more and may grow by {_size(max(0, limit - size))}; the epochs committed "
+                "so far stay readable")
+            error.errno = errno.EFBIG
+            raise error
+
+    def _check_file_still_there(self) -> None:
+        """A removed file (or folder) takes writes without error until it is closed, and
+        then they are lost: say so at the first commit after the removal."""
+        f = self._file
+        if f is None:
+            return
+        try:
+            same = os.path.samestat(os.stat(self._path), os.fstat(f.id.get_vfd_handle()))
+        except OSError:
+            same = False
+        if not same:
+            error = RecordWriteError(
+                f"cannot commit in {str(self._path)!r}: the record (or its folder) was "
+                "removed or replaced while the run was being written; what it held is lost "
+                "when the run closes. Restore the folder or start a new run")
+            error.errno = errno.ENOENT
+            raise error
 
     def _write_error(self, err: OSError, what: str) -> RecordWriteError:
         path = getattr(self, "_path", self._root)
@@ -701,6 +1095,9 @@ class Recorder:
         code = err.errno
         if code is None and "No space left" in text:
             code = errno.ENOSPC
+        if code is None:  # HDF5 puts the errno in the message: "errno = 27, ..."
+            found = re.search(r"errno = (\d+)", text)
+            code = int(found.group(1)) if found else None
         if code == errno.ENOSPC:
             hint = "the disk is full; free space or choose another root"
             with contextlib.suppress(OSError):
@@ -718,6 +1115,51 @@ class Recorder:
         error = RecordWriteError(f"cannot {what} in {str(path)!r}: {hint}")
         error.errno = code
         return error
+
+
+#: Bytes kept free beyond a write's data for HDF5's metadata (see Recorder._ensure_space).
+_SPACE_MARGIN = 256 * 1024
+
+
+def _stored_spec(array: np.ndarray, dtype: str) -> tuple[np.dtype[Any], str]:
+    """The numpy dtype and the dtype name a tensor is stored with (see cast_for_storage)."""
+    bf16 = isinstance(array, fmt.BFloat16Bits) or array.dtype.name == fmt.BFLOAT16
+    if dtype == "keep" or not (bf16 or array.dtype.kind == "f"):
+        if bf16:
+            return np.dtype(np.uint16), fmt.BFLOAT16
+        return array.dtype, array.dtype.name
+    if dtype == fmt.BFLOAT16:
+        return np.dtype(np.uint16), fmt.BFLOAT16
+    return np.dtype(np.float16), "float16"
+
+
+def _stored_nbytes(array: np.ndarray, dtype: str) -> int:
+    """Bytes a tensor takes once cast to the storage dtype."""
+    if dtype != "keep" and (array.dtype.kind == "f" or isinstance(array, fmt.BFloat16Bits)):
+        return int(array.size) * 2
+    return int(array.nbytes)
+
+
+def _slices(chunks: tuple[int, ...] | None, shape: tuple[int, ...], itemsize: int
+            ) -> list[slice | None]:
+    """Slices along a tensor's first axis, aligned to whole chunks, of about _SLICE_BYTES
+    each; ``[None]`` when the tensor is written in one piece."""
+    if not shape or chunks is None:
+        return [None]
+    row_bytes = itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    if shape[0] * row_bytes <= _SLICE_BYTES:
+        return [None]
+    per_chunk = max(1, chunks[1])
+    step = per_chunk * max(1, _SLICE_BYTES // max(1, per_chunk * row_bytes))
+    return [slice(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} TiB"  # pragma: no cover
 
 
 def _as_float(value: Any) -> float | None:
