@@ -465,8 +465,19 @@ def metric_names(f: h5py.File) -> list[str]:
     group = f.get(HISTORY)
     if group is None or HISTORY_METRICS not in group:
         return []
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n)
+    return [unescape_name(n.decode("utf-8") if isinstance(n, bytes) else str(n))
             for n in group[HISTORY_METRICS][()]]
+
+
+def escape_metric(name: str) -> str:
+    """HDF5 strings cannot hold NUL: ``%`` and NUL are percent-encoded in metric names
+    (nothing else: ``train/loss`` stays readable).
+
+    Example:
+        >>> escape_metric("train/loss 100%")
+        'train/loss 100%25'
+    """
+    return name.replace("%", "%25").replace("\x00", "%00")
 
 
 def add_metric_names(f: h5py.File, names: list[str]) -> None:
@@ -474,7 +485,7 @@ def add_metric_names(f: h5py.File, names: list[str]) -> None:
     ds = f[HISTORY][HISTORY_METRICS]
     n = ds.shape[0]
     ds.resize((n + len(names),))
-    ds[n:] = names
+    ds[n:] = [escape_metric(name) for name in names]
 
 
 def split_history(rows: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:

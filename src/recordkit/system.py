@@ -28,6 +28,8 @@ _SECRET = re.compile(
     r"(key|token|secret|passw(or)?d|pwd|credential|auth|cookie|session|private)",
     re.IGNORECASE,
 )
+#: ``scheme://user:password@host``: the password of a URL's user info.
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)([^@\s]+)(@)")
 _PACKAGES = ("numpy", "h5py", "psutil", "recordkit", "torch", "pytorch-lightning",
              "lightning", "tensorflow", "keras", "jax", "ml-dtypes", "hdf5plugin")
 
@@ -40,18 +42,21 @@ def mask_secrets(argv: Sequence[str]) -> list[str]:
     """The command line with the values of secret-looking options replaced by ``***``.
 
     Options named like key, token, secret, password, credential or auth are masked in the
-    forms ``--name=value``, ``--name value`` and ``NAME=value``.
+    forms ``--name=value``, ``--name value`` and ``NAME=value``; so is the password of any
+    URL with user info (``postgres://me:***@db``).
 
     Example:
         >>> mask_secrets(["train.py", "--api-key=abc", "--password", "hunter2", "--lr", "0.1"])
         ['train.py', '--api-key=***', '--password', '***', '--lr', '0.1']
         >>> mask_secrets(["HF_TOKEN=xyz", "--epochs=3"])
         ['HF_TOKEN=***', '--epochs=3']
+        >>> mask_secrets(["--db=postgres://me:pw@db/x"])
+        ['--db=postgres://me:***@db/x']
     """
     masked: list[str] = []
     mask_next = False
     for arg in argv:
-        arg = str(arg)
+        arg = _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", str(arg))
         if mask_next and not (arg.startswith("-") and len(arg) > 1 and not _is_number(arg)):
             masked.append(MASK)
             mask_next = False
