@@ -84,7 +84,7 @@ def test_record_experiment_fold_form(tmp_path: pathlib.Path) -> None:
 
 
 ODD_NAMES = ["train/loss", "val.acc", "with space", "ünïcödé ✓", "100%", ".", "..", "a//b",
-             "/leading", "trailing/", "%2F", ""]
+             "/leading", "trailing/", "%2F", "", "nul\x00inside", "%00"]
 
 
 def test_odd_names_round_trip(tmp_path: pathlib.Path) -> None:

@@ -148,7 +148,7 @@ def object_name(obj: h5py.HLObject) -> str:
     if isinstance(stored, bytes):
         stored = stored.decode("utf-8", "replace")
     if isinstance(stored, str):
-        return stored
+        return unescape_name(stored) if stored != "%" else stored
     return unescape_name(obj.name.rsplit("/", 1)[-1])
 
 
@@ -470,8 +470,8 @@ def metric_names(f: h5py.File) -> list[str]:
 
 
 def escape_metric(name: str) -> str:
-    """HDF5 strings cannot hold NUL: ``%`` and NUL are percent-encoded in metric names
-    (nothing else: ``train/loss`` stays readable).
+    """HDF5 strings cannot hold NUL: ``%`` and NUL are percent-encoded in metric names and
+    ``name`` attributes (nothing else: ``train/loss`` stays readable).
 
     Example:
         >>> escape_metric("train/loss 100%")
@@ -570,7 +570,7 @@ def weight_dataset(
         compression=compression,
         compression_opts=compression_opts,
     )
-    ds.attrs["name"] = name
+    ds.attrs["name"] = escape_metric(name)
     ds.attrs["dtype"] = stored_dtype
     ds.attrs["first_snapshot"] = first_snapshot
     return ds
@@ -676,7 +676,7 @@ def _array_like(value: Any) -> bool:
 def _write_array(group: h5py.Group, key: str, arr: np.ndarray, name: str, kind: str) -> None:
     stored, stored_dtype = encode_tensor(arr)
     ds = group.create_dataset(key, data=stored)
-    ds.attrs["name"] = name
+    ds.attrs["name"] = escape_metric(name)
     ds.attrs["kind"] = kind
     ds.attrs["dtype"] = stored_dtype
 
@@ -702,7 +702,7 @@ def write_extra(f: h5py.File, key: str, value: Any) -> None:
         _array_like(v) and _numeric_array(v) is not None for v in value
     ):
         sub = group.create_group(escaped)
-        sub.attrs["name"] = key
+        sub.attrs["name"] = escape_metric(key)
         sub.attrs["kind"] = "arrays"
         for i, item in enumerate(value):
             arr = _numeric_array(item)
@@ -714,7 +714,7 @@ def write_extra(f: h5py.File, key: str, value: Any) -> None:
         for k, v in value.items()
     ):
         sub = group.create_group(escaped)
-        sub.attrs["name"] = key
+        sub.attrs["name"] = escape_metric(key)
         sub.attrs["kind"] = "dict"
         for k, v in value.items():
             arr = _numeric_array(v)
@@ -722,7 +722,7 @@ def write_extra(f: h5py.File, key: str, value: Any) -> None:
             _write_array(sub, escape_name(k), arr, k, "array")
         return
     write_text(group, escaped, dumps_json(value))
-    group[escaped].attrs["name"] = key
+    group[escaped].attrs["name"] = escape_metric(key)
     group[escaped].attrs["kind"] = "json"
 
 
