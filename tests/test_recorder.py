@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import recordkit as rk
-from tests.support import require
 from recordkit.errors import (
     NotARecordError,
     RecordClosedError,
@@ -22,6 +21,7 @@ from recordkit.errors import (
     RecordNotFoundError,
     SnapshotError,
 )
+from tests.support import require
 
 
 class Colour(enum.Enum):
@@ -463,3 +463,16 @@ def test_repr_says_where_and_state(tmp_path: pathlib.Path) -> None:
     assert "open" in repr(rec) and str(rec.path) in repr(rec)
     rec.save()
     assert "closed" in repr(rec) and "completed" in repr(rec)
+
+
+def test_secret_looking_params_are_masked(tmp_path: pathlib.Path) -> None:
+    with pytest.warns(RecordkitWarning, match="'api_key' looks like a secret"):
+        rec = rk.Recorder(tmp_path, system=False,
+                          params={"api_key": "s3cr3t-1", "key_dim": 64,
+                                  "db": {"password": "s3cr3t-2", "host": "h"}})
+    run_id = rec.save()
+    assert rk.load(run_id, root=tmp_path).params == {
+        "api_key": "***", "key_dim": 64, "db": {"password": "***", "host": "h"}}
+    assert b"s3cr3t" not in rec.path.read_bytes()
+    kept = rk.Recorder(tmp_path, system=False, params={"token": "t"}, mask_secrets=False)
+    assert rk.load(kept.save(), root=tmp_path).params == {"token": "t"}

@@ -7,6 +7,8 @@ Catch :class:`RecordkitError` to catch them all.
 from __future__ import annotations
 
 __all__ = [
+    "FilterUnavailableError",
+    "ImportFormatError",
     "NotARecordError",
     "RecordBusyError",
     "RecordClosedError",
@@ -65,6 +67,16 @@ class RecordWriteError(RecordkitError, OSError):
 
 class SnapshotError(RecordkitError, ValueError):
     """A weight snapshot cannot be stored as given (shape or dtype changed, unknown object)."""
+
+
+class FilterUnavailableError(RecordkitError, ModuleNotFoundError):
+    """A record's weights use a compression filter (Zstd, Blosc, ...) that needs the
+    hdf5plugin package, which is not installed: ``pip install hdf5plugin``."""
+
+
+class ImportFormatError(RecordkitError, ValueError):
+    """A file given to an importer is not of the kind it reads (a researcher JSON file, or
+    Record documents exported from MongoDB)."""
 
 
 class RecordkitWarning(UserWarning):

@@ -1,17 +1,77 @@
-"""When to snapshot: the policy both callbacks share.
+"""When and what to snapshot: the policy both callbacks share.
 
 ``every=N`` snapshots epochs N-1, 2N-1, ... (every N-th epoch, counting from 1);
 ``every=None`` only the last epoch; ``every="best"`` each epoch where *monitor* improves.
 The final epoch is always snapshotted by the callbacks (``due(..., last=True)``).
+
+What goes into a snapshot: *include* / *exclude* glob patterns on tensor names, frozen
+tensors left out, and the storage dtype (``"keep"``, ``"float16"`` or ``"bfloat16"``;
+bfloat16 is stored as its uint16 bit pattern, see ``format.encode_tensor``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-__all__ = ["SnapshotPolicy"]
+import numpy as np
+
+from recordkit.format import BFLOAT16, BFloat16Bits
+
+__all__ = ["STORAGE_DTYPES", "SnapshotPolicy", "cast_for_storage"]
+
+#: Values of ``dtype``: keep each tensor's own dtype, or store floating tensors as
+#: float16 / bfloat16 (half the bytes of float32).
+STORAGE_DTYPES = ("keep", "float16", BFLOAT16)
+
+
+def _patterns(value: str | Iterable[str] | None, what: str, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(p, str) for p in items):
+        raise TypeError(f"{where}({what}={value!r}): must be a glob pattern (str) or a list "
+                        "of them")
+    return items
+
+
+def _bfloat16_bits(array: np.ndarray) -> np.ndarray:
+    """Round float32 values to bfloat16 (to nearest, ties to even) and return the bits."""
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+    nan = np.isnan(array)
+    if nan.any():  # rounding could carry a NaN's payload into inf; keep a quiet NaN
+        rounded[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
+    return rounded
+
+
+def cast_for_storage(array: np.ndarray, dtype: str) -> np.ndarray:
+    """*array* in the storage dtype: floating tensors are cast, others kept as they are.
+    The result is a new array unless the dtype is kept.
+
+    Example:
+        >>> cast_for_storage(np.array([1.0, 2.5]), "float16").dtype
+        dtype('float16')
+        >>> from recordkit.format import decode_tensor, encode_tensor
+        >>> bits = cast_for_storage(np.array([1.0, -2.5], dtype=np.float32), "bfloat16")
+        >>> decode_tensor(*encode_tensor(bits)).astype(np.float32).tolist()
+        [1.0, -2.5]
+    """
+    if dtype == "keep":
+        return array
+    is_bf16 = isinstance(array, BFloat16Bits) or array.dtype.name == BFLOAT16
+    if not is_bf16 and array.dtype.kind != "f":
+        return array  # integer counters, masks and the like keep their dtype
+    if dtype == BFLOAT16:
+        if is_bf16:
+            return array
+        return BFloat16Bits.of(_bfloat16_bits(array))
+    if is_bf16:
+        bits = np.asarray(array).view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32).astype(np.float16)
+    return array.astype(np.float16)
 
 
 class SnapshotPolicy:
@@ -21,6 +81,11 @@ class SnapshotPolicy:
         every: a positive int N, None (last epoch only) or ``"best"``.
         monitor: with ``"best"``, the metric to watch.
         mode: ``"min"`` or ``"max"``: which direction is better for *monitor*.
+        where: the caller's name, used in error messages.
+        include: glob pattern(s) on tensor names; only matching tensors are kept.
+        exclude: glob pattern(s) on tensor names; matching tensors are left out.
+        dtype: storage dtype of floating tensors: ``"keep"``, ``"float16"`` or
+            ``"bfloat16"``.
 
     Example:
         >>> policy = SnapshotPolicy(2)
@@ -29,10 +94,16 @@ class SnapshotPolicy:
         >>> best = SnapshotPolicy("best", monitor="val_loss")
         >>> [best.due(e, {"val_loss": v}) for e, v in enumerate([3.0, 2.0, 2.5, 1.0])]
         [True, True, False, True]
+        >>> SnapshotPolicy(exclude="*.bias").select(["fc.weight", "fc.bias", "emb"],
+        ...                                         frozen={"emb"})
+        ['fc.weight']
     """
 
     def __init__(self, every: int | str | None = 1, *, monitor: str | None = None,
-                 mode: str = "min", where: str = "SnapshotPolicy") -> None:
+                 mode: str = "min", where: str = "SnapshotPolicy",
+                 include: str | Iterable[str] | None = None,
+                 exclude: str | Iterable[str] | None = None,
+                 dtype: str = "keep") -> None:
         if every == "best":
             if not monitor:
                 raise ValueError(f'{where}(snapshot_every="best"): needs monitor=<metric '
@@ -43,10 +114,41 @@ class SnapshotPolicy:
                              f"None (last epoch only) or 'best'. Received: {every!r}")
         if mode not in ("min", "max"):
             raise ValueError(f"{where}(mode={mode!r}): must be 'min' or 'max'")
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"{where}(dtype={dtype!r}): must be one of {STORAGE_DTYPES}")
         self.every = every
         self.monitor = monitor
         self.mode = mode
+        self.include = _patterns(include, "include", where)
+        self.exclude = _patterns(exclude, "exclude", where)
+        self.dtype = dtype
         self.best: float | None = None
+
+    def wants(self, name: str, frozen: Collection[str] = ()) -> bool:
+        """Whether tensor *name* goes into a snapshot."""
+        if name in frozen:
+            return False
+        if self.include is not None and not any(
+            fnmatch.fnmatchcase(name, p) for p in self.include
+        ):
+            return False
+        return not (self.exclude and any(fnmatch.fnmatchcase(name, p) for p in self.exclude))
+
+    def select(self, names: Iterable[str], frozen: Collection[str] = ()) -> list[str]:
+        """The names, in order, that go into a snapshot (include, exclude, not frozen)."""
+        return [name for name in names if self.wants(name, frozen)]
+
+    def planned_snapshots(self, epochs: int) -> int:
+        """How many snapshots a run of *epochs* epochs takes at most (the last epoch is
+        always one; ``"best"`` may improve every epoch)."""
+        if epochs <= 0:
+            return 0
+        if self.every == "best":
+            return epochs
+        if self.every is None:
+            return 1
+        assert isinstance(self.every, int)
+        return epochs // self.every + (1 if epochs % self.every else 0)
 
     def due(self, epoch: int, metrics: Mapping[str, Any], *, last: bool = False) -> bool:
         """Whether *epoch* (0-based) gets a snapshot, given the metrics logged for it."""

@@ -139,6 +139,8 @@ class Recorder:
             record's estimated final size exceeds this (see :meth:`plan`); None: never.
         created: the run's creation time (and so its run id) instead of now; importers
             of older tools' files pass the original timestamp. A naive time is UTC.
+        mask_secrets: store the value of a param whose name looks like a secret
+            (``api_key``, ``password``, ``hf_token``...) as ``"***"``, with a warning.
 
     Raises:
         RecordWriteError: the folder cannot be created or written.
@@ -172,6 +174,7 @@ class Recorder:
         max_pending_bytes: int | None = None,
         size_warning_bytes: int | None = SIZE_WARNING_BYTES,
         created: _dt.datetime | None = None,
+        mask_secrets: bool = True,
     ) -> None:
         filter_options = dataset_options(compression, compression_opts)
         if max_pending_bytes is not None and (isinstance(max_pending_bytes, bool) or not
@@ -207,6 +210,8 @@ class Recorder:
         self._file: h5py.File | None = None
         self._run_lock: RunLock | None = None
         self._params: dict[str, Any] = _params_of(params, "Recorder(params=...)")
+        self._mask_secrets = bool(mask_secrets)
+        self._masked: list[str] = []
         if resume is not None:
             self._resume(resume, _check_experiment(experiment) if experiment else None,
                          _check_name("name", name))
@@ -230,12 +235,17 @@ class Recorder:
             ) from err
         now = _dt.datetime.now(_dt.timezone.utc) if created is None else (
             created if created.tzinfo else created.replace(tzinfo=_dt.timezone.utc))
+        # The file is created under a hidden name and renamed once its header is flushed:
+        # a process killed inside Recorder() leaves no half-made record for readers.
         for _attempt in range(5):
             run_id = new_run_id(now)
             path = folder / f"{run_id}.h5"
+            partial = folder / f".{run_id}.h5.part"
             self._run_lock = RunLock.acquire(path)
             try:
-                self._file = fmt.new_file(str(path))
+                if path.exists():
+                    raise FileExistsError(path)
+                self._file = fmt.new_file(str(partial))
                 break
             except FileExistsError:
                 self._run_lock.release()
@@ -251,6 +261,24 @@ class Recorder:
         self._name = name if name is not None else run_id
         self._created = now
         self._flagged: list[str] = []
+        try:
+            self._write_header(experiment, system, now)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                if self._file is not None:
+                    self._file.close()
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            self._run_lock.release()
+            raise
+        with self._writing("publish the record"):
+            os.replace(partial, path)
+        self._info: dict[str, Any] = {}
+
+    def _write_header(self, experiment: str, system: bool | Mapping[str, Any],
+                      now: _dt.datetime) -> None:
+        assert self._file is not None
+        run_id = self._run_id
         document = self._encode_params(stacklevel=4)
         system_info = (dict(system) if isinstance(system, Mapping)
                        else self._system_info() if system else {})
@@ -280,7 +308,6 @@ class Recorder:
             self._file.require_group(fmt.WEIGHTS)
             self._file.require_group(fmt.EXTRAS)
             self._file.flush()
-        self._info: dict[str, Any] = {}
 
     def _system_info(self) -> dict[str, Any]:
         try:
@@ -405,8 +432,20 @@ class Recorder:
                 self._write_params(document)
 
     def _encode_params(self, stacklevel: int) -> str:
-        """Encode the params; warn once per key that is stored as its repr."""
-        document, flagged = fmt.encode_params(self._params, warn=False)
+        """Encode the params; warn once per key that is stored as its repr, and once per
+        secret-looking key (``api_key``, ``password``...) whose value is stored as ``***``."""
+        masked = _secret_keys(self._params, "") if self._mask_secrets else []
+        for key in masked:
+            if key not in self._masked:
+                self._masked.append(key)
+                warnings.warn(
+                    f"recordkit: hyperparameter {key!r} looks like a secret; it is stored "
+                    f"as '***' in {str(self._path)!r} (pass mask_secrets=False to keep it)",
+                    RecordkitWarning, stacklevel=stacklevel,
+                )
+        document, flagged = fmt.encode_params(
+            _masked_copy(self._params) if masked and self._mask_secrets else self._params,
+            warn=False)
         for key in flagged:
             if key not in self._flagged:
                 warnings.warn(
@@ -1232,3 +1271,32 @@ def _per_epoch(series: Any) -> list[Any]:
             return [float(np.nanmean([float(v[i]) for v in items])) for i in range(length)]
         return items
     return [series]
+
+
+def _secret_keys(params: Mapping[str, Any], prefix: str) -> list[str]:
+    """Dotted keys of params whose names look like secrets (recordkit.system's rule)."""
+    from recordkit.system import is_secret_name
+
+    keys: list[str] = []
+    for key, value in params.items():
+        if not isinstance(key, str):
+            continue
+        if is_secret_name(key) and value is not None and not isinstance(value, Mapping):
+            keys.append(prefix + key)
+        elif isinstance(value, Mapping):
+            keys.extend(_secret_keys(value, f"{prefix}{key}."))
+    return keys
+
+
+def _masked_copy(params: Mapping[str, Any]) -> dict[str, Any]:
+    from recordkit.system import MASK, is_secret_name
+
+    copy: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            copy[key] = _masked_copy(value)
+        elif isinstance(key, str) and is_secret_name(key) and value is not None:
+            copy[key] = MASK
+        else:
+            copy[key] = value
+    return copy

@@ -1,8 +1,9 @@
-"""A description of the machine, captured once per run.
+"""A description of the machine and process, captured once per run.
 
-Every probe is guarded on its own: a probe that fails leaves its key empty and a line in
-``notes``, never an exception. Frameworks are never imported to learn their versions
-(importing tensorflow takes seconds); environment variables are never stored (they hold
+Every probe is guarded on its own: a probe that fails leaves its key ``None`` (``[]`` for
+``gpus``) and a line in ``notes``, never an exception. Frameworks are never imported to
+learn their versions (importing tensorflow takes seconds) and their devices are listed only
+when the program already imported them. Environment variables are never stored (they hold
 secrets), and secret-looking command-line values are masked.
 """
 
@@ -17,82 +18,118 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import sysconfig
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["capture", "mask_secrets"]
+__all__ = ["capture", "is_secret_name", "mask_secrets"]
 
 MASK = "***"
-_SECRET = re.compile(
-    r"(key|token|secret|passw(or)?d|pwd|credential|auth|cookie|session|private)",
-    re.IGNORECASE,
-)
-#: ``scheme://user:password@host``: the password of a URL's user info.
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)([^@\s]+)(@)")
+
+#: A name holding one of these words names a secret wherever the word stands
+#: (``--db-password``, ``CLIENT_SECRET``).
+_SECRET_WORDS = frozenset({
+    "secret", "secrets", "password", "passwords", "passwd", "passphrase", "pwd",
+    "credential", "credentials", "authorization", "cookie",
+})
+#: These name a secret only as the last word (``--api-key``, ``--hf-token``, ``--auth``), so
+#: that model sizes such as ``--key-dim`` or ``--max-tokens`` stay readable.
+_SECRET_LAST_WORDS = frozenset({"key", "token", "auth"})
+#: Glued compounds ending in these (``--apikey``, ``--authtoken``) count as a last word too.
+_SECRET_SUFFIXES = ("key", "token")
+#: ``scheme://user:password@host``: the password of a URL's user info (greedy up to the last
+#: ``@``, so a password holding ``@`` or ``/`` is masked whole).
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(\S+)(@)")
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
+_NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+#: Distributions whose versions are recorded when installed (names as pip knows them).
 _PACKAGES = ("numpy", "h5py", "psutil", "recordkit", "torch", "pytorch-lightning",
-             "lightning", "tensorflow", "keras", "jax", "ml-dtypes", "hdf5plugin")
+             "lightning", "tensorflow", "keras", "jax", "jaxlib")
+_GIT_BUDGET = 5.0  # seconds for all git calls together
+_GPU_TIMEOUT = 10.0  # seconds for the driver probe (nvidia-smi can hang on a sick driver)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an option or parameter name looks like it holds a secret.
+
+    Example:
+        >>> [is_secret_name(n) for n in ("api_key", "hf_token", "key_dim", "max_tokens")]
+        [True, True, False, False]
+    """
+    return _is_secret_name(name)
 
 
 def _is_secret_name(name: str) -> bool:
-    return bool(_SECRET.search(name.lstrip("-")))
+    words = [w for w in re.split(r"[^a-z0-9]+", _CAMEL.sub(r"\1_\2", name).lower()) if w]
+    if not words:
+        return False
+    last = words[-1]
+    return (any(w in _SECRET_WORDS for w in words) or last in _SECRET_LAST_WORDS
+            or last.endswith(_SECRET_SUFFIXES))
+
+
+def _is_option(arg: str) -> bool:
+    return arg.startswith("-") and len(arg) > 1 and not _NUMBER.fullmatch(arg)
+
+
+def _looks_like_next_option(arg: str) -> bool:
+    """Whether the word after a secret option is another option rather than its value.
+
+    Only ``--name`` and ``-x`` count: a value such as ``-5`` or ``-Xy7!`` is masked.
+    """
+    return (arg.startswith("--") and len(arg) > 2) or bool(re.fullmatch(r"-[A-Za-z]", arg))
 
 
 def mask_secrets(argv: Sequence[str]) -> list[str]:
-    """The command line with the values of secret-looking options replaced by ``***``.
+    """Return the command line with the values of secret-looking options replaced by ``***``.
 
-    Options named like key, token, secret, password, credential or auth are masked in the
-    forms ``--name=value``, ``--name value`` and ``NAME=value``; so is the password of any
-    URL with user info (``postgres://me:***@db``).
+    An option or ``NAME=value`` pair is secret when its name holds a word such as password,
+    passwd, pwd, secret or credential, or ends in key, token or auth (``--api-key``,
+    ``--hf_token``, ``API_KEY``, ``--apiKey``). Both ``--name=value`` and ``--name value``
+    are masked; the names stay. The password of a URL with user info is masked too.
+    Sizes named like ``--key-dim`` or ``--max-tokens`` are kept.
+
+    Args:
+        argv: the command line, such as ``sys.argv``.
+
+    Returns:
+        A new list of the same length.
 
     Example:
         >>> mask_secrets(["train.py", "--api-key=abc", "--password", "hunter2", "--lr", "0.1"])
         ['train.py', '--api-key=***', '--password', '***', '--lr', '0.1']
-        >>> mask_secrets(["HF_TOKEN=xyz", "--epochs=3"])
-        ['HF_TOKEN=***', '--epochs=3']
+        >>> mask_secrets(["HF_TOKEN=xyz", "--max-tokens", "512", "--token", "--epochs=3"])
+        ['HF_TOKEN=***', '--max-tokens', '512', '--token', '--epochs=3']
         >>> mask_secrets(["--db=postgres://me:pw@db/x"])
         ['--db=postgres://me:***@db/x']
     """
     masked: list[str] = []
     mask_next = False
-    for arg in argv:
-        arg = _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", str(arg))
-        if mask_next and not (arg.startswith("-") and len(arg) > 1 and not _is_number(arg)):
+    for raw in argv:
+        arg = _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", str(raw))
+        if mask_next and not _looks_like_next_option(arg):  # a bare flag masks nothing
             masked.append(MASK)
             mask_next = False
             continue
         mask_next = False
-        if "=" in arg:
-            name, _, _ = arg.partition("=")
-            if _is_secret_name(name):
-                masked.append(f"{name}={MASK}")
-                continue
-        elif arg.startswith("-") and _is_secret_name(arg):
+        name, equals, _ = arg.partition("=")
+        if equals and _is_secret_name(name):
+            masked.append(f"{name}={MASK}")
+            continue
+        if not equals and _is_option(arg) and _is_secret_name(arg):
             mask_next = True
         masked.append(arg)
     return masked
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _probe(notes: list[str], key: str, default: Any, fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except Exception as err:
-        notes.append(f"{key}: {type(err).__name__}: {err}")
-        return default
-
-
 def _user() -> str:
     try:
-        return getpass.getuser()  # reads LOGNAME/USER/... first, then pwd
-    except Exception:
+        return getpass.getuser()  # LOGNAME, USER, LNAME, USERNAME, then the password database
+    except Exception:  # no login environment and no passwd entry (containers)
         pass
     try:
         import pwd
@@ -109,9 +146,9 @@ def _os_name() -> str:
                 text = Path(candidate).read_text(encoding="utf-8", errors="replace")
             except OSError:
                 continue
-            match = re.search(r'^PRETTY_NAME="?([^"\n]*)"?', text, re.MULTILINE)
-            if match:
-                return match.group(1)
+            match = re.search(r"^PRETTY_NAME=(.*)$", text, re.MULTILINE)
+            if match and match.group(1).strip("'\" "):
+                return match.group(1).strip("'\" ")
     if sys.platform == "darwin":
         return f"macOS {platform.mac_ver()[0]}".strip()
     if sys.platform == "win32":
@@ -125,43 +162,85 @@ def _cpu_model() -> str:
             text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
         except OSError:
             text = ""
-        for key in ("model name", "Hardware", "Processor", "cpu model"):
-            match = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
+        for key in ("model name", "Hardware", "Processor", "cpu model", "cpu"):
+            match = re.search(rf"^{key}\s*:\s*(\S.*)$", text, re.MULTILINE)
             if match:
                 return match.group(1).strip()
-    if sys.platform == "darwin":
-        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
-                             capture_output=True, text=True, timeout=5,
-                             stdin=subprocess.DEVNULL, check=True)
-        return out.stdout.strip()
+    elif sys.platform == "darwin":
+        out = _run(["sysctl", "-n", "machdep.cpu.brand_string"], None, 5.0)
+        if out:
+            return out
     return platform.processor() or platform.machine()
 
 
+def _memory() -> int:
+    try:
+        import psutil
+    except ImportError:  # psutil is a dependency, but a broken install must not lose this
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return int(psutil.virtual_memory().total)
+
+
+def _physical_cpus() -> int | None:
+    import psutil
+
+    count = psutil.cpu_count(logical=False)
+    return int(count) if count else None
+
+
 def _storage(record_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
-    path = Path(record_dir) if record_dir is not None else Path.cwd()
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
+    path = (Path(record_dir) if record_dir is not None else Path.cwd()).absolute()
+    while not path.exists() and path != path.parent:  # the folder is created later
         path = path.parent
     usage = shutil.disk_usage(path)
     return {"path": str(path), "total": int(usage.total), "free": int(usage.free)}
 
 
-def _git(cwd: Path) -> dict[str, Any] | None:
-    def run(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                                 timeout=5, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    if run("rev-parse", "--is-inside-work-tree") != "true":
+def _run(args: list[str], cwd: Path | None, timeout: float) -> str | None:
+    """stdout of a command, or None when it fails, is missing or takes too long."""
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
+    try:
+        done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env,
+                              timeout=max(timeout, 0.1), stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.SubprocessError, ValueError):
         return None
-    commit = run("rev-parse", "HEAD")
-    status = run("status", "--porcelain", "--untracked-files=no")
-    branch = run("rev-parse", "--abbrev-ref", "HEAD")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None,
-            "branch": branch if branch and branch != "HEAD" else None}
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _git_candidates() -> list[Path]:
+    """cwd, then the script's folder unless the script belongs to Python itself.
+
+    ``pytest`` or ``python -m pkg`` put a path inside the interpreter in ``sys.argv[0]``,
+    and an interpreter may live in a git checkout (pyenv does): that is not the user's code.
+    """
+    candidates = [Path.cwd()]
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] not in ("", "-c", "-m") else None
+    if script is None or not script.is_file():
+        return candidates
+    folder = script.resolve().parent
+    paths = sysconfig.get_paths()
+    interpreter = {sys.prefix, sys.base_prefix, sys.exec_prefix, paths["purelib"],
+                   paths["platlib"], paths["stdlib"]}
+    if not any(folder.is_relative_to(Path(p).resolve()) for p in interpreter if p):
+        candidates.append(folder)
+    return candidates
+
+
+def _git() -> dict[str, Any] | None:
+    deadline = time.monotonic() + _GIT_BUDGET
+
+    def git(cwd: Path, *args: str) -> str | None:
+        return _run(["git", *args], cwd, deadline - time.monotonic())
+
+    for cwd in _git_candidates():
+        if git(cwd, "rev-parse", "--is-inside-work-tree") != "true":
+            continue
+        commit = git(cwd, "rev-parse", "--verify", "-q", "HEAD")  # None before a first commit
+        branch = git(cwd, "symbolic-ref", "--short", "-q", "HEAD")  # None when detached
+        status = git(cwd, "status", "--porcelain", "--untracked-files=no")
+        return {"commit": commit or None, "dirty": None if status is None else bool(status),
+                "branch": branch or None}
+    return None
 
 
 def _packages() -> dict[str, str]:
@@ -172,96 +251,162 @@ def _packages() -> dict[str, str]:
         try:
             found[name] = version(name)
         except PackageNotFoundError:
-            continue
+            if name == "recordkit":  # running from a source tree that is not installed
+                found[name] = "unknown"
     return found
-
-
-def _gpus(notes: list[str]) -> list[dict[str, Any]]:
-    gpus: list[dict[str, Any]] = []
-    try:
-        import pynvml  # nvidia-ml-py
-    except ImportError:
-        pynvml = None
-    if pynvml is not None:
-        try:
-            pynvml.nvmlInit()
-            try:
-                driver = pynvml.nvmlSystemGetDriverVersion()
-                for i in range(pynvml.nvmlDeviceGetCount()):
-                    handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-                    gpus.append({
-                        "name": _text(pynvml.nvmlDeviceGetName(handle)),
-                        "memory_total": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
-                        "driver": _text(driver),
-                        "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
-                        "source": "nvml",
-                    })
-            finally:
-                pynvml.nvmlShutdown()
-            return gpus
-        except Exception as err:
-            notes.append(f"gpus: nvml: {type(err).__name__}: {err}")
-    try:
-        import GPUtil
-    except ImportError:
-        GPUtil = None
-    if GPUtil is not None:
-        try:
-            for gpu in GPUtil.getGPUs():
-                gpus.append({"name": gpu.name, "memory_total": int(gpu.memoryTotal * 2**20),
-                             "driver": gpu.driver, "uuid": gpu.uuid, "source": "GPUtil"})
-            if gpus:
-                return gpus
-        except Exception as err:
-            notes.append(f"gpus: GPUtil: {type(err).__name__}: {err}")
-    if "torch" in sys.modules:  # only when the user already imported it: no import cost
-        try:
-            torch = sys.modules["torch"]
-            if torch.cuda.is_available():
-                for i in range(torch.cuda.device_count()):
-                    props = torch.cuda.get_device_properties(i)
-                    gpus.append({"name": props.name, "memory_total": int(props.total_memory),
-                                 "driver": str(torch.version.cuda), "uuid":
-                                 str(getattr(props, "uuid", "")), "source": "torch"})
-        except Exception as err:
-            notes.append(f"gpus: torch: {type(err).__name__}: {err}")
-    if not gpus and "tensorflow" in sys.modules:
-        try:
-            tf = sys.modules["tensorflow"]
-            for device in tf.config.list_physical_devices("GPU"):
-                gpus.append({"name": device.name, "memory_total": None, "driver": None,
-                             "uuid": None, "source": "tensorflow"})
-        except Exception as err:
-            notes.append(f"gpus: tensorflow: {type(err).__name__}: {err}")
-    return gpus
 
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _nvml_gpus(pynvml: Any) -> list[dict[str, Any]]:
+    pynvml.nvmlInit()
+    try:
+        driver = _text(pynvml.nvmlSystemGetDriverVersion())
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            gpus.append({"name": _text(pynvml.nvmlDeviceGetName(handle)),
+                         "memory_total": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
+                         "driver": driver, "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
+                         "source": "pynvml"})
+        return gpus
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _gputil_gpus(gputil: Any) -> list[dict[str, Any]]:
+    return [{"name": str(gpu.name), "memory_total": int(float(gpu.memoryTotal) * 2**20),
+             "driver": str(gpu.driver), "uuid": str(gpu.uuid), "source": "GPUtil"}
+            for gpu in gputil.getGPUs()]  # memoryTotal is in MiB
+
+
+def _driver_gpus(notes: list[str]) -> list[dict[str, Any]]:
+    """GPUs the NVIDIA driver reports: nvidia-ml-py when importable, else GPUtil."""
+    try:
+        import pynvml  # nvidia-ml-py: a thin ctypes binding, cheap to import
+    except ImportError:
+        pynvml = None
+    if pynvml is not None:
+        probe: Callable[[], list[dict[str, Any]]] = lambda: _nvml_gpus(pynvml)  # noqa: E731
+        source = "pynvml"
+    else:
+        try:
+            import GPUtil
+        except ImportError:
+            return []
+        probe, source = (lambda: _gputil_gpus(GPUtil)), "GPUtil"
+    # nvidia-smi (behind GPUtil) and NVML have no timeout of their own: a daemon thread
+    # bounds the wait so that a sick driver cannot hang the start of a run.
+    result: list[list[dict[str, Any]]] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(probe())
+        except Exception as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=target, name="recordkit-gpu-probe", daemon=True)
+    thread.start()
+    thread.join(_GPU_TIMEOUT)
+    if thread.is_alive():
+        notes.append(f"gpus: {source}: TimeoutError: no answer within {_GPU_TIMEOUT:g} s")
+        return []
+    if errors:
+        notes.append(f"gpus: {source}: {type(errors[0]).__name__}: {errors[0]}")
+        return []
+    return result[0] if result else []
+
+
+def _framework_gpus(notes: list[str]) -> list[dict[str, Any]]:
+    """GPUs of frameworks the program already imported, without side effects on them.
+
+    torch is asked only once CUDA is initialised (initialising it here would break a later
+    fork); jax is never asked, because its first device query preallocates GPU memory.
+    """
+    gpus: list[dict[str, Any]] = []
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_initialized():
+                for i in range(torch.cuda.device_count()):
+                    props = torch.cuda.get_device_properties(i)
+                    uuid = getattr(props, "uuid", None)
+                    gpus.append({"name": str(props.name),
+                                 "memory_total": int(props.total_memory), "driver": None,
+                                 "uuid": None if uuid is None else str(uuid),
+                                 "source": "torch"})
+        except Exception as err:
+            notes.append(f"gpus: torch: {type(err).__name__}: {err}")
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and not gpus:
+        try:
+            for device in tf.config.list_physical_devices("GPU"):
+                details = tf.config.experimental.get_device_details(device)
+                gpus.append({"name": str(details.get("device_name", device.name)),
+                             "memory_total": None, "driver": None, "uuid": None,
+                             "source": "tensorflow"})
+        except Exception as err:
+            notes.append(f"gpus: tensorflow: {type(err).__name__}: {err}")
+    return gpus
+
+
+def _gpus(notes: list[str]) -> list[dict[str, Any]]:
+    # The driver's list is complete; a framework's list is the fallback, not an addition,
+    # so that one device is never counted twice.
+    return _driver_gpus(notes) or _framework_gpus(notes)
+
+
+def _plain(value: Any) -> Any:
+    """The value as JSON's types only (a numpy scalar or a Path from a probe becomes one)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        return _plain(value.item())
+    return str(value)
+
+
 def capture(record_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Describe this machine and process as a JSON-serialisable dict.
 
+    Never raises: a probe that fails leaves its key ``None`` (``gpus``: ``[]``,
+    ``packages``: ``{}``) and a line ``"<key>: <error type>: <message>"`` in ``notes``.
+
     Args:
-        record_dir: where the record is written; ``storage`` describes its filesystem.
+        record_dir: where the record is written; ``storage`` describes the filesystem that
+            holds it (its nearest existing parent when it does not exist yet). Defaults to
+            the current directory.
 
     Returns:
-        python, python_implementation, machine, processor, cpu_model, os, os_name, os_ver,
-        platform, memory (total bytes), storage (path, total, free), cpu_count_logical,
-        cpu_count_physical, hostname, user, command (masked), executable, cwd, git,
-        packages, gpus, notes, captured.
+        A dict with ``python``, ``python_implementation``, ``machine``, ``processor``,
+        ``cpu_model``, ``os``, ``os_name``, ``os_ver``, ``platform``, ``memory`` (total
+        bytes), ``storage`` (``path``, ``total``, ``free`` bytes), ``cpu_count_logical``,
+        ``cpu_count_physical``, ``hostname``, ``user``, ``command`` (``sys.argv``, secrets
+        masked), ``executable``, ``cwd``, ``git`` (``commit``, ``dirty``, ``branch``; None
+        outside a work tree), ``packages`` (name → version), ``gpus`` (``name``,
+        ``memory_total``, ``driver``, ``uuid``, ``source``), ``notes`` and ``captured``
+        (ISO-8601, UTC).
 
     Example:
         >>> info = capture()
-        >>> isinstance(info["memory"], int) and isinstance(info["gpus"], list)
-        True
+        >>> isinstance(info["memory"], int), isinstance(info["gpus"], list)
+        (True, True)
     """
     notes: list[str] = []
     info: dict[str, Any] = {}
 
     def probe(key: str, fn: Callable[[], Any], default: Any = None) -> None:
-        info[key] = _probe(notes, key, default, fn)
+        try:
+            info[key] = _plain(fn())
+        except Exception as err:
+            notes.append(f"{key}: {type(err).__name__}: {err}")
+            info[key] = default
 
     probe("python", platform.python_version)
     probe("python_implementation", platform.python_implementation)
@@ -272,29 +417,16 @@ def capture(record_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     probe("os_name", _os_name)
     probe("os_ver", platform.release)
     probe("platform", platform.platform)
-
-    def memory() -> int:
-        import psutil
-
-        return int(psutil.virtual_memory().total)
-
-    probe("memory", memory)
+    probe("memory", _memory)
     probe("storage", lambda: _storage(record_dir))
-
-    def physical() -> int | None:
-        import psutil
-
-        count = psutil.cpu_count(logical=False)
-        return int(count) if count else None
-
     probe("cpu_count_logical", os.cpu_count)
-    probe("cpu_count_physical", physical)
+    probe("cpu_count_physical", _physical_cpus)
     probe("hostname", socket.gethostname)
     probe("user", _user)
     probe("command", lambda: mask_secrets(sys.argv))
-    probe("executable", lambda: sys.executable)
+    probe("executable", lambda: sys.executable or None)
     probe("cwd", os.getcwd)
-    probe("git", lambda: _git(Path.cwd()))
+    probe("git", _git)
     probe("packages", _packages, {})
     probe("gpus", lambda: _gpus(notes), [])
     info["notes"] = notes

@@ -1,0 +1,139 @@
+"""How fast a sweep is read back: ``load_all(root).to_dataframe()`` over many runs.
+
+Target (issue 5): 1,000 runs of 10 params and 3 metrics × 20 epochs each in under 1 s on
+a 2-core machine. The baseline, measured in the same run, reads the same numbers from
+1,000 JSON files (one per run: params + per-epoch history) with ``json`` and builds the
+same table with pandas; it is what a folder of researcher-style JSON files costs.
+
+    python benchmarks/bench_read.py                 # 1,000 runs, data in a scratch folder
+    python benchmarks/bench_read.py --quick         # 200 runs
+    python benchmarks/bench_read.py --runs 10000 --keep /tmp/sweep10k   # reuse the data
+
+The data is written once (writing 1,000 records takes a while); ``--keep DIR`` keeps it
+for the next call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from baselines import report
+
+METRICS = ("loss", "val_loss", "val_accuracy")
+EPOCHS = 20
+TARGET_SECONDS = 1.0
+
+
+def write_sweep(root: Path, runs: int) -> None:
+    """*runs* records (and a JSON twin of each for the baseline) under *root*."""
+    import recordkit as rk
+
+    rng = np.random.default_rng(0)
+    twins = root / "json"
+    twins.mkdir(parents=True, exist_ok=True)
+    for i in range(runs):
+        params = {f"p{k}": float(rng.choice([0.1, 0.01, 0.001])) for k in range(8)}
+        params.update({"width": int(rng.choice([16, 32, 64])), "seed": i})
+        history = {m: rng.random(EPOCHS).tolist() for m in METRICS}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rec = rk.Recorder(root, experiment="sweep", name=f"run{i}", params=params,
+                              system=False)
+        for epoch in range(EPOCHS):
+            rec.log({m: history[m][epoch] for m in METRICS}, epoch=epoch)
+        rec.commit()
+        rec.save()
+        (twins / f"run{i}.json").write_text(json.dumps({**params, "history": history}))
+
+
+def read_recordkit(root: Path, cache: bool = True) -> tuple[float, int]:
+    import recordkit as rk
+
+    start = time.perf_counter()
+    frame = rk.load_all(root, experiment="sweep", cache=cache).to_dataframe()
+    return time.perf_counter() - start, len(frame)
+
+
+def read_json_baseline(root: Path) -> tuple[float, int]:
+    """The same table from one JSON file per run: params, then final/best/best epoch."""
+    import pandas as pd
+
+    start = time.perf_counter()
+    rows = []
+    for path in sorted((root / "json").glob("*.json")):
+        data = json.loads(path.read_text())
+        history = data.pop("history")
+        row = dict(data)
+        for metric, values in history.items():
+            arr = np.asarray(values)
+            best = int(arr.argmax() if "acc" in metric else arr.argmin())
+            row[f"{metric}.final"] = arr[-1]
+            row[f"{metric}.best"] = arr[best]
+            row[f"{metric}.best_epoch"] = best
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return time.perf_counter() - start, len(frame)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="folder to write the sweep to once and reuse afterwards")
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many reads")
+    parser.add_argument("--quick", action="store_true", help="200 runs (target scaled)")
+    args = parser.parse_args(argv)
+    if args.quick and args.runs == 1000:
+        args.runs = 200
+
+    root = args.keep or Path(tempfile.mkdtemp(prefix="recordkit-bench-read-"))
+    cache_dir = Path(tempfile.mkdtemp(prefix="recordkit-bench-cache-"))
+    try:
+        existing = len(list((root / "sweep").glob("*.h5"))) if (root / "sweep").is_dir() else 0
+        if existing != args.runs:
+            if existing:
+                shutil.rmtree(root)
+            start = time.perf_counter()
+            write_sweep(root, args.runs)
+            print(f"wrote {args.runs} runs in {time.perf_counter() - start:.1f} s "
+                  f"under {root}")
+        # The header cache goes to a scratch folder, not the user's ~/.cache.
+        os.environ["RECORDKIT_CACHE_DIR"] = str(cache_dir)
+        # The first read warms the page cache for both readers alike.
+        read_json_baseline(root)
+        cold = read_recordkit(root, cache=False)[0]
+        first = read_recordkit(root)[0]  # reads every file, writes the header cache
+        ours = min(read_recordkit(root)[0] for _ in range(args.repeat))
+        base = min(read_json_baseline(root)[0] for _ in range(args.repeat))
+        limit = TARGET_SECONDS * args.runs / 1000
+        ok = ours < limit
+        print(f"  {args.runs} runs, 10 params, 3 metrics x {EPOCHS} epochs; baseline: the "
+              "same numbers from one JSON file per run, json + pandas")
+        report("load_all().to_dataframe(), unchanged runs (header cache), seconds", ours,
+               f"< {limit:.2f} s", ok)
+        report("the same / baseline", ours / base, "none", None)
+        report("load_all(cache=False).to_dataframe(), every file opened, seconds", cold,
+               "none", None)
+        report("every file opened / baseline", cold / base, "none", None)
+        report("first cached read (opens every file, fills the cache), seconds", first,
+               "none", None)
+        return 0 if ok else 1
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

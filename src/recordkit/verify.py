@@ -1,0 +1,512 @@
+"""``recordkit verify``: read every byte of a record and say what is wrong with it.
+
+:func:`verify` checks, in order: that the file opens; that it is safe (no links or storage
+outside the file, no crafted sizes: :mod:`recordkit.safety`); that it is a record a
+:class:`~recordkit.Record` can load; that every chunk of every dataset reads back (a chunk
+that fails its fletcher32 checksum, or lies past the end of a truncated file, is reported
+with its dataset and rows); and that the snapshot table and the weight datasets agree.
+
+A damaged file can crash or hang the HDF5 library itself, which no ``try`` can catch. So by
+default :func:`verify` does the reading in a child process with a time limit and reports a
+crash or a hang of the child as damage; ``isolate=False`` reads in this process.
+
+No repair step exists because none is needed: the write path flushes in an order that leaves
+every killed run loadable (docs/RELIABILITY.md). Damage from outside (bad disks, bad copies)
+is reported, never silently patched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from recordkit import format as fmt
+from recordkit.errors import RecordkitError, UnsafeRecordError
+from recordkit.locking import is_locked
+from recordkit.safety import check_file
+
+__all__ = ["VerifyReport", "damage_hint", "main", "needs_repair", "open_interrupted", "repair",
+           "verify"]
+
+#: Problems reported per dataset before the rest of it is skipped.
+MAX_PROBLEMS_PER_DATASET = 5
+#: Bytes read at once from a contiguous dataset.
+_SLICE_BYTES = 16 << 20
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    """What :func:`verify` found in one file.
+
+    Attributes:
+        path: the file.
+        problems: damage found; empty when the file is intact.
+        notes: facts worth knowing that are not damage (an interrupted run, uncommitted
+            rows a killed writer left behind, datasets without checksums).
+        datasets: datasets read.
+        chunks: chunks read.
+        isolated: whether the reading ran in a child process.
+    """
+
+    path: str
+    problems: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    datasets: int = 0
+    chunks: int = 0
+    isolated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when no damage was found."""
+        return not self.problems
+
+    def __str__(self) -> str:
+        where = "in a subprocess" if self.isolated else "in-process"
+        head = (f"{self.path}: {'OK' if self.ok else 'DAMAGED'} "
+                f"({self.datasets} datasets, {self.chunks} chunks read {where})")
+        lines = [head]
+        lines += [f"  problem: {p}" for p in self.problems]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def verify(path: str | os.PathLike[str], *, isolate: bool = True,
+           timeout: float = 300.0) -> VerifyReport:
+    """Check a record by reading all of it.
+
+    Args:
+        path: the record file.
+        isolate: read in a child process, so that a crash or hang of the HDF5 library on
+            a damaged file is reported instead of taking this process down.
+        timeout: seconds the child may take (only with *isolate*).
+
+    Returns:
+        A :class:`VerifyReport`; ``report.ok`` is False when damage was found.
+
+    Example:
+        >>> import tempfile, numpy as np, recordkit as rk
+        >>> with rk.Recorder(tempfile.mkdtemp(), system=False) as rec:
+        ...     rec.log({"loss": 0.5}, epoch=0)
+        ...     rec.snapshot({"w": np.ones(4)}, epoch=0)
+        >>> report = verify(rec.path, isolate=False)
+        >>> report.ok, report.problems
+        (True, [])
+    """
+    if not isolate:
+        return _verify_here(Path(path))
+    command = [sys.executable, "-m", "recordkit.verify", "--json", "--in-process", str(path)]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=timeout, check=False,
+                              env={**os.environ, "PYTHONFAULTHANDLER": "0"})
+    except subprocess.TimeoutExpired:
+        return VerifyReport(str(path), problems=[
+            f"reading the file did not finish within {timeout:g} s in a subprocess: the "
+            "HDF5 library loops on it (damaged metadata)"], isolated=True)
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        return VerifyReport(str(path), problems=[
+            f"reading the file crashed the HDF5 library ({name}) in a subprocess: its "
+            "metadata is damaged; it cannot be read safely in-process"], isolated=True)
+    try:
+        data = json.loads(done.stdout.decode("utf-8").strip().splitlines()[-1])
+        report = VerifyReport(**data)
+    except (ValueError, IndexError, TypeError):
+        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+        return VerifyReport(str(path), problems=[
+            f"the verifying subprocess failed (exit {done.returncode}): {' | '.join(tail)}"],
+            isolated=True)
+    report.isolated = True
+    return report
+
+
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _superblock(path: Path) -> tuple[int, int, int, int] | None:
+    """(offset of the end-of-file-address field, its value, base address, size of
+    offsets) of a version 0/1 superblock, or None for other versions or no HDF5 file."""
+    try:
+        with open(path, "rb") as fh:
+            for at in (0, 512, 1024, 2048, 4096, 8192):
+                fh.seek(at)
+                head = fh.read(40)
+                if len(head) < 40 or head[:8] != _SIGNATURE:
+                    continue
+                version, size_of_offsets = head[8], head[13]
+                if version not in (0, 1) or size_of_offsets not in (2, 4, 8):
+                    return None
+                first = at + (24 if version == 0 else 28)
+                fh.seek(first)
+                fields = fh.read(3 * size_of_offsets)
+                base = int.from_bytes(fields[:size_of_offsets], "little")
+                field_at = first + 2 * size_of_offsets
+                eoa = int.from_bytes(fields[2 * size_of_offsets:], "little")
+                return field_at, eoa, base, size_of_offsets
+    except OSError:
+        return None
+    return None
+
+
+def needs_repair(path: str | os.PathLike[str]) -> bool:
+    """Whether the superblock's end-of-file address differs from the file's size.
+
+    Before the end: a writer killed in the middle of a flush wrote metadata past the
+    address it had recorded, and reads of it fail ("addr overflow"). After the end: a
+    flush that failed on a full disk recorded an address it could not write up to, and
+    HDF5 refuses to open the file ("truncated file")."""
+    found = _superblock(Path(path))
+    if found is None:
+        return False
+    _, eoa, base, _ = found
+    try:
+        return base + eoa != Path(path).stat().st_size
+    except OSError:
+        return False
+
+
+class _PatchedSuperblock(io.RawIOBase):
+    """A read-only view of a file with the superblock's end-of-file address replaced by
+    the file's size: what :func:`repair` would write, without writing it."""
+
+    def __init__(self, path: Path, field_at: int, value: bytes) -> None:
+        super().__init__()
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed with this object
+        self._at = field_at
+        self._value = value
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = self._fh.seek(offset, whence)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        self._fh.seek(self._pos)
+        n = self._fh.readinto(view) or 0
+        start, end = max(self._pos, self._at), min(self._pos + n, self._at + len(self._value))
+        if start < end:
+            view[start - self._pos:end - self._pos] = self._value[start - self._at:end - self._at]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+def open_interrupted(path: str | os.PathLike[str]) -> h5py.File | None:
+    """Open, read-only, a record whose superblock's end-of-file address a killed flush
+    left short of the file's end (:func:`needs_repair`) as if it were repaired, without
+    changing the file; None when the file does not need it or a live writer holds it.
+
+    Such a file (about 1 kill in 200) would otherwise fail to read metadata the killed
+    flush wrote past that address, and with it committed epochs."""
+    file_path = Path(path)
+    found = _superblock(file_path)
+    if found is None:
+        return None
+    field_at, eoa, base, size_of_offsets = found
+    try:
+        size = file_path.stat().st_size
+        # Only a file longer than its header says: a shorter one was cut (a bad copy, a
+        # full disk) and HDF5's own refusal to open it is the safe answer.
+        if base + eoa >= size or is_locked(file_path):
+            return None
+        view = _PatchedSuperblock(file_path, field_at,
+                                  (size - base).to_bytes(size_of_offsets, "little"))
+    except OSError:
+        return None
+    try:
+        return h5py.File(view, "r", locking=False)
+    except Exception:
+        view.close()
+        return None
+
+
+def damage_hint(path: str | os.PathLike[str], err: BaseException | str) -> str:
+    """What to tell the user about a read that failed: repair, or verify."""
+    text = str(err)
+    if "addr overflow" in text and needs_repair(path):
+        return (f"the writer was killed while flushing; run `recordkit repair {path}` to "
+                "make every committed epoch readable again")
+    if "truncated file" in text and needs_repair(path):
+        return (f"the file ends before its header says: if its writer ran out of disk or "
+                f"was killed, `recordkit repair {path}` makes the committed epochs readable; "
+                "if it was cut short by a copy, copy it again")
+    return "run `recordkit verify` on it"
+
+
+def repair(path: str | os.PathLike[str]) -> str:
+    """Make a record killed in the middle of a flush readable again.
+
+    HDF5 writes the end-of-file address in the superblock and the metadata that points
+    past it in no fixed order; a SIGKILL between the two (about 1 kill in 200 in
+    benchmarks/crash_kills.py) leaves blocks the file holds but the superblock does not
+    count, and reads of them fail with "addr overflow". Repair sets that address to the
+    file's size (as ``h5clear --increment`` does). Nothing else is changed.
+
+    Returns:
+        What was done, in one sentence.
+
+    Raises:
+        RecordLockedError: a live process writes the run (its end address is moving).
+        RecordkitError: the file is not HDF5 with a version 0/1 superblock.
+    """
+    from recordkit.errors import RecordLockedError
+
+    file_path = Path(path)
+    if is_locked(file_path):
+        raise RecordLockedError(f"{str(file_path)!r} is being written by a live process; "
+                                "repair it after that process ends")
+    found = _superblock(file_path)
+    if found is None:
+        raise RecordkitError(f"{str(file_path)!r}: no HDF5 version 0/1 superblock found; "
+                             "recordkit repair handles the files recordkit writes only")
+    field_at, eoa, base, size_of_offsets = found
+    size = file_path.stat().st_size
+    if base + eoa == size:
+        return f"{file_path}: nothing to repair (its end address {eoa} is its size)"
+    mode = file_path.stat().st_mode
+    try:
+        if not mode & 0o200:
+            file_path.chmod(mode | 0o200)
+        with open(file_path, "r+b") as fh:
+            fh.seek(field_at)
+            fh.write((size - base).to_bytes(size_of_offsets, "little"))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        raise RecordkitError(f"cannot repair {str(file_path)!r}: {err.strerror}") from err
+    finally:
+        if not mode & 0o200:
+            file_path.chmod(mode)
+    return (f"{file_path}: end-of-file address set from {eoa} to {size - base} "
+            f"(the file's size)")
+
+
+def _verify_here(path: Path) -> VerifyReport:
+    report = VerifyReport(str(path))
+    try:
+        _verify_into(path, report)
+    except Exception as err:  # damage that slipped past a more specific check
+        report.problems.append(f"reading failed: {_why(err)}")
+    if report.problems and needs_repair(path) and any(
+            "addr overflow" in p or "truncated file" in p for p in report.problems):
+        report.problems.append("the superblock's end-of-file address is not the file's "
+                               "size: `recordkit repair` sets it (a kill or a full disk "
+                               "during a flush does this; a cut copy cannot be repaired)")
+    return report
+
+
+def _verify_into(path: Path, report: VerifyReport) -> VerifyReport:
+    if not path.is_file():
+        report.problems.append("no such file")
+        return report
+    try:
+        f = open_interrupted(path) or h5py.File(str(path), "r", locking=False)
+    except Exception as err:
+        report.problems.append(f"the file cannot be opened as HDF5: {_why(err)}")
+        return report
+    if needs_repair(path) and not is_locked(path) and f.driver == "fileobj":
+        report.notes.append(
+            "a kill during a flush left the superblock's end-of-file address short of the "
+            "file's end; recordkit reads around it, plain h5py may fail: `recordkit repair` "
+            "fixes the file")
+    with f:
+        try:
+            check_file(f, path)
+        except UnsafeRecordError as err:
+            report.problems.append(f"unsafe, not read further: {err}")
+            return report
+        except Exception as err:
+            report.problems.append(f"its structure cannot be walked: {_why(err)}")
+            return report
+        if not fmt.is_record(f):
+            report.problems.append("an HDF5 file but not a recordkit record "
+                                   "(no root attribute format='recordkit')")
+            return report
+        _read_everything(f, path, report)
+        _check_tables(f, report)
+    _check_loads(path, report)
+    return report
+
+
+def _why(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return f"{type(err).__name__}: {text[:300]}"
+
+
+def _read_everything(f: h5py.File, path: Path, report: VerifyReport) -> None:
+    names: list[str] = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(
+        obj, (h5py.Dataset, h5py.Group)) else None)
+    file_size = path.stat().st_size
+    _read_attrs(f, "/", report)
+    for name in names:
+        try:
+            obj = f[name]
+        except Exception as err:
+            report.problems.append(f"/{name} cannot be opened: {_why(err)}")
+            continue
+        _read_attrs(obj, f"/{name}", report)
+        if isinstance(obj, h5py.Dataset):
+            report.datasets += 1
+            _read_dataset(obj, f"/{name}", file_size, report)
+
+
+def _read_attrs(obj: h5py.HLObject, where: str, report: VerifyReport) -> None:
+    try:
+        keys = list(obj.attrs)
+    except Exception as err:
+        report.problems.append(f"the attributes of {where} cannot be listed: {_why(err)}")
+        return
+    for key in keys:
+        try:
+            obj.attrs[key]
+        except Exception as err:
+            report.problems.append(f"attribute {key!r} of {where} cannot be read: {_why(err)}")
+
+
+def _read_dataset(ds: h5py.Dataset, where: str, file_size: int, report: VerifyReport) -> None:
+    found = 0
+    if ds.chunks is None:
+        try:
+            if ds.shape and ds.ndim and ds.size:
+                step = max(1, _SLICE_BYTES // max(1, ds.nbytes // max(1, ds.shape[0])))
+                for start in range(0, ds.shape[0], step):
+                    ds[start:start + step]
+            else:
+                ds[()]
+            report.chunks += 1
+        except Exception as err:
+            report.problems.append(f"dataset {where} cannot be read: {_why(err)}")
+        return
+    filters = ds.id.get_create_plist()
+    codes = [filters.get_filter(i)[0] for i in range(filters.get_nfilters())]
+    if h5py.h5z.FILTER_FLETCHER32 not in codes and ds.size:
+        report.notes.append(f"dataset {where} has no checksum: damage inside its data "
+                            "cannot be detected")
+    for region in ds.iter_chunks() if ds.size else ():
+        if found >= MAX_PROBLEMS_PER_DATASET:
+            report.problems.append(f"dataset {where}: further chunks not checked")
+            return
+        corner = tuple(s.start for s in region)
+        try:
+            info = ds.id.get_chunk_info_by_coord(corner)
+            if info.byte_offset is not None and info.byte_offset + info.size > file_size:
+                raise OSError(f"the chunk lies at bytes {info.byte_offset}.."
+                              f"{info.byte_offset + info.size}, past the end of the file "
+                              f"({file_size} bytes): the file is truncated")
+            ds[region]
+            report.chunks += 1
+        except Exception as err:
+            found += 1
+            text = _why(err)
+            if "addr overflow" in text and needs_repair(ds.file.filename):
+                text += " (a flush was cut by a kill: `recordkit repair` fixes this)"
+            if "checksum" in text.lower() or "filter" in text.lower():
+                text += " (its fletcher32 checksum does not match: the stored bytes changed)"
+            report.problems.append(f"dataset {where}, chunk at {list(corner)}: {text}")
+
+
+def _check_tables(f: h5py.File, report: VerifyReport) -> None:
+    """Snapshots listed in the table must exist in every tensor that holds them."""
+    try:
+        table = f.get(fmt.SNAPSHOTS)
+        weights = f.get(fmt.WEIGHTS)
+        n = int(table.shape[0]) if isinstance(table, h5py.Dataset) else 0
+        for key in weights if isinstance(weights, h5py.Group) else []:
+            ds = weights[key]
+            first = int(ds.attrs.get("first_snapshot", 0))
+            listed = max(0, n - first)
+            rows = int(ds.shape[0])
+            name = fmt.object_name(ds)
+            if rows < listed and first < n:
+                # A tensor added after the first snapshots keeps rows from first on; one
+                # dropped later is refused by the recorder, so fewer rows is damage.
+                report.problems.append(
+                    f"tensor {name!r} holds {rows} snapshots but the table lists {listed} "
+                    f"from snapshot {first} on")
+            elif rows > listed:
+                report.notes.append(
+                    f"tensor {name!r} holds {rows - listed} snapshot row(s) past the table: "
+                    "left by a run killed while writing a snapshot; readers ignore them")
+            for row in range(min(rows, listed)):
+                coord = (row,) + (0,) * (ds.ndim - 1)
+                if ds.chunks is not None and ds.id.get_chunk_info_by_coord(
+                        coord).byte_offset is None:
+                    report.problems.append(
+                        f"tensor {name!r}: snapshot {first + row} is listed but its data "
+                        "was never written (it would read as zeros)")
+                    break
+    except Exception as err:
+        report.problems.append(f"the snapshot table cannot be checked: {_why(err)}")
+
+
+def _check_loads(path: Path, report: VerifyReport) -> None:
+    from recordkit.record import Record
+
+    try:
+        record = Record(path)
+        stored = record.stored_status
+    except RecordkitError as err:
+        report.problems.append(f"recordkit.load fails: {err}")
+        return
+    if stored == "running":
+        if is_locked(path):
+            report.notes.append("the run is being written by a live process right now")
+        else:
+            report.notes.append("status 'running' but no process writes it: an interrupted "
+                                "run (killed or crashed); every committed epoch is kept")
+    epochs = record.epochs
+    report.notes.append(f"status {record.status}; {len(epochs)} epochs "
+                        f"(last {epochs[-1] if epochs else '-'}); "
+                        f"{len(record.snapshot_epochs)} snapshots")
+
+
+def _to_json(report: VerifyReport) -> str:
+    data: dict[str, Any] = dataclasses.asdict(report)
+    return json.dumps(data, ensure_ascii=True, default=str)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m recordkit.verify [--json] [--in-process] FILE...``: exit 1 on damage."""
+    parser = argparse.ArgumentParser(prog="python -m recordkit.verify")
+    parser.add_argument("paths", nargs="+", type=Path)
+    parser.add_argument("--json", action="store_true", help="one JSON report per line")
+    parser.add_argument("--in-process", action="store_true",
+                        help="read in this process (no subprocess)")
+    args = parser.parse_args(argv)
+    status = 0
+    for path in args.paths:
+        report = verify(path, isolate=not args.in_process)
+        print(_to_json(report) if args.json else report, flush=True)
+        status = status or int(not report.ok)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Disk full, file too large, read-only folder, folder removed during training.
+
+The core part of on_error: the Recorder raises RecordWriteError (what, where, why), and
+the record stays readable up to the last commit that returned. The callbacks' on_error
+("raise" | "warn") is tested with the integrations.
+
+- file too large: RLIMIT_FSIZE in a child process (SIGXFSZ ignored, so write() fails with
+  EFBIG instead of the signal killing the child);
+- disk full: a real ENOSPC on a 3 MiB tmpfs mounted for the test (needs root and mount;
+  skipped, with the reason, where it cannot be mounted);
+- read-only folder: a read-only bind mount (root ignores file modes), else chmod;
+- folder removed: shutil.rmtree while the run is open.
+
+Budget: ~6 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import recordkit
+from recordkit.errors import RecordWriteError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _writer(root: str, fsize_limit: int) -> None:
+    """Child: record 1 MiB snapshots until a write fails; report what happened as JSON."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if fsize_limit:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+    committed, error, path = -1, None, None
+    try:
+        rec = recordkit.Recorder(root, params={"x": 1}, system=False)
+        path = str(rec.path)
+        for epoch in range(1000):
+            rec.log({"loss": float(epoch)}, epoch=epoch)
+            rec.snapshot({"w": np.full((512, 512), epoch, np.float32)}, epoch=epoch)
+            rec.commit()
+            committed = epoch
+    except RecordWriteError as err:
+        error = {"type": type(err).__name__, "msg": str(err), "errno": err.errno}
+        try:
+            rec.close("failed", error=err)
+        except RecordWriteError as again:
+            error["close"] = str(again)
+    except BaseException as err:  # a raw error is a test failure
+        error = {"type": type(err).__name__, "msg": str(err), "raw": True}
+    print(json.dumps({"committed": committed, "error": error, "path": path}), flush=True)
+
+
+def run_writer(root: Path, fsize_limit: int = 0) -> dict:
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_diskfull "
+            f"import _writer; _writer({str(root)!r}, {fsize_limit})")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def assert_committed_epochs_readable(result: dict) -> None:
+    record = recordkit.load(result["path"])
+    last = result["committed"]
+    assert last >= 1, result
+    assert record.history["loss"][: last + 1].tolist() == [float(e) for e in range(last + 1)]
+    assert record.snapshot_epochs[: last + 1] == list(range(last + 1))
+    for epoch in range(last + 1):
+        assert float(record.weight("w").at(epoch)[0, 0]) == epoch
+    assert record.status in ("failed", "interrupted")
+
+
+def test_file_too_large_is_a_clear_error_and_committed_epochs_stay(tmp_path: Path) -> None:
+    result = run_writer(tmp_path, fsize_limit=5 * 1024 * 1024)
+    error = result["error"]
+    assert error is not None and not error.get("raw"), result
+    assert error["type"] == "RecordWriteError"
+    assert "larger than this process may write" in error["msg"]
+    assert result["path"] in error["msg"]
+    assert_committed_epochs_readable(result)
+
+
+@contextlib.contextmanager
+def mounted(target: Path, *args: str) -> Iterator[None]:
+    target.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a filesystem needs root and mount(8)")
+    done = subprocess.run(["mount", *args, str(target)], capture_output=True, text=True,
+                          check=False)
+    if done.returncode:
+        pytest.skip(f"cannot mount here ({done.stderr.strip()}); RLIMIT_FSIZE covers "
+                    "the write-failure path")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def test_disk_full_is_a_clear_error_and_committed_epochs_stay(tmp_path: Path) -> None:
+    disk = tmp_path / "tiny"
+    with mounted(disk, "-t", "tmpfs", "-o", "size=3m", f"recordkit-{uuid.uuid4().hex[:6]}"):
+        result = run_writer(disk)
+        error = result["error"]
+        assert error is not None and not error.get("raw"), result
+        assert error["type"] == "RecordWriteError"
+        assert "disk is full" in error["msg"] and "are free" in error["msg"]
+        assert result["path"] in error["msg"]
+        assert_committed_epochs_readable(result)
+
+
+def test_read_only_folder_is_a_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    (folder / "default").mkdir(parents=True)
+    if os.geteuid() == 0:
+        context = mounted(folder, "--bind", "-o", "ro", str(folder))
+    else:
+        folder.chmod(0o555)
+        (folder / "default").chmod(0o555)
+        context = contextlib.nullcontext()
+    with context, pytest.raises(RecordWriteError, match="not writable") as info:
+        recordkit.Recorder(folder, system=False)
+    assert str(folder) in str(info.value)
+
+
+def test_folder_removed_during_training_is_a_clear_error(tmp_path: Path) -> None:
+    rec = recordkit.Recorder(tmp_path / "runs", system=False)
+    rec.log({"loss": 1.0}, epoch=0)
+    rec.commit()
+    shutil.rmtree(tmp_path / "runs")
+    rec.log({"loss": 0.5}, epoch=1)
+    with pytest.raises(RecordWriteError, match="removed") as info:
+        rec.commit()
+    assert str(rec.path) in str(info.value)
+    rec.close("failed", error=info.value)  # closing a run whose file is gone is quiet
+    assert rec.closed
