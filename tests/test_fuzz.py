@@ -35,7 +35,7 @@ VALUES = st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_
        metrics=st.dictionaries(TEXT, VALUES, min_size=1, max_size=3))
 def test_params_metric_names_and_values_round_trip(params: dict, metrics: dict) -> None:
     with tempfile.TemporaryDirectory() as root:
-        with recordkit.Recorder(root, params=params, system=False) as rec:
+        with recordkit.Recorder(root, params=params, system=False, mask_secrets=False) as rec:
             for name, values in metrics.items():
                 for epoch, value in enumerate(values):
                     rec.log({name: value}, epoch=epoch)

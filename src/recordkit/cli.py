@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from recordkit import format as fmt
-from recordkit.errors import RecordkitError
+from recordkit.errors import RecordkitError, RecordkitWarning, RecordNotFoundError
 from recordkit.record import Record, load
-from recordkit.recordset import load_all
+from recordkit.recordset import RecordSet, load_all
 
 __all__ = ["main"]
 
@@ -27,13 +31,63 @@ def _short(value: object) -> str:
     return text if len(text) <= 24 else text[:21] + "..."
 
 
-def cmd_ls(args: argparse.Namespace) -> int:
-    records = load_all(args.root, experiment=args.experiment)
+def _load_all(args: argparse.Namespace) -> RecordSet:
+    """The runs under ``args.root``: one line per unreadable file instead of a warning,
+    and an error when there is none."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecordkitWarning)
+        records = load_all(args.root, experiment=getattr(args, "experiment", None),
+                           progress=_progress_wanted())
+    for path, reason in records.skipped:
+        print(f"recordkit: skipped {str(path)!r}: {reason}", file=sys.stderr)
     if not len(records):
-        print(f"recordkit: no records under {args.root!r}", file=sys.stderr)
-        return 1
-    keys = sorted({k for r in records for k in fmt.flatten_params(r._params)})[:4]
-    metrics = sorted({m for r in records for m in r.history})[:4]
+        where = str(args.root) + (f"/{args.experiment}" if getattr(args, "experiment", None)
+                                  else "")
+        raise RecordNotFoundError(
+            f"no records under {where!r}"
+            + (f" ({len(records.skipped)} file(s) could not be read)" if records.skipped
+               else "; record runs with recordkit.Recorder or a RecordCallback")
+        )
+    return records
+
+
+def _progress_wanted() -> bool:
+    """Progress bars only when a person watches: stderr is a terminal."""
+    return sys.stderr.isatty()
+
+
+def _key_params(records: RecordSet, limit: int = 5) -> list[str]:
+    """The params worth a column, in name order: those whose value differs between runs
+    (a constant tells nothing); every param when none differs or there is one run."""
+    values: dict[str, set[str]] = {}
+    for r in records:
+        for key, value in fmt.flatten_params(r._params).items():
+            values.setdefault(key, set()).add(repr(value))
+    varying = sorted(k for k, v in values.items() if len(v) > 1)
+    constant = sorted(k for k, v in values.items() if len(v) <= 1)
+    return (varying + constant if len(records) == 1 else varying or constant)[:limit]
+
+
+_AUXILIARY = re.compile(r"(time|^lr\b|^lr[-_]|learning_rate|epoch$|step$)", re.IGNORECASE)
+
+
+def _key_metrics(records: RecordSet, limit: int) -> list[str]:
+    """The metrics worth a column, in name order: those most runs have, validation
+    metrics first, timings and learning rates last."""
+    counts: dict[str, int] = {}
+    for r in records:
+        for metric in r.history:
+            counts[metric] = counts.get(metric, 0) + 1
+    ranked = sorted(counts, key=lambda m: (bool(_AUXILIARY.search(m)), -counts[m],
+                                           "val" not in m.lower(), m))
+    return sorted(ranked[:max(0, limit)])
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """A table of runs: id, name, status, epochs, key params and final metrics."""
+    records = _load_all(args)
+    keys = _key_params(records)
+    metrics = _key_metrics(records, args.metrics)
     rows = [["id", "name", "status", "epochs", *keys, *metrics]]
     for r in records:
         flat = fmt.flatten_params(r._params)
@@ -69,6 +123,121 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Read every chunk of each record; exit 1 when any is damaged."""
+    from recordkit.verify import verify
+
+    damaged = 0
+    for path in args.paths:
+        report = verify(path, isolate=not args.in_process, timeout=args.timeout)
+        print(report, flush=True)
+        damaged += not report.ok
+    if len(args.paths) > 1:
+        print(f"{len(args.paths) - damaged} intact, {damaged} damaged")
+    return 1 if damaged else 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Fix the end-of-file address a kill during a flush can leave; then verify."""
+    from recordkit.verify import repair, verify
+
+    damaged = 0
+    for path in args.paths:
+        print(repair(path), flush=True)
+        report = verify(path)
+        print(report, flush=True)
+        damaged += not report.ok
+    return 1 if damaged else 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Learning curves (or final values) of every run into an image file."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file is written; no window is ever opened
+    import matplotlib.pyplot as plt
+
+    from recordkit import plot
+
+    if args.kind == "final" and len(args.metric) > 1:
+        raise _UsageError(f"plot --kind final takes one --metric; received {args.metric}")
+    records = _load_all(args)
+    if args.kind == "final":
+        fig = plot.final_values(records, args.metric[0], by=args.by or ())
+    else:
+        fig = plot.learning_curves(records, args.metric)
+    try:
+        fig.savefig(args.output, dpi=args.dpi, bbox_inches="tight")
+    except (OSError, ValueError) as err:
+        raise _output_error(args.output, err) from None
+    finally:
+        plt.close(fig)
+    print(f"wrote {args.output} ({len(records)} runs)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """The RecordSet table (a row per run) as CSV or Parquet."""
+    suffix = args.output.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise _UsageError(f"export -o {str(args.output)!r}: the file must end in .csv or "
+                           ".parquet")
+    frame = _load_all(args).to_dataframe()
+    try:
+        if suffix == ".csv":
+            frame.to_csv(args.output, index=False)
+        else:
+            _to_parquet(frame, args.output)
+    except OSError as err:
+        raise _output_error(args.output, err) from None
+    print(f"wrote {args.output} ({len(frame)} runs, {len(frame.columns)} columns)")
+    return 0
+
+
+def _to_parquet(frame: object, path: Path) -> None:
+    import pandas as pd
+
+    assert isinstance(frame, pd.DataFrame)
+    try:
+        pa = importlib.import_module("pyarrow")
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            "export to .parquet needs pyarrow: pip install 'recordkit[analysis]'") from err
+
+    try:
+        frame.to_parquet(path, index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        # A param with values of several types across runs (e.g. 8 and "auto") is kept
+        # as text in that column.
+        mixed = {c: frame[c].map(lambda v: None if v is None else str(v))
+                 for c in frame.columns if frame[c].dtype == object}
+        frame.assign(**mixed).to_parquet(path, index=False)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Older tools' files written as records; what was imported before is skipped."""
+    from recordkit import importers
+
+    reader = importers.import_researcher if args.tool == "researcher" else (
+        importers.import_record)
+    report = reader(args.source, args.root, experiment=args.experiment,
+                    progress=_progress_wanted())
+    for source, reason in report.failed:
+        print(f"recordkit: not imported {source!r}: {reason}", file=sys.stderr)
+    print(f"imported {len(report.imported)} run(s) into {str(args.root)!r}"
+          + (f"; skipped {len(report.skipped)} already imported" if report.skipped else ""))
+    return 1 if report.failed else 0
+
+
+class _UsageError(RecordkitError):
+    """A command line that cannot be carried out as given (e.g. an unknown file type)."""
+
+
+def _output_error(path: Path, err: Exception) -> RecordkitError:
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return _UsageError(f"cannot write {str(path)!r}: {reason}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recordkit",
                                      description="Inspect recordkit records (HDF5 files).")
@@ -76,11 +245,68 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ls", help="a table of runs", description="A table of runs.")
     p.add_argument("root", type=Path, help="folder of records")
     p.add_argument("--experiment", "-e", help="only this experiment")
+    p.add_argument("--metrics", type=int, default=4, metavar="N",
+                   help="show the final value of up to N metrics (default 4)")
     p.set_defaults(func=cmd_ls)
     p = sub.add_parser("show", help="one run", description="One run in detail.")
     p.add_argument("run", help="a record path, or a run id with --root")
     p.add_argument("--root", type=Path, default=None, help="folder of records")
     p.set_defaults(func=cmd_show)
+    p = sub.add_parser("verify", help="check records for damage",
+                       description="Read every chunk of each record (checksums, structure, "
+                       "safety) in a subprocess; exit 1 when any is damaged.")
+    p.add_argument("paths", nargs="+", type=Path, help="record files")
+    p.add_argument("--in-process", action="store_true",
+                   help="read in this process (a badly damaged file can crash it)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds the reading subprocess may take per file")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("repair", help="make a record killed mid-flush readable",
+                       description="Set the superblock's end-of-file address of records a "
+                       "SIGKILL cut during a flush (`recordkit verify` says when), then verify.")
+    p.add_argument("paths", nargs="+", type=Path, help="record files")
+    p.set_defaults(func=cmd_repair)
+    p = sub.add_parser("plot", help="learning curves of every run into an image",
+                       description="Learning curves of every run (one stable colour per "
+                       "run) for one or more metrics, or with --kind final the final value "
+                       "per configuration (mean and sd over repeated runs and folds).")
+    p.add_argument("root", type=Path, help="folder of records")
+    p.add_argument("--metric", "-m", action="append", required=True,
+                   help="metric to plot (repeat for several)")
+    p.add_argument("--output", "-o", type=Path, required=True,
+                   help="image file (.png, .pdf, .svg)")
+    p.add_argument("--experiment", "-e", help="only this experiment")
+    p.add_argument("--kind", choices=("curves", "final"), default="curves",
+                   help="curves (default) or final values across configurations")
+    p.add_argument("--by", action="append",
+                   help="with --kind final: group by this param (repeatable); default: "
+                   "repeated runs of one configuration (params hash)")
+    p.add_argument("--dpi", type=int, default=120, help="resolution of a bitmap image")
+    p.set_defaults(func=cmd_plot)
+    p = sub.add_parser("export", help="the table of runs as CSV or Parquet",
+                       description="The RecordSet table (run fields, params, final, best "
+                       "and epoch of best of each metric) as .csv or .parquet.")
+    p.add_argument("root", type=Path, help="folder of records")
+    p.add_argument("--output", "-o", type=Path, required=True,
+                   help="FILE.csv or FILE.parquet")
+    p.add_argument("--experiment", "-e", help="only this experiment")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("import", help="records from the older tools' files",
+                       description="Write the older tools' files as records. Importing "
+                       "the same files again skips what is already under the root.")
+    tools = p.add_subparsers(dest="tool", required=True)
+    for tool, source, text in (
+        ("researcher", "a folder of researcher JSON files, or one file",
+         "researcher JSON files (params, hash, timestamp, observations, folds)"),
+        ("record", "a mongoexport file (JSON lines or a JSON array)",
+         "the old Record tool's MongoDB documents (system info, params, models)"),
+    ):
+        t = tools.add_parser(tool, help=text, description=f"Import {text} as records.")
+        t.add_argument("source", type=Path, help=source)
+        t.add_argument("--root", type=Path, required=True, help="folder of records to write")
+        t.add_argument("--experiment", "-e", default=None,
+                       help="experiment of the new runs (default: the source's name)")
+        t.set_defaults(func=cmd_import)
     return parser
 
 
@@ -91,8 +317,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecordkitError as err:
         print(f"recordkit: {err}", file=sys.stderr)
         return 1
+    except (ModuleNotFoundError, KeyError) as err:  # a missing extra; an unknown metric
+        print(f"recordkit: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `recordkit ls ROOT | head`: the reader left; no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

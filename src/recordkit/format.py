@@ -639,6 +639,78 @@ def members(group: h5py.Group | None) -> Iterable[tuple[str, Any]]:
     return [(object_name(group[key]), group[key]) for key in group]
 
 
+# --- run summary -----------------------------------------------------------------------------
+
+#: Root attribute written when a run is closed: everything a table of many runs needs
+#: (run fields, params, final and best of each metric) in one read.
+SUMMARY = "summary"
+#: Attributes above this size are not written (HDF5's compact attribute storage ends at
+#: 64 KiB); readers then read the whole header instead.
+MAX_SUMMARY_BYTES = 60_000
+RUN_FIELDS = ("run_id", "name", "experiment", "status", "created", "ended", "error",
+              "params_hash", "recordkit_version", "restarts")
+
+
+def _finite_extreme(values: np.ndarray, epochs: np.ndarray, pick: Any) -> tuple[Any, Any]:
+    finite = np.isfinite(values)
+    if not finite.any():
+        return None, None
+    index = int(pick(np.where(finite, values, np.nan)))
+    return float(values[index]), int(epochs[index])
+
+
+def metric_summary(rows: np.ndarray) -> dict[str, Any]:
+    """count, final value and epoch, and the finite min and max with their epochs."""
+    values, epochs = rows["value"], rows["epoch"]
+    low, low_epoch = _finite_extreme(values, epochs, np.nanargmin)
+    high, high_epoch = _finite_extreme(values, epochs, np.nanargmax)
+    return {
+        "count": len(rows),
+        "final": float(values[-1]) if len(rows) else None,
+        "final_epoch": int(epochs[-1]) if len(rows) else None,
+        "min": low, "min_epoch": low_epoch, "max": high, "max_epoch": high_epoch,
+        "epoch_level": bool(len(np.unique(epochs)) == len(epochs)),
+    }
+
+
+def write_summary(f: h5py.File) -> None:
+    """Write (or drop, when too large) the ``summary`` root attribute of a closed run."""
+    history = read_history(f)
+    epochs: set[int] = set()
+    for rows in history.values():
+        epochs.update(int(e) for e in rows["epoch"])
+    summary = {
+        "fields": {key: attr_str(f, key) for key in RUN_FIELDS},
+        "params": read_text(f, PARAMS) or "{}",
+        "unserialisable": attr_str(f[PARAMS], "unserialisable", "[]") if PARAMS in f
+        else "[]",
+        "metrics": {name: metric_summary(rows) for name, rows in history.items()},
+        "epochs": len(epochs),
+        "snapshots": int(f[SNAPSHOTS].shape[0]) if SNAPSHOTS in f else 0,
+    }
+    text = dumps_json(summary)
+    if SUMMARY in f.attrs:
+        del f.attrs[SUMMARY]
+    if len(text.encode("utf-8")) <= MAX_SUMMARY_BYTES:
+        f.attrs[SUMMARY] = text
+
+
+def read_summary(f: h5py.File) -> dict[str, Any] | None:
+    """The ``summary`` attribute of a closed run, or None (running, too large, damaged)."""
+    if SUMMARY not in f.attrs:
+        return None
+    attr = f.attrs.get_id(SUMMARY)
+    if attr.get_storage_size() > MAX_SUMMARY_BYTES * 2:
+        return None
+    try:
+        summary = loads_json(attr_str(f, SUMMARY))
+    except ValueError:
+        return None
+    if not isinstance(summary, dict) or not {"fields", "params", "metrics"} <= set(summary):
+        return None
+    return summary
+
+
 # --- extras ----------------------------------------------------------------------------------
 
 

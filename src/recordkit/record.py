@@ -25,7 +25,7 @@ from recordkit.errors import (
 )
 from recordkit.filters import ensure_readable
 from recordkit.locking import is_locked
-from recordkit.safety import check_file, check_layout
+from recordkit.safety import check_file, check_layout, check_links, check_root
 from recordkit.verify import damage_hint, open_interrupted
 
 if TYPE_CHECKING:
@@ -225,9 +225,58 @@ class Record:
     inside ``with record:`` the file stays open for the block (faster for many reads).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    #: What the full header holds; a record opened from its summary reads it on first use.
+    _HEADER_FIELDS = frozenset({"_system", "_info", "_history", "_snapshots", "_tensors",
+                                "_rows", "_extra_keys", "_format_version"})
+
+    def __init__(self, path: str | os.PathLike[str], *, lazy: bool = False) -> None:
+        """Open a record. With *lazy*, a closed run is opened from its one-attribute
+        summary (run fields, params, metric summaries) and the rest is read on first use:
+        what ``load_all`` does to stay fast on thousands of runs."""
         self._path = Path(path)
         self._h5: h5py.File | None = None
+        self._summary: dict[str, Any] | None = None
+        if lazy and self._read_summary():
+            return
+        self._read_full()
+
+    def _read_summary(self) -> bool:
+        """The fast path of a closed run: three root attributes. False when the run has no
+        usable summary (running, killed, or too large), and the full header is needed."""
+        try:
+            with open_h5(self._path) as f:
+                check_root(f, self._path)
+                if not fmt.is_record(f) or int(f.attrs.get("format_version", 0)) != (
+                        fmt.FORMAT_VERSION):
+                    return False
+                summary = fmt.read_summary(f)
+                if summary is not None:  # never follow a link out of the file, even later
+                    check_links(f, self._path)
+        except RecordkitError:
+            raise
+        except Exception:
+            return False  # the full read says what is wrong
+        if summary is None:
+            return False
+        try:
+            self._attrs = {k: str(summary["fields"].get(k, "")) for k in fmt.RUN_FIELDS}
+            self._params = fmt.decode_params(summary["params"])
+            self._unserialisable = list(fmt.loads_json(summary["unserialisable"]))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return False
+        if self._attrs["status"] == "running":
+            return False
+        self._summary = summary
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for attributes not set: the header of a record opened lazily.
+        if name in Record._HEADER_FIELDS and "_path" in self.__dict__:
+            self._read_full()
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _read_full(self) -> None:
         last_error: RecordkitError | None = None
         # A run being written can be caught mid-write; a live writer is given a moment.
         for attempt in range(3):
@@ -256,6 +305,7 @@ class Record:
         raise last_error
 
     def _read_header(self, f: h5py.File) -> None:
+        self._summary = None  # the full header supersedes it
         check_file(f, self._path)  # refuses links outside the file, crafted sizes
         check_layout(f, self._path)
         if not fmt.is_record(f):
@@ -421,6 +471,21 @@ class Record:
         frame.index.name = level
         return frame.sort_index()
 
+    def metric_summaries(self) -> dict[str, dict[str, Any]]:
+        """Per metric: ``count``, ``final``, ``final_epoch``, finite ``min`` / ``max`` and
+        their epochs (None when the metric has no finite value), ``epoch_level``. Read from
+        the run's summary when it was opened from one, without reading the history."""
+        if self._summary is not None:
+            return copy.deepcopy(self._summary["metrics"])
+        return {name: fmt.metric_summary(rows) for name, rows in self._history._rows.items()}
+
+    @property
+    def epoch_count(self) -> int:
+        """How many distinct epochs have at least one metric value."""
+        if self._summary is not None:
+            return int(self._summary.get("epochs", 0))
+        return len(self.epochs)
+
     # --- weights ---------------------------------------------------------------------------
 
     @property
@@ -541,8 +606,10 @@ class Record:
             pass
 
     def __repr__(self) -> str:
+        snapshots = (self._summary.get("snapshots", "?") if self._summary is not None
+                     else len(self._snapshots))
         return (f"<recordkit.Record {self.name!r} run_id={self.run_id} status={self.status} "
-                f"epochs={len(self.epochs)} snapshots={len(self._snapshots)} "
+                f"epochs={self.epoch_count} snapshots={snapshots} "
                 f"at {str(self._path)!r}>")
 
     @property

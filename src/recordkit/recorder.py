@@ -362,6 +362,8 @@ class Recorder:
         self._flagged = []
         document = self._encode_params(stacklevel=4)
         with self._writing("reopen the run"):
+            if fmt.SUMMARY in f.attrs:  # the run changes again: its summary is stale
+                del f.attrs[fmt.SUMMARY]
             fmt.write_root_attrs(f, {
                 "status": "running", "ended": "", "error": "", "name": self._name,
                 "restarts": fmt.dumps_json(restarts),
@@ -1010,6 +1012,8 @@ class Recorder:
                 attrs["error"] = (f"{type(error).__name__}: {error}"
                                   if isinstance(error, BaseException) else str(error))
             fmt.write_root_attrs(f, attrs)
+            if status != "running":
+                fmt.write_summary(f)  # a table of many runs reads this one attribute
             f.flush()
             if self._durable:
                 os.fsync(f.id.get_vfd_handle())

@@ -30,7 +30,8 @@ import numpy as np
 from recordkit import format as fmt
 from recordkit.errors import RecordDamagedError, UnsafeRecordError
 
-__all__ = ["MAX_ATTR_BYTES", "MAX_OBJECTS", "check_file", "check_layout", "read_limit"]
+__all__ = ["MAX_ATTR_BYTES", "MAX_OBJECTS", "check_file", "check_layout", "check_links",
+           "check_root", "read_limit"]
 
 #: An attribute longer than this is refused (recordkit's own stay under 64 KiB; the
 #: ``restarts`` list of a run resumed a thousand times is about 100 KiB).
@@ -80,9 +81,10 @@ def _check_attrs(path: Path, where: str, obj: h5py.HLObject, read_strings: bool)
     """Sizes of attributes from their headers; the text of variable-length strings only
     with *read_strings* (the root's, which a Record keeps: reading every object's would
     cost more than the rest of opening a file)."""
-    for key in obj.attrs:
+    attrs = obj.attrs  # h5py builds a new manager on every .attrs
+    for key in attrs:
         try:
-            attr = obj.attrs.get_id(key)
+            attr = attrs.get_id(key)
             size = attr.get_storage_size()
             vlen_string = attr.dtype.kind == "O"
         except Exception:  # unreadable attribute headers are damage, found by the reads
@@ -94,7 +96,7 @@ def _check_attrs(path: Path, where: str, obj: h5py.HLObject, read_strings: bool)
             # A variable-length string lives in the file's global heap: its header says
             # nothing of its length, and the read is bounded by the file's size.
             try:
-                value = obj.attrs[key]
+                value = attrs[key]
             except Exception:
                 continue
             values = value.ravel().tolist() if isinstance(value, np.ndarray) else [value]
@@ -135,6 +137,44 @@ def _compresses(ds: h5py.Dataset) -> bool:
     return any(code not in (2, 3) for code in _filters(ds))
 
 
+def check_links(f: h5py.File, path: str | os.PathLike[str]) -> list[tuple[str, object]]:
+    """Refuse external and soft links (and more than :data:`MAX_OBJECTS` objects); return
+    every ``(name, link)``. Reads link headers only.
+
+    Raises:
+        UnsafeRecordError: the first link that points outside the file.
+    """
+    file_path = Path(path)
+    links: list[tuple[str, object]] = []
+
+    def collect(name: str, link: object) -> bool | None:
+        links.append((name, link))
+        return True if len(links) > MAX_OBJECTS else None
+
+    f.visititems_links(collect)
+    if len(links) > MAX_OBJECTS:
+        raise _unsafe(file_path, f"it holds more than {MAX_OBJECTS} objects")
+    for name, link in links:
+        if isinstance(link, h5py.ExternalLink):
+            raise _unsafe(file_path, f"link /{name} points to {link.path!r} in the file "
+                                     f"{link.filename!r} (an external link)")
+        if isinstance(link, h5py.SoftLink):
+            raise _unsafe(file_path, f"link /{name} is a soft link to {link.path!r}")
+        if not isinstance(link, h5py.HardLink):
+            raise _unsafe(file_path, f"link /{name} is a {type(link).__name__}")
+    return links
+
+
+def check_root(f: h5py.File, path: str | os.PathLike[str]) -> None:
+    """The check of a fast open that reads root attributes only: their sizes, from their
+    headers (no link is followed, no dataset read).
+
+    Raises:
+        UnsafeRecordError: an attribute claims more than :data:`MAX_ATTR_BYTES`.
+    """
+    _check_attrs(Path(path), "the root group", f, read_strings=False)
+
+
 def check_file(f: h5py.File, path: str | os.PathLike[str]) -> None:
     """Refuse a file that reaches outside itself or claims sizes it cannot hold.
 
@@ -164,23 +204,7 @@ def check_file(f: h5py.File, path: str | os.PathLike[str]) -> None:
         file_size = os.stat(file_path).st_size
     except OSError:
         file_size = 0
-    links: list[tuple[str, object]] = []
-
-    def collect(name: str, link: object) -> bool | None:
-        links.append((name, link))
-        return True if len(links) > MAX_OBJECTS else None
-
-    f.visititems_links(collect)
-    if len(links) > MAX_OBJECTS:
-        raise _unsafe(file_path, f"it holds more than {MAX_OBJECTS} objects")
-    for name, link in links:
-        if isinstance(link, h5py.ExternalLink):
-            raise _unsafe(file_path, f"link /{name} points to {link.path!r} in the file "
-                                     f"{link.filename!r} (an external link)")
-        if isinstance(link, h5py.SoftLink):
-            raise _unsafe(file_path, f"link /{name} is a soft link to {link.path!r}")
-        if not isinstance(link, h5py.HardLink):
-            raise _unsafe(file_path, f"link /{name} is a {type(link).__name__}")
+    links = check_links(f, file_path)
     _check_attrs(file_path, "the root group", f, read_strings=True)
     table = f.get(fmt.SNAPSHOTS, getclass=True)
     table_rows = None
