@@ -72,6 +72,9 @@ class Wide(lp.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
+CPU_SECONDS: dict[str, list[float]] = {}
+
+
 def fit_once(setup: str, epochs: int, loader: DataLoader, folder: Path) -> float:
     callbacks: list[Any] = []
     logger: Any = False
@@ -90,9 +93,10 @@ def fit_once(setup: str, epochs: int, loader: DataLoader, folder: Path) -> float
                          enable_checkpointing=checkpointing, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu",
                          num_sanity_val_steps=0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(model, loader)
     elapsed = time.perf_counter() - start
+    CPU_SECONDS.setdefault(setup, []).append(time.process_time() - cpu)
     if setup == "recordkit":  # the record is complete: every epoch has its snapshot
         record = load(callbacks[0].record_path)
         assert record.snapshot_epochs == list(range(epochs)), record.snapshot_epochs
@@ -132,6 +136,11 @@ def main() -> None:
           f"epoch (snapshot copy, metrics, commit, final close), "
           f"{hooks / (min(times['none']) / epochs):.1%} of an undisturbed epoch without it; "
           "the background write of each snapshot runs on another thread")
+    cpu = {s: min(CPU_SECONDS[s]) for s in setups}
+    print(f"[info] process CPU time (all threads; little moved by other processes), min of "
+          f"{repeats}: " + ", ".join(f"{s} {cpu[s]:.2f} s" for s in setups)
+          + f"; recordkit / none = {cpu['recordkit'] / cpu['none']:.3f}, recordkit / "
+          f"checkpoint+csv = {cpu['recordkit'] / cpu['checkpoint+csv']:.3f}")
     for setup in setups:
         print(f"{setup:>15}: min {min(times[setup]):.3f} s, median "
               f"{statistics.median(times[setup]):.3f} s  "
