@@ -9,6 +9,8 @@ _OPTIONAL = {
     "src/recordkit/integrations/lightning.py": "torch",
     "src/recordkit/integrations/keras.py": "keras",
     "src/recordkit/plot.py": "matplotlib",
+    "src/recordkit/recordset.py": "pandas",
+    "src/recordkit/filters.py": "hdf5plugin",
 }
 for _path, _module in _OPTIONAL.items():
     if importlib.util.find_spec(_module) is None:
