@@ -50,8 +50,9 @@ def main() -> None:
         loss = float(-np.log(p[np.arange(len(idx)), y[idx]] + 1e-12).mean())
         return p, loss, float((p.argmax(axis=1) == y[idx]).mean())
 
+    params = {k: v for k, v in vars(args).items() if k != "root"}
     with rk.Recorder(args.root, experiment="numpy-digits", name=f"softmax-lr{args.lr}",
-                     params=args) as rec:
+                     params=params) as rec:
         for epoch in range(args.epochs):
             p, loss, acc = forward(train)
             grad = p

@@ -100,9 +100,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     r: Record = load(args.run, root=args.root)
-    print(f"run       {r.run_id}\nname      {r.name}\nexperiment {r.experiment}")
-    print(f"status    {r.status}{'  (' + r.error + ')' if r.error else ''}")
-    print(f"created   {r.created.isoformat()}\npath      {r.path}")
+    fields = {"run": r.run_id, "name": r.name, "experiment": r.experiment,
+              "status": r.status + (f"  ({r.error})" if r.error else ""),
+              "created": r.created.isoformat(), "path": str(r.path)}
+    for label, value in fields.items():
+        print(f"{label:<11}{value}")
     print("params")
     for key, value in fmt.flatten_params(r._params).items():
         print(f"  {key} = {value!r}")
