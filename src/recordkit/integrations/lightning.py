@@ -1,0 +1,650 @@
+"""PyTorch Lightning: one callback records the whole run.
+
+``Trainer(callbacks=[RecordCallback("records")])`` records the hyperparameters (the
+module's and the datamodule's ``hparams``), trainer facts, optimizers and schedulers once;
+every epoch-level metric, the learning rates and the epoch wall time per epoch; and a
+snapshot of the full ``state_dict`` every ``snapshot_every`` epochs (the final epoch always).
+
+The same class works with ``lightning.pytorch`` and with ``pytorch_lightning``: it
+subclasses the ``Callback`` of each package that imports, so each Trainer accepts it.
+
+Choices worth knowing:
+
+- Epoch history holds the metrics logged with ``on_epoch=True`` (Lightning's default in
+  validation and epoch-end hooks), under the name given to ``self.log``. A metric logged
+  per step only (``on_epoch=False``, the default in ``training_step``) is recorded as step
+  rows with ``log_steps=True``; otherwise it is left out, with one warning naming it.
+- ``validate()`` / ``test()`` on the trainer after ``fit`` reopen the fit's record (it was
+  closed as completed at the end of fit), add their metrics at the record's last epoch and
+  close it again with its earlier status. The reopening is listed in ``Record.restarts``
+  with ``previous_status`` "completed" (a crash-resume shows "running", "failed" or
+  "interrupted"), and ``Record.info["evaluations"]`` names each one. A metric that already
+  has a row at that epoch (``validate()`` re-measuring a fit metric) is not logged twice;
+  every evaluation's full results are in ``Record.extras["validate"]`` / ``["test"]``.
+- Per epoch the record also holds ``lr-<Optimizer>`` (the learning rate at the epoch's
+  start, named as Lightning's LearningRateMonitor names it) and ``epoch_time`` (wall
+  seconds from the epoch's start to its end, validation included).
+- Resuming with ``fit(ckpt_path=...)`` reopens the record named in the checkpoint (the
+  callback's ``state_dict``), drops what it holds from the restored epoch on and goes on.
+- Only global rank zero writes. Metrics are read on every rank, so that the collective
+  calls a metric with ``sync_dist=True`` makes happen in the same order everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from recordkit.errors import RecordkitError, RecordkitWarning
+from recordkit.policy import SnapshotPolicy
+from recordkit.record import load
+from recordkit.recorder import Recorder
+
+__all__ = ["RecordCallback"]
+
+
+def _callback_bases() -> tuple[type, ...]:
+    bases: list[type] = []
+    errors: list[ImportError] = []
+    for package in ("lightning.pytorch", "pytorch_lightning"):
+        try:
+            bases.append(importlib.import_module(package).Callback)
+        except ImportError as err:
+            errors.append(err)
+    if not bases:
+        raise ModuleNotFoundError(
+            "recordkit.integrations.lightning needs PyTorch Lightning (lightning or "
+            "pytorch_lightning): pip install 'recordkit[lightning]'"
+        ) from errors[-1]
+    return tuple(bases)
+
+
+_BASES = _callback_bases()
+# One base class that is a Callback of every installed package (each Trainer checks
+# isinstance against its own package's Callback).
+_LightningCallback: Any = (_BASES[0] if len(_BASES) == 1
+                           else type("_LightningCallback", _BASES, {}))
+
+_RECORDER_OPTIONS = frozenset(
+    name for name, p in inspect.signature(Recorder.__init__).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "resume"
+)
+_ON_ERROR = ("raise", "warn")
+
+
+class RecordCallback(_LightningCallback):
+    """Records a Lightning run into ``<root>/<experiment>/<run_id>.h5``.
+
+    Args:
+        root: folder of records.
+        experiment: sub-folder; ``"default"`` when None.
+        name: a label for the run (the run id when None).
+        params: extra hyperparameters, merged before the module's and datamodule's
+            ``hparams``.
+        snapshot_every: a positive int N (every N-th epoch), None (the last epoch only) or
+            ``"best"`` (each epoch where *monitor* improves). The final epoch is always
+            snapshotted.
+        monitor: the metric ``snapshot_every="best"`` watches.
+        mode: ``"min"`` or ``"max"``: which direction of *monitor* is better.
+        include: glob pattern(s) of state_dict keys to snapshot (all when None).
+        exclude: glob pattern(s) of state_dict keys to leave out.
+        dtype: storage dtype of floating tensors: ``"keep"``, ``"float16"``,
+            ``"bfloat16"``.
+        recorder: an open :class:`~recordkit.Recorder` to record the first fit into; the
+            callback closes it when the fit ends. Later fits create records in its root.
+        resume: path or run id of a record the first fit continues (a ``ckpt_path``
+            given to ``fit`` continues its own record without this). The record is
+            rewound to the epoch the trainer starts at: without a checkpoint that is
+            epoch 0, and what the record held is replaced.
+        log_steps: record step-level metrics too: True every step, an int N every N-th
+            step. They are buffered in memory and written at the epoch's commit.
+        on_error: ``"raise"`` stops training when recording fails; ``"warn"`` warns,
+            closes the record as failed and lets training go on unrecorded.
+        **recorder_options: keyword options of :class:`~recordkit.Recorder` (``durable``,
+            ``system``, ``compression``, ...).
+
+    Raises:
+        ValueError, TypeError: an argument is out of range, named with what was received.
+
+    Example:
+        >>> import tempfile
+        >>> callback = RecordCallback(tempfile.mkdtemp(), experiment="demo", snapshot_every=2)
+        >>> callback
+        <RecordCallback experiment='demo' snapshot_every=2 (no run yet)>
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] = "records",
+        experiment: str | None = None,
+        name: str | None = None,
+        params: Mapping[str, Any] | argparse.Namespace | None = None,
+        *,
+        snapshot_every: int | str | None = 1,
+        monitor: str | None = None,
+        mode: str = "min",
+        include: str | list[str] | None = None,
+        exclude: str | list[str] | None = None,
+        dtype: str = "keep",
+        recorder: Recorder | None = None,
+        resume: str | os.PathLike[str] | None = None,
+        log_steps: bool | int = False,
+        on_error: str = "raise",
+        **recorder_options: Any,
+    ) -> None:
+        super().__init__()
+        if not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"RecordCallback(root={root!r}): must be a folder path (str or "
+                            f"os.PathLike). Received: {type(root).__name__}")
+        for what, value in (("experiment", experiment), ("name", name), ("monitor", monitor)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"RecordCallback({what}={value!r}): must be a str or None. "
+                                f"Received: {type(value).__name__}")
+        if params is not None and not isinstance(params, (Mapping, argparse.Namespace)):
+            raise TypeError(f"RecordCallback(params=...): must be a mapping, an "
+                            f"argparse.Namespace or None. Received: {type(params).__name__}")
+        if recorder is not None and not isinstance(recorder, Recorder):
+            raise TypeError(f"RecordCallback(recorder={recorder!r}): must be a "
+                            "recordkit.Recorder or None")
+        if recorder is not None and resume is not None:
+            raise ValueError("RecordCallback(recorder=..., resume=...): give one of them; "
+                             "to continue a run, pass Recorder(root, resume=...) as recorder")
+        if log_steps is not False and (not isinstance(log_steps, int) or log_steps < 1):
+            raise ValueError(f"RecordCallback(log_steps={log_steps!r}): must be True, False "
+                             f"or a positive int (every N-th step). Received: {log_steps!r}")
+        if on_error not in _ON_ERROR:
+            raise ValueError(f"RecordCallback(on_error={on_error!r}): must be one of "
+                             f"{_ON_ERROR}. Received: {on_error!r}")
+        unknown = sorted(set(recorder_options) - _RECORDER_OPTIONS)
+        if unknown:
+            raise TypeError(f"RecordCallback({unknown[0]}=...): not an option of "
+                            f"RecordCallback or Recorder; Recorder takes "
+                            f"{sorted(_RECORDER_OPTIONS)}")
+        self._policy_args: dict[str, Any] = {
+            "every": snapshot_every, "monitor": monitor, "mode": mode, "include": include,
+            "exclude": exclude, "dtype": dtype, "where": "RecordCallback",
+        }
+        self._policy = SnapshotPolicy(**self._policy_args)  # checks the arguments now
+        self.root = recorder.root if recorder is not None else root
+        self.experiment = (recorder.experiment if recorder is not None and experiment is None
+                           else experiment)
+        self.name = name
+        self.params = params
+        self.snapshot_every = snapshot_every
+        self.log_steps = int(log_steps)
+        self.on_error = on_error
+        self.recorder_options = recorder_options
+        self._given_recorder = recorder
+        self._resume_next: str | os.PathLike[str] | None = resume
+        self._recorder: Recorder | None = None
+        self._record_path: str | None = None  # the record of the latest fit
+        self._policy_state: dict[str, Any] | None = None  # from a checkpoint
+        self._reset_fit_state()
+
+    def _reset_fit_state(self) -> None:
+        self._stage = ""
+        self._writes = False  # global rank zero, with recording not disabled
+        self._resumed = False
+        self._epoch_started = 0.0
+        self._epoch_start_metrics: dict[str, Any] = {}
+        self._eval_start_metrics: dict[str, Any] = {}
+        self._val_metrics: dict[str, float] = {}
+        self._epoch_end_metrics: dict[str, Any] = {}
+        self._open_epoch: int | None = None  # ended but may still get late metrics
+        self._logged: set[str] = set()  # metric names logged for the open epoch
+        self._snapshotted: int | None = None
+        self._steps: list[tuple[int, int, dict[str, Any]]] = []
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        where = (f"run at {self._record_path!r}" if self._record_path else "no run yet")
+        return (f"<RecordCallback experiment={self.experiment!r} "
+                f"snapshot_every={self.snapshot_every!r} ({where})>")
+
+    @property
+    def recorder(self) -> Recorder | None:
+        """The recorder of the fit in progress (None on other ranks and between fits)."""
+        return self._recorder
+
+    @property
+    def record_path(self) -> str | None:
+        """Path of the record of the latest fit."""
+        return self._record_path
+
+    # --- Lightning hooks: setup and teardown ------------------------------------------
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._close_quietly()  # a callback reused for a second fit starts a new record
+        self._reset_fit_state()
+        self._stage = stage
+        self._writes = bool(trainer.is_global_zero)
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if not self._writes:
+            return
+        with self._guard("start the record"):
+            resume, self._resume_next = self._resume_next, None
+            given, self._given_recorder = self._given_recorder, None
+            if given is not None:
+                rec = given
+            elif resume is not None:
+                rec = Recorder(self.root, self.experiment, self.name, self.params,
+                               resume=resume, **self.recorder_options)
+            else:
+                rec = Recorder(self.root, self.experiment, self.name, self.params,
+                               **self.recorder_options)
+            self._resumed = resume is not None
+            self._recorder = rec
+            self._record_path = str(rec.path.resolve())
+            self._policy = SnapshotPolicy(**self._policy_args)
+            if self._resumed and self._policy_state:
+                self._policy.load_state_dict(self._policy_state)
+            self._policy_state = None
+            rec.extend(_hparams(pl_module, trainer))
+            rec.set_info(_run_info(trainer, pl_module))
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        rec = self._recorder
+        if rec is None:
+            return
+        start = int(trainer.current_epoch)
+        with self._guard("prepare the record"):
+            if self._resumed:
+                rec.rewind(start)  # the epochs from here on are trained again
+            max_epochs = trainer.max_epochs
+            if isinstance(max_epochs, int) and max_epochs > start:
+                rec.plan(snapshot_epochs=self._policy.planned_snapshots(max_epochs - start))
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self._record_path:
+            return {}
+        return {"record_path": self._record_path, "run_id": Path(self._record_path).stem,
+                "snapshot_policy": self._policy.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        path = state_dict.get("record_path")
+        if path:
+            # The run id finds the record under root when the path no longer exists (a
+            # checkpoint resumed on another machine, or a moved folder).
+            self._resume_next = path if Path(path).exists() else state_dict.get("run_id", path)
+            self._policy_state = state_dict.get("snapshot_policy")
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        rec = self._recorder
+        if rec is None:
+            return
+        with self._guard("close the record"):
+            self._finish_epoch(trainer, pl_module)
+            rec.close("completed")
+        self._recorder = None
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        rec = self._recorder
+        if rec is None:
+            return
+        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+        try:
+            if self._open_epoch is not None:
+                self._log_late_metrics(trainer)
+            rec.close(status, error=exception)
+        except RecordkitError as err:  # never hide the exception that ended training
+            warnings.warn(f"recordkit: could not close {self._record_path!r} as {status}: "
+                          f"{err}", RecordkitWarning, stacklevel=2)
+        self._recorder = None
+
+    # --- Lightning hooks: one epoch ---------------------------------------------------
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        metrics = dict(trainer.callback_metrics)
+        if self._open_epoch is not None:
+            self._log_late_metrics(trainer, metrics)
+        self._epoch_start_metrics = metrics
+        self._val_metrics = {}
+        self._epoch_started = time.perf_counter()
+        rec = self._recorder
+        if rec is None:
+            return
+        with self._guard("log the learning rates"):
+            rec.log(_learning_rates(trainer), epoch=int(trainer.current_epoch))
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not self.log_steps or self._recorder is None:
+            return
+        step = int(trainer.global_step)
+        if step % self.log_steps:
+            return
+        fresh = _fresh_metrics(trainer)
+        # "x" and "x_step" both hold the step value of a metric logged per step and per
+        # epoch; its step rows are kept as "x_step", and "x" is left to the epoch rows.
+        values = {k: v for k, v in fresh.items() if f"{k}_step" not in fresh}
+        if values:
+            self._steps.append((int(trainer.current_epoch), step, values))
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self._eval_start_metrics = dict(trainer.callback_metrics)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        fresh = _changed(self._eval_start_metrics, trainer.callback_metrics)
+        if self._stage == "fit":
+            self._val_metrics.update(_floats(fresh))
+        else:
+            self._record_evaluation(trainer, pl_module, "validate", fresh)
+
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_start_metrics = dict(trainer.callback_metrics)
+
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        fresh = _changed(self._eval_start_metrics, trainer.callback_metrics)
+        self._record_evaluation(trainer, pl_module, "test", fresh)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        fresh = _fresh_metrics(trainer)
+        now = dict(trainer.callback_metrics)
+        epoch = int(trainer.current_epoch)
+        train = {k: v for k, v in fresh.items()
+                 if not (k.endswith("_epoch") and k[: -len("_epoch")] in fresh)}
+        metrics = {**_floats(train), **self._val_metrics}
+        self._epoch_end_metrics = now
+        self._warn_step_only(now, set(fresh) | set(self._val_metrics))
+        rec = self._recorder
+        if rec is None:
+            return
+        metrics.setdefault("epoch_time", time.perf_counter() - self._epoch_started)
+        with self._guard(f"record epoch {epoch}"):
+            self._write_steps(rec)
+            rec.log(metrics, epoch=epoch)
+            self._logged = set(metrics)
+            self._open_epoch = epoch
+            if self._policy.due(epoch, metrics, last=self._is_last_epoch(trainer)):
+                self._snapshot(rec, trainer, pl_module, epoch)
+            rec.commit(wait=False)  # training goes on while the snapshot is written
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._finish_epoch(trainer, pl_module)
+
+    # --- evaluation after fit ----------------------------------------------------------
+
+    def _record_evaluation(self, trainer: Any, pl_module: Any, stage: str,
+                           fresh: Mapping[str, Any]) -> None:
+        if not self._writes or not fresh:
+            return
+        results = _floats(fresh)
+        with self._guard(f"record the {stage} results"):
+            path = self._record_path
+            resume = path if path is not None else self._resume_next
+            if resume is not None:
+                previous = load(resume, root=self.root)
+                history = previous.history
+                status, error = previous.stored_status, previous.error
+                evaluations = list(previous.info.get("evaluations", []))
+                rec = Recorder(self.root, resume=resume, **self.recorder_options)
+            else:  # an evaluation on its own: a record of its own
+                history, status, error, evaluations = None, "completed", "", []
+                rec = Recorder(self.root, self.experiment, self.name, self.params,
+                               **self.recorder_options)
+                rec.extend(_hparams(pl_module, trainer))
+                rec.set_info(_run_info(trainer, pl_module))
+            self._record_path = str(rec.path.resolve())
+            epoch = max(rec.last_epoch, 0)
+            new = {k: v for k, v in results.items()
+                   if history is None or k not in history or epoch not in history.epochs(k)}
+            evaluations.append({"stage": stage, "epoch": epoch, "time": time.time(),
+                                "metrics": sorted(results)})
+            try:
+                rec.log(new, epoch=epoch)
+                rec.add(stage, results)
+                rec.set_info({"evaluations": evaluations})
+            finally:  # back to the status the run had before (completed, or failed...)
+                rec.close(status or "completed", error=error or None)
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _is_last_epoch(self, trainer: Any) -> bool:
+        max_epochs = trainer.max_epochs
+        return bool(isinstance(max_epochs, int) and max_epochs >= 0
+                    and int(trainer.current_epoch) + 1 >= max_epochs)
+
+    def _snapshot(self, rec: Recorder, trainer: Any, pl_module: Any, epoch: int) -> None:
+        # Recorder.snapshot copies every tensor to host memory before it returns.
+        rec.snapshot(pl_module.state_dict(), epoch=epoch, step=int(trainer.global_step),
+                     policy=self._policy)
+        self._snapshotted = epoch
+
+    def _finish_epoch(self, trainer: Any, pl_module: Any) -> None:
+        """Log what the last epoch logged after this callback's epoch-end hook and make sure
+        it has a snapshot (early stopping decides after this callback that it was last)."""
+        rec = self._recorder
+        if rec is None or self._open_epoch is None:
+            return
+        epoch = self._open_epoch
+        self._log_late_metrics(trainer)
+        with self._guard(f"snapshot the last epoch {epoch}"):
+            if self._snapshotted != epoch:
+                self._snapshot(rec, trainer, pl_module, epoch)
+            rec.commit(wait=False)
+
+    def _log_late_metrics(self, trainer: Any, now: Mapping[str, Any] | None = None) -> None:
+        """Metrics logged in ``LightningModule.on_train_epoch_end`` come after this
+        callback's hook (Lightning calls callbacks first); they are added to the epoch
+        when the next hook runs."""
+        epoch, self._open_epoch = self._open_epoch, None
+        rec = self._recorder
+        if rec is None or epoch is None:
+            return
+        if now is None:
+            now = dict(trainer.callback_metrics)
+        late = _changed(self._epoch_end_metrics, now)
+        late = {k: v for k, v in late.items() if k not in self._logged
+                and not k.endswith("_step")
+                and not (k.endswith("_epoch") and k[: -len("_epoch")] in self._logged)}
+        if not late:
+            return
+        with self._guard(f"record epoch {epoch}"):
+            rec.log(_floats(late), epoch=epoch)
+            rec.commit(wait=False)
+
+    def _write_steps(self, rec: Recorder) -> None:
+        for epoch, step, values in self._steps:
+            rec.log(_floats(values), epoch=epoch, step=step)
+        self._steps = []
+
+    def _warn_step_only(self, now: Mapping[str, Any], epoch_level: set[str]) -> None:
+        if self.log_steps:
+            return
+        changed = _changed(self._epoch_start_metrics, now)
+        step_only = sorted(k for k in changed if k not in epoch_level
+                           and k not in self._warned and not k.endswith(("_step", "_epoch")))
+        if step_only and self._recorder is not None:
+            self._warned.update(step_only)
+            warnings.warn(
+                f"recordkit: metric(s) {step_only} are logged per step only "
+                "(self.log(..., on_epoch=False), the default in training_step) and are not "
+                f"in the epoch history of {self._record_path!r}; log them with "
+                "on_epoch=True, or pass RecordCallback(log_steps=True) to record steps",
+                RecordkitWarning, stacklevel=2)
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Apply ``on_error`` to a failure of the recorder."""
+        try:
+            yield
+        except RecordkitError as err:
+            if self.on_error == "raise":
+                raise
+            warnings.warn(f"recordkit: could not {what} ({err}); recording stops for the rest "
+                          "of this run and training goes on (on_error='warn')",
+                          RecordkitWarning, stacklevel=3)
+            rec, self._recorder = self._recorder, None
+            self._writes = False
+            if rec is not None:
+                try:
+                    rec.close("failed", error=f"recording stopped: {err}")
+                except RecordkitError:
+                    pass
+
+    def _close_quietly(self) -> None:
+        rec, self._recorder = self._recorder, None
+        if rec is not None and not rec.closed:
+            rec.close("interrupted", error="the callback was set up again before the "
+                      "run ended")
+
+
+# --- framework objects → plain values ---------------------------------------------------
+
+
+def _fresh_metrics(trainer: Any) -> dict[str, Any]:
+    """The metrics of the loop that is running: each read of ``trainer.callback_metrics``
+    puts a new (detached) tensor under every name the running loop holds, while names
+    from earlier epochs or other loops keep the object they had. Reading twice tells them
+    apart without Lightning's private result collection."""
+    first = dict(trainer.callback_metrics)
+    second = trainer.callback_metrics
+    return {k: v for k, v in second.items() if first.get(k) is not v}
+
+
+def _changed(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """The names whose value was written (is another object) since *before*."""
+    return {k: v for k, v in after.items() if before.get(k) is not v}
+
+
+def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        try:
+            out[str(key)] = float(value.item() if hasattr(value, "item") else value)
+        except (TypeError, ValueError, RuntimeError):
+            continue  # a non-scalar tensor is not a metric; the recorder takes numbers only
+    return out
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """JSON-able values for info: numbers, strings, lists and dicts; anything else as repr."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if depth > 4:
+        return repr(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, depth + 1) for v in value]
+    if hasattr(value, "numel") and hasattr(value, "item") and value.numel() == 1:
+        return _plain(value.item(), depth + 1)
+    return repr(value)
+
+
+def _hparams(pl_module: Any, trainer: Any) -> dict[str, Any]:
+    params = dict(getattr(pl_module, "hparams", None) or {})
+    datamodule = getattr(trainer, "datamodule", None)
+    for key, value in dict(getattr(datamodule, "hparams", None) or {}).items():
+        if key in params and _differs(params[key], value):
+            params[f"datamodule.{key}"] = value  # both kept when module and data disagree
+        else:
+            params[key] = value
+    return params
+
+
+def _differs(a: Any, b: Any) -> bool:
+    try:
+        return a is not b and bool(a != b)
+    except Exception:  # e.g. tensors of several elements
+        return True
+
+
+def _framework(trainer: Any) -> str:
+    package = type(trainer).__module__.split(".trainer", 1)[0]
+    try:
+        version = importlib.import_module(package.split(".")[0]).__version__
+    except (ImportError, AttributeError):
+        version = "unknown"
+    return f"{package} {version}"
+
+
+def _seed() -> int | None:
+    seed = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything
+    try:
+        return int(seed) if seed is not None else None
+    except ValueError:
+        return None
+
+
+def _run_info(trainer: Any, pl_module: Any) -> dict[str, Any]:
+    parameters = list(pl_module.parameters())
+    facts = {
+        "framework": _framework(trainer),
+        "max_epochs": trainer.max_epochs,
+        "min_epochs": trainer.min_epochs,
+        "max_steps": trainer.max_steps,
+        "precision": trainer.precision,
+        "accelerator": type(trainer.accelerator).__name__,
+        "devices": trainer.num_devices,
+        "device_ids": list(getattr(trainer, "device_ids", []) or []),
+        "num_nodes": trainer.num_nodes,
+        "strategy": type(trainer.strategy).__name__,
+        "world_size": trainer.world_size,
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "gradient_clip_val": trainer.gradient_clip_val,
+        "gradient_clip_algorithm": trainer.gradient_clip_algorithm,
+        "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
+        "val_check_interval": getattr(trainer, "val_check_interval", None),
+        "limit_train_batches": trainer.limit_train_batches,
+        "limit_val_batches": trainer.limit_val_batches,
+        "seed": _seed(),
+    }
+    return {
+        "trainer": _plain(facts),
+        "optimizers": [_optimizer_facts(o) for o in trainer.optimizers],
+        "lr_schedulers": [_scheduler_facts(c) for c in trainer.lr_scheduler_configs],
+        "model": {
+            "class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
+            "parameters": sum(int(p.numel()) for p in parameters),
+            "trainable_parameters": sum(int(p.numel()) for p in parameters if p.requires_grad),
+        },
+    }
+
+
+def _optimizer_facts(optimizer: Any) -> dict[str, Any]:
+    groups = [{k: v for k, v in group.items() if k != "params"}
+              for group in optimizer.param_groups]
+    return {"class": type(optimizer).__name__, "param_groups": _plain(groups)}
+
+
+def _scheduler_facts(config: Any) -> dict[str, Any]:
+    scheduler = config.scheduler
+    try:
+        state = scheduler.state_dict()
+    except Exception:  # a scheduler without state_dict still gets its class recorded
+        state = {}
+    settings = {k: v for k, v in state.items() if not k.startswith("_")}
+    return {"class": type(scheduler).__name__, "interval": config.interval,
+            "frequency": config.frequency, "monitor": config.monitor,
+            "settings": _plain(settings)}
+
+
+def _learning_rates(trainer: Any) -> dict[str, float]:
+    """``lr-<Optimizer>`` per optimizer (``-<i>`` when classes repeat), ``/pg<j>`` per
+    parameter group beyond one: the names Lightning's LearningRateMonitor uses."""
+    rates: dict[str, float] = {}
+    optimizers = list(trainer.optimizers)
+    names = [type(o).__name__ for o in optimizers]
+    for i, optimizer in enumerate(optimizers):
+        name = f"lr-{names[i]}" + (f"-{i}" if names.count(names[i]) > 1 else "")
+        groups = optimizer.param_groups
+        for j, group in enumerate(groups):
+            if "lr" in group:
+                rates[name + (f"/pg{j + 1}" if len(groups) > 1 else "")] = float(group["lr"])
+    return rates
