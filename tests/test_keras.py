@@ -1,0 +1,443 @@
+"""Keras RecordCallback: real model.fit on tiny models, records read back and compared."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.support import require
+
+keras = require("keras", "keras")
+
+import recordkit  # noqa: E402
+from recordkit.integrations.keras import RecordCallback, is_chief  # noqa: E402
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(48, 6)).astype("float32")
+Y = (X[:, 0] > 0).astype("int64")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_model(batchnorm: bool = True) -> Any:
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((6,)), keras.layers.Dense(8, activation="relu")]
+    if batchnorm:
+        layers.append(keras.layers.BatchNormalization())
+    layers.append(keras.layers.Dense(2))
+    model = keras.Sequential(layers)
+    model.compile(optimizer=keras.optimizers.Adam(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+class Crash(keras.callbacks.Callback):
+    """Raises at the start of one epoch, like a failing data pipeline."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        if epoch == self.at:
+            raise RuntimeError(f"boom at epoch {epoch}")
+
+
+def fit(model: Any, callbacks: list[Any], epochs: int = 3, **kwargs: Any) -> Any:
+    return model.fit(X, Y, batch_size=16, epochs=epochs, verbose=0, callbacks=callbacks,
+                     **kwargs)
+
+
+def assert_history_equal(record: recordkit.Record, history: dict[str, list[Any]],
+                         epochs: list[int]) -> None:
+    for key, values in history.items():
+        assert record.history.epochs(key).tolist() == epochs, key
+        assert record.history[key].tolist() == [float(v) for v in values], key
+
+
+def test_history_info_and_final_snapshot(tmp_path: Path) -> None:
+    model = tiny_model()
+    callback = RecordCallback(tmp_path, experiment="k", name="tiny", params={"depth": 2},
+                              snapshot_every=2, fit_args={"batch_size": 16})
+    hist = fit(model, [callback], epochs=3, validation_data=(X[:8], Y[:8]))
+    record = recordkit.load(callback.record_path)
+    assert record.status == "completed" and record.name == "tiny"
+    assert record.params == {"depth": 2}
+    # exactly History.history, plus the learning rate and the epoch wall time
+    assert set(record.history) == set(hist.history) | {"learning_rate", "epoch_time"}
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(hist.history)
+    assert_history_equal(record, hist.history, [0, 1, 2])
+    assert record.history["learning_rate"].tolist() == pytest.approx([0.01] * 3)
+    assert (record.history["epoch_time"] > 0).all()
+    # every 2nd epoch, and the final epoch always; all weights with exact values
+    assert record.snapshot_epochs == [1, 2]
+    final = record.weights(epoch=2)
+    expected = {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
+    assert any("moving_variance" in name for name in expected)  # non-trainable too
+    assert set(final) == set(expected)
+    for name, value in expected.items():
+        assert final[name].dtype == value.dtype
+        np.testing.assert_array_equal(final[name], value)
+    info = record.info
+    counts = info["model"]
+    assert counts["parameters"] == model.count_params()
+    assert counts["trainable_parameters"] == sum(int(np.prod(v.shape))
+                                                 for v in model.trainable_weights)
+    assert counts["non_trainable_parameters"] == 16  # BatchNorm moving mean + variance
+    assert counts["class"].endswith("Sequential")
+    assert counts["config"]["name"] == model.name
+    assert info["optimizer"]["class"] == "Adam"
+    assert info["optimizer"]["learning_rate"] == pytest.approx(0.01)
+    assert info["compile"]["loss"] == "sparse_categorical_crossentropy"
+    assert info["compile"]["metrics"] == ["accuracy"]
+    assert info["fit"]["epochs"] == 3 and info["fit"]["steps_per_epoch"] == 3
+    assert info["fit"]["initial_epoch"] == 0 and info["fit"]["validation"] is True
+    assert info["fit"]["batch_size"] == 16 and "batch_size" not in info["fit"]["not_visible"]
+    assert info["distribution"]["replicas"] == 1
+
+
+@pytest.mark.parametrize(("kwargs", "snapshots"), [
+    ({"snapshot_every": 1}, [0, 1, 2, 3]),
+    ({"snapshot_every": 3}, [2, 3]),
+    ({"snapshot_every": None}, [3]),
+    ({"snapshot_every": "best", "monitor": "accuracy", "mode": "max"}, None),
+])
+def test_snapshot_policy(tmp_path: Path, kwargs: dict[str, Any],
+                         snapshots: list[int] | None) -> None:
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path, **kwargs)
+    hist = fit(model, [callback], epochs=4)
+    record = recordkit.load(callback.record_path)
+    if snapshots is None:  # each epoch where accuracy improved, and the last
+        best, snapshots = -1.0, []
+        for epoch, value in enumerate(hist.history["accuracy"]):
+            if value > best or epoch == 3:
+                snapshots.append(epoch)
+            best = max(best, value)
+    assert record.snapshot_epochs == snapshots
+    for name, value in record.weights(epoch=3).items():
+        np.testing.assert_array_equal(
+            value, keras.ops.convert_to_numpy(next(v for v in model.weights if v.path == name)))
+
+
+def test_early_stopping_completes_and_snapshots_last_epoch(tmp_path: Path) -> None:
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path, snapshot_every=None)
+    stop = keras.callbacks.EarlyStopping(monitor="loss", min_delta=100.0, patience=1)
+    hist = fit(model, [callback, stop], epochs=10)
+    ran = len(hist.history["loss"])
+    assert ran == 2
+    record = recordkit.load(callback.record_path)
+    assert record.status == "completed"
+    assert_history_equal(record, hist.history, list(range(ran)))
+    assert record.snapshot_epochs == [ran - 1]
+    for name, value in record.weights().items():
+        np.testing.assert_array_equal(
+            value, keras.ops.convert_to_numpy(next(v for v in model.weights if v.path == name)))
+
+
+def test_crashed_fit_leaves_readable_record_then_reuse_starts_new(tmp_path: Path) -> None:
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path)
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(model, [callback, Crash(at=2)], epochs=4)
+    crashed = callback.record_path
+    record = recordkit.load(crashed)
+    assert record.status == "running"  # this process still holds it: not "completed"
+    assert record.history.epochs("loss").tolist() == [0, 1]
+    assert record.snapshot_epochs == [0, 1]
+    # the callback used again from epoch 0: the crashed record is closed, a new one begins
+    hist = fit(model, [callback], epochs=2)
+    assert callback.record_path != crashed
+    old = recordkit.load(crashed)
+    assert old.status == "interrupted" and "without on_train_end" in old.error
+    assert old.history.epochs("loss").tolist() == [0, 1]
+    new = recordkit.load(callback.record_path)
+    assert new.status == "completed"
+    assert_history_equal(new, hist.history, [0, 1])
+
+
+def test_garbage_collected_callback_closes_crashed_record(tmp_path: Path) -> None:
+    import gc
+
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path)
+    try:
+        fit(model, [callback, Crash(at=1)], epochs=3)
+    except RuntimeError:
+        pass
+    path = callback.record_path
+    assert recordkit.load(path).status == "running"
+    del callback
+    gc.collect()
+    record = recordkit.load(path)
+    assert record.stored_status == "interrupted"
+    assert record.history.epochs("loss").tolist() == [0]
+
+
+def test_reused_callback_starts_a_new_record(tmp_path: Path) -> None:
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path)
+    first = fit(model, [callback], epochs=2).history
+    first_path = callback.record_path
+    second = fit(model, [callback], epochs=1).history
+    assert callback.record_path != first_path
+    assert_history_equal(recordkit.load(first_path), first, [0, 1])
+    assert_history_equal(recordkit.load(callback.record_path), second, [0])
+    assert len(recordkit.load_all(tmp_path)) == 2
+
+
+def test_resume_with_initial_epoch_appends(tmp_path: Path) -> None:
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path, experiment="r")
+    first = fit(model, [callback], epochs=2).history
+    run_id = recordkit.load(callback.record_path).run_id
+    resumed = RecordCallback(tmp_path, experiment="r", resume=run_id)
+    second = fit(model, [resumed], epochs=4, initial_epoch=2).history
+    assert resumed.record_path == callback.record_path
+    record = recordkit.load(resumed.record_path)
+    assert record.status == "completed" and len(record.restarts) == 1
+    assert record.history.epochs("loss").tolist() == [0, 1, 2, 3]
+    assert record.history["loss"].tolist() == [float(v) for v in first["loss"] + second["loss"]]
+    assert record.info["fit"]["initial_epoch"] == 2
+    assert record.snapshot_epochs == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("how", ["resume", "same_callback"])
+def test_backup_and_restore_after_crash(tmp_path: Path, how: str) -> None:
+    model = tiny_model()
+    backup = str(tmp_path / "backup")
+    callback = RecordCallback(tmp_path / "records")
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(model, [keras.callbacks.BackupAndRestore(backup), callback, Crash(at=2)],
+            epochs=5)
+    path = callback.record_path
+    again = callback if how == "same_callback" else RecordCallback(tmp_path / "records",
+                                                                   resume=path)
+    hist = fit(model, [keras.callbacks.BackupAndRestore(backup), again], epochs=5)
+    assert len(hist.history["loss"]) == 3  # epochs 2, 3, 4 were trained again
+    assert again.record_path == path
+    record = recordkit.load(path)
+    assert record.status == "completed"
+    assert record.history.epochs("loss").tolist() == [0, 1, 2, 3, 4]  # each exactly once
+    assert record.history["loss"][2:].tolist() == [float(v) for v in hist.history["loss"]]
+    assert record.snapshot_epochs == [0, 1, 2, 3, 4]
+    assert [r["previous_status"] for r in record.restarts] == ["interrupted"]
+    for name, value in record.weights().items():
+        np.testing.assert_array_equal(
+            value, keras.ops.convert_to_numpy(next(v for v in model.weights if v.path == name)))
+
+
+def test_unserialisable_model_config_does_not_crash(tmp_path: Path) -> None:
+    class Odd(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+            self.marker = object()
+
+        def call(self, x: Any) -> Any:
+            return self.dense(x)
+
+        def get_config(self) -> dict[str, Any]:
+            return {"marker": self.marker}
+
+    model = Odd()
+    model.compile(optimizer=keras.optimizers.SGD(
+        keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.5)),
+        loss="mse")
+    callback = RecordCallback(tmp_path)
+    hist = model.fit(X, np.zeros((48, 2), "float32"), batch_size=16, epochs=2, verbose=0,
+                     callbacks=[callback])
+    record = recordkit.load(callback.record_path)
+    assert record.info["model"]["config"] is None
+    assert "TypeError" in record.info["model"]["config_error"]
+    assert record.info["optimizer"]["learning_rate"]["class_name"] == "ExponentialDecay"
+    assert record.info["compile"]["loss"] == "mse"
+    # the schedule's value after each epoch's 3 steps: 0.1 * 0.5 ** steps
+    assert record.history["learning_rate"].tolist() == pytest.approx([0.1 * 0.5**3,
+                                                                      0.1 * 0.5**6])
+    assert_history_equal(record, hist.history, [0, 1])
+
+
+def test_given_recorder_records_the_first_fit(tmp_path: Path) -> None:
+    rec = recordkit.Recorder(tmp_path, experiment="given", params={"a": 1}, system=False)
+    callback = RecordCallback(recorder=rec, snapshot_every=None)
+    assert callback.experiment == "given"
+    hist = fit(tiny_model(batchnorm=False), [callback], epochs=2)
+    assert rec.closed and rec.status == "completed"
+    record = recordkit.load(rec.path)
+    assert record.params == {"a": 1} and record.snapshot_epochs == [1]
+    assert_history_equal(record, hist.history, [0, 1])
+
+
+@pytest.mark.parametrize("on_error", ["raise", "warn"])
+def test_recording_failure_follows_on_error(tmp_path: Path, on_error: str) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    callback = RecordCallback(not_a_folder, on_error=on_error)
+    model = tiny_model(batchnorm=False)
+    if on_error == "raise":
+        with pytest.raises(recordkit.RecordkitError, match="experiment folder"):
+            fit(model, [callback], epochs=2)
+    else:
+        with pytest.warns(recordkit.errors.RecordkitWarning, match="training goes on"):
+            hist = fit(model, [callback], epochs=2)
+        assert len(hist.history["loss"]) == 2 and callback.record_path is None
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"snapshot_every": 0}, "snapshot_every=0"),
+    ({"snapshot_every": "best"}, "needs monitor"),
+    ({"mode": "up"}, "mode='up'"),
+    ({"on_error": "ignore"}, "on_error='ignore'"),
+    ({"fit_args": [1]}, "fit_args"),
+    ({"root": 3}, "root=3"),
+    ({"compresion": "gzip"}, "compresion"),
+    ({"resume": "x", "recorder": None, "name": 5}, "name=5"),
+])
+def test_arguments_are_checked_up_front(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        RecordCallback(**kwargs)
+
+
+CHIEF_CASES = [
+    (None, True),
+    ({"cluster": {"worker": ["localhost:1", "localhost:2"]},
+      "task": {"type": "worker", "index": 0}}, True),
+    ({"cluster": {"worker": ["localhost:1", "localhost:2"]},
+      "task": {"type": "worker", "index": 1}}, False),
+    ({"cluster": {"chief": ["localhost:1"], "worker": ["localhost:2"]},
+      "task": {"type": "chief", "index": 0}}, True),
+    ({"cluster": {"chief": ["localhost:1"], "worker": ["localhost:2"]},
+      "task": {"type": "worker", "index": 0}}, False),
+    ({"cluster": {"chief": ["localhost:1"], "evaluator": ["localhost:3"]},
+      "task": {"type": "evaluator", "index": 0}}, False),
+]
+
+
+@pytest.mark.parametrize(("tf_config", "chief"), CHIEF_CASES)
+def test_chief_detection_from_tf_config(monkeypatch: pytest.MonkeyPatch,
+                                        tf_config: dict[str, Any] | None, chief: bool) -> None:
+    tf = pytest.importorskip("tensorflow")
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+        assert is_chief(None) is True
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    assert is_chief(resolver) is chief
+
+
+# --- subprocesses: another backend, tf.distribute, a process dying of an exception ------
+
+SCRIPT_HEAD = """
+import json, sys
+import numpy as np
+{setup}
+import keras
+from recordkit.integrations.keras import RecordCallback
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(48, 6)).astype("float32")
+y = (x[:, 0] > 0).astype("int64")
+
+def build():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.BatchNormalization(), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), metrics=["accuracy"])
+    return model
+"""
+
+FIT_AND_DUMP = """
+callback = RecordCallback(sys.argv[1])
+hist = model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[callback])
+weights = {v.path: keras.ops.convert_to_numpy(v).tolist() for v in model.weights}
+print(json.dumps({"path": callback.record_path, "history": hist.history,
+                  "weights": weights, "backend": keras.backend.backend()}))
+"""
+
+
+def run_script(tmp_path: Path, body: str, env: dict[str, str] | None = None,
+               check: bool = True) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.py"
+    script.write_text(body)
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO),
+                **(env or {})}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "records")],
+                          capture_output=True, text=True, env=full_env, timeout=120)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def check_dump(out: str) -> recordkit.Record:
+    dump = json.loads(out.strip().splitlines()[-1])
+    record = recordkit.load(dump["path"])
+    assert record.status == "completed"
+    assert_history_equal(record, dump["history"], [0, 1, 2])
+    final = record.weights()
+    assert set(final) == set(dump["weights"])
+    for name, value in dump["weights"].items():
+        np.testing.assert_array_equal(final[name], np.asarray(value, dtype=final[name].dtype))
+    return record
+
+
+@pytest.mark.slow
+def test_torch_backend(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    done = run_script(tmp_path, textwrap.dedent(SCRIPT_HEAD).format(setup="")
+                      + "model = build()\n" + FIT_AND_DUMP, env={"KERAS_BACKEND": "torch"})
+    assert json.loads(done.stdout.strip().splitlines()[-1])["backend"] == "torch"
+    record = check_dump(done.stdout)
+    assert "(torch)" in record.info["framework"]
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_writes_one_record(tmp_path: Path) -> None:
+    setup = textwrap.dedent("""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    """)
+    body = (textwrap.dedent(SCRIPT_HEAD).format(setup=setup)
+            + "strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])\n"
+            + "with strategy.scope():\n    model = build()\n" + FIT_AND_DUMP)
+    done = run_script(tmp_path, body, env={"KERAS_BACKEND": "tensorflow"})
+    record = check_dump(done.stdout)
+    assert record.info["distribution"] == {"strategy": "MirroredStrategy", "replicas": 2,
+                                           "task_type": None, "task_id": None}
+    assert len(list((tmp_path / "records").rglob("*.h5"))) == 1
+
+
+@pytest.mark.slow
+def test_uncaught_exception_closes_record_as_failed(tmp_path: Path) -> None:
+    body = (textwrap.dedent(SCRIPT_HEAD).format(setup="")
+            + textwrap.dedent("""
+        class Crash(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                if epoch == 2:
+                    raise RuntimeError("data pipeline broke")
+
+        callback = RecordCallback(sys.argv[1])
+        print(json.dumps({"path": None}), flush=True)
+        build().fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[callback, Crash()])
+    """))
+    done = run_script(tmp_path, body, check=False)
+    assert done.returncode == 1 and "data pipeline broke" in done.stderr
+    [path] = (tmp_path / "records").rglob("*.h5")
+    record = recordkit.load(path)
+    assert record.status == "failed"
+    assert record.error == "RuntimeError: data pipeline broke"
+    assert record.history.epochs("loss").tolist() == [0, 1]
+    assert record.snapshot_epochs == [0, 1]
