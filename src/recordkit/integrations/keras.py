@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import math
 import os
@@ -68,17 +67,13 @@ except ImportError as err:  # pragma: no cover - exercised without keras install
     ) from err
 
 from recordkit.errors import RecordkitError, RecordkitWarning
+from recordkit.integrations.options import check_callback_arguments
 from recordkit.policy import SnapshotPolicy
 from recordkit.record import resolve_path
 from recordkit.recorder import Recorder
 
 __all__ = ["RecordCallback", "is_chief"]
 
-_RECORDER_OPTIONS = frozenset(
-    name for name, p in inspect.signature(Recorder.__init__).parameters.items()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "resume"
-)
-_ON_ERROR = ("raise", "warn")
 #: fit() arguments a callback cannot see; ``fit_args`` may give them.
 _HIDDEN_FIT_ARGS = ("batch_size", "shuffle", "validation_split", "class_weight",
                     "sample_weight", "validation_batch_size", "validation_freq")
@@ -143,36 +138,13 @@ class RecordCallback(keras.callbacks.Callback):
         **recorder_options: Any,
     ) -> None:
         super().__init__()
-        if not isinstance(root, (str, os.PathLike)):
-            raise TypeError(f"RecordCallback(root={root!r}): must be a folder path (str or "
-                            f"os.PathLike). Received: {type(root).__name__}")
-        for what, value in (("experiment", experiment), ("name", name), ("monitor", monitor)):
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"RecordCallback({what}={value!r}): must be a str or None. "
-                                f"Received: {type(value).__name__}")
-        if params is not None and not isinstance(params, (Mapping, argparse.Namespace)):
-            raise TypeError(f"RecordCallback(params=...): must be a mapping, an "
-                            f"argparse.Namespace or None. Received: {type(params).__name__}")
+        check_callback_arguments(
+            root=root, experiment=experiment, name=name, monitor=monitor, params=params,
+            recorder=recorder, resume=resume, on_error=on_error,
+            recorder_options=recorder_options)
         if fit_args is not None and not isinstance(fit_args, Mapping):
             raise TypeError(f"RecordCallback(fit_args=...): must be a mapping of fit() "
                             f"argument names to values. Received: {type(fit_args).__name__}")
-        if recorder is not None and not isinstance(recorder, Recorder):
-            raise TypeError(f"RecordCallback(recorder={recorder!r}): must be a "
-                            "recordkit.Recorder or None")
-        if recorder is not None and resume is not None:
-            raise ValueError("RecordCallback(recorder=..., resume=...): give one of them; "
-                             "to continue a run, pass Recorder(root, resume=...) as recorder")
-        if resume is not None and not isinstance(resume, (str, os.PathLike)):
-            raise TypeError(f"RecordCallback(resume={resume!r}): must be a record path or a "
-                            f"run id. Received: {type(resume).__name__}")
-        if on_error not in _ON_ERROR:
-            raise ValueError(f"RecordCallback(on_error={on_error!r}): must be one of "
-                             f"{_ON_ERROR}. Received: {on_error!r}")
-        unknown = sorted(set(recorder_options) - _RECORDER_OPTIONS)
-        if unknown:
-            raise TypeError(f"RecordCallback({unknown[0]}=...): not an option of "
-                            f"RecordCallback or Recorder; Recorder takes "
-                            f"{sorted(_RECORDER_OPTIONS)}")
         self._policy_args: dict[str, Any] = {
             "every": snapshot_every, "monitor": monitor, "mode": mode, "include": include,
             "exclude": exclude, "dtype": dtype, "where": "RecordCallback",

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import math
 import os
 import time
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from recordkit.errors import RecordkitError, RecordkitWarning
+from recordkit.integrations.options import check_callback_arguments
 from recordkit.policy import SnapshotPolicy
 from recordkit.record import load
 from recordkit.recorder import Recorder
@@ -74,11 +74,6 @@ _BASES = _callback_bases()
 _LightningCallback: Any = (_BASES[0] if len(_BASES) == 1
                            else type("_LightningCallback", _BASES, {}))
 
-_RECORDER_OPTIONS = frozenset(
-    name for name, p in inspect.signature(Recorder.__init__).parameters.items()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "resume"
-)
-_ON_ERROR = ("raise", "warn")
 
 
 class RecordCallback(_LightningCallback):
@@ -142,33 +137,13 @@ class RecordCallback(_LightningCallback):
         **recorder_options: Any,
     ) -> None:
         super().__init__()
-        if not isinstance(root, (str, os.PathLike)):
-            raise TypeError(f"RecordCallback(root={root!r}): must be a folder path (str or "
-                            f"os.PathLike). Received: {type(root).__name__}")
-        for what, value in (("experiment", experiment), ("name", name), ("monitor", monitor)):
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"RecordCallback({what}={value!r}): must be a str or None. "
-                                f"Received: {type(value).__name__}")
-        if params is not None and not isinstance(params, (Mapping, argparse.Namespace)):
-            raise TypeError(f"RecordCallback(params=...): must be a mapping, an "
-                            f"argparse.Namespace or None. Received: {type(params).__name__}")
-        if recorder is not None and not isinstance(recorder, Recorder):
-            raise TypeError(f"RecordCallback(recorder={recorder!r}): must be a "
-                            "recordkit.Recorder or None")
-        if recorder is not None and resume is not None:
-            raise ValueError("RecordCallback(recorder=..., resume=...): give one of them; "
-                             "to continue a run, pass Recorder(root, resume=...) as recorder")
+        check_callback_arguments(
+            root=root, experiment=experiment, name=name, monitor=monitor, params=params,
+            recorder=recorder, resume=resume, on_error=on_error,
+            recorder_options=recorder_options)
         if log_steps is not False and (not isinstance(log_steps, int) or log_steps < 1):
             raise ValueError(f"RecordCallback(log_steps={log_steps!r}): must be True, False "
                              f"or a positive int (every N-th step). Received: {log_steps!r}")
-        if on_error not in _ON_ERROR:
-            raise ValueError(f"RecordCallback(on_error={on_error!r}): must be one of "
-                             f"{_ON_ERROR}. Received: {on_error!r}")
-        unknown = sorted(set(recorder_options) - _RECORDER_OPTIONS)
-        if unknown:
-            raise TypeError(f"RecordCallback({unknown[0]}=...): not an option of "
-                            f"RecordCallback or Recorder; Recorder takes "
-                            f"{sorted(_RECORDER_OPTIONS)}")
         self._policy_args: dict[str, Any] = {
             "every": snapshot_every, "monitor": monitor, "mode": mode, "include": include,
             "exclude": exclude, "dtype": dtype, "where": "RecordCallback",
