@@ -21,6 +21,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
 import recordkit
+from recordkit import plot as rkplot
 from recordkit.integrations.lightning import RecordCallback
 
 try:  # either package works; recordkit[lightning] installs pytorch_lightning
@@ -79,36 +80,16 @@ def loaders(batch_size: int) -> tuple[DataLoader, DataLoader]:
     return loader(x_train, y_train, True), loader(x_val, y_val, False)
 
 
-def weight_movement(record: recordkit.Record) -> dict[str, tuple[list[int], list[float]]]:
-    """Per weight matrix: the epochs and the norm of the change since the previous snapshot."""
-    moved = {}
-    for name in record.tensor_names:
-        if not name.endswith(".weight"):
-            continue
-        history = record.weight(name)
-        snapshots = history[:]  # (snapshots, *shape): one read of this tensor's history
-        steps = np.linalg.norm((snapshots[1:] - snapshots[:-1]).reshape(len(snapshots) - 1, -1),
-                               axis=1)
-        moved[name] = (history.epochs[1:].tolist(), steps.tolist())
-    return moved
-
-
 def plot(record: recordkit.Record, out: Path) -> None:
-    h = record.history
-    fig, (loss_ax, acc_ax, move_ax) = plt.subplots(1, 3, figsize=(14, 4))
-    for name in ("train/loss", "val/loss"):
-        loss_ax.plot(h.epochs(name), h[name], marker="o", label=name)
-    for name in ("train/acc", "val/acc"):
-        acc_ax.plot(h.epochs(name), h[name], marker="o", label=name)
-    for name, (epochs, steps) in weight_movement(record).items():
-        move_ax.plot(epochs, steps, marker="o", label=name)
-    loss_ax.set(title="loss", xlabel="epoch")
-    acc_ax.set(title="accuracy", xlabel="epoch")
-    move_ax.set(title="weight movement per epoch", xlabel="epoch",
-                ylabel="||W(e) - W(e-1)||", yscale="log")
-    for ax in (loss_ax, acc_ax, move_ax):
-        ax.legend()
-        ax.grid(alpha=0.3)
+    """Learning curves and, per layer, how far the weights moved each epoch (the norm of
+    the difference to the previous snapshot), drawn by recordkit.plot."""
+    fig, (loss_ax, acc_ax, move_ax) = plt.subplots(1, 3, figsize=(18, 4.5))
+    rkplot.learning_curves(record, ("train/loss", "val/loss"), ax=loss_ax)
+    rkplot.learning_curves(record, ("train/acc", "val/acc"), ax=acc_ax)
+    rkplot.weight_movement(record, ax=move_ax)
+    loss_ax.set(title="loss")
+    acc_ax.set(title="accuracy")
+    move_ax.set(title="weight movement per layer", yscale="log")
     fig.suptitle(f"{record.name} ({record.run_id})")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
