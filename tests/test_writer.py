@@ -368,3 +368,23 @@ def test_queued_snapshots_are_written_when_the_interpreter_exits(tmp_path):
     assert r.stored_status == "running"
     assert r.snapshot_epochs == [0, 1, 2]
     assert float(r.weight("w")[2][-1]) == 2.0
+
+
+@pytest.mark.parametrize("max_pending_bytes", [None, 0, 10 * 4096])
+def test_reused_buffers_never_change_a_queued_snapshot(tmp_path, max_pending_bytes):
+    """Snapshots copy into the buffers of the last written one: a buffer still queued
+    or being written must never be handed out again."""
+    state = {"a": np.zeros((64, 16), np.float32), "b": np.zeros(300, np.int64)}
+    expected = []
+    with Recorder(tmp_path, system=False, max_pending_bytes=max_pending_bytes) as rec:
+        for epoch in range(8):
+            for array in state.values():
+                array += epoch + 1  # training changes the tensors in place
+            expected.append({k: v.copy() for k, v in state.items()})
+            rec.snapshot(state, epoch=epoch)
+    record = load(rec.path)
+    assert record.snapshot_epochs == list(range(8))
+    for epoch, want in enumerate(expected):
+        got = record.weights(epoch)
+        for name in state:
+            np.testing.assert_array_equal(got[name], want[name])

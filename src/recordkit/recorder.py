@@ -196,6 +196,8 @@ class Recorder:
         self._max_pending_bytes = max_pending_bytes
         self._size_warning_bytes = size_warning_bytes
         self._writer: SnapshotWriter | None = None
+        self._pool: dict[str, np.ndarray] = {}  # written snapshot buffers, for reuse
+        self._pool_lock = threading.Lock()
         self._planned_snapshots: int | None = None
         self._tensor_specs: dict[str, tuple[Any, ...]] | None = None
         self._last_snapshot_epoch: int | None = None
@@ -592,7 +594,8 @@ class Recorder:
             raise
         try:
             # The next training step may change the tensors: copy now. A cast is a copy.
-            copies = {name: (a.copy() if dtype == "keep" else cast_for_storage(a, dtype))
+            copies = {name: (self._host_copy(name, a) if dtype == "keep"
+                             else cast_for_storage(a, dtype))
                       for name, a in arrays.items()}
         except BaseException:
             writer.release(nbytes)
@@ -600,6 +603,19 @@ class Recorder:
                 self._tensor_specs = None
             raise
         writer.submit(SnapshotJob(copies, epoch, step, nbytes))
+
+    def _host_copy(self, name: str, array: np.ndarray) -> np.ndarray:
+        """A copy of *array* that training can no longer change, made into the buffer of
+        the same tensor's last written snapshot when there is one: fresh memory costs a
+        page fault per 4 KiB, which made the copy 2-3x slower than the memcpy itself
+        (docs/BENCHMARKS.md). At most one set of buffers is kept between snapshots."""
+        with self._pool_lock:
+            buffer = self._pool.pop(name, None)
+        if (buffer is not None and buffer.shape == array.shape
+                and buffer.dtype == array.dtype and type(buffer) is type(array)):
+            np.copyto(buffer, array)
+            return buffer
+        return array.copy()  # .copy() keeps BFloat16Bits
 
     def _start_writer(self) -> SnapshotWriter:
         if self._writer is None or not self._writer.alive:
@@ -616,6 +632,8 @@ class Recorder:
                     with rec._lock:
                         rec._tensor_specs = None  # re-read from the file on the next call
                     raise
+                with rec._pool_lock:  # written: its buffers take the next snapshot
+                    rec._pool.update(job.arrays)
 
             self._writer = SnapshotWriter(write, max_pending_bytes=self._max_pending_bytes,
                                           name=f"recordkit-writer-{self._run_id}")
@@ -992,6 +1010,8 @@ class Recorder:
                 if self._run_lock is not None:
                     self._run_lock.release()
                 self._finalizer.detach()
+                with self._pool_lock:
+                    self._pool.clear()
             if status != "running":
                 with contextlib.suppress(OSError):
                     mode = self._path.stat().st_mode
