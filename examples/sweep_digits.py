@@ -26,7 +26,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 LEARNING_RATES = (0.01, 0.001)
 WIDTHS = (16, 64)
-EXPERIMENT = "digits"
+EXPERIMENT = "digits-sweep"
 
 
 def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
