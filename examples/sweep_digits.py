@@ -2,10 +2,10 @@
 model and a Keras model, each recorded by its RecordCallback; then one table ranking all
 runs and one figure of their learning curves.
 
-    python examples/sweep_digits.py --root records --out sweep_digits.png
+    python examples/sweep_digits.py --root records --out out/sweep_digits.png
 
 The training functions hold no recording code: the callback records params, system info,
-per-epoch metrics and a weight snapshot per epoch into ``<root>/digits/<run_id>.h5``.
+per-epoch metrics and a weight snapshot per epoch into ``<root>/digits-sweep/<run_id>.h5``.
 Running it again adds runs to the same experiment (they share params hashes with the
 earlier ones, so ``RecordSet.group_by()`` averages over the repeats).
 """
@@ -132,6 +132,7 @@ def report(root: Path, out: Path) -> None:
                "val_accuracy.best", "val_accuracy.best_epoch", "val_loss.final"]
     print(table[[c for c in columns if c in table.columns]].to_string(index=False))
     fig = plot.learning_curves(runs, ["val_loss", "val_accuracy"])
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     print(f"learning curves of {len(runs)} runs: {out}")
 
@@ -140,7 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("records"),
                         help="folder of records (default: records)")
-    parser.add_argument("--out", type=Path, default=Path("sweep_digits.png"),
+    parser.add_argument("--out", type=Path, default=Path("out/sweep_digits.png"),
                         help="the learning-curve figure (default: sweep_digits.png)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (default 4)")
     args = parser.parse_args()
