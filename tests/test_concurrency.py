@@ -167,3 +167,18 @@ def test_stale_lock_of_a_killed_writer_does_not_block(tmp_path: Path) -> None:
         rec.log({"loss": -1.0}, epoch=rec.last_epoch + 1)
     assert time.perf_counter() - start < 5
     assert recordkit.load(path).history["loss"][-1] == -1.0
+
+
+def test_record_already_open_through_plain_h5py_in_this_process(tmp_path: Path) -> None:
+    """HDF5 refuses a second open of one file with other locking flags; load() must not
+    call that damage."""
+    import h5py
+
+    with recordkit.Recorder(tmp_path, system=False) as rec:
+        rec.log({"loss": 0.5}, epoch=0)
+        rec.snapshot({"w": np.arange(6.0).reshape(2, 3)}, epoch=0)
+    with h5py.File(rec.path, "r") as f:  # h5py's default locking
+        record = recordkit.load(rec.path)
+        assert f.attrs["run_id"] == record.run_id
+        assert record.history["loss"].tolist() == [0.5]
+        assert record.weight("w")[0].tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]

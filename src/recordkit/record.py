@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from recordkit import format as fmt
+from recordkit.chunkread import read_snapshot
 from recordkit.errors import (
     NotARecordError,
     RecordBusyError,
@@ -65,6 +66,13 @@ def open_h5(path: Path) -> h5py.File:
     try:
         return h5py.File(str(path), "r", locking=False)
     except OSError as err:
+        if "locking flag values don't match" in str(err):
+            # Already open in this process through plain h5py, whose default locking
+            # HDF5 will not mix with ours: share that setting instead.
+            try:
+                return h5py.File(str(path), "r")
+            except OSError:
+                pass
         if not _has_hdf5_signature(path):
             raise NotARecordError(
                 f"{str(path)!r} is not a recordkit record (not an HDF5 file)"
@@ -164,6 +172,13 @@ def _weight_dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
     return ds
 
 
+def _read_snapshot(ds: h5py.Dataset, index: int) -> np.ndarray:
+    """One snapshot of a weight dataset: straight from its chunks when it has the plain
+    layout (checksums verified by :mod:`recordkit.chunkread`), else through HDF5."""
+    data = read_snapshot(ds, index)
+    return ds[index] if data is None else data
+
+
 class TensorHistory:
     """The snapshots of one tensor, read lazily: ``r.weight("fc.weight")[3]`` reads the
     bytes of that one snapshot only."""
@@ -205,7 +220,7 @@ class TensorHistory:
             raise IndexError(f"snapshot index {i} out of range: tensor {self.name!r} has "
                              f"{n} snapshots (epochs {self.epochs.tolist()[:10]})")
         with self._record._file() as f:
-            data = _weight_dataset(f, self._key, self._record.path)[i % n]
+            data = _read_snapshot(_weight_dataset(f, self._key, self._record.path), i % n)
         return fmt.decode_tensor(data, self._stored_dtype)
 
     def at(self, epoch: int) -> np.ndarray:
@@ -252,6 +267,8 @@ class Record:
                 summary = fmt.read_summary(f)
                 if summary is not None:  # never follow a link out of the file, even later
                     check_links(f, self._path)
+        except RecordBusyError:
+            return False  # caught mid-write by a live writer: the full read tries again
         except RecordkitError:
             raise
         except Exception:
@@ -530,7 +547,7 @@ class Record:
                 rows = self._rows[name]
                 if rows and first <= index < first + rows:
                     ds = _weight_dataset(f, key, self._path)
-                    out[name] = fmt.decode_tensor(ds[index - first], stored)
+                    out[name] = fmt.decode_tensor(_read_snapshot(ds, index - first), stored)
         return out
 
     # --- extras and plain data --------------------------------------------------------------
