@@ -61,20 +61,33 @@ def read_limit(file_size: int, compressed: bool) -> int:
     return max(SMALL_READ, file_size * ratio + SMALL_READ)
 
 
-def _filters(ds: h5py.Dataset) -> list[int]:
+def _filters(plist: h5py.h5p.PropDCID) -> list[int]:
     try:
-        plist = ds.id.get_create_plist()
         return [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
     except Exception:
         return []
 
 
-def _read_unit(name: str, ds: h5py.Dataset) -> tuple[int, ...]:
+def _read_unit(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape of one read recordkit makes: one snapshot of a weight, else the whole."""
-    shape = tuple(int(d) for d in ds.shape or ())
     if name.startswith(fmt.WEIGHTS + "/") and len(shape) >= 1:
         return shape[1:]
     return shape
+
+
+def _check_attr_sizes(path: Path, where: str, obj: h5py.h5o.ObjectID, count: int) -> None:
+    """The sizes of an object's *count* attributes, from their headers (low-level: this
+    runs for every object of every record opened)."""
+    for index in range(count):
+        try:
+            attr = h5py.h5a.open(obj, index=index)
+            size = attr.get_storage_size()
+        except Exception:  # unreadable attribute headers are damage, found by the reads
+            continue
+        if size > MAX_ATTR_BYTES:
+            name = attr.name.decode("utf-8", "replace")
+            raise _unsafe(path, f"attribute {name!r} of {where} claims {size} bytes "
+                                f"(limit {MAX_ATTR_BYTES})")
 
 
 def _check_attrs(path: Path, where: str, obj: h5py.HLObject, read_strings: bool) -> None:
@@ -106,35 +119,50 @@ def _check_attrs(path: Path, where: str, obj: h5py.HLObject, read_strings: bool)
                                     f"(limit {MAX_ATTR_BYTES})")
 
 
-def _check_dataset(path: Path, name: str, ds: h5py.Dataset, file_size: int,
+def _first_snapshot(dsid: h5py.h5d.DatasetID) -> int | None:
+    try:
+        attr = h5py.h5a.open(dsid, b"first_snapshot")
+        if attr.dtype.kind not in "iu" or attr.shape not in ((), (1,)):
+            return None
+        value = np.zeros(attr.shape, attr.dtype)
+        attr.read(value)
+        return int(value.reshape(-1)[0])
+    except Exception:
+        return None
+
+
+def _check_dataset(path: Path, name: str, dsid: h5py.h5d.DatasetID, file_size: int,
                    table_rows: int | None) -> None:
     where = f"dataset /{name}"
-    external = ds.external
-    if external:
-        target = external[0][0] if isinstance(external[0], tuple) else external[0]
+    plist = dsid.get_create_plist()
+    if plist.get_external_count():
+        target = plist.get_external(0)[0]
+        target = target.decode("utf-8", "replace") if isinstance(target, bytes) else target
         raise _unsafe(path, f"{where} keeps its data in another file "
                             f"(external storage: {str(target)!r})")
-    if ds.is_virtual:
-        for source in ds.virtual_sources():
-            if source.file_name not in (".", ""):
-                raise _unsafe(path, f"{where} is a virtual dataset reading "
-                                    f"{source.file_name!r}")
+    if plist.get_layout() == h5py.h5d.VIRTUAL:
+        for index in range(plist.get_virtual_count()):
+            source = plist.get_virtual_filename(index)
+            if source not in (".", ""):
+                raise _unsafe(path, f"{where} is a virtual dataset reading {source!r}")
+    shape = tuple(int(d) for d in dsid.shape or ())
+    dtype = dsid.dtype
     # variable-length strings count 0: their read is bounded by the file itself
-    unit_bytes = 0 if ds.dtype.kind == "O" else math.prod(_read_unit(name, ds)) * (
-        ds.dtype.itemsize)
+    unit_bytes = 0 if dtype.kind == "O" else math.prod(_read_unit(name, shape)) * (
+        dtype.itemsize)
     if name.startswith(fmt.WEIGHTS + "/") and table_rows is not None:
-        first = ds.attrs.get("first_snapshot", 0)
-        if isinstance(first, (int, np.integer)) and int(first) >= table_rows:
+        first = _first_snapshot(dsid)
+        if first is not None and first >= table_rows:
             return  # no committed snapshot: never read (a killed writer's leftover)
-    limit = read_limit(file_size, compressed=bool(_filters(ds)) and _compresses(ds))
+    limit = read_limit(file_size, compressed=_compresses(plist))
     if unit_bytes > limit:
         raise _unsafe(path, f"{where} claims {unit_bytes} bytes per read in a file of "
-                            f"{file_size} bytes (shape {tuple(ds.shape)}, dtype {ds.dtype})")
+                            f"{file_size} bytes (shape {shape}, dtype {dtype})")
 
 
-def _compresses(ds: h5py.Dataset) -> bool:
+def _compresses(plist: h5py.h5p.PropDCID) -> bool:
     # fletcher32 (3) and shuffle (2) do not change the size; any other filter may.
-    return any(code not in (2, 3) for code in _filters(ds))
+    return any(code not in (2, 3) for code in _filters(plist))
 
 
 def check_links(f: h5py.File, path: str | os.PathLike[str]) -> list[tuple[str, object]]:
@@ -145,23 +173,27 @@ def check_links(f: h5py.File, path: str | os.PathLike[str]) -> list[tuple[str, o
         UnsafeRecordError: the first link that points outside the file.
     """
     file_path = Path(path)
-    links: list[tuple[str, object]] = []
+    found: list[tuple[bytes, int]] = []
 
-    def collect(name: str, link: object) -> bool | None:
-        links.append((name, link))
-        return True if len(links) > MAX_OBJECTS else None
+    def collect(name: bytes, info: h5py.h5l.LinkInfo) -> bool | None:
+        found.append((name, info.type))
+        return True if len(found) > MAX_OBJECTS else None
 
-    f.visititems_links(collect)
-    if len(links) > MAX_OBJECTS:
+    f.id.links.visit(collect, info=True)  # link headers only: never follows a link out
+    if len(found) > MAX_OBJECTS:
         raise _unsafe(file_path, f"it holds more than {MAX_OBJECTS} objects")
-    for name, link in links:
-        if isinstance(link, h5py.ExternalLink):
-            raise _unsafe(file_path, f"link /{name} points to {link.path!r} in the file "
-                                     f"{link.filename!r} (an external link)")
-        if isinstance(link, h5py.SoftLink):
-            raise _unsafe(file_path, f"link /{name} is a soft link to {link.path!r}")
-        if not isinstance(link, h5py.HardLink):
+    links: list[tuple[str, object]] = []
+    for raw_name, kind in found:
+        name = raw_name.decode("utf-8", "surrogateescape")
+        if kind != h5py.h5l.TYPE_HARD:
+            link = f.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise _unsafe(file_path, f"link /{name} points to {link.path!r} in the file "
+                                         f"{link.filename!r} (an external link)")
+            if isinstance(link, h5py.SoftLink):
+                raise _unsafe(file_path, f"link /{name} is a soft link to {link.path!r}")
             raise _unsafe(file_path, f"link /{name} is a {type(link).__name__}")
+        links.append((name, h5py.HardLink()))
     return links
 
 
@@ -204,18 +236,28 @@ def check_file(f: h5py.File, path: str | os.PathLike[str]) -> None:
         file_size = os.stat(file_path).st_size
     except OSError:
         file_size = 0
-    links = check_links(f, file_path)
+    check_links(f, file_path)
     _check_attrs(file_path, "the root group", f, read_strings=True)
     table = f.get(fmt.SNAPSHOTS, getclass=True)
     table_rows = None
     if table is h5py.Dataset:
         table_rows = int(f[fmt.SNAPSHOTS].shape[0]) if f[fmt.SNAPSHOTS].shape else None
-    for name, _ in links:
-        obj = f.get(name)
-        if obj is None:
-            continue
-        _check_attrs(file_path, f"/{name}", obj, read_strings=False)
-        if isinstance(obj, h5py.Dataset):
+    objects: list[tuple[bytes, int, int]] = []
+
+    def collect(name: bytes, info: h5py.h5o.ObjInfo) -> None:
+        if name != b".":
+            objects.append((name, info.type, info.num_attrs))
+
+    h5py.h5o.visit(f.id, collect, info=True)  # hard links only: checked just above
+    for raw_name, kind, attributes in objects:
+        name = raw_name.decode("utf-8", "surrogateescape")
+        try:
+            obj = h5py.h5o.open(f.id, raw_name)
+        except Exception:
+            continue  # a damaged header: the reads that need it say so
+        _check_attr_sizes(file_path, f"/{name}", obj, attributes)
+        if kind == h5py.h5o.TYPE_DATASET:
+            assert isinstance(obj, h5py.h5d.DatasetID)
             _check_dataset(file_path, name, obj, file_size, table_rows)
 
 
