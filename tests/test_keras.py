@@ -441,3 +441,55 @@ def test_uncaught_exception_closes_record_as_failed(tmp_path: Path) -> None:
     assert record.error == "RuntimeError: data pipeline broke"
     assert record.history.epochs("loss").tolist() == [0, 1]
     assert record.snapshot_epochs == [0, 1]
+
+
+IPYTHON_SESSION = '''
+import json, sys
+from IPython.core.interactiveshell import InteractiveShell
+
+shell = InteractiveShell.instance()
+setup = {setup!r}
+assert shell.run_cell(setup).success
+crash = """
+class Crash(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise RuntimeError("data pipeline broke")
+
+callback = RecordCallback(sys.argv[1])
+model = build()
+model.fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[callback, Crash()])
+"""
+assert not shell.run_cell(crash).success  # the cell shows the error; the shell goes on
+import recordkit
+ns = shell.user_ns
+after_crash = recordkit.load(ns["callback"].record_path)
+seen = {{"path": ns["callback"].record_path, "status": after_crash.status,
+         "error": after_crash.error, "epochs": after_crash.history.epochs("loss").tolist()}}
+resume = ("model.fit(x, y, batch_size=16, epochs=4, initial_epoch=2, verbose=0, "
+          "callbacks=[callback])")
+assert shell.run_cell(resume).success
+resumed = recordkit.load(ns["callback"].record_path)
+seen.update(resumed_path=ns["callback"].record_path, resumed_status=resumed.status,
+            resumed_epochs=resumed.history.epochs("loss").tolist(),
+            restarts=len(resumed.restarts))
+print(json.dumps(seen))
+'''
+
+
+@pytest.mark.slow
+def test_crashed_fit_in_an_ipython_cell_is_closed_when_the_cell_ends(tmp_path: Path) -> None:
+    """IPython shows a cell's exception itself and never calls sys.excepthook; the
+    callback is still referenced by the notebook, so only the cell's end can tell."""
+    require("IPython", "dev")
+    setup = textwrap.dedent(SCRIPT_HEAD).format(setup="")
+    done = run_script(tmp_path, IPYTHON_SESSION.format(setup=setup))
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["status"] == "failed"
+    assert seen["error"] == "RuntimeError: data pipeline broke"
+    assert seen["epochs"] == [0, 1]
+    # the next cell continues the same record from the epoch the crash left off
+    assert seen["resumed_path"] == seen["path"]
+    assert seen["resumed_status"] == "completed"
+    assert seen["resumed_epochs"] == [0, 1, 2, 3]
+    assert seen["restarts"] == 1

@@ -23,7 +23,8 @@ Choices worth knowing:
 - **A crashed fit.** Keras calls no callback when ``fit`` raises, so the record of a fit
   that raised stays open with status ``running`` and every finished epoch committed. It
   is closed: ``failed`` (with the exception) when the exception ends the process
-  (``sys.excepthook``; ``interrupted`` for KeyboardInterrupt); ``interrupted`` when the
+  (``sys.excepthook``; ``interrupted`` for KeyboardInterrupt) or, in IPython and Jupyter,
+  the cell that ran the fit (its ``post_run_cell`` event); ``interrupted`` when the
   callback is used for another fit or is garbage-collected; ``running`` (read as
   ``interrupted``) when the process is killed.
 - **Reuse and resume.** A callback used for a second fit starts a new record, except when
@@ -165,6 +166,7 @@ class RecordCallback(keras.callbacks.Callback):
         self._record_path: str | None = None
         self._fit_thread: int | None = None  # set while a fit runs (or after one raised)
         self._continue_path: str | None = None  # the record of a fit that raised
+        self._raised_path: str | None = None  # that record, closed when its cell ended
         self._reset_fit_state()
 
     def _reset_fit_state(self) -> None:
@@ -194,7 +196,7 @@ class RecordCallback(keras.callbacks.Callback):
     # --- Keras hooks --------------------------------------------------------------------
 
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
-        continue_path = None
+        continue_path, self._raised_path = self._raised_path, None
         if self._recorder is not None:  # the previous fit raised: Keras said nothing
             continue_path = self._record_path
             self._abandon("interrupted", "model.fit ended without on_train_end (an "
@@ -341,12 +343,51 @@ _LIVE: weakref.WeakSet[RecordCallback] = weakref.WeakSet()
 _previous_excepthook: Any = None
 
 
+_ipython_shells: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def _watch(callback: RecordCallback) -> None:
     global _previous_excepthook
     if _previous_excepthook is None:
         _previous_excepthook = sys.excepthook
         sys.excepthook = _excepthook
+    _watch_ipython_cells()
     _LIVE.add(callback)
+
+
+def _watch_ipython_cells() -> None:
+    """IPython and Jupyter never call ``sys.excepthook``: the shell shows a cell's
+    exception itself. Its public ``post_run_cell`` event closes what a fit of that cell
+    left open. IPython is only looked up, never imported."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return
+    try:
+        shell = ipython.get_ipython()
+        if shell is None or shell in _ipython_shells:
+            return
+        shell.events.register("post_run_cell", _after_ipython_cell)
+        _ipython_shells.add(shell)
+    except Exception:  # an IPython without events: the excepthook path stays
+        return
+
+
+def _after_ipython_cell(result: Any) -> None:
+    """A cell has ended: a fit it ran on this thread is over, so a record it left open
+    ended without ``on_train_end``: failed with the cell's exception, else interrupted
+    (the exception was caught inside the cell)."""
+    error = getattr(result, "error_in_exec", None)
+    me = threading.get_ident()
+    for callback in list(_LIVE):
+        if callback._recorder is None or callback._fit_thread != me:
+            continue
+        callback._raised_path = callback._record_path  # a later fit may continue it
+        if error is None:
+            callback._abandon("interrupted", "model.fit ended without on_train_end (an "
+                              "exception left fit and was caught in the notebook cell)")
+        else:
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            callback._abandon(status, error)
 
 
 def _unwatch(callback: RecordCallback) -> None:
