@@ -87,8 +87,7 @@ def main() -> None:
     steps = -(-len(x_train) // args.batch_size)
     callback = RecordCallback(args.root, experiment="digits", name=f"keras-mlp-{args.hidden}",
                               params={"hidden": args.hidden, "lr": args.lr,
-                                      "batch_size": args.batch_size},
-                              fit_args={"batch_size": args.batch_size, "shuffle": True})
+                                      "batch_size": args.batch_size})
     model = build(args.hidden, args.lr, steps)
     model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
               validation_data=(x_val, y_val), callbacks=[callback])
@@ -98,6 +97,9 @@ def main() -> None:
     print(f"recorded {record.path} ({record.status})")
     print(f"  params: {record.params}")
     print(f"  model: { {k: v for k, v in record.info['model'].items() if k != 'config'} }")
+    fit = record.info["fit"]
+    print(f"  fit: batch_size={fit['batch_size']} shuffle={fit['shuffle']} "
+          f"epochs={fit['epochs']} steps_per_epoch={fit['steps_per_epoch']}")
     print(f"  metrics: {sorted(h)}")
     print(f"  snapshots at epochs {record.snapshot_epochs} of {len(record.tensor_names)} "
           "tensors")

@@ -45,6 +45,22 @@ def start_writer(root: Path, index: int, epochs: int, pause: float = 0.0) -> sub
                             stderr=subprocess.PIPE, text=True)
 
 
+HOLDER = """
+import sys, time, h5py
+for attempt in range(300):
+    try:
+        f = h5py.File(sys.argv[1], "r")
+        run_id = f.attrs["run_id"]
+        break
+    except (OSError, KeyError):
+        time.sleep(0.01)
+else:
+    sys.exit("could not open the record in 300 tries")
+print(run_id, flush=True)
+time.sleep(600)
+"""
+
+
 def check_run(record: recordkit.Record, index: int, epochs: int) -> None:
     assert record.status == "completed"
     assert record.params["index"] == index
@@ -110,11 +126,11 @@ def test_reader_holding_the_file_open_across_many_commits(tmp_path: Path) -> Non
     assert proc.stdout is not None
     path = Path(proc.stdout.readline().strip())
     time.sleep(0.2)
-    # another process holds it open with plain h5py and HDF5's default file locking
+    # Another process holds it open with plain h5py and HDF5's default file locking. Plain
+    # h5py may catch the file between a write and its flush ("truncated file: eof = ...",
+    # undefined for a non-SWMR reader), so it retries until one open succeeds.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, h5py, time\nf = h5py.File(sys.argv[1], 'r')\n"
-         "print(f.attrs['run_id'], flush=True)\ntime.sleep(600)", str(path)],
-        stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip()
     record = recordkit.load(path)
     reads = 0

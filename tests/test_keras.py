@@ -66,7 +66,7 @@ def assert_history_equal(record: recordkit.Record, history: dict[str, list[Any]]
 def test_history_info_and_final_snapshot(tmp_path: Path) -> None:
     model = tiny_model()
     callback = RecordCallback(tmp_path, experiment="k", name="tiny", params={"depth": 2},
-                              snapshot_every=2, fit_args={"batch_size": 16})
+                              snapshot_every=2)
     hist = fit(model, [callback], epochs=3, validation_data=(X[:8], Y[:8]))
     record = recordkit.load(callback.record_path)
     assert record.status == "completed" and record.name == "tiny"
@@ -100,8 +100,39 @@ def test_history_info_and_final_snapshot(tmp_path: Path) -> None:
     assert info["compile"]["metrics"] == ["accuracy"]
     assert info["fit"]["epochs"] == 3 and info["fit"]["steps_per_epoch"] == 3
     assert info["fit"]["initial_epoch"] == 0 and info["fit"]["validation"] is True
-    assert info["fit"]["batch_size"] == 16 and "batch_size" not in info["fit"]["not_visible"]
+    # read from the running fit() call: Keras does not pass these to callbacks
+    assert info["fit"]["batch_size"] == 16 and info["fit"]["shuffle"] is True
+    assert info["fit"]["validation_split"] == 0.0 and info["fit"]["validation_data_given"]
+    assert info["fit"]["class_weight_given"] is False
+    assert info["fit"]["not_visible"] == []
     assert info["distribution"]["replicas"] == 1
+
+
+def test_fit_arguments_callbacks_cannot_see_are_recorded(tmp_path: Path) -> None:
+    callback = RecordCallback(tmp_path, system=False, fit_args={"augment": "flip"})
+    model = tiny_model()
+    model.fit(X, Y, batch_size=8, epochs=2, verbose=0, shuffle=False, validation_split=0.25,
+              class_weight={0: 1.0, 1: 2.0}, validation_freq=2, callbacks=[callback])
+    fit = recordkit.load(callback.record_path).info["fit"]
+    assert fit["batch_size"] == 8 and fit["shuffle"] is False and fit["epochs"] == 2
+    assert fit["validation_split"] == 0.25 and fit["validation_freq"] == 2
+    assert fit["class_weight_given"] is True and fit["sample_weight_given"] is False
+    assert fit["augment"] == "flip" and fit["not_visible"] == []
+    assert fit["steps_per_epoch"] == 5  # 36 training samples of 48 in batches of 8
+
+
+def test_fit_arguments_of_a_custom_loop_come_from_fit_args(tmp_path: Path) -> None:
+    model = tiny_model()
+    callback = RecordCallback(tmp_path, system=False, fit_args={"batch_size": 4})
+    callback.set_model(model)
+    callback.set_params({"epochs": 1, "steps": 2, "verbose": 0})
+    callback.on_train_begin()  # no model.fit on the stack: nothing read from a frame
+    callback.on_epoch_begin(0)
+    callback.on_epoch_end(0, {"loss": 0.5})
+    callback.on_train_end()
+    fit = recordkit.load(callback.record_path).info["fit"]
+    assert fit["batch_size"] == 4 and fit["steps_per_epoch"] == 2
+    assert "shuffle" not in fit and "shuffle" in fit["not_visible"]
 
 
 @pytest.mark.parametrize(("kwargs", "snapshots"), [
@@ -400,6 +431,7 @@ def test_torch_backend(tmp_path: Path) -> None:
     assert json.loads(done.stdout.strip().splitlines()[-1])["backend"] == "torch"
     record = check_dump(done.stdout)
     assert "(torch)" in record.info["framework"]
+    assert record.info["fit"]["batch_size"] == 16  # read from the torch trainer's fit()
 
 
 @pytest.mark.slow

@@ -12,7 +12,12 @@ import recordkit as rk
 from recordkit.recordset import load_all
 from tests.support import require
 
-pd = require("pandas", "analysis")
+
+@pytest.fixture
+def pd():
+    """Tables need the analysis extra; filter, best, compare and the cache do not (the core
+    tox env runs those tests without pandas)."""
+    return require("pandas", "analysis")
 
 # Final losses of the sweep below: lr 0.1 runs reach 0.2 and 0.4, lr 0.01 runs 0.6 and 0.9.
 SWEEP = [
@@ -67,7 +72,7 @@ def test_best_errors(root):
         load_all(root).best("loss", mode="median")
 
 
-def test_group_by_param_gives_mean_and_spread(root):
+def test_group_by_param_gives_mean_and_spread(root, pd):
     table = load_all(root).group_by("lr").set_index("lr")
     assert table.loc[0.1, "runs"] == 2
     assert table.loc[0.1, "loss.final.mean"] == pytest.approx(0.3)
@@ -77,7 +82,7 @@ def test_group_by_param_gives_mean_and_spread(root):
     assert len(table.loc[0.1, "run_ids"]) == 2
 
 
-def test_group_by_params_hash_groups_repeated_runs(tmp_path):
+def test_group_by_params_hash_groups_repeated_runs(tmp_path, pd):
     root = tmp_path / "r"
     for final in (0.1, 0.3, 0.8):
         params = {"lr": 0.1} if final < 0.5 else {"lr": 0.5}
@@ -91,7 +96,7 @@ def test_group_by_params_hash_groups_repeated_runs(tmp_path):
     assert math.isnan(single["loss.final.std"])
 
 
-def test_to_dataframe_values(root):
+def test_to_dataframe_values(root, pd):
     frame = load_all(root).to_dataframe().set_index("name")
     assert frame.loc["run1", "lr"] == 0.1
     assert frame.loc["run1", "opt.name"] == "sgd"
@@ -104,7 +109,7 @@ def test_to_dataframe_values(root):
     assert frame.loc["run1", "epochs"] == 3
 
 
-def test_history_frame_long_form(root):
+def test_history_frame_long_form(root, pd):
     rs = load_all(root)
     frame = rs.history_frame()
     assert list(frame.columns) == ["run_id", "name", "metric", "epoch", "step", "value"]
@@ -128,7 +133,7 @@ def test_compare(root):
     assert same.only_a == same.only_b == {}
 
 
-def test_cached_read_equals_uncached_and_follows_changes(root, tmp_path):
+def test_cached_read_equals_uncached_and_follows_changes(root, tmp_path, pd):
     fresh = load_all(root, cache=False).to_dataframe()
     first = load_all(root).to_dataframe()  # fills the cache
     assert list((tmp_path / "cache").glob("headers-*.json"))

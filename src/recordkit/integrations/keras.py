@@ -10,13 +10,15 @@ final epoch always. It uses only Keras' public API, so it works on every backend
 
 Choices worth knowing:
 
-- **What fit() tells a callback.** Keras gives callbacks ``self.params`` (``epochs``,
-  ``steps`` per epoch, ``verbose``) and the epoch each epoch starts at, so the record holds
-  those and ``initial_epoch`` (the first epoch run), and ``validation`` (whether ``val_``
-  metrics appeared). ``batch_size``, ``shuffle``, ``validation_split`` and
-  ``class_weight`` are not visible to callbacks; pass them as ``fit_args={...}`` and they
-  are stored in ``Record.info["fit"]`` (and ``info["fit"]["not_visible"]`` names the ones
-  that were neither visible nor given).
+- **The fit() arguments.** Keras gives callbacks only ``self.params`` (``epochs``,
+  ``steps`` per epoch, ``verbose``). ``fit()`` calls ``on_train_begin`` from its own frame
+  on every backend, so the callback reads the other arguments there (``batch_size``,
+  ``shuffle``, ``validation_split``, ``validation_freq``, ``initial_epoch``, whether
+  ``class_weight`` / ``sample_weight`` / ``validation_data`` were given, ...) and stores
+  them in ``Record.info["fit"]``, as passed (``batch_size`` None: Keras' default of 32 for
+  arrays, or the dataset's own batches). ``fit_args={...}`` adds or overrides values, for
+  a custom loop that calls the callback hooks itself; ``info["fit"]["not_visible"]``
+  names the arguments that were neither found nor given.
 - **learning_rate** is read from ``model.optimizer`` at the end of each epoch (after the
   epoch's last step; a schedule's value there). When the logs already hold
   ``learning_rate`` (``LearningRateScheduler``, ``ReduceLROnPlateau``), that value is kept.
@@ -75,9 +77,14 @@ from recordkit.recorder import Recorder
 
 __all__ = ["RecordCallback", "is_chief"]
 
-#: fit() arguments a callback cannot see; ``fit_args`` may give them.
+#: fit() arguments Keras does not pass to callbacks (read from fit's frame, or fit_args).
 _HIDDEN_FIT_ARGS = ("batch_size", "shuffle", "validation_split", "class_weight",
                     "sample_weight", "validation_batch_size", "validation_freq")
+#: fit() arguments stored as given; the rest of _FIT_FRAME_ARGS only as "given or not".
+_FIT_VALUE_ARGS = ("batch_size", "epochs", "initial_epoch", "steps_per_epoch", "shuffle",
+                   "validation_split", "validation_steps", "validation_batch_size",
+                   "validation_freq")
+_FIT_GIVEN_ARGS = ("class_weight", "sample_weight", "validation_data")
 _LR = "learning_rate"
 _EPOCH_TIME = "epoch_time"
 
@@ -103,8 +110,9 @@ class RecordCallback(keras.callbacks.Callback):
             callback closes it when the fit ends. Later fits create records in its root.
         resume: path or run id of a record the first fit continues: what it holds from
             the fit's first epoch on (``initial_epoch``) is dropped and recorded again.
-        fit_args: ``fit()`` arguments callbacks cannot see (``batch_size``, ``shuffle``,
-            ``validation_split``, ``class_weight``...), stored in ``Record.info["fit"]``.
+        fit_args: ``fit()`` arguments to store in ``Record.info["fit"]`` beside (and over)
+            those read from the running ``fit`` call: for a custom training loop that
+            drives the callback hooks itself.
         on_error: ``"raise"`` stops training when recording fails; ``"warn"`` warns,
             closes the record as failed and lets training go on unrecorded.
         **recorder_options: keyword options of :class:`~recordkit.Recorder` (``durable``,
@@ -177,6 +185,7 @@ class RecordCallback(keras.callbacks.Callback):
         self._snapshotted: int | None = None
         self._saw_validation = False
         self._first_epoch: int | None = None
+        self._fit_call: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         where = f"run at {self._record_path!r}" if self._record_path else "no run yet"
@@ -202,6 +211,7 @@ class RecordCallback(keras.callbacks.Callback):
             self._abandon("interrupted", "model.fit ended without on_train_end (an "
                           "exception left fit); the callback was used for another fit")
         self._reset_fit_state()
+        self._fit_call = _fit_call_arguments(self.model)
         self._continue_path = continue_path
         self._fit_thread = threading.get_ident()
         self._writes = is_chief(_cluster_resolver(self.model))
@@ -286,15 +296,17 @@ class RecordCallback(keras.callbacks.Callback):
 
     def _fit_facts(self) -> dict[str, Any]:
         params = dict(self.params or {})
-        facts: dict[str, Any] = {
+        facts: dict[str, Any] = dict(self._fit_call)
+        facts.update({
             "epochs": params.get("epochs"),
             "steps_per_epoch": params.get("steps"),
             "verbose": params.get("verbose"),
             "initial_epoch": self._first_epoch,
             "validation": self._saw_validation,
-        }
+        })
         facts.update(_plain(self.fit_args))
-        facts["not_visible"] = [k for k in _HIDDEN_FIT_ARGS if k not in self.fit_args]
+        facts["not_visible"] = [k for k in _HIDDEN_FIT_ARGS if k not in facts
+                                and f"{k}_given" not in facts]
         return facts
 
     def _snapshot(self, rec: Recorder, epoch: int) -> None:
@@ -454,6 +466,35 @@ def is_chief(cluster_resolver: Any) -> bool:
 
 
 # --- framework objects → plain values ---------------------------------------------------
+
+
+def _fit_call_arguments(model: Any) -> dict[str, Any]:
+    """The arguments of the ``model.fit`` call that is running, read from its frame.
+
+    Keras passes callbacks ``epochs``, ``steps`` and ``verbose`` only. Its ``fit`` (the
+    tensorflow, torch and jax trainers alike) calls ``on_train_begin`` from its own frame,
+    whose local variables are then still fit's documented arguments as the user passed
+    them. Nothing is read when no such frame is on the stack (a custom loop).
+    """
+    frame = sys._getframe(1)
+    try:
+        for _ in range(64):
+            if frame is None:
+                return {}
+            code = frame.f_code
+            if (code.co_name == "fit" and "batch_size" in code.co_varnames
+                    and frame.f_locals.get("self") is model):
+                found = frame.f_locals
+                facts = {k: _plain(found[k]) for k in _FIT_VALUE_ARGS if k in found}
+                facts.update({f"{k}_given": found[k] is not None
+                              for k in _FIT_GIVEN_ARGS if k in found})
+                return facts
+            frame = frame.f_back
+        return {}
+    except Exception:  # reading the caller's frame must never stop a fit
+        return {}
+    finally:
+        del frame
 
 
 def _variable_name(variable: Any) -> str:
