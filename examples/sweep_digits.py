@@ -131,7 +131,8 @@ def report(root: Path, out: Path) -> None:
     columns = ["name", "status", "framework", "lr", "width", "val_accuracy.final",
                "val_accuracy.best", "val_accuracy.best_epoch", "val_loss.final"]
     print(table[[c for c in columns if c in table.columns]].to_string(index=False))
-    fig = plot.learning_curves(runs, ["val_loss", "val_accuracy"])
+    fig = plot.learning_curves(runs, ["val_loss", "val_accuracy"],
+                               colours=plot.run_colours(r.run_id for r in runs))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     print(f"learning curves of {len(runs)} runs: {out}")

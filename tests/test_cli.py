@@ -9,10 +9,13 @@ import shutil
 import subprocess
 import sys
 
+import h5py
 import pytest
 
 import recordkit as rk
 from recordkit import cli
+from recordkit.record import Record
+from recordkit.recordset import RecordSet
 from tests.support import require
 
 LOSSES = {0.1: [1.0, 0.5, 0.25], 0.01: [1.0, 0.9, 0.8]}
@@ -111,11 +114,150 @@ def test_ls_empty_folder_and_skipped_files(tmp_path, root, capsys):
     assert len(captured.out.splitlines()) == 3
 
 
+def _sweep_with_odd_metrics(root):
+    """Runs whose metrics hold NaN, inf, step-level rows, and metrics only some runs log."""
+    histories = [
+        {"loss": [1.0, 0.5, float("nan")], "val_accuracy": [0.1, 0.2, 0.3]},
+        {"loss": [1.0, float("inf")], "val_accuracy": [0.5, 0.25], "extra": [7.0]},
+        {"loss": [2.0, 1.5, 1.25, 1.125], "lr": [0.1, 0.1, 0.01, 0.01]},
+    ]
+    for i, history in enumerate(histories):
+        with rk.Recorder(root, experiment="sweep", name=f"run{i}",
+                         params={"seed": i, "width": 8}, system=False) as rec:
+            for metric, values in history.items():
+                for epoch, value in enumerate(values):
+                    rec.log({metric: value}, epoch=epoch)
+            rec.log({"step_loss": 0.5}, epoch=0, step=1)
+            rec.log({"step_loss": 0.25}, epoch=0, step=2)
+    with rk.Recorder(root, experiment="sweep", name="crashed", params={"seed": 9},
+                     system=False) as rec:
+        rec.log({"loss": 3.0}, epoch=0)
+        rec.close(status="failed")
+
+
+def test_ls_reads_no_history_and_prints_what_full_reads_give(tmp_path, monkeypatch, capsys):
+    """A finished run's table row comes from its summary: ``ls`` over many runs must not
+    read every run in full (it did: 300 runs took 4-7 s instead of under 1 s)."""
+    root = tmp_path / "records"
+    _sweep_with_odd_metrics(root)
+    full_reads = []
+    read_full = Record._read_full
+
+    def counting(self):
+        full_reads.append(self.path.name)
+        read_full(self)
+
+    monkeypatch.setattr(Record, "_read_full", counting)
+    assert cli.main(["ls", str(root), "--metrics", "6"]) == 0
+    lazy = capsys.readouterr().out
+    assert full_reads == []
+    # The same table from records read in full (history and all): identical text.
+    monkeypatch.setattr(cli, "load_all", lambda root, experiment=None, progress=False:
+                        RecordSet(rk.load(p) for p in sorted(root.rglob("*.h5"))))
+    assert cli.main(["ls", str(root), "--metrics", "6"]) == 0
+    assert capsys.readouterr().out == lazy
+    assert len(full_reads) == 4
+    lines = lazy.splitlines()
+    assert lines[0].split() == ["id", "name", "status", "epochs", "seed", "extra", "loss",
+                                "lr", "step_loss", "val_accuracy"]
+    cells = [line.split() for line in lines[1:]]
+    assert [c[1:4] for c in cells] == [["run0", "completed", "3"], ["run1", "completed", "2"],
+                                       ["run2", "completed", "4"], ["crashed", "failed", "1"]]
+    assert cells[0][4:] == ["0", "nan", "0.25", "0.3"]  # no extra, no lr: empty cells
+    assert cells[1][4:] == ["1", "7", "inf", "0.25", "0.25"]
+
+
 def test_show(root, capsys):
     record = rk.load_all(root)[0]
     assert cli.main(["show", record.run_id[:22], "--root", str(root)]) == 0
     out = capsys.readouterr().out
     assert record.run_id in out and "lr = 0.1" in out and "loss: 3 values" in out
+
+
+def _only_format_attribute(root):
+    """An HDF5 file whose one root attribute says it is a record."""
+    path = root / "sweep" / "foreign.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "recordkit"
+    return path
+
+
+def _set_created(path, where, value):
+    """Change ``created`` in the root attribute or in the summary of a finished run."""
+    path.chmod(0o644)
+    with h5py.File(path, "r+") as f:
+        if where == "attribute":
+            f.attrs["created"] = value
+        else:
+            summary = json.loads(f.attrs["summary"])
+            summary["fields"]["created"] = value
+            f.attrs["summary"] = json.dumps(summary)
+
+
+def _one_line(err, *words):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("recordkit: "), err
+    assert all(word in lines[0] for word in words), (words, lines[0])
+
+
+@pytest.mark.parametrize("command", ["show", "export"])
+def test_a_file_with_only_the_format_attribute_is_one_line_error(root, tmp_path, capsys,
+                                                                 command):
+    path = _only_format_attribute(root)
+    for other in (root / "sweep").glob("2*.h5"):
+        other.unlink()
+    argv = ["show", str(path)] if command == "show" else [
+        "export", str(root), "-o", str(tmp_path / "x.csv")]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "foreign.h5" in err and "'format_version'" in err
+
+
+def test_ls_skips_a_file_with_only_the_format_attribute(root, capsys):
+    path = _only_format_attribute(root)
+    assert cli.main(["ls", str(root)]) == 0
+    captured = capsys.readouterr()
+    _one_line(captured.err, "skipped", str(path), "'format_version'")
+    rows = captured.out.splitlines()[1:]
+    assert [row.split()[1] for row in rows] == ["lr0.1", "lr0.01"]  # no blank row
+
+
+@pytest.mark.parametrize("where", ["attribute", "summary"])
+def test_a_created_time_that_is_not_iso_is_named_not_a_traceback(root, tmp_path, capsys,
+                                                                where, pd):
+    damaged, intact = sorted((root / "sweep").glob("*.h5"))
+    _set_created(damaged, where, "yesterday")
+    assert cli.main(["show", str(damaged)]) == (1 if where == "attribute" else 0)
+    if where == "attribute":
+        _one_line(capsys.readouterr().err, str(damaged), "'created'", "'yesterday'")
+    else:  # a full read uses the root attributes, which are intact
+        assert "created    20" in capsys.readouterr().out
+        # ls and export read the summary: the run is left out, with a line saying why
+        for argv in (["ls", str(root)], ["export", str(root), "-o", str(tmp_path / "x.csv")]):
+            assert cli.main(argv) == 0
+            captured = capsys.readouterr()
+            _one_line(captured.err, "skipped", str(damaged), "'created'", "'yesterday'")
+            assert damaged.stem not in captured.out
+        assert pd.read_csv(tmp_path / "x.csv")["run_id"].tolist() == [intact.stem]
+
+
+def test_an_unexpected_error_is_one_line_not_a_traceback(root, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise ValueError("something nobody checked\nsecond line")
+
+    monkeypatch.setattr(cli, "load", broken)
+    assert cli.main(["show", "x.h5", "--root", str(root)]) == 1
+    _one_line(capsys.readouterr().err, "recordkit show x.h5",
+              "(ValueError: something nobody checked)")
+
+
+def test_repair_of_a_missing_file_says_so(tmp_path, root, capsys):
+    missing = tmp_path / "nonexistent.h5"
+    assert cli.main(["repair", str(missing)]) == 1
+    captured = capsys.readouterr()
+    _one_line(captured.err, str(missing), "no such file")
+    assert "superblock" not in captured.err + captured.out
 
 
 @pytest.mark.usefixtures("pd")

@@ -41,7 +41,10 @@ def make_record(root: Path) -> Path:
             rec.snapshot({"fc.weight": rng.standard_normal((64, 32)).astype(np.float32),
                           "fc.bias": rng.standard_normal(32)}, epoch=epoch)
             rec.commit()
-        rec.add("curve", np.linspace(0, 1, 50))
+        rec.add("curve", np.linspace(0, 1, 50))  # chunked, fletcher32
+        rec.add("layers", {"a": np.arange(12.0).reshape(3, 4), "b": np.ones(5, np.int32)})
+        rec.add("best", np.float64(0.8125))  # 0-d: a sha256 attribute
+        rec.add("folds", {"acc": [0.25, 0.5], "who": "me"})  # JSON text: a sha256 attribute
     return rec.path
 
 
@@ -57,8 +60,11 @@ def read_all(path: str) -> dict[str, Any]:
             for i in range(len(tensor)):
                 digest.update(tensor[i].tobytes())
         for key in sorted(record.extras):
-            digest.update(np.asarray(record.extras[key]).tobytes())
-        record.params, record.system, record.status  # noqa: B018
+            value = record.extras[key]
+            digest.update(value.tobytes() if isinstance(value, np.ndarray) else
+                          repr(value).encode())
+        digest.update(repr(record.params).encode())
+        record.system, record.status  # noqa: B018
         return {"kind": "ok", "digest": digest.hexdigest()}
     except recordkit.RecordkitError as err:
         return {"kind": "error", "cls": type(err).__name__, "msg": str(err)}
@@ -127,11 +133,25 @@ def variants(original: Path, out: Path) -> list[tuple[str, str, Path]]:
                        3 * size // 4, size - 4096, size - 1024, size - 100, size - 1}):
         write("truncated", f"truncated to {cut} of {size} bytes", data[:cut])
     for name, offset, length in chunk_offsets(original):
-        if name.startswith(("weights", "history")):
+        if name.startswith(("weights", "history", "extras")):
             at = offset + rng.randrange(length)
             flipped = bytearray(data)
             flipped[at] ^= 0xFF
             write("data", f"byte {at} flipped inside a chunk of /{name}", bytes(flipped))
+    # Stored without an HDF5 checksum: the params text (its hash is in params_hash), a
+    # JSON extra and a 0-d extra (a sha256 attribute each). A digit changed keeps them
+    # well-formed, so only the checksum can tell.
+    texts = {"params": b'{"lr": 0.01', "extra": b'"acc": [0.25, 0.5]'}
+    with h5py.File(original, "r") as f:
+        best = f["extras/best"]
+        texts["extra "] = data[best.id.get_offset():best.id.get_offset() + 8]
+    for kind, text in texts.items():
+        assert data.count(text) == 1, (kind, text)
+        at = data.index(text) + len(text) - 1
+        flipped = bytearray(data)
+        flipped[at] = ord("7") if kind != "extra " else flipped[at] ^ 0x01
+        write(kind.strip(), f"byte {at} changed in the {kind.strip()} ({text!r})",
+              bytes(flipped))
     for at in [*range(0, 96, 8), *(rng.randrange(size) for _ in range(30))]:
         flipped = bytearray(data)
         flipped[at] ^= 1 << rng.randrange(8)
@@ -170,12 +190,28 @@ def test_errors_name_the_file(outcomes: list) -> None:
 
 def test_damage_in_stored_data_is_detected_not_read_as_wrong_numbers(outcomes: list) -> None:
     for kind, what, _, result in outcomes:
-        if kind == "data":
+        if kind in ("data", "params", "extra"):
             assert result["kind"] == "error", (what, result)
             assert result["cls"] == "RecordDamagedError", (what, result)
             assert not result["verify_ok"], what
         if result["kind"] == "ok":  # damage in bytes nothing reads, or caught metadata
             assert result["same_data"], (what, "read back different numbers")
+
+
+def test_damaged_params_and_unchunked_extras_are_detected(outcomes: list) -> None:
+    """The params text and extras HDF5 cannot checksum (JSON, 0-d) were once read back
+    with other values, and verify said OK."""
+    found = {kind: result for kind, _, _, result in outcomes if kind in ("params", "extra")}
+    assert found["params"]["cls"] == "RecordDamagedError", found
+    assert "params" in found["params"]["msg"], found
+    assert sum(kind == "extra" for kind, *_ in outcomes) == 2
+    assert sum(kind == "data" and "/extras" in what for kind, what, *_ in outcomes) >= 3
+    for kind, what, _, result in outcomes:
+        if kind == "extra" or (kind == "data" and "/extras" in what):
+            assert result["cls"] == "RecordDamagedError", (what, result)
+            assert not result["verify_ok"], what
+        if kind == "extra":
+            assert "checksum" in result["msg"], (what, result)
 
 
 def test_truncation_is_an_error_and_verify_reports_it(outcomes: list) -> None:

@@ -93,6 +93,78 @@ def test_file_too_large_is_a_clear_error_and_committed_epochs_stay(tmp_path: Pat
     assert_committed_epochs_readable(result)
 
 
+def _big_write(root: str, fsize_limit: int, operation: str) -> None:
+    """Child: commit 3 epochs, then one write too big for the disk (or the file limit)."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if fsize_limit:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+    rec = recordkit.Recorder(root, params={"x": 1}, system=False)
+    for epoch in range(3):
+        rec.log({"loss": float(epoch)}, epoch=epoch)
+        rec.snapshot({"w": np.full((16, 16), epoch, np.float32)}, epoch=epoch)
+        rec.commit()
+    rec.add("small", np.arange(10))
+    error = None
+    try:
+        if operation == "add":
+            rec.add("big", np.ones(600_000))
+        elif operation == "extend":
+            rec.extend({"notes": "x" * 5_000_000})
+        else:
+            rec.set_info({"notes": "x" * 5_000_000})
+    except RecordWriteError as err:
+        error = {"type": type(err).__name__, "msg": str(err), "errno": err.errno}
+    except BaseException as err:  # a raw error is a test failure
+        error = {"type": type(err).__name__, "msg": str(err), "raw": True}
+    try:
+        rec.close("failed", error="disk full")
+    except RecordWriteError as again:
+        error = {**(error or {}), "close": str(again)}
+    print(json.dumps({"committed": 2, "error": error, "path": str(rec.path)}), flush=True)
+
+
+def run_big_write(root: Path, operation: str, fsize_limit: int = 0) -> dict:
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_diskfull "
+            f"import _big_write; _big_write({str(root)!r}, {fsize_limit}, {operation!r})")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("operation", ["add", "extend", "set_info"])
+@pytest.mark.parametrize("limit", ["disk", "file size"])
+def test_too_big_add_extend_or_set_info_keeps_committed_epochs(
+        tmp_path: Path, operation: str, limit: str) -> None:
+    """add() and friends once wrote without checking the space: HDF5 failed half-way and
+    the file no longer opened ("bad symbol table node signature")."""
+    if limit == "disk":
+        disk = tmp_path / "tiny"
+        context: contextlib.AbstractContextManager = mounted(
+            disk, "-t", "tmpfs", "-o", "size=3m", f"recordkit-{uuid.uuid4().hex[:6]}")
+        run = lambda: run_big_write(disk, operation)  # noqa: E731
+    else:
+        context = contextlib.nullcontext()
+        run = lambda: run_big_write(tmp_path, operation, 3 * 1024 * 1024)  # noqa: E731
+    with context:
+        result = run()
+        error = result["error"]
+        assert error is not None and not error.get("raw"), result
+        assert error["type"] == "RecordWriteError" and result["path"] in error["msg"]
+        assert f"cannot {operation.replace('_', ' ')}" in error["msg"] or (
+            "cannot write" in error["msg"]), error
+        record = recordkit.load(result["path"])
+        assert record.history["loss"].tolist() == [0.0, 1.0, 2.0]
+        assert [float(record.weight("w").at(e)[0, 0]) for e in range(3)] == [0.0, 1.0, 2.0]
+        assert record.extras["small"].tolist() == list(range(10))
+        assert "big" not in record.extras
+        assert "notes" not in record.params and "notes" not in record.info
+        assert record.status == "failed"
+
+
 @contextlib.contextmanager
 def mounted(target: Path, *args: str) -> Iterator[None]:
     target.mkdir(parents=True, exist_ok=True)

@@ -187,6 +187,24 @@ def test_killed_writers_unwritten_tensor_is_not_refused(record: Path) -> None:
     assert loaded.weight("w")[2].tolist() == np.full((4, 4), 2.0).tolist()
 
 
+@pytest.mark.parametrize("link", ["external", "soft"])
+def test_import_check_never_follows_a_link_out_of_info(record: Path, tmp_path: Path,
+                                                       link: str) -> None:
+    """The duplicate check of an import reads only ``/info`` of each record: a link there
+    to another file (or object) is not followed, so its content counts for nothing."""
+    from recordkit.importers import _imported_keys
+
+    elsewhere = tmp_path / "elsewhere.h5"
+    with h5py.File(elsewhere, "w") as g:
+        g["info"] = '{"imported_from": {"key": "researcher:stolen:1"}}'
+    with h5py.File(record, "r+") as f:
+        f["decoy"] = '{"imported_from": {"key": "researcher:stolen:1"}}'
+        del f[fmt.INFO]
+        f[fmt.INFO] = (h5py.ExternalLink(str(elsewhere), "/info") if link == "external"
+                       else h5py.SoftLink("/decoy"))
+    assert _imported_keys(record.parent.parent) == set()
+
+
 def _python_files() -> list[Path]:
     files = sorted(SRC.rglob("*.py"))
     assert len(files) > 10

@@ -175,6 +175,51 @@ def test_early_stopping_completes_and_snapshots_last_epoch(tmp_path: Path) -> No
             value, keras.ops.convert_to_numpy(next(v for v in model.weights if v.path == name)))
 
 
+def test_final_snapshot_holds_weights_restored_by_early_stopping(tmp_path: Path) -> None:
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path)
+    # loss improves at epoch 0 only by this min_delta's measure: weights of epoch 0 return
+    stop = keras.callbacks.EarlyStopping(monitor="loss", min_delta=100.0, patience=2,
+                                         restore_best_weights=True)
+    hist = fit(model, [stop, callback], epochs=10)
+    assert len(hist.history["loss"]) == 3
+    record = recordkit.load(callback.record_path)
+    assert record.snapshot_epochs == [0, 1, 2]
+    final, first = record.weights(), record.weights(epoch=0)
+    for variable in model.weights:
+        np.testing.assert_array_equal(final[variable.path],
+                                      keras.ops.convert_to_numpy(variable))
+        np.testing.assert_array_equal(first[variable.path], final[variable.path])
+    assert "EarlyStopping(restore_best_weights=True)" in record.info["final_weights"]
+
+
+def test_final_snapshot_is_not_rewritten_when_nothing_changed_the_weights(
+        tmp_path: Path) -> None:
+    callback = RecordCallback(tmp_path)
+    fit(tiny_model(batchnorm=False), [callback], epochs=2)
+    assert "final_weights" not in recordkit.load(callback.record_path).info
+
+
+def test_skip_frozen_leaves_out_frozen_layers(tmp_path: Path) -> None:
+    model = tiny_model()  # Dense, BatchNorm, Dense
+    model.layers[0].trainable = False
+    model.compile(optimizer=keras.optimizers.Adam(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    frozen_before = [keras.ops.convert_to_numpy(v) for v in model.layers[0].weights]
+    callback = RecordCallback(tmp_path, skip_frozen=True)
+    fit(model, [callback], epochs=2)
+    record = recordkit.load(callback.record_path)
+    frozen = {v.path for v in model.layers[0].weights}
+    assert frozen and not frozen & set(record.tensor_names)
+    for before, variable in zip(frozen_before, model.layers[0].weights):
+        np.testing.assert_array_equal(before, keras.ops.convert_to_numpy(variable))
+    # trainable layers, and BatchNorm's moving statistics, are all stored
+    expected = {v.path for v in model.weights} - frozen
+    assert any("moving_mean" in name for name in expected)
+    assert set(record.tensor_names) == expected
+    assert record.snapshot_epochs == [0, 1]
+
+
 def test_crashed_fit_leaves_readable_record_then_reuse_starts_new(tmp_path: Path) -> None:
     model = tiny_model(batchnorm=False)
     callback = RecordCallback(tmp_path)
@@ -242,17 +287,24 @@ def test_resume_with_initial_epoch_appends(tmp_path: Path) -> None:
     assert record.snapshot_epochs == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("how", ["resume", "same_callback"])
+@pytest.mark.parametrize("how", ["resume", "same_callback", "auto"])
 def test_backup_and_restore_after_crash(tmp_path: Path, how: str) -> None:
     model = tiny_model()
     backup = str(tmp_path / "backup")
-    callback = RecordCallback(tmp_path / "records")
+    options: dict[str, Any] = {"resume": "auto"} if how == "auto" else {}
+    callback = RecordCallback(tmp_path / "records", params={"lr": 0.01}, **options)
     with pytest.raises(RuntimeError, match="boom"):
         fit(model, [keras.callbacks.BackupAndRestore(backup), callback, Crash(at=2)],
             epochs=5)
     path = callback.record_path
-    again = callback if how == "same_callback" else RecordCallback(tmp_path / "records",
-                                                                   resume=path)
+    if how == "auto":  # another run of other params must not be taken for it
+        other = RecordCallback(tmp_path / "records", params={"lr": 0.5})
+        with pytest.raises(RuntimeError, match="boom"):
+            fit(tiny_model(), [other, Crash(at=2)], epochs=5)
+    again = {"same_callback": callback,
+             "resume": RecordCallback(tmp_path / "records", resume=path),
+             "auto": RecordCallback(tmp_path / "records", params={"lr": 0.01},
+                                    resume="auto")}[how]
     hist = fit(model, [keras.callbacks.BackupAndRestore(backup), again], epochs=5)
     assert len(hist.history["loss"]) == 3  # epochs 2, 3, 4 were trained again
     assert again.record_path == path
@@ -450,6 +502,39 @@ def test_mirrored_strategy_writes_one_record(tmp_path: Path) -> None:
     assert record.info["distribution"] == {"strategy": "MirroredStrategy", "replicas": 2,
                                            "task_type": None, "task_id": None}
     assert len(list((tmp_path / "records").rglob("*.h5"))) == 1
+
+
+@pytest.mark.slow
+def test_backup_and_restore_across_a_process_restart_continues_one_record(
+        tmp_path: Path) -> None:
+    body = (textwrap.dedent(SCRIPT_HEAD).format(setup="") + textwrap.dedent("""
+        class Crash(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                if epoch == 2 and sys.argv[2] == "crash":
+                    raise RuntimeError("the machine went away")
+
+        callback = RecordCallback(sys.argv[1], name="job", params={"lr": 0.01},
+                                  resume="auto")
+        backup = keras.callbacks.BackupAndRestore(sys.argv[1] + "-backup")
+        hist = build().fit(x, y, batch_size=16, epochs=4, verbose=0,
+                           callbacks=[backup, callback, Crash()])
+        print(json.dumps({"path": callback.record_path, "history": hist.history}))
+    """))
+    script = tmp_path / "job.py"
+    script.write_text(body)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    runs = [subprocess.run([sys.executable, str(script), str(tmp_path / "records"), how],
+                           capture_output=True, text=True, env=env, timeout=120)
+            for how in ("crash", "again")]
+    assert runs[0].returncode == 1 and "the machine went away" in runs[0].stderr
+    assert runs[1].returncode == 0, runs[1].stderr[-3000:]
+    done = json.loads(runs[1].stdout.strip().splitlines()[-1])
+    assert len(recordkit.load_all(tmp_path / "records")) == 1
+    record = recordkit.load(done["path"])
+    assert record.status == "completed" and record.name == "job"
+    assert record.history.epochs("loss").tolist() == [0, 1, 2, 3]
+    assert record.history["loss"][2:].tolist() == [float(v) for v in done["history"]["loss"]]
+    assert [r["previous_status"] for r in record.restarts] == ["failed"]
 
 
 @pytest.mark.slow

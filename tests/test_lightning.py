@@ -475,3 +475,76 @@ def test_resume_finds_a_moved_record_by_run_id(tmp_path: Path) -> None:
     assert Path(resumed.record_path).parent.parent == (tmp_path / "new").resolve()
     assert r.history.epochs("train/loss").tolist() == [0, 1, 2]
     assert len(r.restarts) == 1
+
+
+def test_test_from_a_checkpoint_then_a_new_fit_leaves_the_first_record_alone(
+        tmp_path: Path) -> None:
+    checkpoint = lp.callbacks.ModelCheckpoint(tmp_path / "ckpt", save_last=True)
+    first = callback(tmp_path)
+    trainer([first, checkpoint], max_epochs=3, enable_checkpointing=True).fit(
+        LP_MODULE(), datamodule=LP_DATA())
+    cb = callback(tmp_path)
+    trainer([cb]).test(LP_MODULE(), datamodule=LP_DATA(), verbose=False,
+                       ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert cb.record_path == first.record_path  # the test went into the fit's record
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecordkitWarning)
+        trainer([cb], max_epochs=2).fit(LP_MODULE(), datamodule=LP_DATA())  # no ckpt_path
+    assert cb.record_path != first.record_path  # a record of its own
+    old = load(first.record_path)
+    assert old.history.epochs("train/loss").tolist() == [0, 1, 2]  # nothing rewound
+    assert old.snapshot_epochs == [0, 1, 2] and "test/loss" in old.history
+    assert load(cb.record_path).history.epochs("train/loss").tolist() == [0, 1]
+
+
+def test_two_record_callbacks_on_one_trainer(tmp_path: Path) -> None:
+    checkpoint = lp.callbacks.ModelCheckpoint(tmp_path / "ckpt", save_last=True)
+    full = RecordCallback(tmp_path, experiment="full", system=False)
+    light = RecordCallback(tmp_path, experiment="light", system=False, snapshot_every=None,
+                           dtype="float16")
+    trainer([full, light, checkpoint], max_epochs=2, enable_checkpointing=True).fit(
+        LP_MODULE(), datamodule=LP_DATA())
+    assert load(full.record_path).snapshot_epochs == [0, 1]
+    assert load(light.record_path).snapshot_epochs == [1]
+    resumed = [RecordCallback(tmp_path, experiment="full", system=False),
+               RecordCallback(tmp_path, experiment="light", system=False, snapshot_every=None,
+                              dtype="float16")]
+    trainer(resumed, max_epochs=3).fit(LP_MODULE(), datamodule=LP_DATA(),
+                                       ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert [cb.record_path for cb in resumed] == [full.record_path, light.record_path]
+
+
+class Unfreeze(lp.Callback):
+    """Unfreezes the first layer at the start of epoch 2 (fine-tuning)."""
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.current_epoch == 2:
+            pl_module.net[0].requires_grad_(True)
+
+
+def test_skip_frozen_leaves_out_parameters_while_they_do_not_train(tmp_path: Path) -> None:
+    module = LP_MODULE()
+    module.net[0].requires_grad_(False)
+    module.net[2].bias.requires_grad_(False)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    cb = callback(tmp_path, skip_frozen=True)
+    trainer([cb, Unfreeze()], max_epochs=4).fit(module, datamodule=LP_DATA())
+    r = load(cb.record_path)
+    assert "net.2.bias" not in r.tensor_names  # frozen for the whole run
+    np.testing.assert_array_equal(module.net[2].bias.detach().numpy(),
+                                  before["net.2.bias"].numpy())
+    assert r.weight("net.0.weight").epochs.tolist() == [2, 3]  # stored once it trains
+    assert r.weight("net.2.weight").epochs.tolist() == [0, 1, 2, 3]
+    assert r.weight("norm.running_mean").epochs.tolist() == [0, 1, 2, 3]  # buffers: always
+    np.testing.assert_array_equal(r.weights()["net.0.weight"],
+                                  module.net[0].weight.detach().numpy())
+
+
+def test_step_rows_of_the_epoch_that_crashed_are_kept(tmp_path: Path) -> None:
+    cb = callback(tmp_path, log_steps=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer([cb], max_epochs=3).fit(LP_MODULE(fail_at=1), datamodule=LP_DATA())
+    h = load(cb.record_path).history
+    assert h.epochs("train/loss").tolist() == [0]
+    # epoch 0's four steps; epoch 1 raised in its first training_step, before logging
+    assert h.steps("step_only").tolist() == [1, 2, 3, 4]

@@ -59,6 +59,48 @@ def test_a_run_keeps_its_colour_in_every_figure(runs):
     assert plot.run_colour(runs[2].run_id) in plot.PALETTE
 
 
+@pytest.fixture
+def sweep(tmp_path):
+    """Eight runs of a sweep, two of which prefer the same colour (a hash of the run id
+    into 20 colours does that 4 times in 5; runs are added until it happens)."""
+    root = tmp_path / "sweep"
+    preferred: dict[str, list[str]] = {}
+    lr = 1.0
+    while len(preferred) < 20 and not (
+            sum(len(ids) for ids in preferred.values()) >= 8
+            and any(len(ids) > 1 for ids in preferred.values())):
+        lr /= 2
+        with rk.Recorder(root, name=f"lr={lr}", params={"lr": lr}, system=False) as rec:
+            for epoch in range(3):
+                rec.log({"loss": lr * (3 - epoch), "acc": 1 - lr / (epoch + 1)}, epoch=epoch)
+        preferred.setdefault(plot.run_colour(rec.run_id), []).append(rec.run_id)
+    runs = rk.load_all(root)
+    clash = next(ids for ids in preferred.values() if len(ids) > 1)[:2]
+    others = [r.run_id for r in runs if r.run_id not in clash][:6]
+    return runs.filter(lambda r: r.run_id in {*clash, *others})
+
+
+def test_eight_runs_of_a_sweep_get_eight_colours_the_same_in_every_figure(sweep):
+    assert len(sweep) == 8
+    assert len({plot.run_colour(r.run_id) for r in sweep}) < 8  # the hash alone clashes
+    whole = plot.run_colours(r.run_id for r in sweep)
+    curves = plot.learning_curves(sweep, ["loss", "acc"], colours=whole)
+    colours = [[line.get_color() for line in ax.lines] for ax in curves.axes]
+    assert len(set(colours[0])) == 8 and colours[0] == colours[1]
+    assert plot.run_colours(r.run_id for r in reversed(sweep)) == whole
+    again = plot.learning_curves(list(reversed(sweep)), "acc", colours=whole).axes[0].lines
+    assert {line.get_label(): line.get_color() for line in again} == {
+        plot.run_label(r): c for r, c in zip(sweep, colours[0])}
+    dots = [c for c in plot.final_values(sweep, "loss", by="lr",
+                                         colours=whole).axes[0].collections
+            if isinstance(c, matplotlib.collections.PathCollection)]
+    assert [c.get_facecolor()[0].tolist() for c in dots] == [
+        list(matplotlib.colors.to_rgba(c)) for c in colours[0]]
+    # a part of the sweep drawn in the whole sweep's colours
+    part = plot.learning_curves(sweep[4:], "loss", colours=whole).axes[0].lines
+    assert [line.get_color() for line in part] == colours[0][4:]
+
+
 def test_several_metrics_get_an_axes_each_or_share_a_given_one(runs):
     fig = plot.learning_curves(runs, ["loss", "acc"])
     assert [ax.get_title() for ax in fig.axes] == ["loss", "acc"]

@@ -152,6 +152,48 @@ def test_nan_and_inf_are_kept(tmp_path: pathlib.Path) -> None:
     assert math.isnan(r.params["x"]) and r.params["y"] == math.inf
 
 
+@pytest.mark.parametrize("scalar", [np.float64, np.float32, np.float16, float])
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_numpy_nan_and_inf_params_and_extras_round_trip(tmp_path: pathlib.Path, scalar: type,
+                                                        text: str) -> None:
+    """np.float64 is a float subclass whose numpy 2 repr is 'np.float64(inf)': it must be
+    stored as 'inf', or the record does not load."""
+    value = scalar(text)
+    params = {"clip": value, "nested": {"v": [value, 1.0]}, "t": (value,)}
+    with rk.Recorder(tmp_path, system=False, params=params) as rec:
+        rec.extend({"late": value})
+        rec.add("stats", {"best": value, "n": 3})
+        rec.set_info({"lr_max": value})
+    r = rk.load(rec.path)
+    expected = float(text)
+    for got in (r.params["clip"], r.params["nested"]["v"][0], r.params["t"][0],
+                r.params["late"], r.extras["stats"]["best"], r.info["lr_max"]):
+        assert (math.isnan(got) if math.isnan(expected) else got == expected), got
+    if scalar is not float and scalar is not np.float64:
+        assert r.params["clip"].dtype == np.dtype(scalar)
+    assert not r.unserialisable_params
+    with h5py.File(rec.path, "r") as f:
+        assert "np.float" not in f["params"][()].decode()
+    assert r.params_hash == rk.load(rec.path).params_hash
+
+
+def test_params_written_with_numpy_float_repr_still_load(tmp_path: pathlib.Path) -> None:
+    """Files written before the fix hold 'np.float64(inf)'; they load."""
+    from recordkit import format as fmt
+
+    with rk.Recorder(tmp_path, system=False, params={"clip": 1.0}) as rec:
+        pass
+    old = '{"clip": {"$type": "float", "value": "np.float64(-inf)"}}'
+    rec.path.chmod(0o644)
+    with h5py.File(rec.path, "r+") as f:
+        del f["params"]
+        f.create_dataset("params", data=old, dtype=h5py.string_dtype("utf-8"))
+        f["params"].attrs["unserialisable"] = "[]"
+        f.attrs["params_hash"] = fmt.params_hash(old)
+        del f.attrs["summary"]
+    assert rk.load(rec.path).params == {"clip": -math.inf}
+
+
 def test_non_numeric_metric_is_skipped_with_a_warning(tmp_path: pathlib.Path) -> None:
     with rk.Recorder(tmp_path, system=False) as rec, pytest.warns(RecordkitWarning,
                                                                   match="'note'"):
@@ -159,6 +201,32 @@ def test_non_numeric_metric_is_skipped_with_a_warning(tmp_path: pathlib.Path) ->
     r = rk.load(rec.path)
     assert sorted(r.history) == ["loss", "t"]
     assert r.history["loss"].tolist() == [0.5] and r.history["t"].tolist() == [2.0]
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_zero_size_tensors_round_trip(tmp_path: pathlib.Path, background: bool) -> None:
+    """A (0, 3) tensor once raised "Chunk shape must not be greater than data shape" and
+    lost the whole snapshot."""
+    from recordkit.verify import verify
+
+    shapes = {"empty": (0, 3), "none": (0,), "mid": (4, 0, 2)}
+    with rk.Recorder(tmp_path, system=False, background=background) as rec:
+        for epoch in range(2):
+            rec.snapshot({**{n: np.zeros(s, np.float32) for n, s in shapes.items()},
+                          "w": np.full((2, 2), epoch, np.float64)}, epoch=epoch)
+            rec.commit()
+        rec.add("nothing", np.zeros((0, 3), np.int16))
+    r = rk.load(rec.path)
+    assert r.snapshot_epochs == [0, 1]
+    for epoch in range(2):
+        weights = r.weights(epoch)
+        assert weights["w"].tolist() == [[epoch, epoch]] * 2
+        for name, shape in shapes.items():
+            assert weights[name].shape == shape and weights[name].dtype == np.float32
+    assert r.weight("empty")[:].shape == (2, 0, 3)
+    assert r.extras["nothing"].shape == (0, 3) and r.extras["nothing"].dtype == np.int16
+    report = verify(rec.path, isolate=False)
+    assert report.ok, report
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int8", "uint8", "int64",
@@ -271,6 +339,105 @@ def test_unserialisable_param_warns_once(tmp_path: pathlib.Path) -> None:
         rec.extend({"h": 2})
     assert len([w for w in caught if issubclass(w.category, RecordkitWarning)]) == 1
     rec.close()
+
+
+@pytest.mark.parametrize("mask_secrets", [True, False])
+def test_params_holding_themselves_or_odd_names_never_stop_training(
+        tmp_path: pathlib.Path, mask_secrets: bool) -> None:
+    """A dict holding itself raised RecursionError and a non-str name TypeError."""
+    looped: dict = {"a": 1}
+    looped["self"] = looped
+    chain: list = [1]
+    chain.append(chain)
+    params = {"opt": looped, "chain": chain, 1: "one", "1": "uno", "api_key": "k"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rec = rk.Recorder(tmp_path, params=params, system=False, mask_secrets=mask_secrets)
+        rec.extend({(2, 3): "pair"})
+    caught = [w for w in caught if issubclass(w.category, RecordkitWarning)]
+    messages = [str(w.message) for w in caught]
+    assert all(w.filename == __file__ for w in caught), [w.filename for w in caught]
+    for key in ("'opt.self'", "'chain[1]'", "'1 (int)'", "'(2, 3)'"):
+        assert any(key in m and str(rec.path) in m for m in messages), (key, messages)
+    rec.save()
+    r = rk.load(rec.path)
+    assert r.params["opt"]["a"] == 1 and r.params["opt"]["self"] == "{'a': 1, 'self': {...}}"
+    assert r.params["chain"] == [1, "[1, [...]]"]
+    assert r.params["1"] == "uno" and r.params["1 (int)"] == "one"
+    assert r.params["(2, 3)"] == "pair"
+    assert r.params["api_key"] == ("***" if mask_secrets else "k")
+    assert sorted(r.unserialisable_params) == ["(2, 3)", "1 (int)", "chain[1]", "opt.self"]
+
+
+def test_params_nested_too_deep_are_stored_as_repr(tmp_path: pathlib.Path) -> None:
+    deep: list = []
+    inner = deep
+    for _ in range(5000):
+        inner.append([])
+        inner = inner[0]
+    with pytest.warns(RecordkitWarning, match="'deep'"):
+        rec = rk.Recorder(tmp_path, params={"deep": deep, "lr": 0.1}, system=False)
+    rec.save()
+    r = rk.load(rec.path)
+    assert r.params["lr"] == 0.1 and isinstance(r.params["deep"], str)
+    assert r.unserialisable_params == ["deep"]
+
+
+def test_resume_keeps_the_flags_of_the_file(tmp_path: pathlib.Path) -> None:
+    with pytest.warns(RecordkitWarning):
+        rec = rk.Recorder(tmp_path, params={"f": max, 7: "x"}, system=False)
+    rec.close("running")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # already warned about when first stored
+        again = rk.Recorder(tmp_path, resume=rec.run_id, params={"lr": 0.1}, system=False)
+    again.save()
+    assert sorted(rk.load(rec.path).unserialisable_params) == ["7", "f"]
+
+
+def test_add_warns_and_flags_what_it_cannot_store_faithfully(tmp_path: pathlib.Path) -> None:
+    """A dict mixing a big array with scalars, or any object, was stored as its repr
+    (cut off) without a word."""
+    class Thing:
+        pass
+
+    big = np.arange(200_000, dtype=np.float64)
+    with rk.Recorder(tmp_path, system=False) as rec:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rec.add("mixed", {"weights": big, "n": 3})
+            rec.add("thing", Thing())
+        assert all(issubclass(w.category, RecordkitWarning) for w in caught)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            rec.add("fine", {"n": 3, "xs": [1.5, float("nan")]})
+            rec.add("arrays", {"w": big, "b": np.ones(3)})
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2 and all(str(rec.path) in m for m in messages)
+    assert "'mixed'" in messages[0] and "'mixed.weights'" in messages[0]
+    assert "'thing'" in messages[1]
+    r = rk.load(rec.path)
+    assert r.unserialisable_extras == {"mixed": ["mixed.weights"], "thing": ["thing"]}
+    assert r.extras["mixed"]["n"] == 3 and isinstance(r.extras["mixed"]["weights"], str)
+    assert "Thing" in r.extras["thing"]
+    np.testing.assert_array_equal(r.extras["arrays"]["w"], big)
+    assert r.extras["fine"]["n"] == 3 and math.isnan(r.extras["fine"]["xs"][1])
+
+
+@pytest.mark.parametrize("value", [np.linspace(0, 1, 7), np.arange(12).reshape(3, 4),
+                                   np.float32(2.5), [0.5, 1.5], np.zeros((0, 2))],
+                         ids=["1d", "2d", "0d", "list", "empty"])
+def test_extras_are_checksummed(tmp_path: pathlib.Path, value: object) -> None:
+    """Array extras carry fletcher32 (a 0-d one a sha256 attribute): damage is an error."""
+    with rk.Recorder(tmp_path, system=False) as rec:
+        rec.add("x", value)
+    with h5py.File(rec.path, "r") as f:
+        ds = f["extras/x"]
+        if ds.ndim and ds.size:
+            assert ds.fletcher32 and ds.chunks is not None
+        elif ds.size:
+            assert "sha256" in ds.attrs
+    got = rk.load(rec.path).extras["x"]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(value))
 
 
 def test_failed_and_interrupted_status(tmp_path: pathlib.Path) -> None:

@@ -72,6 +72,64 @@ def test_best_errors(root):
         load_all(root).best("loss", mode="median")
 
 
+NAN, INF = float("nan"), float("inf")
+# (loss rows as (epoch, value)): NaN and inf never win; ties keep the first epoch; a
+# metric logged several times per epoch; a run with no finite loss at all.
+ODD_RUNS = [
+    [(0, 1.0), (1, NAN), (2, 0.25), (3, 0.25)],
+    [(0, INF), (1, 0.5), (2, -INF), (3, 0.3)],
+    [(0, NAN), (1, NAN)],
+    [(0, 0.9), (0, 0.2), (1, 0.7), (1, 0.95)],
+    [(0, 2.0), (1, 0.25), (2, 3.0)],
+]
+
+
+def _reference_best(records, metric, mode):
+    """The best run and its value and epoch, from each run's full history."""
+    best = None
+    for record in records:
+        if metric not in record.history:
+            continue
+        values, epochs = record.history[metric], record.history.epochs(metric)
+        finite = np.isfinite(values)
+        if not finite.any():
+            continue
+        masked = np.where(finite, values, np.nan)
+        i = int(np.nanargmin(masked) if mode == "min" else np.nanargmax(masked))
+        if best is None or (values[i] < best[1] if mode == "min" else values[i] > best[1]):
+            best = (record.run_id, float(values[i]), int(epochs[i]))
+    return best
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_best_comes_from_summaries_and_equals_the_full_read(tmp_path, monkeypatch, mode):
+    root = tmp_path / "odd"
+    for i, rows in enumerate(ODD_RUNS):
+        with rk.Recorder(root, name=f"odd{i}", params={"i": i}, system=False) as rec:
+            for epoch, value in rows:
+                rec.log({"loss": value}, epoch=epoch)
+    running = rk.Recorder(root, name="live", params={"i": 9}, system=False)  # no summary
+    running.log({"loss": 5.0 if mode == "min" else -5.0}, epoch=0)
+    running.commit()
+    try:
+        rs = load_all(root)
+        full_reads = []
+        read_full = rk.Record._read_full
+        monkeypatch.setattr(rk.Record, "_read_full",
+                            lambda self: (full_reads.append(self.path), read_full(self)))
+        best = rs.best("loss", mode=mode)
+        assert full_reads == []  # the running run was read in full by load_all already
+        expected = _reference_best([rk.load(r.path) for r in rs], "loss", mode)
+        assert best.run_id == expected[0]
+        assert best.name == ("odd4" if mode == "max" else "odd3")
+        stats = best.metric_summaries()["loss"]
+        assert (stats[mode], stats[f"{mode}_epoch"]) == expected[1:]
+        with pytest.raises(rk.RecordkitError, match=r"no run of the 1 .* metrics: \['loss'\]"):
+            rs.filter(i=2).best("loss", mode=mode)  # only NaN
+    finally:
+        running.save()
+
+
 def test_group_by_param_gives_mean_and_spread(root, pd):
     table = load_all(root).group_by("lr").set_index("lr")
     assert table.loc[0.1, "runs"] == 2

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import re
+import shlex
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from recordkit import format as fmt
 from recordkit.errors import RecordkitError, RecordkitWarning, RecordNotFoundError
@@ -71,29 +74,42 @@ def _key_params(records: RecordSet, limit: int = 5) -> list[str]:
 _AUXILIARY = re.compile(r"(time|^lr\b|^lr[-_]|learning_rate|epoch$|step$)", re.IGNORECASE)
 
 
-def _key_metrics(records: RecordSet, limit: int) -> list[str]:
+def _key_metrics(summaries: list[dict[str, dict[str, Any]]], limit: int) -> list[str]:
     """The metrics worth a column, in name order: those most runs have, validation
     metrics first, timings and learning rates last."""
     counts: dict[str, int] = {}
-    for r in records:
-        for metric in r.history:
+    for metrics in summaries:
+        for metric in metrics:
             counts[metric] = counts.get(metric, 0) + 1
     ranked = sorted(counts, key=lambda m: (bool(_AUXILIARY.search(m)), -counts[m],
                                            "val" not in m.lower(), m))
     return sorted(ranked[:max(0, limit)])
 
 
+def _final(stats: dict[str, Any] | None) -> str:
+    """The final value of one metric of one run as a cell ("" when the run lacks it)."""
+    if stats is None:
+        return ""
+    final = stats.get("final")
+    return _short(math.nan if final is None else float(final))
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    """A table of runs: id, name, status, epochs, key params and final metrics."""
+    """A table of runs: id, name, status, epochs, key params and final metrics.
+
+    Everything comes from what ``load_all`` read (a finished run's one-attribute summary):
+    no run's history is read, so the table of thousands of runs costs what opening them
+    costs."""
     records = _load_all(args)
+    summaries = [r.metric_summaries() for r in records]
     keys = _key_params(records)
-    metrics = _key_metrics(records, args.metrics)
+    metrics = _key_metrics(summaries, args.metrics)
     rows = [["id", "name", "status", "epochs", *keys, *metrics]]
-    for r in records:
+    for r, summary in zip(records, summaries):
         flat = fmt.flatten_params(r._params)
-        rows.append([r.run_id, _short(r.name), r.status, str(len(r.epochs)),
+        rows.append([r.run_id, _short(r.name), r.status, str(r.epoch_count),
                      *(_short(flat.get(k, "")) for k in keys),
-                     *(_short(r.history.final(m)) if m in r.history else "" for m in metrics)])
+                     *(_final(summary.get(m)) for m in metrics)])
     print(_table(rows))
     return 0
 
@@ -145,6 +161,13 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
     damaged = 0
     for path in args.paths:
+        # verify.repair would report a missing file as one "without a superblock".
+        missing = ("no such file" if not path.exists() else
+                   "a folder, not a record file" if path.is_dir() else None)
+        if missing is not None:
+            print(f"recordkit: {str(path)!r}: {missing}, nothing to repair", file=sys.stderr)
+            damaged += 1
+            continue
         print(repair(path), flush=True)
         report = verify(path)
         print(report, flush=True)
@@ -313,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; every failure is one line on stderr and a non-zero exit code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(arguments)
     try:
         return int(args.func(args))
     except RecordkitError as err:
@@ -328,6 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except Exception as err:  # a bug, or a file no check foresaw: still no traceback
+        message = str(err).splitlines()[0] if str(err) else ""
+        print(f"recordkit: `recordkit {shlex.join(arguments)}` failed unexpectedly, please "
+              f"report it ({type(err).__name__}: {message})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

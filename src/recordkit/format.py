@@ -172,9 +172,24 @@ def _qualname(obj: Any) -> str:
 
 
 def _float(value: float) -> Any:
+    # float(): np.float64 is a float subclass whose repr under numpy 2 is 'np.float64(inf)'.
+    value = float(value)
     if math.isfinite(value):
         return value
     return {_TAG: "float", "value": repr(value)}  # 'nan', 'inf', '-inf'
+
+
+#: What recordkit before the fix wrote for a non-finite np.float64: 'np.float64(inf)'.
+_NUMPY_FLOAT_REPR = re.compile(r"(?:np\.|numpy\.)?float\d*\((.*)\)")
+
+
+def _parse_float(text: Any) -> float:
+    """Invert :func:`_float`'s text; also reads 'np.float64(nan)' left by older writers."""
+    if isinstance(text, str):
+        found = _NUMPY_FLOAT_REPR.fullmatch(text.strip())
+        if found:
+            text = found.group(1)
+    return float(text)
 
 
 def _array_to_list(arr: np.ndarray) -> Any:
@@ -183,17 +198,31 @@ def _array_to_list(arr: np.ndarray) -> Any:
     return arr.tolist()
 
 
-def encode_value(value: Any, key: str, flagged: list[str]) -> Any:
+def encode_value(value: Any, key: str, flagged: list[str],
+                 active: set[int] | None = None) -> Any:
     """Encode one value as tagged JSON. What cannot be encoded faithfully is stored as
-    ``{"$type": "repr", ...}`` and its key appended to *flagged*."""
+    ``{"$type": "repr", ...}`` and its key appended to *flagged*: objects JSON has no form
+    for, and a container met again inside itself (*active* holds the ids of the containers
+    being encoded, so a dict that contains itself ends instead of recursing forever)."""
     if value is None or isinstance(value, (bool, str)):
         return value
+    if isinstance(value, (list, tuple, set, frozenset, Mapping)) or (
+            hasattr(value, "_get_kwargs") and hasattr(value, "__dict__")) or (
+            dataclasses.is_dataclass(value) and not isinstance(value, type)):
+        active = set() if active is None else active
+        if id(value) in active:
+            return _repr(value, key, flagged)
+        active.add(id(value))
+        try:
+            return _encode_container(value, key, flagged, active)
+        finally:
+            active.discard(id(value))
     if isinstance(value, enum.Enum):  # before int: IntEnum is an int
         return {
             _TAG: "enum",
             "class": _qualname(value),
             "name": value.name,
-            "value": encode_value(value.value, key, flagged),
+            "value": encode_value(value.value, key, flagged, active),
         }
     if isinstance(value, int):
         return int(value)
@@ -227,24 +256,26 @@ def encode_value(value: Any, key: str, flagged: list[str]) -> Any:
         return {_TAG: "timedelta", "seconds": value.total_seconds()}
     if isinstance(value, complex):
         return {_TAG: "complex", "real": _float(value.real), "imag": _float(value.imag)}
-    if isinstance(value, tuple):
-        return {_TAG: "tuple", "items": [encode_value(v, f"{key}[{i}]", flagged)
+    return _repr(value, key, flagged)
+
+
+def _encode_container(value: Any, key: str, flagged: list[str], active: set[int]) -> Any:
+    if isinstance(value, tuple) and not isinstance(value, Mapping):
+        return {_TAG: "tuple", "items": [encode_value(v, f"{key}[{i}]", flagged, active)
                                          for i, v in enumerate(value)]}
     if isinstance(value, list):
-        return [encode_value(v, f"{key}[{i}]", flagged) for i, v in enumerate(value)]
+        return [encode_value(v, f"{key}[{i}]", flagged, active) for i, v in enumerate(value)]
     if isinstance(value, (set, frozenset)):
-        items = [encode_value(v, f"{key}{{}}", flagged) for v in value]
+        items = [encode_value(v, f"{key}{{}}", flagged, active) for v in value]
         items.sort(key=lambda v: json.dumps(v, sort_keys=True))
         return {_TAG: "set", "items": items}
     if isinstance(value, Mapping):
-        return encode_mapping(value, key, flagged)
+        return encode_mapping(value, key, flagged, active)
     if hasattr(value, "_get_kwargs") and hasattr(value, "__dict__"):  # argparse.Namespace
-        return encode_mapping(vars(value), key, flagged)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        return {_TAG: "dataclass", "class": _qualname(value),
-                "fields": encode_mapping(fields, key, flagged)}
-    return _repr(value, key, flagged)
+        return encode_mapping(vars(value), key, flagged, active)
+    fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return {_TAG: "dataclass", "class": _qualname(value),
+            "fields": encode_mapping(fields, key, flagged, active)}
 
 
 def _repr(value: Any, key: str, flagged: list[str]) -> dict[str, Any]:
@@ -257,11 +288,13 @@ def _repr(value: Any, key: str, flagged: list[str]) -> dict[str, Any]:
     return {_TAG: "repr", "class": _qualname(value), "repr": _ADDRESS.sub("", bounded(text))}
 
 
-def encode_mapping(mapping: Mapping[Any, Any], key: str, flagged: list[str]) -> Any:
+def encode_mapping(mapping: Mapping[Any, Any], key: str, flagged: list[str],
+                   active: set[int] | None = None) -> Any:
     prefix = f"{key}." if key else ""
     if all(isinstance(k, str) for k in mapping) and _TAG not in mapping:
-        return {k: encode_value(v, prefix + k, flagged) for k, v in mapping.items()}
-    items = [[encode_value(k, key, flagged), encode_value(v, f"{prefix}{k}", flagged)]
+        return {k: encode_value(v, prefix + k, flagged, active) for k, v in mapping.items()}
+    items = [[encode_value(k, key, flagged, active),
+              encode_value(v, f"{prefix}{k}", flagged, active)]
              for k, v in mapping.items()]
     items.sort(key=lambda kv: json.dumps(kv[0], sort_keys=True))
     return {_TAG: "dict", "items": items}
@@ -270,13 +303,35 @@ def encode_mapping(mapping: Mapping[Any, Any], key: str, flagged: list[str]) -> 
 def encode_params(params: Mapping[str, Any], *, warn: bool = True) -> tuple[str, list[str]]:
     """Encode params as a JSON document; return it and the keys stored as their repr.
 
+    Never raises for a value: a value nested deeper than Python can recurse is stored as
+    its repr and flagged like any other value that cannot be stored faithfully.
+
     Example:
         >>> doc, flagged = encode_params({"lr": 0.1, "sizes": (3, 4)})
         >>> decode_params(doc)
         {'lr': 0.1, 'sizes': (3, 4)}
     """
     flagged: list[str] = []
-    encoded = encode_mapping(params, "", flagged)
+    try:
+        encoded = encode_mapping(params, "", flagged)
+        document = json.dumps(encoded, ensure_ascii=False, allow_nan=False)
+    except RecursionError:  # one value nests too deep: find it, keep the others as they are
+        flagged.clear()
+        parts: list[list[Any]] = []
+        for name, value in params.items():
+            try:
+                part = encode_value(value, str(name), flagged)
+                json.dumps(part, ensure_ascii=False, allow_nan=False)
+            except RecursionError:
+                part = _repr(value, str(name), flagged)
+            parts.append([name if isinstance(name, str) else encode_value(name, "", []),
+                          part])
+        if all(isinstance(k, str) for k in params) and _TAG not in params:
+            encoded = dict(parts)
+        else:
+            encoded = {_TAG: "dict", "items": sorted(
+                parts, key=lambda kv: json.dumps(kv[0], sort_keys=True))}
+        document = json.dumps(encoded, ensure_ascii=False, allow_nan=False)
     if warn:
         for key in flagged:
             warnings.warn(
@@ -285,12 +340,12 @@ def encode_params(params: Mapping[str, Any], *, warn: bool = True) -> tuple[str,
                 RecordkitWarning,
                 stacklevel=3,
             )
-    return json.dumps(encoded, ensure_ascii=False, allow_nan=False), flagged
+    return document, flagged
 
 
 def _decode_float(value: Any) -> Any:
     if isinstance(value, dict) and value.get(_TAG) == "float":
-        return float(value["value"])
+        return _parse_float(value["value"])
     return value
 
 
@@ -305,7 +360,7 @@ def decode_value(value: Any) -> Any:
     if tag is None:
         return {k: decode_value(v) for k, v in value.items()}
     if tag == "float":
-        return float(value["value"])
+        return _parse_float(value["value"])
     if tag == "tuple":
         return tuple(decode_value(v) for v in value["items"])
     if tag == "set":
@@ -563,7 +618,9 @@ def weight_dataset(
     ds = group.create_dataset(
         key,
         shape=(0, *shape),
-        maxshape=(None, *shape),
+        # A chunk holds at least one element per axis, and HDF5 refuses a chunk larger
+        # than a fixed axis: a zero-length axis is left unlimited (it never grows).
+        maxshape=(None, *(d if d else None for d in shape)),
         dtype=array.dtype,
         chunks=weight_chunks(shape, array.dtype.itemsize, chunk_bytes),
         fletcher32=checksum,
@@ -745,68 +802,170 @@ def _array_like(value: Any) -> bool:
     return isinstance(value, np.ndarray) or hasattr(value, "__array__")
 
 
-def _write_array(group: h5py.Group, key: str, arr: np.ndarray, name: str, kind: str) -> None:
-    stored, stored_dtype = encode_tensor(arr)
-    ds = group.create_dataset(key, data=stored)
+#: Attribute of an extra dataset that HDF5 cannot checksum (a 0-d array, JSON text): the
+#: SHA-256 of its stored bytes, compared on every read.
+CHECKSUM_ATTR = "sha256"
+
+
+@dataclasses.dataclass
+class PreparedExtra:
+    """What :func:`write_extra` stores for one ``Recorder.add`` call, encoded before the
+    file is touched, so that the writer can check the disk space first.
+
+    Attributes:
+        key: the name given to ``add``.
+        kind: ``array``, ``list``, ``arrays``, ``dict`` or ``json`` (see :func:`write_extra`).
+        arrays: (link name, original name, array as stored, dtype name) of each dataset;
+            one for ``array``/``list``, one per member for ``arrays``/``dict``.
+        text: the tagged JSON of a ``json`` extra.
+        flagged: keys inside the value stored as their repr (not faithfully).
+    """
+
+    key: str
+    kind: str
+    arrays: list[tuple[str, str, np.ndarray, str]]
+    text: str | None
+    flagged: list[str]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data the extra adds to the file (before HDF5's own overhead)."""
+        data = sum(int(a.nbytes) for _, _, a, _ in self.arrays)
+        return data + (len(self.text.encode("utf-8")) if self.text is not None else 0)
+
+
+def prepare_extra(key: str, value: Any) -> PreparedExtra:
+    """Encode what ``Recorder.add`` received; nothing is written. See :func:`write_extra`."""
+    arr = _numeric_array(value)
+    if arr is not None:
+        kind = "list" if isinstance(value, (list, tuple)) else "array"
+        return PreparedExtra(key, kind, [(escape_name(key), key, *encode_tensor(arr))],
+                             None, [])
+    if isinstance(value, (list, tuple)) and value and all(
+        _array_like(v) and _numeric_array(v) is not None for v in value
+    ):
+        items = [_numeric_array(item) for item in value]
+        return PreparedExtra(key, "arrays", [(str(i), str(i), *encode_tensor(a))
+                                             for i, a in enumerate(items) if a is not None],
+                             None, [])
+    if isinstance(value, Mapping) and value and all(
+        isinstance(k, str) and _array_like(v) and _numeric_array(v) is not None
+        for k, v in value.items()
+    ):
+        members = {k: _numeric_array(v) for k, v in value.items()}
+        return PreparedExtra(key, "dict", [(escape_name(k), k, *encode_tensor(a))
+                                           for k, a in members.items() if a is not None],
+                             None, [])
+    flagged: list[str] = []
+    try:
+        text = json.dumps(encode_value(value, key, flagged), ensure_ascii=False,
+                          allow_nan=False)
+    except RecursionError:  # nested deeper than Python recurses: keep its repr
+        flagged.clear()
+        text = json.dumps(_repr(value, key, flagged), ensure_ascii=False)
+    return PreparedExtra(key, "json", [], text, flagged)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_array(group: h5py.Group, key: str, stored: np.ndarray, stored_dtype: str,
+                 name: str, kind: str) -> None:
+    """One array dataset of an extra. Arrays with data are chunked with a fletcher32
+    checksum per chunk; a 0-d array (HDF5 cannot chunk it) gets a SHA-256 attribute."""
+    if stored.ndim and stored.size:
+        ds = group.create_dataset(
+            key, data=stored, fletcher32=True,
+            chunks=weight_chunks(stored.shape, stored.dtype.itemsize, DEFAULT_CHUNK_BYTES)[1:])
+    else:
+        ds = group.create_dataset(key, data=stored)
+        if stored.size:
+            ds.attrs[CHECKSUM_ATTR] = _sha256(np.ascontiguousarray(stored).tobytes())
     ds.attrs["name"] = escape_metric(name)
     ds.attrs["kind"] = kind
     ds.attrs["dtype"] = stored_dtype
 
 
-def write_extra(f: h5py.File, key: str, value: Any) -> None:
-    """Store what ``Recorder.add`` received under ``/extras``.
+def write_extra(f: h5py.File, key: str | PreparedExtra, value: Any = None) -> list[str]:
+    """Store what ``Recorder.add`` received under ``/extras``; return the keys inside it
+    that were stored as their repr (flagged in the ``unserialisable`` attribute).
 
     kinds (the ``kind`` attribute): ``array`` (a numeric array), ``list`` (a list of
     numbers, read back as a list), ``arrays`` (a group ``0``, ``1``, ... of arrays: a list
     of arrays of different shapes, like the old Record's model weights), ``dict`` (a group
     of named arrays), ``json`` (anything else, as tagged JSON).
+
+    Array data is checksummed (fletcher32 per chunk; a 0-d array and JSON text carry a
+    ``sha256`` attribute instead), so damage reads as an error, never as other values.
+
+    Args:
+        f: the open record.
+        key: the extra's name, or an extra already encoded by :func:`prepare_extra`.
+        value: the value, when *key* is a name.
     """
+    extra = key if isinstance(key, PreparedExtra) else prepare_extra(key, value)
     group = f.require_group(EXTRAS)
-    escaped = escape_name(key)
+    escaped = escape_name(extra.key)
     if escaped in group:
         del group[escaped]
-    arr = _numeric_array(value)
-    if arr is not None:
-        kind = "list" if isinstance(value, (list, tuple)) else "array"
-        _write_array(group, escaped, arr, key, kind)
-        return
-    if isinstance(value, (list, tuple)) and value and all(
-        _array_like(v) and _numeric_array(v) is not None for v in value
-    ):
+    if extra.kind in ("array", "list"):
+        _, _, stored, stored_dtype = extra.arrays[0]
+        _write_array(group, escaped, stored, stored_dtype, extra.key, extra.kind)
+        return []
+    if extra.kind in ("arrays", "dict"):
         sub = group.create_group(escaped)
-        sub.attrs["name"] = escape_metric(key)
-        sub.attrs["kind"] = "arrays"
-        for i, item in enumerate(value):
-            arr = _numeric_array(item)
-            assert arr is not None
-            _write_array(sub, str(i), arr, str(i), "array")
+        sub.attrs["name"] = escape_metric(extra.key)
+        sub.attrs["kind"] = extra.kind
+        for link, name, stored, stored_dtype in extra.arrays:
+            _write_array(sub, link, stored, stored_dtype, name, "array")
+        return []
+    assert extra.text is not None
+    write_text(group, escaped, extra.text)
+    ds = group[escaped]
+    ds.attrs["name"] = escape_metric(extra.key)
+    ds.attrs["kind"] = "json"
+    ds.attrs[CHECKSUM_ATTR] = _sha256(extra.text.encode("utf-8"))
+    if extra.flagged:
+        ds.attrs["unserialisable"] = json.dumps(extra.flagged, ensure_ascii=False)
+    return list(extra.flagged)
+
+
+def _check_sha256(obj: h5py.HLObject, data: bytes) -> None:
+    expected = obj.attrs.get(CHECKSUM_ATTR)
+    if expected is None:  # written before checksums, or checksummed by HDF5
         return
-    if isinstance(value, Mapping) and value and all(
-        isinstance(k, str) and _array_like(v) and _numeric_array(v) is not None
-        for k, v in value.items()
-    ):
-        sub = group.create_group(escaped)
-        sub.attrs["name"] = escape_metric(key)
-        sub.attrs["kind"] = "dict"
-        for k, v in value.items():
-            arr = _numeric_array(v)
-            assert arr is not None
-            _write_array(sub, escape_name(k), arr, k, "array")
-        return
-    write_text(group, escaped, dumps_json(value))
-    group[escaped].attrs["name"] = escape_metric(key)
-    group[escaped].attrs["kind"] = "json"
+    if isinstance(expected, bytes):
+        expected = expected.decode("ascii", "replace")
+    if _sha256(data) != str(expected):
+        raise ValueError(f"{obj.name} does not match its {CHECKSUM_ATTR} checksum: the "
+                         "stored bytes changed")
 
 
 def read_array(ds: h5py.Dataset) -> np.ndarray:
-    return decode_tensor(ds[()], attr_str(ds, "dtype"))
+    data = ds[()]
+    if CHECKSUM_ATTR in ds.attrs:
+        _check_sha256(ds, np.ascontiguousarray(data).tobytes())
+    return decode_tensor(data, attr_str(ds, "dtype"))
+
+
+def extra_flags(obj: h5py.HLObject) -> list[str]:
+    """Keys inside an extra stored as their repr, not faithfully (empty for most)."""
+    text = attr_str(obj, "unserialisable", "[]")
+    try:
+        flagged = json.loads(text)
+    except ValueError:
+        return []
+    return [str(k) for k in flagged] if isinstance(flagged, list) else []
 
 
 def read_extra(obj: h5py.HLObject) -> Any:
     """Invert :func:`write_extra`."""
     kind = attr_str(obj, "kind", "array")
     if kind == "json":
-        return loads_json(read_text(obj.parent, obj.name.rsplit("/", 1)[-1]) or "null")
+        text = read_text(obj.parent, obj.name.rsplit("/", 1)[-1]) or "null"
+        _check_sha256(obj, text.encode("utf-8"))
+        return loads_json(text)
     if kind == "arrays":
         return [read_array(obj[k]) for k in sorted(obj, key=int)]
     if kind == "dict":

@@ -5,7 +5,9 @@ Every function returns the :class:`matplotlib.figure.Figure` it drew on, and dra
 given ``ax`` instead of a new figure when one is passed.
 
 Each run has one colour, derived from its run id alone (:func:`run_colour`), so the same run
-has the same colour in every figure, whatever else is plotted with it.
+has the same colour in every figure, whatever else is plotted with it; runs whose colours
+clash are told apart by their markers (:func:`run_marker`). For colours that are distinct
+within a sweep, pass ``colours=run_colours(sweep)`` to every figure of it.
 
 Example:
     >>> import tempfile, recordkit as rk
@@ -13,9 +15,10 @@ Example:
     >>> root = tempfile.mkdtemp()
     >>> for lr in (0.1, 0.01):
     ...     _ = rk.record_experiment({"lr": lr}, root, observations={"loss": [1.0, lr]})
-    >>> fig = plot.learning_curves(rk.load_all(root), "loss")
+    >>> runs = rk.load_all(root)
+    >>> fig = plot.learning_curves(runs, "loss")
     >>> [line.get_color() for line in fig.axes[0].lines] == [
-    ...     plot.run_colour(r.run_id) for r in rk.load_all(root)]
+    ...     plot.run_colour(r.run_id) for r in runs]
     True
 """
 
@@ -41,6 +44,7 @@ __all__ = [
     "final_values",
     "learning_curves",
     "run_colour",
+    "run_colours",
     "run_label",
     "run_marker",
     "weight_histograms",
@@ -59,16 +63,68 @@ PALETTE = (
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
 
 
+def _preferred_slot(run_id: str) -> int:
+    digest = hashlib.sha256(run_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") % len(PALETTE)
+
+
 def run_colour(run_id: str) -> str:
-    """The colour of a run: a hash of its id into :data:`PALETTE`.
+    """The colour of a run: a hash of its id into :data:`PALETTE`, the same in every
+    figure (the default of every plot function). :func:`run_colours` gives colours that
+    are distinct within a set of runs.
 
     Example:
         >>> run_colour("20240101-000000-000000-abcdef") == run_colour(
         ...     "20240101-000000-000000-abcdef")
         True
     """
-    digest = hashlib.sha256(run_id.encode("utf-8")).digest()
-    return PALETTE[int.from_bytes(digest[:4], "big") % len(PALETTE)]
+    return PALETTE[_preferred_slot(run_id)]
+
+
+def run_colours(run_ids: Iterable[str]) -> dict[str, str]:
+    """Colours that are distinct within a set of runs (up to ``len(PALETTE)`` runs), for
+    the ``colours=`` option of the plot functions.
+
+    A hash of the run id alone (:func:`run_colour`, the default) cannot be both stable and
+    distinct: 20 colours give two of 8 runs the same colour 4 times in 5. Here each run
+    takes its :func:`run_colour` unless a run created before it (a smaller run id) in the
+    same set took it already; then it takes the next free colour of the palette. The
+    result depends only on the set of runs, never on their order, so:
+
+    - figures drawn with the ``run_colours`` of one whole sweep agree with each other,
+      also when one of them shows only a part of the sweep;
+    - adding later runs (a sweep that goes on) keeps the colours of the earlier ones;
+    - a run that did not give way keeps its :func:`run_colour`.
+
+    Beyond ``len(PALETTE)`` runs colours repeat (every block of 20 runs is distinct);
+    :func:`run_marker` still tells those apart.
+
+    Example:
+        >>> ids = [f"20240101-000000-00000{i}-abcdef" for i in range(8)]
+        >>> colours = run_colours(ids)
+        >>> len(set(colours.values())), colours == run_colours(reversed(ids))
+        (8, True)
+        >>> run_colours(ids[:5]) == {i: colours[i] for i in ids[:5]}
+        True
+    """
+    colours: dict[str, str] = {}
+    taken: set[int] = set()
+    for run_id in sorted(set(run_ids)):
+        if len(taken) == len(PALETTE):
+            taken.clear()
+        slot = _preferred_slot(run_id)
+        while slot in taken:
+            slot = (slot + 1) % len(PALETTE)
+        taken.add(slot)
+        colours[run_id] = PALETTE[slot]
+    return colours
+
+
+def _colours_of(records: Sequence[Record], given: Mapping[str, str] | None) -> dict[str, str]:
+    """The colours of the runs of one figure: :func:`run_colour`, overridden by *given*."""
+    colours = {r.run_id: run_colour(r.run_id) for r in records}
+    colours.update(given or {})
+    return colours
 
 
 def run_marker(run_id: str) -> str:
@@ -108,7 +164,8 @@ def _figure_and_axes(ax: Axes | None, count: int = 1, *, width: float = 6.4,
 
 
 def learning_curves(runs: Record | Iterable[Record], metrics: str | Sequence[str], *,
-                    ax: Axes | None = None, legend: bool = True) -> Figure:
+                    ax: Axes | None = None, legend: bool = True,
+                    colours: Mapping[str, str] | None = None) -> Figure:
     """Learning curves of many runs: a line per run and metric, value against epoch.
 
     Args:
@@ -118,6 +175,9 @@ def learning_curves(runs: Record | Iterable[Record], metrics: str | Sequence[str
         ax: draw on this Axes.
         legend: add a legend (labels are :func:`run_label`, plus the metric when several
             share one Axes).
+        colours: ``{run_id: colour}`` for some or all runs, e.g. :func:`run_colours` of
+            a whole sweep for colours distinct within it; by default each run's
+            :func:`run_colour`.
 
     Raises:
         KeyError: no run has any of *metrics*.
@@ -129,6 +189,7 @@ def learning_curves(runs: Record | Iterable[Record], metrics: str | Sequence[str
         raise KeyError(f"no run of the {len(records)} given has metric(s) {names}; "
                        f"metrics: {known[:20]}")
     fig, axes = _figure_and_axes(ax, len(names))
+    palette = _colours_of(records, colours)
     shared = ax is not None and len(names) > 1
     styles = ("-", "--", ":", "-.")
     for i, (metric, target) in enumerate(zip(names, axes)):
@@ -138,7 +199,7 @@ def learning_curves(runs: Record | Iterable[Record], metrics: str | Sequence[str
             label = run_label(record) + (f" {metric}" if shared else "")
             epochs = record.history.epochs(metric)
             target.plot(epochs, record.history[metric],
-                        color=run_colour(record.run_id), label=label,
+                        color=palette[record.run_id], label=label,
                         linestyle=styles[i % len(styles)] if shared else "-",
                         marker=run_marker(record.run_id), markersize=4,
                         markevery=max(1, len(epochs) // 10))
@@ -179,7 +240,8 @@ def _fold_finals(record: Record, metric: str) -> list[float] | None:
 
 
 def final_values(runs: Iterable[Record], metric: str, *, by: Sequence[str] | str = (),
-                 use: str = "final", ax: Axes | None = None) -> Figure:
+                 use: str = "final", ax: Axes | None = None,
+                 colours: Mapping[str, str] | None = None) -> Figure:
     """The final (or best) value of *metric* compared across runs: a bar per group with the
     mean and an error bar of one standard deviation over its repeated runs or folds, and
     a dot per run (or per fold).
@@ -192,6 +254,8 @@ def final_values(runs: Iterable[Record], metric: str, *, by: Sequence[str] | str
         use: ``"final"`` (the last value) or ``"best"`` (the minimum, or the maximum for
             accuracy-like metrics).
         ax: draw on this Axes.
+        colours: ``{run_id: colour}`` for some or all runs; by default each run's
+            :func:`run_colour` (see :func:`learning_curves`).
 
     A run stored with folds (researcher's list of per-fold lists) contributes each fold's
     last value; otherwise a run contributes one value.
@@ -199,8 +263,10 @@ def final_values(runs: Iterable[Record], metric: str, *, by: Sequence[str] | str
     if use not in ("final", "best"):
         raise ValueError(f"final_values(use={use!r}): must be 'final' or 'best'")
     keys = [by] if isinstance(by, str) else list(by)
+    records = _records(runs)
+    palette = _colours_of(records, colours)
     groups: dict[tuple[Any, ...], list[tuple[Record, list[float]]]] = {}
-    for record in runs:
+    for record in records:
         if metric not in record.history:
             continue
         values = _fold_finals(record, metric) if use == "final" else None
@@ -224,10 +290,10 @@ def final_values(runs: Iterable[Record], metric: str, *, by: Sequence[str] | str
         mean = float(np.mean(values)) if values else math.nan
         spread = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         first = members[0][0]
-        colour = run_colour(first.run_id) if len(members) == 1 else "#7f7f7f"
+        colour = palette[first.run_id] if len(members) == 1 else "#7f7f7f"
         target.bar(x, mean, yerr=spread, color=colour, alpha=0.6, capsize=4)
         for record, vs in members:
-            target.scatter([x] * len(vs), vs, color=run_colour(record.run_id), zorder=3,
+            target.scatter([x] * len(vs), vs, color=palette[record.run_id], zorder=3,
                            s=14)
         if keys:
             label = ", ".join(f"{k}={v}" for k, v in zip(keys, key))

@@ -277,6 +277,9 @@ class Record:
             return False
         try:
             self._attrs = {k: str(summary["fields"].get(k, "")) for k in fmt.RUN_FIELDS}
+            if self._attrs["params_hash"] and fmt.params_hash(
+                    summary["params"]) != self._attrs["params_hash"]:
+                return False  # a damaged summary: the full read checks the params
             self._params = fmt.decode_params(summary["params"])
             self._unserialisable = list(fmt.loads_json(summary["unserialisable"]))
         except (ValueError, TypeError, KeyError, AttributeError):
@@ -341,6 +344,7 @@ class Record:
             "params_hash", "recordkit_version", "restarts")}
         self._format_version = version
         params_text = fmt.read_text(f, fmt.PARAMS) or "{}"
+        self._check_params_hash(params_text, self._attrs["params_hash"])
         self._params = fmt.decode_params(params_text)
         flagged = f[fmt.PARAMS].attrs.get("unserialisable", "[]") if fmt.PARAMS in f else "[]"
         self._unserialisable = list(fmt.loads_json(
@@ -365,6 +369,21 @@ class Record:
         extras = f.get(fmt.EXTRAS)
         self._extra_keys = {} if extras is None else {
             fmt.object_name(extras[k]): k for k in extras}
+
+    def _check_params_hash(self, text: str, stored: str) -> None:
+        """The params text carries no HDF5 checksum; its hash in the root attribute
+        ``params_hash`` is one. A mismatch is damage, never params read as other values."""
+        if not stored:  # a file that never had one: nothing to compare
+            return
+        try:
+            same = fmt.params_hash(text) == stored
+        except ValueError:  # not even JSON any more
+            same = False
+        if not same:
+            raise RecordDamagedError(
+                f"{str(self._path)!r} is damaged: its params (/params) do not match the "
+                f"params_hash {stored!r} written with them, so the stored bytes changed; "
+                f"run `recordkit verify` on it")
 
     # --- run fields -------------------------------------------------------------------------
 
@@ -556,6 +575,21 @@ class Record:
     def extras(self) -> Mapping[str, Any]:
         """What ``Recorder.add`` stored, read on access."""
         return _Extras(self)
+
+    @property
+    def unserialisable_extras(self) -> dict[str, list[str]]:
+        """Per extra: the keys inside it stored as their repr, not faithfully (extras
+        stored faithfully are left out). ``Recorder.add`` warned about each."""
+        if not self._extra_keys:
+            return {}
+        out: dict[str, list[str]] = {}
+        with self._file() as f:
+            group = f[fmt.EXTRAS]
+            for name, key in self._extra_keys.items():
+                flagged = fmt.extra_flags(group[key])
+                if flagged:
+                    out[name] = flagged
+        return out
 
     @property
     def data(self) -> dict[str, Any]:

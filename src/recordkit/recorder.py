@@ -90,16 +90,56 @@ def _check_experiment(experiment: str | None) -> str:
     return experiment
 
 
-def _params_of(args: Any, where: str) -> dict[str, Any]:
+def params_hash_of(params: Mapping[str, Any] | argparse.Namespace | None, *,
+                   mask_secrets: bool = True) -> str:
+    """The params hash a :class:`Recorder` created with *params* stores (``params_hash``):
+    to find the runs of one configuration without opening a recorder.
+
+    Example:
+        >>> params_hash_of({"lr": 0.1, "depth": 2}) == params_hash_of({"depth": 2, "lr": 0.1})
+        True
+    """
+    plain = _params_of(params, "params_hash_of", {})
+    masked = _secret_keys(plain, "") if mask_secrets else []
+    document, _ = fmt.encode_params(_masked_copy(plain) if masked else plain, warn=False)
+    return fmt.params_hash(document)
+
+
+def _params_of(args: Any, where: str, renamed: dict[str, str] | None = None
+               ) -> dict[str, Any]:
+    """Params as a dict with str names. A name that is not a str (``{1: ...}``) becomes
+    its str (made unique if a str name is already taken) and is entered in *renamed*
+    (new name → the original's repr), so the recorder can warn and flag it: params never
+    stop training."""
     if args is None:
         return {}
     if isinstance(args, argparse.Namespace):
         return dict(vars(args))
     if isinstance(args, Mapping):
-        bad = [k for k in args if not isinstance(k, str)]
-        if bad:
-            raise TypeError(f"{where}: parameter names must be str. Received: {bad[:3]!r}")
-        return dict(args)
+        if all(isinstance(k, str) for k in args):
+            return dict(args)
+        taken = {k for k in args if isinstance(k, str)}
+        out: dict[str, Any] = {}
+        for key, value in args.items():
+            if isinstance(key, str):
+                out[key] = value
+                continue
+            try:
+                name = str(key)
+            except Exception:  # a broken __str__
+                name = f"<{type(key).__name__}>"
+            if name in taken:
+                name = f"{name} ({type(key).__name__})"
+            while name in taken:
+                name += "'"
+            taken.add(name)
+            out[name] = value
+            if renamed is not None:
+                try:
+                    renamed[name] = f"{key!r} ({type(key).__name__})"
+                except Exception:
+                    renamed[name] = f"a {type(key).__name__}"
+        return out
     raise TypeError(
         f"{where}: expected a mapping or an argparse.Namespace. "
         f"Received: {type(args).__name__}"
@@ -211,7 +251,10 @@ class Recorder:
         self._closed = False
         self._file: h5py.File | None = None
         self._run_lock: RunLock | None = None
-        self._params: dict[str, Any] = _params_of(params, "Recorder(params=...)")
+        self._renamed: dict[str, str] = {}  # params whose names were not str: _params_of
+        self._carried: list[str] = []  # keys flagged in the file a resumed run continues
+        self._params: dict[str, Any] = _params_of(params, "Recorder(params=...)",
+                                                  self._renamed)
         self._mask_secrets = bool(mask_secrets)
         self._masked: list[str] = []
         if resume is not None:
@@ -281,7 +324,7 @@ class Recorder:
                       now: _dt.datetime) -> None:
         assert self._file is not None
         run_id = self._run_id
-        document = self._encode_params(stacklevel=4)
+        document = self._encode_params(stacklevel=5)  # _write_header, _create, __init__
         system_info = (dict(system) if isinstance(system, Mapping)
                        else self._system_info() if system else {})
         with self._writing("write the run header"):
@@ -346,6 +389,14 @@ class Recorder:
         self._name = name if name is not None else fmt.attr_str(f, "name")
         self._created = _dt.datetime.fromisoformat(fmt.attr_str(f, "created"))
         old = fmt.decode_params(fmt.read_text(f, fmt.PARAMS) or "{}")
+        # Flags of the file stay unless the key is given again: a value stored as its repr
+        # reads back as a plain string, which would not be flagged a second time.
+        given = set(self._params)
+        self._carried = [
+            key for key in fmt.loads_json(fmt.attr_str(f[fmt.PARAMS], "unserialisable", "[]")
+                                          if fmt.PARAMS in f else "[]")
+            if isinstance(key, str) and not any(
+                key == n or key.startswith((f"{n}.", f"{n}[", f"{n}{{")) for n in given)]
         old.update(self._params)
         self._params = old
         info_text = fmt.read_text(f, fmt.INFO)
@@ -361,7 +412,7 @@ class Recorder:
             "last_epoch": self._epoch,
             "pid": os.getpid(),
         })
-        self._flagged = []
+        self._flagged = list(self._carried)  # warned about when they were first stored
         document = self._encode_params(stacklevel=4)
         with self._writing("reopen the run"):
             if fmt.SUMMARY in f.attrs:  # the run changes again: its summary is stale
@@ -430,9 +481,10 @@ class Recorder:
         """
         with self._lock:
             self._check_open("extend")
-            self._params.update(_params_of(args, "Recorder.extend"))
-            document = self._encode_params(stacklevel=4)
+            self._params.update(_params_of(args, "Recorder.extend", self._renamed))
+            document = self._encode_params(stacklevel=3)
             with self._writing("write params"):
+                self._ensure_space(len(document.encode("utf-8")), "write params")
                 self._write_params(document)
 
     def _encode_params(self, stacklevel: int) -> str:
@@ -450,6 +502,14 @@ class Recorder:
         document, flagged = fmt.encode_params(
             _masked_copy(self._params) if masked and self._mask_secrets else self._params,
             warn=False)
+        renamed = [key for key in self._renamed if key in self._params]
+        for key in renamed:
+            if key not in self._flagged:
+                warnings.warn(
+                    f"recordkit: hyperparameter name {self._renamed[key]} is not a str; it "
+                    f"is stored as {key!r} and flagged in {str(self._path)!r}",
+                    RecordkitWarning, stacklevel=stacklevel,
+                )
         for key in flagged:
             if key not in self._flagged:
                 warnings.warn(
@@ -457,7 +517,7 @@ class Recorder:
                     f"stored as its repr and flagged in {str(self._path)!r}",
                     RecordkitWarning, stacklevel=stacklevel,
                 )
-        self._flagged = flagged
+        self._flagged = list(dict.fromkeys([*self._carried, *renamed, *flagged]))
         return document
 
     def _write_params(self, document: str) -> None:
@@ -474,7 +534,9 @@ class Recorder:
             self._info.update(info)
             with self._writing("write info"):
                 assert self._file is not None
-                fmt.write_text(self._file, fmt.INFO, fmt.dumps_json(self._info))
+                text = fmt.dumps_json(self._info)
+                self._ensure_space(len(text.encode("utf-8")), "write info")
+                fmt.write_text(self._file, fmt.INFO, text)
 
     def log(
         self,
@@ -814,8 +876,18 @@ class Recorder:
         with self._lock:
             self._check_open("add")
             with self._writing(f"add {key!r}"):
+                extra = fmt.prepare_extra(key, value)
+                # Checked before HDF5 starts: a write that fails inside it can damage
+                # what earlier commits wrote.
+                self._ensure_space(extra.nbytes, f"add {key!r}")
                 assert self._file is not None
-                fmt.write_extra(self._file, key, value)
+                flagged = fmt.write_extra(self._file, extra)
+            for name in flagged:
+                warnings.warn(
+                    f"recordkit: extra {key!r}: {name!r} cannot be stored faithfully; it is "
+                    f"stored as its repr and flagged in {str(self._path)!r}",
+                    RecordkitWarning, stacklevel=2,
+                )
 
     def commit(self, durable: bool | None = None, *, wait: bool = True) -> None:
         """Write everything logged so far and flush it to the file.
@@ -1277,7 +1349,8 @@ def record_experiment(
     values = _params_of(params, "record_experiment(params=...)")
     if title is None and isinstance(values.get("title"), str):
         title = values["title"]
-    with Recorder(root, experiment=experiment, name=title, params=values) as rec:
+    # The params as given: the Recorder flags names that are not str.
+    with Recorder(root, experiment=experiment, name=title, params=params) as rec:
         if observations:
             for metric, series in observations.items():
                 for epoch, value in enumerate(_per_epoch(series)):
@@ -1297,28 +1370,39 @@ def _per_epoch(series: Any) -> list[Any]:
     return [series]
 
 
-def _secret_keys(params: Mapping[str, Any], prefix: str) -> list[str]:
-    """Dotted keys of params whose names look like secrets (recordkit.system's rule)."""
+def _secret_keys(params: Mapping[str, Any], prefix: str,
+                 active: set[int] | None = None) -> list[str]:
+    """Dotted keys of params whose names look like secrets (recordkit.system's rule).
+    *active*: ids of the mappings being walked, so a dict holding itself ends."""
     from recordkit.system import is_secret_name
 
+    active = set() if active is None else active
+    active.add(id(params))
     keys: list[str] = []
     for key, value in params.items():
         if not isinstance(key, str):
             continue
         if is_secret_name(key) and value is not None and not isinstance(value, Mapping):
             keys.append(prefix + key)
-        elif isinstance(value, Mapping):
-            keys.extend(_secret_keys(value, f"{prefix}{key}."))
+        elif isinstance(value, Mapping) and id(value) not in active:
+            keys.extend(_secret_keys(value, f"{prefix}{key}.", active))
+    active.discard(id(params))
     return keys
 
 
-def _masked_copy(params: Mapping[str, Any]) -> dict[str, Any]:
+def _masked_copy(params: Mapping[str, Any], copies: dict[int, dict[str, Any]] | None = None
+                 ) -> dict[str, Any]:
+    """A copy of nested params with secret-looking values masked. *copies*: the copy made
+    of each mapping so far, so a mapping holding itself gives a copy holding itself."""
     from recordkit.system import MASK, is_secret_name
 
+    copies = {} if copies is None else copies
     copy: dict[str, Any] = {}
+    copies[id(params)] = copy
     for key, value in params.items():
         if isinstance(value, Mapping):
-            copy[key] = _masked_copy(value)
+            known = copies.get(id(value))
+            copy[key] = known if known is not None else _masked_copy(value, copies)
         elif isinstance(key, str) and is_secret_name(key) and value is not None:
             copy[key] = MASK
         else:

@@ -17,6 +17,7 @@ import numpy as np
 from recordkit import format as fmt
 from recordkit.errors import RecordkitError, RecordkitWarning, RecordNotFoundError
 from recordkit.record import History, Record, _pandas
+from recordkit.safety import check_fields
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -136,7 +137,7 @@ class RecordSet(Sequence[Record]):
             if best is None or (value < best[0] if mode == "min" else value > best[0]):
                 best = (value, record)
         if best is None:
-            known = sorted({m for r in self._records for m in r.history})
+            known = sorted({m for r in self._records for m in r.metric_summaries()})
             raise RecordkitError(
                 f"RecordSet.best({metric!r}): no run of the {len(self)} in this set has a "
                 f"finite value of {metric!r}; metrics: {known[:20]}"
@@ -295,17 +296,15 @@ def _check_mode(metric: str, mode: str | None) -> str:
 
 
 def _best_of(record: Record, metric: str, mode: str) -> tuple[float, int] | None:
-    """(best finite value, its epoch) of one run, or None when it has none."""
-    if metric not in record.history:
+    """(best finite value, its epoch) of one run, or None when it has none.
+
+    Taken from the run's metric summary (:meth:`Record.metric_summaries`), which a
+    finished run opened by ``load_all`` holds without reading its history: the finite
+    minimum or maximum (NaN and inf never win) and the epoch of its first occurrence."""
+    stats = record.metric_summaries().get(metric)
+    if stats is None or stats.get(mode) is None:
         return None
-    rows = record.history._rows[metric]
-    values = rows["value"]
-    finite = np.isfinite(values)
-    if not finite.any():
-        return None
-    masked = np.where(finite, values, np.nan)
-    index = int(np.nanargmax(masked) if mode == "max" else np.nanargmin(masked))
-    return float(values[index]), int(rows["epoch"][index])
+    return float(stats[mode]), int(stats[f"{mode}_epoch"])
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -420,10 +419,14 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
                 header_cache = caches[path.parent] = _HeaderCache(path.parent)
         try:
             record = header_cache.get(path) if header_cache is not None else None
+            cached = record is not None
             if record is None:
                 record = Record(path, lazy=True)
-                if header_cache is not None:
-                    header_cache.put(path, record)
+            # The run fields of a run opened from its summary were not checked with the
+            # root attributes: a forged summary is refused here, not by a property later.
+            check_fields(record._attrs, path)
+            if header_cache is not None and not cached:
+                header_cache.put(path, record)
             records.append(record)
         except RecordkitError as err:
             skipped.append((path, str(err)))

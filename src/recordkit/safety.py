@@ -20,18 +20,20 @@ crash the HDF5 parser itself, which is why ``recordkit verify`` reads in a subpr
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from recordkit import format as fmt
-from recordkit.errors import RecordDamagedError, UnsafeRecordError
+from recordkit.errors import NotARecordError, RecordDamagedError, UnsafeRecordError
 
-__all__ = ["MAX_ATTR_BYTES", "MAX_OBJECTS", "check_file", "check_layout", "check_links",
-           "check_root", "read_limit"]
+__all__ = ["MAX_ATTR_BYTES", "MAX_OBJECTS", "RUN_STATUSES", "check_dataset", "check_fields",
+           "check_file", "check_layout", "check_links", "check_root", "read_limit"]
 
 #: An attribute longer than this is refused (recordkit's own stay under 64 KiB; the
 #: ``restarts`` list of a run resumed a thousand times is about 100 KiB).
@@ -197,6 +199,34 @@ def check_links(f: h5py.File, path: str | os.PathLike[str]) -> list[tuple[str, o
     return links
 
 
+def check_dataset(f: h5py.File, name: str, path: str | os.PathLike[str]) -> h5py.Dataset:
+    """One root-level dataset, checked alone, for a reader that needs only it (e.g. the
+    ``/info`` of every run under a root): its link is a hard link, and its header claims
+    no storage outside the file and no read larger than the file could hold. Nothing else
+    in the file is walked.
+
+    Raises:
+        KeyError: the file has no such object.
+        UnsafeRecordError: the link or the dataset reaches outside the file.
+        RecordDamagedError: the object is not a dataset.
+    """
+    file_path = Path(path)
+    raw = name.encode("utf-8")
+    if not f.id.links.exists(raw):
+        raise KeyError(f"{str(file_path)!r} has no /{name}")
+    if f.id.links.get_info(raw).type != h5py.h5l.TYPE_HARD:
+        raise _unsafe(file_path, f"link /{name} is not a hard link")
+    obj = f.get(name)
+    if not isinstance(obj, h5py.Dataset):
+        raise RecordDamagedError(f"{str(file_path)!r} is damaged: /{name} is not a dataset")
+    try:
+        file_size = os.stat(file_path).st_size
+    except OSError:
+        file_size = 0
+    _check_dataset(file_path, name, obj.id, file_size, None)
+    return obj
+
+
 def check_root(f: h5py.File, path: str | os.PathLike[str]) -> None:
     """The check of a fast open that reads root attributes only: their sizes, from their
     headers (no link is followed, no dataset read).
@@ -267,17 +297,94 @@ def _fields_ok(ds: object, dtype: np.dtype) -> bool:
                     for n in dtype.names or ()))
 
 
-def check_layout(f: h5py.File, path: str | os.PathLike[str]) -> None:
-    """Refuse a record whose tables do not have the layout of format version 1, so that a
-    damaged header is reported when the file is opened, not as a ``ValueError`` later.
+#: The statuses a run can have (docs/FORMAT.md, *Lifecycle*).
+RUN_STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+def _is_iso_time(text: str) -> bool:
+    try:
+        _dt.datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_json_list(text: str) -> bool:
+    try:
+        return isinstance(fmt.loads_json(text), list)
+    except (ValueError, TypeError, KeyError):
+        return False
+
+
+def check_fields(fields: Mapping[str, str], path: str | os.PathLike[str]) -> None:
+    """Refuse run fields a :class:`~recordkit.Record` could not turn into its properties
+    (``created`` and ``ended`` as datetimes, ``restarts`` as a list), so that a damaged
+    or forged header is reported when the file is opened, naming the attribute, and not
+    as a ``ValueError`` from a property later. *fields* are the root attributes (or the
+    ``fields`` of the summary), as strings; a missing one is absent or ``""``.
 
     Raises:
-        RecordDamagedError: which object is malformed.
+        RecordDamagedError: the first field that is missing or malformed.
+    """
+    def damaged(key: str, what: str) -> RecordDamagedError:
+        return RecordDamagedError(f"{str(path)!r} is damaged: its root attribute {key!r} "
+                                  f"{what}; run `recordkit verify` on it")
+
+    if not fields.get("run_id"):
+        raise damaged("run_id", "is missing")
+    status = fields.get("status", "")
+    if status not in RUN_STATUSES:
+        raise damaged("status", f"is {status!r}, not one of {', '.join(RUN_STATUSES)}"
+                      if status else "is missing")
+    created = fields.get("created", "")
+    if not created:
+        raise damaged("created", "is missing")
+    if not _is_iso_time(created):
+        raise damaged("created", f"is {created[:60]!r}, not an ISO 8601 time")
+    ended = fields.get("ended", "")
+    if ended and not _is_iso_time(ended):
+        raise damaged("ended", f"is {ended[:60]!r}, not an ISO 8601 time")
+    restarts = fields.get("restarts", "")
+    if restarts and not _is_json_list(restarts):
+        raise damaged("restarts", f"is {restarts[:60]!r}, not a JSON list")
+
+
+def _check_header(f: h5py.File, path: str | os.PathLike[str]) -> None:
+    """The root attributes of a file that says it is a record (``format='recordkit'``) of
+    a version this reader knows; other files are left to the caller's checks."""
+    if not fmt.is_record(f):
+        return  # not a record: the reader says so
+    version = f.attrs.get("format_version")
+    if version is None:
+        raise NotARecordError(
+            f"{str(path)!r} is marked format='recordkit' but has no root attribute "
+            "'format_version': it was not written by recordkit, or its header is lost")
+    try:
+        number = int(version)
+    except (TypeError, ValueError):
+        raise RecordDamagedError(
+            f"{str(path)!r} is damaged: its root attribute 'format_version' is "
+            f"{str(version)[:60]!r}, not an integer; run `recordkit verify` on it") from None
+    if number > fmt.FORMAT_VERSION:
+        return  # a newer format: the reader asks for an upgrade
+    check_fields({key: fmt.attr_str(f, key) for key in fmt.RUN_FIELDS if key in f.attrs},
+                 path)
+
+
+def check_layout(f: h5py.File, path: str | os.PathLike[str]) -> None:
+    """Refuse a record whose header (:func:`check_fields`) or tables do not have the
+    layout of format version 1, so that a damaged header is reported when the file is
+    opened, not as a ``ValueError`` later.
+
+    Raises:
+        NotARecordError: the file says it is a record but has no ``format_version``.
+        RecordDamagedError: which attribute or object is malformed.
     """
     def damaged(what: str) -> RecordDamagedError:
         return RecordDamagedError(f"{str(path)!r} is damaged: {what}; run "
                                   "`recordkit verify` on it")
 
+    _check_header(f, path)
     table = f.get(fmt.SNAPSHOTS)
     if table is not None and not _fields_ok(table, fmt.SNAPSHOT_DTYPE):
         raise damaged(f"/{fmt.SNAPSHOTS} is not the snapshot table "

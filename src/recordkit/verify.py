@@ -275,9 +275,14 @@ def repair(path: str | os.PathLike[str]) -> str:
         RecordLockedError: a live process writes the run (its end address is moving).
         RecordkitError: the file is not HDF5 with a version 0/1 superblock.
     """
-    from recordkit.errors import RecordLockedError
+    from recordkit.errors import NotARecordError, RecordLockedError, RecordNotFoundError
 
     file_path = Path(path)
+    if not file_path.exists():
+        raise RecordNotFoundError(f"no such file {str(file_path)!r} to repair")
+    if file_path.is_dir():
+        raise NotARecordError(f"{str(file_path)!r} is a folder; repair takes record files "
+                              "(<root>/<experiment>/<run_id>.h5)")
     if is_locked(file_path):
         raise RecordLockedError(f"{str(file_path)!r} is being written by a live process; "
                                 "repair it after that process ends")
@@ -350,6 +355,7 @@ def _verify_into(path: Path, report: VerifyReport) -> VerifyReport:
             return report
         _read_everything(f, path, report)
         _check_tables(f, report)
+        _check_extras(f, report)
     _check_loads(path, report)
     return report
 
@@ -393,6 +399,9 @@ def _read_attrs(obj: h5py.HLObject, where: str, report: VerifyReport) -> None:
 def _read_dataset(ds: h5py.Dataset, where: str, file_size: int, report: VerifyReport) -> None:
     found = 0
     if ds.chunks is None:
+        if ds.size and ds.dtype.kind in "biufc" and fmt.CHECKSUM_ATTR not in ds.attrs:
+            report.notes.append(f"dataset {where} has no checksum: damage inside its data "
+                                "cannot be detected")
         try:
             if ds.shape and ds.ndim and ds.size:
                 step = max(1, _SLICE_BYTES // max(1, ds.nbytes // max(1, ds.shape[0])))
@@ -454,7 +463,7 @@ def _check_tables(f: h5py.File, report: VerifyReport) -> None:
                 report.notes.append(
                     f"tensor {name!r} holds {rows - listed} snapshot row(s) past the table: "
                     "left by a run killed while writing a snapshot; readers ignore them")
-            for row in range(min(rows, listed)):
+            for row in range(min(rows, listed) if ds.size else 0):  # zero-size: no data
                 coord = (row,) + (0,) * (ds.ndim - 1)
                 if ds.chunks is not None and ds.id.get_chunk_info_by_coord(
                         coord).byte_offset is None:
@@ -464,6 +473,28 @@ def _check_tables(f: h5py.File, report: VerifyReport) -> None:
                     break
     except Exception as err:
         report.problems.append(f"the snapshot table cannot be checked: {_why(err)}")
+
+
+def _check_extras(f: h5py.File, report: VerifyReport) -> None:
+    """Extras HDF5 cannot checksum (JSON text, 0-d arrays) carry a SHA-256 attribute:
+    read each back through :func:`recordkit.format.read_extra`, which compares it.
+    Chunked extras were read chunk by chunk, their fletcher32 checked, above."""
+    group = f.get(fmt.EXTRAS)
+    if not isinstance(group, h5py.Group):
+        return
+    for key in group:
+        try:
+            obj = group[key]
+            datasets = [obj] if isinstance(obj, h5py.Dataset) else [
+                obj[k] for k in obj if isinstance(obj[k], h5py.Dataset)]
+            if all(ds.fletcher32 for ds in datasets):
+                continue
+            fmt.read_extra(obj)
+        except Exception as err:
+            text = _why(err)
+            if "checksum" in text:
+                text += " (the stored bytes changed)"
+            report.problems.append(f"extra /{fmt.EXTRAS}/{key} cannot be read back: {text}")
 
 
 def _check_loads(path: Path, report: VerifyReport) -> None:

@@ -5,8 +5,9 @@ fit, optimizer, compile and model facts once; per epoch exactly what ``History.h
 holds (the ``logs`` of ``on_epoch_end``) plus ``learning_rate`` and ``epoch_time``; and a
 snapshot of every variable in ``model.weights`` (trainable and not, e.g. BatchNorm moving
 statistics), named by the variable's ``path``, every ``snapshot_every`` epochs and at the
-final epoch always. It uses only Keras' public API, so it works on every backend
-(tensorflow, torch, jax).
+final epoch always. It calls only Keras' public API, so it works on every backend
+(tensorflow, torch, jax); the one thing it reads from Keras' code is the argument list of
+the running ``fit()`` call (see below).
 
 Choices worth knowing:
 
@@ -33,10 +34,18 @@ Choices worth knowing:
   its previous fit raised and the new fit starts at a later epoch (``BackupAndRestore``
   or ``initial_epoch``): then it continues the same record (listed in
   ``Record.restarts``), dropping what the record holds from that epoch on.
-  ``resume=<path or run id>`` continues a given record the same way. With
+  ``resume=<path or run id>`` continues a given record the same way. After a restart of
+  the process (``BackupAndRestore``'s case) the new callback knows no path:
+  ``resume="auto"`` continues the newest record of the same experiment, name and params
+  that did not complete and reached the epoch before the one the fit starts at (a fit
+  that starts at epoch 0, or finds no such record, starts a new one). With
   ``snapshot_every="best"`` a resumed fit judges improvement from its own first epoch.
-- **The final snapshot** holds the weights as they are when ``fit`` ends (after
-  ``EarlyStopping(restore_best_weights=True)`` when that callback comes before this one).
+- **The final snapshot** holds the weights as they are when ``fit`` ends. When they differ
+  from the weights snapshotted at the end of the last epoch
+  (``EarlyStopping(restore_best_weights=True)`` placed before this callback restores
+  earlier weights in its ``on_train_end``), that epoch's snapshot is replaced by them and
+  ``Record.info["final_weights"]`` says so. An ``EarlyStopping`` placed after this
+  callback restores after the record is closed: put it first.
 - **Distributed.** Under ``tf.distribute`` only the chief writes (``MirroredStrategy``
   has one process and so one record); ``Record.info["distribution"]`` says how many
   replicas trained.
@@ -58,7 +67,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 try:
@@ -69,11 +78,14 @@ except ImportError as err:  # pragma: no cover - exercised without keras install
         "pip install 'recordkit[keras]'"
     ) from err
 
+import numpy as np
+
 from recordkit.errors import RecordkitError, RecordkitWarning
 from recordkit.integrations.options import check_callback_arguments
 from recordkit.policy import SnapshotPolicy
-from recordkit.record import resolve_path
-from recordkit.recorder import Recorder
+from recordkit.record import load, resolve_path
+from recordkit.recorder import Recorder, params_hash_of
+from recordkit.recordset import load_all
 
 __all__ = ["RecordCallback", "is_chief"]
 
@@ -106,10 +118,18 @@ class RecordCallback(keras.callbacks.Callback):
         exclude: glob pattern(s) of variable paths to leave out.
         dtype: storage dtype of floating tensors: ``"keep"``, ``"float16"``,
             ``"bfloat16"``.
+        skip_frozen: leave out the weights of frozen layers (``layer.trainable = False``):
+            a weight frozen for the whole run is never stored; one unfrozen later is stored
+            from then on; one that trained and is frozen later keeps being stored.
+            Non-trainable state of trainable layers (BatchNorm moving statistics) is
+            always stored.
         recorder: an open :class:`~recordkit.Recorder` to record the first fit into; the
             callback closes it when the fit ends. Later fits create records in its root.
         resume: path or run id of a record the first fit continues: what it holds from
             the fit's first epoch on (``initial_epoch``) is dropped and recorded again.
+            ``"auto"``: each fit that starts at a later epoch (``BackupAndRestore`` after a
+            restart, ``initial_epoch``) continues the newest unfinished record of the same
+            experiment, name and params that reached the epoch before.
         fit_args: ``fit()`` arguments to store in ``Record.info["fit"]`` beside (and over)
             those read from the running ``fit`` call: for a custom training loop that
             drives the callback hooks itself.
@@ -140,6 +160,7 @@ class RecordCallback(keras.callbacks.Callback):
         include: str | list[str] | None = None,
         exclude: str | list[str] | None = None,
         dtype: str = "keep",
+        skip_frozen: bool = False,
         recorder: Recorder | None = None,
         resume: str | os.PathLike[str] | None = None,
         fit_args: Mapping[str, Any] | None = None,
@@ -151,6 +172,9 @@ class RecordCallback(keras.callbacks.Callback):
             root=root, experiment=experiment, name=name, monitor=monitor, params=params,
             recorder=recorder, resume=resume, on_error=on_error,
             recorder_options=recorder_options)
+        if not isinstance(skip_frozen, bool):
+            raise TypeError(f"RecordCallback(skip_frozen={skip_frozen!r}): must be True or "
+                            f"False. Received: {type(skip_frozen).__name__}")
         if fit_args is not None and not isinstance(fit_args, Mapping):
             raise TypeError(f"RecordCallback(fit_args=...): must be a mapping of fit() "
                             f"argument names to values. Received: {type(fit_args).__name__}")
@@ -166,10 +190,12 @@ class RecordCallback(keras.callbacks.Callback):
         self.run_params = params  # Keras owns ``self.params`` (what fit() passes)
         self.snapshot_every = snapshot_every
         self.fit_args = dict(fit_args or {})
+        self.skip_frozen = skip_frozen
+        self._auto_resume = resume == "auto"
         self.on_error = on_error
         self.recorder_options = recorder_options
         self._given_recorder = recorder
-        self._resume_next: str | os.PathLike[str] | None = resume
+        self._resume_next: str | os.PathLike[str] | None = None if resume == "auto" else resume
         self._recorder: Recorder | None = None
         self._record_path: str | None = None
         self._fit_thread: int | None = None  # set while a fit runs (or after one raised)
@@ -186,6 +212,7 @@ class RecordCallback(keras.callbacks.Callback):
         self._saw_validation = False
         self._first_epoch: int | None = None
         self._fit_call: dict[str, Any] = {}
+        self._stored: set[str] = set()  # variable paths the record holds snapshots of
 
     def __repr__(self) -> str:
         where = f"run at {self._record_path!r}" if self._record_path else "no run yet"
@@ -259,6 +286,14 @@ class RecordCallback(keras.callbacks.Callback):
             epoch = self._last_logged
             if epoch is not None and self._snapshotted != epoch:
                 self._snapshot(rec, epoch)  # early stopping ended the fit after our hook
+            elif epoch is not None and self._weights_changed_since_snapshot(rec):
+                # e.g. EarlyStopping(restore_best_weights=True) ran its on_train_end first
+                self._snapshot(rec, epoch)
+                rec.set_info({"final_weights": (
+                    f"the weights when fit() ended, which differ from those at the end of "
+                    f"epoch {epoch} (a callback before RecordCallback changed them in "
+                    "on_train_end, e.g. EarlyStopping(restore_best_weights=True)); the "
+                    f"snapshot of epoch {epoch} holds them")})
             rec.set_info({"fit": self._fit_facts()})
             rec.close("completed")
         self._recorder = None
@@ -272,8 +307,12 @@ class RecordCallback(keras.callbacks.Callback):
             given, self._given_recorder = self._given_recorder, None
             if resume is None and self._continue_path is not None and first_epoch > 0:
                 resume = self._continue_path
+            if resume is None and given is None and self._auto_resume and first_epoch > 0:
+                resume = self._find_unfinished(first_epoch)
             if resume is not None:
                 _release_abandoned(resolve_path(resume, Path(self.root), self.experiment))
+                if self.skip_frozen:
+                    self._stored = _stored_tensors(resume, self.root, self.experiment)
             if given is not None:
                 rec = given
             elif resume is not None:
@@ -310,10 +349,63 @@ class RecordCallback(keras.callbacks.Callback):
         return facts
 
     def _snapshot(self, rec: Recorder, epoch: int) -> None:
-        # Recorder.snapshot copies every tensor to host memory before it returns.
         weights = {_variable_name(v): v for v in self.model.weights}
-        rec.snapshot(weights, epoch=epoch, policy=self._policy)
+        frozen: set[str] = set()
+        if self.skip_frozen:  # frozen now, and never stored before in this record
+            frozen = _frozen_paths(self.model) - self._stored
+        # Recorder.snapshot copies every tensor to host memory before it returns.
+        rec.snapshot(weights, epoch=epoch, policy=self._policy, frozen=frozen)
+        self._stored.update(name for name in weights if name not in frozen)
         self._snapshotted = epoch
+
+    def _weights_changed_since_snapshot(self, rec: Recorder) -> bool:
+        """Whether the model's weights differ from the last snapshot (read back once at
+        the end of fit: one read of the last snapshot, nothing per epoch)."""
+        rec.commit()  # the last snapshot is in the file
+        try:
+            stored = load(rec.path).weights(epoch=-1)
+        except RecordkitError:
+            return False
+        for variable in self.model.weights:
+            name = _variable_name(variable)
+            if name not in stored:
+                continue
+            value = np.asarray(keras.ops.convert_to_numpy(variable))
+            if stored[name].shape != value.shape or stored[name].dtype != value.dtype:
+                continue  # stored in another dtype (float16...): compare what can be
+            if not np.array_equal(stored[name], value, equal_nan=True):
+                return True
+        return False
+
+    def _find_unfinished(self, first_epoch: int) -> str | None:
+        """``resume="auto"``: the newest record of this experiment, name and params that
+        did not complete and reached the epoch before *first_epoch*."""
+        experiment = self.experiment or "default"
+        folder = Path(self.root) / experiment
+        if not folder.is_dir():
+            return None
+        wanted = params_hash_of(self.run_params, mask_secrets=self.recorder_options.get(
+            "mask_secrets", True))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RecordkitWarning)
+            runs = load_all(self.root, experiment=experiment)
+        for record in reversed(list(runs)):  # newest first
+            if record.stored_status == "completed":
+                continue
+            if self.name is not None and record.name != self.name:
+                continue
+            if record.params_hash != wanted:
+                continue
+            epochs = record.epochs
+            if epochs and epochs[-1] >= first_epoch - 1:
+                return str(record.path)
+        warnings.warn(
+            f"recordkit: RecordCallback(resume='auto'): fit starts at epoch {first_epoch} "
+            f"but no unfinished record of experiment {experiment!r}"
+            + (f", name {self.name!r}" if self.name is not None else "")
+            + f" and these params reaching epoch {first_epoch - 1} is in "
+            f"{str(folder)!r}; a new record is started", RecordkitWarning, stacklevel=4)
+        return None
 
     def _abandon(self, status: str, error: BaseException | str) -> None:
         """Close the record of a fit that raised (Keras calls no hook then)."""
@@ -468,6 +560,40 @@ def is_chief(cluster_resolver: Any) -> bool:
 # --- framework objects → plain values ---------------------------------------------------
 
 
+def _frozen_paths(model: Any) -> set[str]:
+    """Paths of the weights of frozen layers (``trainable = False``), found through the
+    public ``layers`` of models and of the layers that nest others."""
+    frozen: set[str] = set()
+    pending = list(getattr(model, "layers", []) or [])
+    while pending:
+        layer = pending.pop()
+        if not getattr(layer, "trainable", True):
+            frozen.update(_variable_name(v) for v in layer.weights)
+        else:
+            pending.extend(getattr(layer, "layers", []) or [])
+    return frozen
+
+
+def _stored_tensors(resume: str | os.PathLike[str], root: str | os.PathLike[str],
+                    experiment: str | None) -> set[str]:
+    """Names of the tensors a record to resume already holds snapshots of (they go on
+    being stored even when frozen now). A record that cannot be read here is left to the
+    Recorder, which says what is wrong with it."""
+    try:
+        return set(load(resolve_path(resume, Path(root), experiment)).tensor_names)
+    except RecordkitError:
+        return set()
+
+
+#: Types a fit() argument read from fit's frame must have to be stored as a value.
+_FIT_ARG_TYPES: dict[str, tuple[type, ...]] = {
+    "batch_size": (int, type(None)), "epochs": (int,), "initial_epoch": (int,),
+    "steps_per_epoch": (int, type(None)), "shuffle": (bool, str),
+    "validation_split": (float, int), "validation_steps": (int, type(None)),
+    "validation_batch_size": (int, type(None)), "validation_freq": (int,),
+}
+
+
 def _fit_call_arguments(model: Any) -> dict[str, Any]:
     """The arguments of the ``model.fit`` call that is running, read from its frame.
 
@@ -476,7 +602,7 @@ def _fit_call_arguments(model: Any) -> dict[str, Any]:
     whose local variables are then still fit's documented arguments as the user passed
     them. Nothing is read when no such frame is on the stack (a custom loop).
     """
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     try:
         for _ in range(64):
             if frame is None:
@@ -485,7 +611,9 @@ def _fit_call_arguments(model: Any) -> dict[str, Any]:
             if (code.co_name == "fit" and "batch_size" in code.co_varnames
                     and frame.f_locals.get("self") is model):
                 found = frame.f_locals
-                facts = {k: _plain(found[k]) for k in _FIT_VALUE_ARGS if k in found}
+                # a value of an unexpected type means fit() changed: store nothing wrong
+                facts = {k: _plain(found[k]) for k in _FIT_VALUE_ARGS
+                         if k in found and isinstance(found[k], _FIT_ARG_TYPES[k])}
                 facts.update({f"{k}_given": found[k] is not None
                               for k in _FIT_GIVEN_ARGS if k in found})
                 return facts

@@ -94,6 +94,10 @@ class RecordCallback(_LightningCallback):
         exclude: glob pattern(s) of state_dict keys to leave out.
         dtype: storage dtype of floating tensors: ``"keep"``, ``"float16"``,
             ``"bfloat16"``.
+        skip_frozen: leave out parameters that do not train (``requires_grad=False``,
+            e.g. a frozen backbone): a parameter frozen for the whole run is never stored;
+            one unfrozen later is stored from then on; one that trained and is frozen
+            later keeps being stored. Buffers are always stored.
         recorder: an open :class:`~recordkit.Recorder` to record the first fit into; the
             callback closes it when the fit ends. Later fits create records in its root.
         resume: path or run id of a record the first fit continues (a ``ckpt_path``
@@ -130,6 +134,7 @@ class RecordCallback(_LightningCallback):
         include: str | list[str] | None = None,
         exclude: str | list[str] | None = None,
         dtype: str = "keep",
+        skip_frozen: bool = False,
         recorder: Recorder | None = None,
         resume: str | os.PathLike[str] | None = None,
         log_steps: bool | int = False,
@@ -141,6 +146,9 @@ class RecordCallback(_LightningCallback):
             root=root, experiment=experiment, name=name, monitor=monitor, params=params,
             recorder=recorder, resume=resume, on_error=on_error,
             recorder_options=recorder_options)
+        if not isinstance(skip_frozen, bool):
+            raise TypeError(f"RecordCallback(skip_frozen={skip_frozen!r}): must be True or "
+                            f"False. Received: {type(skip_frozen).__name__}")
         if log_steps is not False and (not isinstance(log_steps, int) or log_steps < 1):
             raise ValueError(f"RecordCallback(log_steps={log_steps!r}): must be True, False "
                              f"or a positive int (every N-th step). Received: {log_steps!r}")
@@ -156,6 +164,7 @@ class RecordCallback(_LightningCallback):
         self.params = params
         self.snapshot_every = snapshot_every
         self.log_steps = int(log_steps)
+        self.skip_frozen = skip_frozen
         self.on_error = on_error
         self.recorder_options = recorder_options
         self._given_recorder = recorder
@@ -177,6 +186,7 @@ class RecordCallback(_LightningCallback):
         self._open_epoch: int | None = None  # ended but may still get late metrics
         self._logged: set[str] = set()  # metric names logged for the open epoch
         self._snapshotted: int | None = None
+        self._stored: set[str] = set()  # tensor names the record holds snapshots of
         self._steps: list[tuple[int, int, dict[str, Any]]] = []
         self._warned: set[str] = set()
 
@@ -184,6 +194,17 @@ class RecordCallback(_LightningCallback):
         where = (f"run at {self._record_path!r}" if self._record_path else "no run yet")
         return (f"<RecordCallback experiment={self.experiment!r} "
                 f"snapshot_every={self.snapshot_every!r} ({where})>")
+
+    @property
+    def state_key(self) -> str:
+        """Tells this callback's checkpoint state from that of another RecordCallback on the
+        same Trainer (Lightning refuses two stateful callbacks with one key): the
+        experiment and name, which stay the same when a run resumes on another machine
+        (the root may not). Without either, the plain class name of earlier versions."""
+        if self.experiment is None and self.name is None:
+            return type(self).__qualname__
+        return (f"{type(self).__qualname__}{{'experiment': {self.experiment!r}, "
+                f"'name': {self.name!r}}}")
 
     @property
     def recorder(self) -> Recorder | None:
@@ -212,6 +233,8 @@ class RecordCallback(_LightningCallback):
             if given is not None:
                 rec = given
             elif resume is not None:
+                if self.skip_frozen:
+                    self._stored = _stored_tensors(resume, self.root)
                 rec = Recorder(self.root, self.experiment, self.name, self.params,
                                resume=resume, **self.recorder_options)
             else:
@@ -270,6 +293,7 @@ class RecordCallback(_LightningCallback):
         try:
             if self._open_epoch is not None:
                 self._log_late_metrics(trainer)
+            self._write_steps(rec)  # the steps of the epoch that crashed
             rec.close(status, error=exception)
         except RecordkitError as err:  # never hide the exception that ended training
             warnings.warn(f"recordkit: could not close {self._record_path!r} as {status}: "
@@ -359,7 +383,10 @@ class RecordCallback(_LightningCallback):
         results = _floats(fresh)
         with self._guard(f"record the {stage} results"):
             path = self._record_path
+            # A checkpoint's record (validate/test with ckpt_path) serves this evaluation
+            # only: a later fit without ckpt_path must start a record of its own.
             resume = path if path is not None else self._resume_next
+            self._resume_next, self._policy_state = None, None
             if resume is not None:
                 previous = load(resume, root=self.root)
                 history = previous.history
@@ -393,9 +420,15 @@ class RecordCallback(_LightningCallback):
                     and int(trainer.current_epoch) + 1 >= max_epochs)
 
     def _snapshot(self, rec: Recorder, trainer: Any, pl_module: Any, epoch: int) -> None:
+        state = pl_module.state_dict()
+        frozen: set[str] = set()
+        if self.skip_frozen:  # frozen now, and never stored before in this record
+            frozen = {name for name, p in pl_module.named_parameters()
+                      if not p.requires_grad} - self._stored
         # Recorder.snapshot copies every tensor to host memory before it returns.
-        rec.snapshot(pl_module.state_dict(), epoch=epoch, step=int(trainer.global_step),
-                     policy=self._policy)
+        rec.snapshot(state, epoch=epoch, step=int(trainer.global_step),
+                     policy=self._policy, frozen=frozen)
+        self._stored.update(name for name in state if name not in frozen)
         self._snapshotted = epoch
 
     def _finish_epoch(self, trainer: Any, pl_module: Any) -> None:
@@ -478,6 +511,16 @@ class RecordCallback(_LightningCallback):
 
 
 # --- framework objects → plain values ---------------------------------------------------
+
+
+def _stored_tensors(resume: str | os.PathLike[str], root: str | os.PathLike[str]) -> set[str]:
+    """Names of the tensors a record to resume already holds snapshots of (they go on
+    being stored even when frozen now). A record that cannot be read here is left to the
+    Recorder, which says what is wrong with it."""
+    try:
+        return set(load(resume, root=root).tensor_names)
+    except RecordkitError:
+        return set()
 
 
 def _fresh_metrics(trainer: Any) -> dict[str, Any]:
