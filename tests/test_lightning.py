@@ -22,14 +22,17 @@ from tests.support import require
 pl = require("pytorch_lightning", "lightning")
 torch = require("torch", "lightning")
 
-import lightning.pytorch as lp  # noqa: E402  (after the skip above)
+try:  # the `lightning` package is optional beside pytorch_lightning ([lightning] extra)
+    import lightning.pytorch as lp
+except ImportError:
+    lp = pl
 
 from recordkit import load, load_all  # noqa: E402
 from recordkit.errors import RecordkitWarning, RecordWriteError  # noqa: E402
 from recordkit.integrations.lightning import RecordCallback  # noqa: E402
 from recordkit.recorder import Recorder  # noqa: E402
 
-PACKAGES = {"lightning.pytorch": lp, "pytorch_lightning": pl}
+PACKAGES = {"pytorch_lightning": pl, **({"lightning.pytorch": lp} if lp is not pl else {})}
 
 pytestmark = [
     # TinyModule logs a per-step metric on purpose; one test checks the warning about it.
@@ -548,3 +551,37 @@ def test_step_rows_of_the_epoch_that_crashed_are_kept(tmp_path: Path) -> None:
     assert h.epochs("train/loss").tolist() == [0]
     # epoch 0's four steps; epoch 1 raised in its first training_step, before logging
     assert h.steps("step_only").tolist() == [1, 2, 3, 4]
+
+
+def test_fit_again_on_the_same_trainer_continues_its_record(tmp_path: Path) -> None:
+    cb = callback(tmp_path)
+    tr = trainer([cb], max_epochs=2)
+    module, data = LP_MODULE(), LP_DATA()
+    tr.fit(module, datamodule=data)
+    path = cb.record_path
+    tr.fit(module, datamodule=data)  # no epoch left: nothing new is recorded
+    assert cb.record_path == path and len(load_all(tmp_path, experiment="lit")) == 1
+    tr.fit_loop.max_epochs = 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecordkitWarning)
+        tr.fit(module, datamodule=data)
+    assert cb.record_path == path and len(load_all(tmp_path, experiment="lit")) == 1
+    r = load(path)
+    assert r.status == "completed"
+    assert r.history.epochs("train/loss").tolist() == [0, 1, 2, 3]
+    assert r.snapshot_epochs == [0, 1, 2, 3]
+    assert [x["previous_status"] for x in r.restarts] == ["completed"]
+    for name, tensor in module.state_dict().items():
+        np.testing.assert_array_equal(r.weights()[name], tensor.numpy())
+
+
+def test_system_info_is_recorded_once(tmp_path: Path) -> None:
+    cb = RecordCallback(tmp_path, experiment="lit")  # system info on, as users get it
+    trainer([cb], max_epochs=1).fit(LP_MODULE(), datamodule=LP_DATA())
+    system = load(cb.record_path).system
+    assert system["packages"]["torch"] == torch.__version__
+    assert system["packages"]["pytorch-lightning"] == pl.__version__
+    assert isinstance(system["memory"], int) and system["memory"] > 0
+    assert system["cpu_count_logical"] >= 1
+    assert all(note.startswith("gpus:") for note in system["notes"])  # no driver here
+    assert system["gpus"] == [] or all("name" in g for g in system["gpus"])

@@ -24,6 +24,9 @@ Choices worth knowing:
 - Per epoch the record also holds ``lr-<Optimizer>`` (the learning rate at the epoch's
   start, named as Lightning's LearningRateMonitor names it) and ``epoch_time`` (wall
   seconds from the epoch's start to its end, validation included).
+- ``fit()`` called again on the same Trainer (after raising ``fit_loop.max_epochs``)
+  continues the record of its previous fit; one that has no epoch left to train records
+  nothing.
 - Resuming with ``fit(ckpt_path=...)`` reopens the record named in the checkpoint (the
   callback's ``state_dict``), drops what it holds from the restored epoch on and goes on.
 - Only global rank zero writes. Metrics are read on every rank, so that the collective
@@ -171,6 +174,7 @@ class RecordCallback(_LightningCallback):
         self._resume_next: str | os.PathLike[str] | None = resume
         self._recorder: Recorder | None = None
         self._record_path: str | None = None  # the record of the latest fit
+        self._trainer: int | None = None  # id() of the Trainer of the latest fit
         self._policy_state: dict[str, Any] | None = None  # from a checkpoint
         self._reset_fit_state()
 
@@ -230,6 +234,16 @@ class RecordCallback(_LightningCallback):
         with self._guard("start the record"):
             resume, self._resume_next = self._resume_next, None
             given, self._given_recorder = self._given_recorder, None
+            # A Trainer starts at epoch 0 (a checkpoint's epoch is restored after this
+            # hook), so a later epoch here means this Trainer was fit before.
+            again = (self._trainer == id(trainer) and int(trainer.current_epoch) > 0
+                     and self._record_path is not None)
+            self._trainer = id(trainer)
+            if resume is None and given is None and again:
+                # fit() again on the same Trainer goes on from its epoch: the same run
+                if _no_epoch_left(trainer):
+                    return  # nothing will be trained: the record stays as it is
+                resume = self._record_path
             if given is not None:
                 rec = given
             elif resume is not None:
@@ -511,6 +525,12 @@ class RecordCallback(_LightningCallback):
 
 
 # --- framework objects → plain values ---------------------------------------------------
+
+
+def _no_epoch_left(trainer: Any) -> bool:
+    max_epochs = trainer.max_epochs
+    return bool(isinstance(max_epochs, int) and max_epochs >= 0
+                and int(trainer.current_epoch) >= max_epochs)
 
 
 def _stored_tensors(resume: str | os.PathLike[str], root: str | os.PathLike[str]) -> set[str]:
