@@ -90,6 +90,15 @@ def _check_experiment(experiment: str | None) -> str:
     return experiment
 
 
+def _describe(error: BaseException | str) -> str:
+    """``"Type: message"`` of an exception (``"KeyboardInterrupt"`` when it has no
+    message); a string as it is."""
+    if not isinstance(error, BaseException):
+        return str(error)
+    message = str(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 def params_hash_of(params: Mapping[str, Any] | argparse.Namespace | None, *,
                    mask_secrets: bool = True) -> str:
     """The params hash a :class:`Recorder` created with *params* stores (``params_hash``):
@@ -1056,8 +1065,7 @@ class Recorder:
             if error is None:
                 error = lost
             else:
-                error = (f"{type(error).__name__}: {error}" if isinstance(error, BaseException)
-                         else str(error)) + f"; {lost}"
+                error = _describe(error) + f"; {lost}"
                 warnings.warn(f"recordkit: {str(self._path)!r}: {lost}", RecordkitWarning,
                               stacklevel=2)
                 writer_error = None
@@ -1101,8 +1109,7 @@ class Recorder:
             if status != "running":
                 attrs["ended"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
             if error is not None:
-                attrs["error"] = (f"{type(error).__name__}: {error}"
-                                  if isinstance(error, BaseException) else str(error))
+                attrs["error"] = _describe(error)
             fmt.write_root_attrs(f, attrs)
             if status != "running":
                 fmt.write_summary(f)  # a table of many runs reads this one attribute
