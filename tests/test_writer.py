@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -388,3 +389,19 @@ def test_reused_buffers_never_change_a_queued_snapshot(tmp_path, max_pending_byt
         got = record.weights(epoch)
         for name in state:
             np.testing.assert_array_equal(got[name], want[name])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_writer_thread_yields_the_cpu_to_training_threads() -> None:
+    from recordkit.writer import WRITER_NICENESS
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    seen: list[int] = []
+    writer = SnapshotWriter(lambda job: seen.append(
+        os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+    writer.reserve(1)
+    writer.submit(SnapshotJob({}, 0, -1, 1))
+    writer.wait()
+    writer.stop()
+    assert seen == [min(19, before + WRITER_NICENESS)]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before  # the caller's thread keeps its own
