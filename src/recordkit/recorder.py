@@ -1181,11 +1181,7 @@ class Recorder:
         if f is None:
             return
         needed = nbytes + nbytes // 16 + _SPACE_MARGIN  # chunk index, headers, heap
-        try:
-            usage = os.statvfs(self._path.parent)
-            free = usage.f_bavail * usage.f_frsize
-        except OSError:
-            free = None
+        free = self._free_space(needed)
         if free is not None and needed > free:
             error = RecordWriteError(
                 f"cannot {what} in {str(self._path)!r}: the disk is full; it needs about "
@@ -1212,6 +1208,27 @@ class Recorder:
                 "so far stay readable")
             error.errno = errno.EFBIG
             raise error
+
+    def _free_space(self, needed: int) -> int | None:
+        """Free bytes on the record's disk. A commit of a few history rows asks every epoch;
+        the ``statvfs`` call cost 15 % of such a commit, so a reading stays good for a
+        second while the writes since it are far below what it found (above
+        ``_SPACE_RECHECK`` to spare): a disk with little room is asked every time."""
+        now = time.monotonic()
+        last = self.__dict__.get("_space_reading")
+        if last is not None:
+            taken_at, free, used = last
+            if (now - taken_at < 1.0 and free is not None
+                    and free - used - needed > _SPACE_RECHECK):
+                self._space_reading = (taken_at, free, used + needed)
+                return free - used
+        try:
+            usage = os.statvfs(self._path.parent)
+            free = usage.f_bavail * usage.f_frsize
+        except OSError:
+            free = None
+        self._space_reading = (now, free, needed)
+        return free
 
     def _check_file_still_there(self) -> None:
         """A removed file (or folder) takes writes without error until it is closed, and
@@ -1261,6 +1278,8 @@ class Recorder:
 
 #: Bytes kept free beyond a write's data for HDF5's metadata (see Recorder._ensure_space).
 _SPACE_MARGIN = 256 * 1024
+#: A free-space reading is reused for a second only while this much more stays free.
+_SPACE_RECHECK = 1024 ** 3
 
 
 def _stored_spec(array: np.ndarray, dtype: str) -> tuple[np.dtype[Any], str]:
