@@ -975,14 +975,22 @@ class Recorder:
         data = np.array([(self._metric_ids[name], *row) for name, rows in pending
                          for row in rows], dtype=fmt.HISTORY_ROW_DTYPE)
         table = self.__dict__.get("_history_table")
+        n = self.__dict__.get("_history_rows")
         if table is None or not table.id.valid:
             table = self._history_table = fmt.history_tables(f)[0]
+            n = None
         dsid = table.id
-        n = dsid.shape[0]
+        if n is None:  # asking HDF5 for the shape cost a tenth of a commit: counted here
+            n = dsid.shape[0]
+        self._history_rows = None  # until the append succeeds (a failed one asks again)
         dsid.set_extent((n + len(data),))
         space = dsid.get_space()
         space.select_hyperslab((n,), (len(data),))
-        dsid.write(h5py.h5s.create_simple((len(data),)), space, data, mtype=_HISTORY_MTYPE)
+        memory = _MEMORY_SPACES.get(len(data))
+        if memory is None:
+            memory = _MEMORY_SPACES.setdefault(len(data), h5py.h5s.create_simple((len(data),)))
+        dsid.write(memory, space, data, mtype=_HISTORY_MTYPE)
+        self._history_rows = n + len(data)
         self._pending.clear()
 
     def rewind(self, epoch: int) -> None:
@@ -1001,6 +1009,7 @@ class Recorder:
                     self._pending[name] = [r for r in self._pending[name] if r[0] < epoch]
                 self._last_epoch.clear()
                 table = fmt.history_tables(f)[0]
+                self._history_rows = None  # resized below: the next commit asks HDF5
                 rows = table[()]
                 kept = rows[rows["epoch"] < epoch]
                 if len(kept) < len(rows):
@@ -1278,6 +1287,8 @@ class Recorder:
 
 #: Bytes kept free beyond a write's data for HDF5's metadata (see Recorder._ensure_space).
 _SPACE_MARGIN = 256 * 1024
+#: HDF5 memory dataspaces of a history append, by row count (immutable once made).
+_MEMORY_SPACES: dict[int, Any] = {}
 #: A free-space reading is reused for a second only while this much more stays free.
 _SPACE_RECHECK = 1024 ** 3
 
