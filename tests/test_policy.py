@@ -121,6 +121,20 @@ def test_changing_the_selection_between_snapshots_is_an_error(tmp_path):
     rec.close()
 
 
+def test_tensor_names_are_those_earlier_snapshots_hold_also_after_resume(tmp_path):
+    rec = Recorder(tmp_path, system=False)
+    assert rec.tensor_names == []
+    rec.snapshot({"a": np.ones(2), "frozen": np.zeros(3)}, epoch=0, frozen={"frozen"})
+    assert rec.tensor_names == ["a"]  # known at once, while the writer may still write
+    rec.close("interrupted")
+    again = Recorder(tmp_path, resume=rec.path, system=False)
+    assert again.tensor_names == ["a"]
+    again.snapshot({"a": np.full(2, 5.0), "b": np.ones(1)}, epoch=1)
+    assert sorted(again.tensor_names) == ["a", "b"]
+    again.save()
+    assert load(rec.path).weight("a")[:].tolist() == [[1.0, 1.0], [5.0, 5.0]]
+
+
 def test_torch_bfloat16_stored_as_float16(tmp_path):
     torch = pytest.importorskip("torch")
     t = torch.tensor([1.0, -2.5, 0.15625], dtype=torch.bfloat16)

@@ -471,6 +471,15 @@ class Recorder:
         return dict(self._params)
 
     @property
+    def tensor_names(self) -> list[str]:
+        """Names of the tensors earlier snapshots of this run hold (those of a resumed run
+        included): each must be in every later snapshot."""
+        with self._lock:
+            if self._file is None:
+                return []
+            return [name for name, spec in self._known_tensors().items() if spec[3]]
+
+    @property
     def last_epoch(self) -> int:
         """The highest epoch logged so far (-1 before any)."""
         return self._epoch
@@ -628,7 +637,8 @@ class Recorder:
             step: the global step, when known.
             policy: which tensors to keep (include / exclude patterns) and the storage
                 dtype; every tensor in its own dtype when None.
-            frozen: names of tensors that do not train; they are left out.
+            frozen: names of tensors that do not train; they are left out (a tensor that
+                earlier snapshots hold, :attr:`tensor_names`, must not be).
 
         Raises:
             SnapshotError: a tensor changed shape or dtype since the first snapshot, or a
@@ -712,10 +722,9 @@ class Recorder:
             weakref.finalize(self, self._writer.stop)
         return self._writer
 
-    def _check_tensors(self, arrays: Mapping[str, np.ndarray], dtype: str, epoch: int) -> None:
-        """Raise SnapshotError in the caller's thread, before anything is queued, when a
-        tensor changed shape or dtype or went missing. The writer checks again against
-        the file; this check only makes the error come from the call that caused it."""
+    def _known_tensors(self) -> dict[str, tuple[Any, ...]]:
+        """Per tensor of the file: shape, dtype, stored dtype name and whether earlier
+        snapshots hold it; read from the file once, then kept up to date (under the lock)."""
         specs = self._tensor_specs
         if specs is None:
             assert self._file is not None
@@ -726,6 +735,14 @@ class Recorder:
                                               fmt.attr_str(ds, "dtype"), held)
             table = self._file[fmt.SNAPSHOTS]
             self._last_snapshot_epoch = int(table[-1]["epoch"]) if len(table) else None
+            self._tensor_specs = specs
+        return specs
+
+    def _check_tensors(self, arrays: Mapping[str, np.ndarray], dtype: str, epoch: int) -> None:
+        """Raise SnapshotError in the caller's thread, before anything is queued, when a
+        tensor changed shape or dtype or went missing. The writer checks again against
+        the file; this check only makes the error come from the call that caused it."""
+        specs = self._known_tensors()
         for name, array in arrays.items():
             known = specs.get(name)
             stored = _stored_spec(array, dtype)

@@ -212,7 +212,6 @@ class RecordCallback(keras.callbacks.Callback):
         self._saw_validation = False
         self._first_epoch: int | None = None
         self._fit_call: dict[str, Any] = {}
-        self._stored: set[str] = set()  # variable paths the record holds snapshots of
 
     def __repr__(self) -> str:
         where = f"run at {self._record_path!r}" if self._record_path else "no run yet"
@@ -311,8 +310,6 @@ class RecordCallback(keras.callbacks.Callback):
                 resume = self._find_unfinished(first_epoch)
             if resume is not None:
                 _release_abandoned(resolve_path(resume, Path(self.root), self.experiment))
-                if self.skip_frozen:
-                    self._stored = _stored_tensors(resume, self.root, self.experiment)
             if given is not None:
                 rec = given
             elif resume is not None:
@@ -351,11 +348,10 @@ class RecordCallback(keras.callbacks.Callback):
     def _snapshot(self, rec: Recorder, epoch: int) -> None:
         weights = {_variable_name(v): v for v in self.model.weights}
         frozen: set[str] = set()
-        if self.skip_frozen:  # frozen now, and never stored before in this record
-            frozen = _frozen_paths(self.model) - self._stored
+        if self.skip_frozen:  # frozen now, and not held by earlier snapshots of the record
+            frozen = _frozen_paths(self.model) - set(rec.tensor_names)
         # Recorder.snapshot copies every tensor to host memory before it returns.
         rec.snapshot(weights, epoch=epoch, policy=self._policy, frozen=frozen)
-        self._stored.update(name for name in weights if name not in frozen)
         self._snapshotted = epoch
 
     def _weights_changed_since_snapshot(self, rec: Recorder) -> bool:
@@ -572,17 +568,6 @@ def _frozen_paths(model: Any) -> set[str]:
         else:
             pending.extend(getattr(layer, "layers", []) or [])
     return frozen
-
-
-def _stored_tensors(resume: str | os.PathLike[str], root: str | os.PathLike[str],
-                    experiment: str | None) -> set[str]:
-    """Names of the tensors a record to resume already holds snapshots of (they go on
-    being stored even when frozen now). A record that cannot be read here is left to the
-    Recorder, which says what is wrong with it."""
-    try:
-        return set(load(resolve_path(resume, Path(root), experiment)).tensor_names)
-    except RecordkitError:
-        return set()
 
 
 #: Types a fit() argument read from fit's frame must have to be stored as a value.

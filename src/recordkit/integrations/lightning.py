@@ -190,7 +190,6 @@ class RecordCallback(_LightningCallback):
         self._open_epoch: int | None = None  # ended but may still get late metrics
         self._logged: set[str] = set()  # metric names logged for the open epoch
         self._snapshotted: int | None = None
-        self._stored: set[str] = set()  # tensor names the record holds snapshots of
         self._steps: list[tuple[int, int, dict[str, Any]]] = []
         self._warned: set[str] = set()
 
@@ -247,8 +246,6 @@ class RecordCallback(_LightningCallback):
             if given is not None:
                 rec = given
             elif resume is not None:
-                if self.skip_frozen:
-                    self._stored = _stored_tensors(resume, self.root)
                 rec = Recorder(self.root, self.experiment, self.name, self.params,
                                resume=resume, **self.recorder_options)
             else:
@@ -434,15 +431,13 @@ class RecordCallback(_LightningCallback):
                     and int(trainer.current_epoch) + 1 >= max_epochs)
 
     def _snapshot(self, rec: Recorder, trainer: Any, pl_module: Any, epoch: int) -> None:
-        state = pl_module.state_dict()
         frozen: set[str] = set()
-        if self.skip_frozen:  # frozen now, and never stored before in this record
-            frozen = {name for name, p in pl_module.named_parameters()
-                      if not p.requires_grad} - self._stored
+        if self.skip_frozen:  # frozen now, and not held by earlier snapshots of the record
+            frozen = ({name for name, p in pl_module.named_parameters() if not p.requires_grad}
+                      - set(rec.tensor_names))
         # Recorder.snapshot copies every tensor to host memory before it returns.
-        rec.snapshot(state, epoch=epoch, step=int(trainer.global_step),
+        rec.snapshot(pl_module.state_dict(), epoch=epoch, step=int(trainer.global_step),
                      policy=self._policy, frozen=frozen)
-        self._stored.update(name for name in state if name not in frozen)
         self._snapshotted = epoch
 
     def _finish_epoch(self, trainer: Any, pl_module: Any) -> None:
@@ -531,16 +526,6 @@ def _no_epoch_left(trainer: Any) -> bool:
     max_epochs = trainer.max_epochs
     return bool(isinstance(max_epochs, int) and max_epochs >= 0
                 and int(trainer.current_epoch) >= max_epochs)
-
-
-def _stored_tensors(resume: str | os.PathLike[str], root: str | os.PathLike[str]) -> set[str]:
-    """Names of the tensors a record to resume already holds snapshots of (they go on
-    being stored even when frozen now). A record that cannot be read here is left to the
-    Recorder, which says what is wrong with it."""
-    try:
-        return set(load(resume, root=root).tensor_names)
-    except RecordkitError:
-        return set()
 
 
 def _fresh_metrics(trainer: Any) -> dict[str, Any]:
