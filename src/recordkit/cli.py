@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from recordkit import format as fmt
-from recordkit.errors import RecordkitError, RecordkitWarning, RecordNotFoundError
+from recordkit.errors import (
+    NotARecordError,
+    RecordkitError,
+    RecordkitWarning,
+    RecordNotFoundError,
+)
 from recordkit.record import Record, load
 from recordkit.recordset import RecordSet, load_all
 
@@ -161,14 +166,13 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
     damaged = 0
     for path in args.paths:
-        # verify.repair would report a missing file as one "without a superblock".
-        missing = ("no such file" if not path.exists() else
-                   "a folder, not a record file" if path.is_dir() else None)
-        if missing is not None:
-            print(f"recordkit: {str(path)!r}: {missing}, nothing to repair", file=sys.stderr)
+        try:
+            done = repair(path)
+        except (RecordNotFoundError, NotARecordError) as err:  # the other paths go on
+            print(f"recordkit: {err}", file=sys.stderr)
             damaged += 1
             continue
-        print(repair(path), flush=True)
+        print(done, flush=True)
         report = verify(path)
         print(report, flush=True)
         damaged += not report.ok
