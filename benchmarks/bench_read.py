@@ -1,7 +1,8 @@
 """How fast a sweep is read back: ``load_all(root).to_dataframe()`` over many runs.
 
 Target (issue 5): 1,000 runs of 10 params and 3 metrics × 20 epochs each in under 1 s on
-a 2-core machine. The baseline, measured in the same run, reads the same numbers from
+a 2-core machine, with every file opened (``cache=False``), and with the header cache
+(stretch: 10,000 unchanged runs, ``--runs 10000``). The baseline, measured in the same run, reads the same numbers from
 1,000 JSON files (one per run: params + per-epoch history) with ``json`` and builds the
 same table with pandas; it is what a folder of researcher-style JSON files costs.
 
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--keep", type=Path, default=None,
                         help="folder to write the sweep to once and reuse afterwards")
-    parser.add_argument("--repeat", type=int, default=3, help="best of this many reads")
+    parser.add_argument("--repeat", type=int, default=5, help="best of this many reads")
     parser.add_argument("--quick", action="store_true", help="200 runs (target scaled)")
     args = parser.parse_args(argv)
     if args.quick and args.runs == 1000:
@@ -138,23 +139,25 @@ def main(argv: list[str] | None = None) -> int:
                   f"under {root}")
         # The header cache goes to a scratch folder, not the user's ~/.cache.
         os.environ["RECORDKIT_CACHE_DIR"] = str(cache_dir)
-        # The first read warms the page cache for both readers alike.
+        # The first read warms the page cache for both readers alike (and imports pandas).
         read_json_baseline(root)
-        cold = read_recordkit(root, cache=False)[0]
+        read_recordkit(root, cache=False)
+        opened = sorted(read_recordkit(root, cache=False)[0] for _ in range(args.repeat))
         first = read_recordkit(root)[0]  # reads every file, writes the header cache
         ours = min(read_recordkit(root)[0] for _ in range(args.repeat))
         base = min(read_json_baseline(root)[0] for _ in range(args.repeat))
         ls, best = (min(t) for t in zip(*(ls_and_best(root) for _ in range(args.repeat))))
         limit = TARGET_SECONDS * args.runs / 1000
-        ok = ours < limit
+        ok = opened[0] < limit and ours < limit
         print(f"  {args.runs} runs, 10 params, 3 metrics x {EPOCHS} epochs; baseline: the "
               "same numbers from one JSON file per run, json + pandas")
+        report(f"load_all(cache=False).to_dataframe(), every file opened, seconds, min of "
+               f"{args.repeat}", opened[0], f"< {limit:.2f} s", opened[0] < limit)
+        report("the same, median", opened[len(opened) // 2], "none", None)
+        report("every file opened / baseline", opened[0] / base, "none", None)
         report("load_all().to_dataframe(), unchanged runs (header cache), seconds", ours,
-               f"< {limit:.2f} s", ok)
+               f"< {limit:.2f} s", ours < limit)
         report("the same / baseline", ours / base, "none", None)
-        report("load_all(cache=False).to_dataframe(), every file opened, seconds", cold,
-               "none", None)
-        report("every file opened / baseline", cold / base, "none", None)
         report("first cached read (opens every file, fills the cache), seconds", first,
                "none", None)
         report("recordkit ls, every file opened, seconds", ls, "none", None)

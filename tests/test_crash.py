@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import h5py
@@ -23,6 +24,7 @@ import pytest
 
 import recordkit
 from recordkit.cli import main as cli_main
+from recordkit.record import Record
 from recordkit.verify import needs_repair, repair, verify
 
 WRITER = Path(__file__).with_name("crash_writer.py")
@@ -134,3 +136,27 @@ def test_end_address_past_the_file_says_repair_and_repair_fixes_it(tmp_path: Pat
     assert cli_main(["repair", str(path)]) == 0
     assert path.stat().st_size == size
     assert recordkit.load(path).history["loss"].tolist() == [0.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("shift", [-4096, -64, -8])
+def test_lazy_open_of_a_short_end_address(tmp_path: Path, shift: int) -> None:
+    """load_all opens closed runs from their summary without the patched view: a read
+    past the stale end address fails and sends the run to the full read, which patches;
+    the table and the history are the run's own either way."""
+    path, _ = _record_with_end_address(tmp_path, shift)
+    lazy = Record(path, lazy=True)
+    assert lazy.status == "completed"
+    assert lazy.metric_summaries()["loss"]["final"] == 2.0
+    assert lazy.history["loss"].tolist() == [0.0, 1.0, 2.0]
+    assert float(lazy.weight("w")[1][0, 0]) == 1.0
+    records = recordkit.load_all(tmp_path)
+    assert [r.path for r in records] == [path] and not records.skipped
+
+
+def test_lazy_open_of_an_end_address_past_the_file(tmp_path: Path) -> None:
+    path, _ = _record_with_end_address(tmp_path, +1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", recordkit.errors.RecordkitWarning)
+        records = recordkit.load_all(tmp_path)
+    assert len(records) == 0 and records.skipped[0][0] == path
+    assert "recordkit repair" in records.skipped[0][1]

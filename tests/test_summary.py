@@ -96,3 +96,116 @@ def test_metric_without_finite_values(tmp_path: pathlib.Path) -> None:
         rec.log({"m": float("nan")}, epoch=0)
     stats = Record(rec.path, lazy=True).metric_summaries()["m"]
     assert stats["min"] is None and stats["max"] is None and math.isnan(stats["final"])
+
+
+def test_metric_summaries_are_copies(tmp_path: pathlib.Path) -> None:
+    rec = make_run(tmp_path, lr=0.1)
+    rec.save()
+    lazy = Record(rec.path, lazy=True)
+    first = lazy.metric_summaries()
+    first["loss"]["final"] = -1.0
+    first.pop("sparse")
+    again = lazy.metric_summaries()
+    assert again["loss"]["final"] == 1.5 and "sparse" in again
+
+
+ATTRIBUTES = {
+    "vlen string": "héllo",
+    "empty string": "",
+    "fixed bytes": np.bytes_(b"abc"),
+    "int": 7,
+    "float": 0.25,
+    "nan": float("nan"),
+    "bool": np.bool_(True),
+    "int array": np.arange(4),
+    "string array": np.array(["a", "bc"], dtype=h5py.string_dtype()),
+    "compound": np.array((1, 2.5), dtype=[("a", "i4"), ("b", "f8")]),
+    "array type": np.zeros((), dtype=("f4", (3,))),
+    "empty": h5py.Empty("f4"),
+    # (value, dtype): written with attrs.create
+    "ascii vlen string": ("abc", h5py.string_dtype("ascii")),
+    "non-utf-8 vlen bytes": (b"\xff\xfeok", h5py.string_dtype("utf-8")),
+    "fixed utf-8 string": ("é".encode(), h5py.string_dtype("utf-8", 8)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ATTRIBUTES))
+def test_read_attr_equals_h5py(tmp_path: pathlib.Path, kind: str) -> None:
+    """The low-level attribute read of the fast open returns what h5py's .attrs does."""
+    from recordkit import format as fmt
+
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as f:
+        value = ATTRIBUTES[kind]
+        for obj in (f, f.create_group("g")):
+            if isinstance(value, tuple):
+                obj.attrs.create("x", value[0], dtype=value[1])
+            else:
+                obj.attrs["x"] = value
+    with h5py.File(path, "r") as f:
+        for obj in (f, f["g"], f.id):
+            expected = (f if obj is f.id else obj).attrs.get("x")
+            got = fmt.read_attr(obj, "x")
+            assert type(got) is type(expected), kind
+            if isinstance(expected, h5py.Empty):
+                assert got == expected
+            else:
+                np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+                assert np.asarray(got).dtype == np.asarray(expected).dtype
+            assert fmt.read_attr(obj, "missing", "default") == "default"
+            assert fmt.read_attr(obj, "missing") is None
+
+
+def test_oversized_or_odd_summary_is_read_in_full(tmp_path: pathlib.Path) -> None:
+    """A summary recordkit would not have written (too long, not a string, not JSON) is
+    ignored: the run is opened from its full header, with every check."""
+    rec = make_run(tmp_path, lr=0.1)
+    rec.save()
+    for forged in ("x" * 70_000, np.int64(3), "{not json", json.dumps({"fields": {}})):
+        with h5py.File(rec.path, "r+", locking=False) as f:
+            f.attrs["summary"] = forged
+        lazy = Record(rec.path, lazy=True)
+        assert lazy._summary is None and "_history" in vars(lazy), repr(forged)[:20]
+        assert lazy.metric_summaries()["loss"]["final"] == 1.5
+
+
+def _rewrite_summary(path: pathlib.Path, change: object) -> None:
+    with h5py.File(path, "r+", locking=False) as f:
+        summary = json.loads(f.attrs["summary"])
+        change(summary)  # type: ignore[operator]
+        f.attrs["summary"] = json.dumps(summary)
+
+
+def test_summary_repeats_the_format(tmp_path: pathlib.Path) -> None:
+    rec = make_run(tmp_path, lr=0.1)
+    rec.save()
+    with h5py.File(rec.path, "r", locking=False) as f:
+        summary = json.loads(f.attrs["summary"])
+        assert (summary["format"], summary["format_version"]) == (
+            f.attrs["format"], f.attrs["format_version"]) == ("recordkit", 1)
+
+
+def test_summary_without_the_format_reads_the_root_attributes(
+        tmp_path: pathlib.Path) -> None:
+    """Summaries written before they repeated the format still open lazily; a file whose
+    root says it is not a record is then read in full, which says so."""
+    rec = make_run(tmp_path, lr=0.1)
+    rec.save()
+    _rewrite_summary(rec.path, lambda s: [s.pop("format"), s.pop("format_version")])
+    assert Record(rec.path, lazy=True)._summary is not None
+    with h5py.File(rec.path, "r+", locking=False) as f:
+        f.attrs["format"] = "other"
+    with pytest.raises(rk.errors.NotARecordError, match="not a recordkit record"):
+        Record(rec.path, lazy=True)
+
+
+def test_summary_of_a_newer_format_is_not_trusted(tmp_path: pathlib.Path) -> None:
+    rec = make_run(tmp_path, lr=0.1)
+    rec.save()
+    _rewrite_summary(rec.path, lambda s: s.update(format_version=2))
+    lazy = Record(rec.path, lazy=True)  # the root says 1: read in full, and it is fine
+    assert lazy._summary is None and lazy.history["loss"][-1] == 1.5
+    with h5py.File(rec.path, "r+", locking=False) as f:
+        f.attrs["format_version"] = 2
+    with pytest.raises(rk.errors.NotARecordError, match="upgrade recordkit"):
+        Record(rec.path, lazy=True)

@@ -416,7 +416,7 @@ def _hashable(value: Any) -> Any:
 
 def decode_params(document: str) -> dict[str, Any]:
     """Decode the JSON document written by :func:`encode_params`."""
-    decoded = decode_value(json.loads(document))
+    decoded = loads_json(document)
     if not isinstance(decoded, dict):
         raise ValueError("params document is not a JSON object")
     return decoded
@@ -460,7 +460,10 @@ def dumps_json(value: Any) -> str:
 
 
 def loads_json(document: str) -> Any:
-    return decode_value(json.loads(document))
+    value = json.loads(document)
+    if _TAG not in document and "\\u" not in document:
+        return value  # no tagged value in it (not even spelled with escapes): as parsed
+    return decode_value(value)
 
 
 # --- writing --------------------------------------------------------------------------------
@@ -675,15 +678,56 @@ def decode_tensor(array: np.ndarray, stored_dtype: str) -> np.ndarray:
 # --- reading -------------------------------------------------------------------------------
 
 
-def is_record(f: h5py.File) -> bool:
-    fmt = f.attrs.get("format")
+_VLEN_STR = h5py.h5t.py_create(h5py.string_dtype())
+
+
+def read_attr(obj: h5py.HLObject | h5py.h5o.ObjectID, key: str, default: Any = None) -> Any:
+    """``obj.attrs.get(key, default)``, the same value, read with h5py's low-level calls;
+    *obj* may also be a low-level object id (a ``FileID`` reads the root's attributes).
+
+    h5py's ``.attrs`` builds an attribute manager (and on a File, a Group for ``/``) on
+    every access, which costs more than reading a small attribute; opening thousands of
+    runs reads a few root attributes of each."""
+    oid = obj.id if isinstance(obj, h5py.HLObject) else obj
+    try:
+        attr = h5py.h5a.open(oid, key.encode("utf-8", "surrogateescape"))
+    except KeyError:
+        return default
+    stored = attr.get_type()
+    if (isinstance(stored, h5py.h5t.TypeStringID) and stored.is_variable_str()
+            and attr.get_space().get_simple_extent_type() == h5py.h5s.SCALAR):
+        # recordkit's own attributes: one variable-length string
+        text = np.empty((), dtype=object)
+        attr.read(text, mtype=_VLEN_STR)
+        value = text[()]
+        return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+    # Anything else as h5py's AttributeManager.__getitem__ reads it.
+    shape = attr.shape
+    if shape is None:
+        return h5py.Empty(attr.dtype)
+    dtype = attr.dtype
+    htype = h5py.h5t.py_create(dtype)
+    if dtype.subdtype is not None:  # numpy has no top-level array type: fold it into shape
+        dtype, subshape = dtype.subdtype
+        shape = shape + subshape
+    arr = np.zeros(shape, dtype=dtype, order="C")
+    attr.read(arr, mtype=htype)
+    string = h5py.check_string_dtype(dtype)
+    if string is not None and string.length is None:
+        arr = np.array([b.decode("utf-8", "surrogateescape") for b in arr.flat],
+                       dtype=dtype).reshape(arr.shape)
+    return arr[()] if arr.ndim == 0 else arr
+
+
+def is_record(f: h5py.File | h5py.h5f.FileID) -> bool:
+    fmt = read_attr(f, "format")
     if isinstance(fmt, bytes):
         fmt = fmt.decode("utf-8", "replace")
     return fmt == FORMAT_NAME
 
 
 def attr_str(f: h5py.HLObject, key: str, default: str = "") -> str:
-    value = f.attrs.get(key, default)
+    value = read_attr(f, key, default)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
@@ -737,6 +781,10 @@ def write_summary(f: h5py.File) -> None:
     for rows in history.values():
         epochs.update(int(e) for e in rows["epoch"])
     summary = {
+        # the root's format and version again: a reader of the summary needs no other
+        # attribute (summaries written before 2026-11-30 have neither)
+        "format": attr_str(f, "format"),
+        "format_version": int(read_attr(f, "format_version", 0)),
         "fields": {key: attr_str(f, key) for key in RUN_FIELDS},
         "params": read_text(f, PARAMS) or "{}",
         "unserialisable": attr_str(f[PARAMS], "unserialisable", "[]") if PARAMS in f
@@ -752,15 +800,13 @@ def write_summary(f: h5py.File) -> None:
         f.attrs[SUMMARY] = text
 
 
-def read_summary(f: h5py.File) -> dict[str, Any] | None:
+def read_summary(f: h5py.File | h5py.h5f.FileID) -> dict[str, Any] | None:
     """The ``summary`` attribute of a closed run, or None (running, too large, damaged)."""
-    if SUMMARY not in f.attrs:
-        return None
-    attr = f.attrs.get_id(SUMMARY)
-    if attr.get_storage_size() > MAX_SUMMARY_BYTES * 2:
-        return None
+    text = read_attr(f, SUMMARY)
+    if not isinstance(text, str) or len(text) > MAX_SUMMARY_BYTES:
+        return None  # not one written by recordkit (a string of at most that many bytes)
     try:
-        summary = loads_json(attr_str(f, SUMMARY))
+        summary = loads_json(text)
     except ValueError:
         return None
     if not isinstance(summary, dict) or not {"fields", "params", "metrics"} <= set(summary):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
+import functools
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -26,7 +27,7 @@ from recordkit.errors import (
 )
 from recordkit.filters import ensure_readable
 from recordkit.locking import is_locked
-from recordkit.safety import check_file, check_layout, check_links, check_root
+from recordkit.safety import check_file, check_layout, check_root
 from recordkit.verify import damage_hint, open_interrupted
 
 if TYPE_CHECKING:
@@ -53,19 +54,34 @@ def _has_hdf5_signature(path: Path) -> bool:
     return False
 
 
+@functools.cache
+def _read_only_access() -> h5py.h5p.PropFAID:
+    """What ``h5py.File(path, "r", locking=False)`` opens with, made once: h5py builds
+    it anew for every file, a tenth of opening a small record."""
+    plist = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    plist.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
+    plist.set_file_locking(False, ignore_when_disabled=False)
+    return plist
+
+
+def _open_read_only(path: Path) -> h5py.h5f.FileID:
+    """HDF5's own open, read-only and without file locking; OSError when it fails."""
+    return h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY, fapl=_read_only_access())
+
+
 def open_h5(path: Path) -> h5py.File:
     """Open a record file read-only, turning every failure into a RecordkitError."""
-    if not path.exists():
-        raise RecordNotFoundError(f"no record at {str(path)!r}")
-    if path.is_dir():
-        raise NotARecordError(f"{str(path)!r} is a folder, not a record file; "
-                              "use recordkit.load_all for a folder of runs")
     patched = open_interrupted(path)  # a killed flush's stale end address, read around
     if patched is not None:
         return patched
     try:
-        return h5py.File(str(path), "r", locking=False)
+        return h5py.File(_open_read_only(path))
     except OSError as err:
+        if not path.exists():
+            raise RecordNotFoundError(f"no record at {str(path)!r}") from None
+        if path.is_dir():
+            raise NotARecordError(f"{str(path)!r} is a folder, not a record file; "
+                                  "use recordkit.load_all for a folder of runs") from None
         if "locking flag values don't match" in str(err):
             # Already open in this process through plain h5py, whose default locking
             # HDF5 will not mix with ours: share that setting instead.
@@ -256,25 +272,38 @@ class Record:
         self._read_full()
 
     def _read_summary(self) -> bool:
-        """The fast path of a closed run: three root attributes. False when the run has no
-        usable summary (running, killed, or too large), and the full header is needed."""
+        """The fast path of a closed run: the root's ``summary`` attribute (and the
+        sizes of the others), read with HDF5's low-level calls. False when the run has no
+        usable summary (running, killed, too large, or not readable this way), and the
+        full header is needed."""
+        # A file whose superblock a killed flush left short (open_interrupted) needs no
+        # patched view here: a read within the old end address gets the same bytes, and
+        # an open or a read past it fails, which sends the run to the full read, which
+        # patches.
         try:
-            with open_h5(self._path) as f:
-                check_root(f, self._path)
-                if not fmt.is_record(f) or int(f.attrs.get("format_version", 0)) != (
-                        fmt.FORMAT_VERSION):
-                    return False
-                summary = fmt.read_summary(f)
-                if summary is not None:  # never follow a link out of the file, even later
-                    check_links(f, self._path)
-        except RecordBusyError:
-            return False  # caught mid-write by a live writer: the full read tries again
+            fid = _open_read_only(self._path)
+        except Exception:
+            return False  # missing, not HDF5, busy, damaged: the full read says which
+        try:
+            check_root(fid, self._path)
+            # Root attributes only: no link is followed and no dataset read. The rest of
+            # the file is checked (check_file) when the full header is first needed.
+            summary = fmt.read_summary(fid)
+            if summary is None:
+                return False
+            if "format" in summary:  # it says what the root's attributes say
+                known = (summary["format"], summary.get("format_version"))
+            else:
+                known = (fmt.FORMAT_NAME if fmt.is_record(fid) else "",
+                         int(fmt.read_attr(fid, "format_version", 0)))
+            if known != (fmt.FORMAT_NAME, fmt.FORMAT_VERSION):
+                return False
         except RecordkitError:
             raise
         except Exception:
             return False  # the full read says what is wrong
-        if summary is None:
-            return False
+        finally:
+            fid.close()
         try:
             self._attrs = {k: str(summary["fields"].get(k, "")) for k in fmt.RUN_FIELDS}
             if self._attrs["params_hash"] and fmt.params_hash(
@@ -333,7 +362,7 @@ class Record:
                 f"{str(self._path)!r} is an HDF5 file but not a recordkit record "
                 "(no root attribute format='recordkit')"
             )
-        version = int(f.attrs.get("format_version", 0))
+        version = int(fmt.read_attr(f, "format_version", 0))
         if version > fmt.FORMAT_VERSION:
             raise NotARecordError(
                 f"{str(self._path)!r} is a record of format version {version}; this "
@@ -512,7 +541,8 @@ class Record:
         their epochs (None when the metric has no finite value), ``epoch_level``. Read from
         the run's summary when it was opened from one, without reading the history."""
         if self._summary is not None:
-            return copy.deepcopy(self._summary["metrics"])
+            # one level of scalars each (JSON numbers, null, bools): a copy per metric
+            return {name: dict(stats) for name, stats in self._summary["metrics"].items()}
         return {name: fmt.metric_summary(rows) for name, rows in self._history._rows.items()}
 
     @property

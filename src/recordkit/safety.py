@@ -77,48 +77,54 @@ def _read_unit(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _check_attr_sizes(path: Path, where: str, obj: h5py.h5o.ObjectID, count: int) -> None:
-    """The sizes of an object's *count* attributes, from their headers (low-level: this
-    runs for every object of every record opened)."""
-    for index in range(count):
+def _attr_sizes(oid: h5py.h5o.ObjectID) -> list[tuple[str, int]]:
+    """``(name, stored size)`` of an object's attributes, from their headers only: one
+    walk, or, when the walk fails on a damaged header, attribute by attribute, leaving out
+    those that cannot be opened (the reads that need them say what is wrong)."""
+    found: list[tuple[bytes, int]] = []
+
+    def collect(name: bytes, info: h5py.h5a.AttrInfo) -> None:
+        found.append((name, info.data_size))
+
+    try:
+        h5py.h5a.iterate(oid, collect, info=True)
+    except Exception:
+        found = []
         try:
-            attr = h5py.h5a.open(obj, index=index)
-            size = attr.get_storage_size()
-        except Exception:  # unreadable attribute headers are damage, found by the reads
-            continue
-        if size > MAX_ATTR_BYTES:
-            name = attr.name.decode("utf-8", "replace")
-            raise _unsafe(path, f"attribute {name!r} of {where} claims {size} bytes "
-                                f"(limit {MAX_ATTR_BYTES})")
+            count = h5py.h5o.get_info(oid).num_attrs
+        except Exception:
+            count = 0
+        for index in range(count):
+            try:
+                attr = h5py.h5a.open(oid, index=index)
+                found.append((attr.name, attr.get_storage_size()))
+            except Exception:
+                continue
+    return [(name.decode("utf-8", "surrogateescape"), size) for name, size in found]
 
 
-def _check_attrs(path: Path, where: str, obj: h5py.HLObject, read_strings: bool) -> None:
-    """Sizes of attributes from their headers; the text of variable-length strings only
-    with *read_strings* (the root's, which a Record keeps: reading every object's would
-    cost more than the rest of opening a file)."""
-    attrs = obj.attrs  # h5py builds a new manager on every .attrs
-    for key in attrs:
-        try:
-            attr = attrs.get_id(key)
-            size = attr.get_storage_size()
-            vlen_string = attr.dtype.kind == "O"
-        except Exception:  # unreadable attribute headers are damage, found by the reads
-            continue
+def _check_attrs(path: Path, where: str, obj: h5py.HLObject | h5py.h5o.ObjectID,
+                 read_strings: bool) -> None:
+    """Sizes of attributes from their headers; their text too with *read_strings* (the
+    root's, which a Record keeps: a variable-length string lives in the file's global
+    heap and its header says nothing of its length; reading every object's would cost
+    more than the rest of opening a file)."""
+    oid = obj.id if isinstance(obj, h5py.HLObject) else obj
+    for key, size in _attr_sizes(oid):
         if size > MAX_ATTR_BYTES:
             raise _unsafe(path, f"attribute {key!r} of {where} claims {size} bytes "
                                 f"(limit {MAX_ATTR_BYTES})")
-        if vlen_string and read_strings:
-            # A variable-length string lives in the file's global heap: its header says
-            # nothing of its length, and the read is bounded by the file's size.
-            try:
-                value = attrs[key]
-            except Exception:
-                continue
-            values = value.ravel().tolist() if isinstance(value, np.ndarray) else [value]
-            size = sum(len(v) for v in values if isinstance(v, (str, bytes)))
-            if size > MAX_ATTR_BYTES:
-                raise _unsafe(path, f"attribute {key!r} of {where} holds {size} characters "
-                                    f"(limit {MAX_ATTR_BYTES})")
+        if not read_strings:
+            continue
+        try:  # the read is bounded by the file's size
+            value = fmt.read_attr(oid, key)
+        except Exception:
+            continue
+        values = value.ravel().tolist() if isinstance(value, np.ndarray) else [value]
+        size = sum(len(v) for v in values if isinstance(v, (str, bytes)))
+        if size > MAX_ATTR_BYTES:
+            raise _unsafe(path, f"attribute {key!r} of {where} holds {size} characters "
+                                f"(limit {MAX_ATTR_BYTES})")
 
 
 def _first_snapshot(dsid: h5py.h5d.DatasetID) -> int | None:
@@ -227,7 +233,7 @@ def check_dataset(f: h5py.File, name: str, path: str | os.PathLike[str]) -> h5py
     return obj
 
 
-def check_root(f: h5py.File, path: str | os.PathLike[str]) -> None:
+def check_root(f: h5py.File | h5py.h5f.FileID, path: str | os.PathLike[str]) -> None:
     """The check of a fast open that reads root attributes only: their sizes, from their
     headers (no link is followed, no dataset read).
 
@@ -285,7 +291,8 @@ def check_file(f: h5py.File, path: str | os.PathLike[str]) -> None:
             obj = h5py.h5o.open(f.id, raw_name)
         except Exception:
             continue  # a damaged header: the reads that need it say so
-        _check_attr_sizes(file_path, f"/{name}", obj, attributes)
+        if attributes:
+            _check_attrs(file_path, f"/{name}", obj, read_strings=False)
         if kind == h5py.h5o.TYPE_DATASET:
             assert isinstance(obj, h5py.h5d.DatasetID)
             _check_dataset(file_path, name, obj, file_size, table_rows)
