@@ -126,11 +126,13 @@ ATTRIBUTES = {
     "ascii vlen string": ("abc", h5py.string_dtype("ascii")),
     "non-utf-8 vlen bytes": (b"\xff\xfeok", h5py.string_dtype("utf-8")),
     "fixed utf-8 string": ("é".encode(), h5py.string_dtype("utf-8", 8)),
+    "enum": (1, h5py.enum_dtype({"a": 0, "b": 1}, basetype="i1")),
 }
 
 
+@pytest.mark.parametrize("name", ["x", "é / 日本"])
 @pytest.mark.parametrize("kind", sorted(ATTRIBUTES))
-def test_read_attr_equals_h5py(tmp_path: pathlib.Path, kind: str) -> None:
+def test_read_attr_equals_h5py(tmp_path: pathlib.Path, kind: str, name: str) -> None:
     """The low-level attribute read of the fast open returns what h5py's .attrs does."""
     from recordkit import format as fmt
 
@@ -139,13 +141,13 @@ def test_read_attr_equals_h5py(tmp_path: pathlib.Path, kind: str) -> None:
         value = ATTRIBUTES[kind]
         for obj in (f, f.create_group("g")):
             if isinstance(value, tuple):
-                obj.attrs.create("x", value[0], dtype=value[1])
+                obj.attrs.create(name, value[0], dtype=value[1])
             else:
-                obj.attrs["x"] = value
+                obj.attrs[name] = value
     with h5py.File(path, "r") as f:
         for obj in (f, f["g"], f.id):
-            expected = (f if obj is f.id else obj).attrs.get("x")
-            got = fmt.read_attr(obj, "x")
+            expected = (f if obj is f.id else obj).attrs.get(name)
+            got = fmt.read_attr(obj, name)
             assert type(got) is type(expected), kind
             if isinstance(expected, h5py.Empty):
                 assert got == expected
@@ -156,17 +158,87 @@ def test_read_attr_equals_h5py(tmp_path: pathlib.Path, kind: str) -> None:
             assert fmt.read_attr(obj, "missing") is None
 
 
-def test_oversized_or_odd_summary_is_read_in_full(tmp_path: pathlib.Path) -> None:
-    """A summary recordkit would not have written (too long, not a string, not JSON) is
-    ignored: the run is opened from its full header, with every check."""
+def _valid_but(change: object) -> str:
+    """A summary as recordkit writes it (of make_run's run), changed by *change*."""
+    summary = {"format": "recordkit", "format_version": 1, "fields": {},
+               "params": "{}", "unserialisable": "[]", "epochs": 5, "snapshots": 5,
+               "metrics": {"loss": {"count": 5, "final": 1.5, "final_epoch": 4, "min": 1.0,
+                                    "min_epoch": 1, "max": 3.0, "max_epoch": 0,
+                                    "epoch_level": True}}}
+    change(summary)  # type: ignore[operator]
+    return json.dumps(summary)
+
+
+FORGED_SUMMARIES = {
+    "too long": _valid_but(lambda s: s.update(pad="x" * 70_000)),
+    "not a string": np.int64(3),
+    "not JSON": "{not json",
+    "no metrics": json.dumps({"fields": {}, "params": "{}"}),
+    "metric not a mapping": _valid_but(lambda s: s["metrics"].update(loss=5)),
+    "final as text": _valid_but(lambda s: s["metrics"]["loss"].update(final="1.5")),
+    "count missing": _valid_but(lambda s: s["metrics"]["loss"].pop("count")),
+    "epoch_level not a bool": _valid_but(
+        lambda s: s["metrics"]["loss"].update(epoch_level=1)),
+    "epochs as a bool": _valid_but(lambda s: s.update(epochs=True)),
+    "params not text": _valid_but(lambda s: s.update(params={"lr": 0.1})),
+    "params nested 20,000 deep": _valid_but(
+        lambda s: s.update(params="[" * 20_000 + "]" * 20_000)),
+    "summary nested 20,000 deep": "[" * 20_000 + "]" * 20_000,
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORGED_SUMMARIES))
+def test_oversized_or_odd_summary_is_read_in_full(tmp_path: pathlib.Path, case: str) -> None:
+    """A summary recordkit would not have written is ignored: the run is opened from its
+    full header, with every check, and a table of many runs shows its real values."""
     rec = make_run(tmp_path, lr=0.1)
     rec.save()
-    for forged in ("x" * 70_000, np.int64(3), "{not json", json.dumps({"fields": {}})):
-        with h5py.File(rec.path, "r+", locking=False) as f:
-            f.attrs["summary"] = forged
-        lazy = Record(rec.path, lazy=True)
-        assert lazy._summary is None and "_history" in vars(lazy), repr(forged)[:20]
-        assert lazy.metric_summaries()["loss"]["final"] == 1.5
+    assert Record(rec.path, lazy=True)._summary is not None  # the genuine one is used
+    with h5py.File(rec.path, "r+", locking=False) as f:
+        f.attrs["summary"] = FORGED_SUMMARIES[case]
+    lazy = Record(rec.path, lazy=True)
+    assert lazy._summary is None and "_history" in vars(lazy)
+    assert lazy.metric_summaries()["loss"]["final"] == 1.5
+    records = rk.load_all(tmp_path, cache=False)
+    assert len(records) == 1 and not records.skipped
+    assert records[0].metric_summaries()["loss"]["min_epoch"] == 1
+
+
+def test_summary_at_the_size_limit_is_used(tmp_path: pathlib.Path) -> None:
+    rec = make_run(tmp_path, lr=0.1)
+    rec.save()
+    with h5py.File(rec.path, "r", locking=False) as f:
+        genuine = json.loads(f.attrs["summary"])
+    text = json.dumps({**genuine, "pad": ""})
+    padded = json.dumps({**genuine, "pad": "x" * (60_000 - len(text))})
+    assert len(padded) == 60_000
+    with h5py.File(rec.path, "r+", locking=False) as f:
+        f.attrs["summary"] = padded
+    assert Record(rec.path, lazy=True)._summary is not None
+    with h5py.File(rec.path, "r+", locking=False) as f:
+        f.attrs["summary"] = padded[:-2] + 'x"}'  # one character more
+    assert Record(rec.path, lazy=True)._summary is None
+
+
+def test_verify_reports_a_summary_that_disagrees_with_the_data(
+        tmp_path: pathlib.Path) -> None:
+    from recordkit.verify import verify
+
+    rec = make_run(tmp_path, lr=0.1)
+    rec.log({"diverged": float("nan")}, epoch=5)  # a final value of NaN
+    rec.save()
+    assert verify(rec.path, isolate=False).ok  # NaN compares equal to itself here
+    _rewrite_summary(rec.path, lambda s: s["metrics"]["loss"].update(final=0.25))
+    report = verify(rec.path, isolate=False)
+    assert not report.ok
+    assert any("summary" in p and "metrics" in p for p in report.problems), report.problems
+    _rewrite_summary(rec.path, lambda s: s["metrics"]["loss"].update(final=1.5))
+    assert verify(rec.path, isolate=False).ok
+    _rewrite_summary(rec.path, lambda s: s.update(format_version=2))
+    report = verify(rec.path, isolate=False)
+    assert any("format_version" in p for p in report.problems), report.problems
+    _rewrite_summary(rec.path, lambda s: [s.pop("format"), s.pop("format_version")])
+    assert verify(rec.path, isolate=False).ok  # a summary from before the format copy
 
 
 def _rewrite_summary(path: pathlib.Path, change: object) -> None:

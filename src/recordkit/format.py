@@ -774,8 +774,8 @@ def metric_summary(rows: np.ndarray) -> dict[str, Any]:
     }
 
 
-def write_summary(f: h5py.File) -> None:
-    """Write (or drop, when too large) the ``summary`` root attribute of a closed run."""
+def build_summary(f: h5py.File) -> dict[str, Any]:
+    """What the ``summary`` attribute of the run in *f* holds, from its data."""
     history = read_history(f)
     epochs: set[int] = set()
     for rows in history.values():
@@ -793,7 +793,14 @@ def write_summary(f: h5py.File) -> None:
         "epochs": len(epochs),
         "snapshots": int(f[SNAPSHOTS].shape[0]) if SNAPSHOTS in f else 0,
     }
-    text = dumps_json(summary)
+    return summary
+
+
+def write_summary(f: h5py.File) -> None:
+    """Write (or drop, when too large) the ``summary`` root attribute of a closed run.
+    A writer that changes the root's ``format`` or ``format_version`` afterwards must
+    write it again: readers of the summary trust its copy of them."""
+    text = dumps_json(build_summary(f))
     if SUMMARY in f.attrs:
         del f.attrs[SUMMARY]
     if len(text.encode("utf-8")) <= MAX_SUMMARY_BYTES:
@@ -807,11 +814,44 @@ def read_summary(f: h5py.File | h5py.h5f.FileID) -> dict[str, Any] | None:
         return None  # not one written by recordkit (a string of at most that many bytes)
     try:
         summary = loads_json(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    if not isinstance(summary, dict) or not {"fields", "params", "metrics"} <= set(summary):
-        return None
-    return summary
+    return summary if _summary_shape_ok(summary) else None
+
+
+_NUMBER = (int, float)
+#: Per metric of a summary: the types of its values (None too where marked).
+_METRIC_SUMMARY_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "count": ((int,), False), "final": (_NUMBER, True), "final_epoch": ((int,), True),
+    "min": (_NUMBER, True), "min_epoch": ((int,), True), "max": (_NUMBER, True),
+    "max_epoch": ((int,), True), "epoch_level": ((bool,), False),
+}
+
+
+def _summary_shape_ok(summary: Any) -> bool:
+    """Whether a summary has the shape :func:`build_summary` gives it, so that a forged
+    or damaged one sends its run to the full read instead of into a table."""
+    if not isinstance(summary, dict) or not isinstance(summary.get("fields"), dict):
+        return False
+    if not isinstance(summary.get("params"), str) or not isinstance(
+            summary.get("unserialisable", "[]"), str):
+        return False
+    if not all(isinstance(summary.get(key, 0), int) and not isinstance(
+            summary.get(key, 0), bool) for key in ("epochs", "snapshots")):
+        return False
+    metrics = summary.get("metrics")
+    if not isinstance(metrics, dict):
+        return False
+    for stats in metrics.values():
+        if not isinstance(stats, dict):
+            return False
+        for key, (types, nullable) in _METRIC_SUMMARY_TYPES.items():
+            value = stats.get(key)
+            if value is None and nullable:
+                continue
+            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+                return False
+    return True
 
 
 # --- extras ----------------------------------------------------------------------------------

@@ -311,8 +311,8 @@ class Record:
                 return False  # a damaged summary: the full read checks the params
             self._params = fmt.decode_params(summary["params"])
             self._unserialisable = list(fmt.loads_json(summary["unserialisable"]))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            return False
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            return False  # a damaged or forged summary: the full read says what is wrong
         if self._attrs["status"] == "running":
             return False
         self._summary = summary

@@ -361,7 +361,7 @@ def _check_header(f: h5py.File, path: str | os.PathLike[str]) -> None:
     a version this reader knows; other files are left to the caller's checks."""
     if not fmt.is_record(f):
         return  # not a record: the reader says so
-    version = f.attrs.get("format_version")
+    version = fmt.read_attr(f, "format_version")
     if version is None:
         raise NotARecordError(
             f"{str(path)!r} is marked format='recordkit' but has no root attribute "
@@ -374,7 +374,9 @@ def _check_header(f: h5py.File, path: str | os.PathLike[str]) -> None:
             f"{str(version)[:60]!r}, not an integer; run `recordkit verify` on it") from None
     if number > fmt.FORMAT_VERSION:
         return  # a newer format: the reader asks for an upgrade
-    check_fields({key: fmt.attr_str(f, key) for key in fmt.RUN_FIELDS if key in f.attrs},
+    fields = {key: fmt.read_attr(f, key) for key in fmt.RUN_FIELDS}
+    check_fields({key: value.decode("utf-8", "replace") if isinstance(value, bytes)
+                  else str(value) for key, value in fields.items() if value is not None},
                  path)
 
 

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -356,6 +357,7 @@ def _verify_into(path: Path, report: VerifyReport) -> VerifyReport:
         _read_everything(f, path, report)
         _check_tables(f, report)
         _check_extras(f, report)
+        _check_summary(f, report)
     _check_loads(path, report)
     return report
 
@@ -439,6 +441,50 @@ def _read_dataset(ds: h5py.Dataset, where: str, file_size: int, report: VerifyRe
             if "checksum" in text.lower() or "filter" in text.lower():
                 text += " (its fletcher32 checksum does not match: the stored bytes changed)"
             report.problems.append(f"dataset {where}, chunk at {list(corner)}: {text}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, NaN equal to NaN (a metric's final value may be NaN)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _check_summary(f: h5py.File, report: VerifyReport) -> None:
+    """The ``summary`` attribute (what load_all and `recordkit ls` show of a closed run)
+    must say what the run's data says."""
+    if fmt.SUMMARY not in f.attrs:
+        return
+    where = ("its summary attribute (what load_all and `recordkit ls` read instead of "
+             "the whole file)")
+    stored = fmt.read_summary(f)
+    if stored is None:
+        report.notes.append(f"{where} is not one recordkit writes; tables of many runs "
+                            "read this run in full")
+        return
+    try:
+        expected = fmt.build_summary(f)
+    except Exception as err:
+        report.problems.append(f"{where} cannot be compared with the data: {_why(err)}")
+        return
+    if "format" not in stored:  # written before summaries repeated the format
+        expected.pop("format", None)
+        expected.pop("format_version", None)
+    differ = sorted(k for k in expected.keys() | stored.keys()
+                    if not _same(expected.get(k), stored.get(k)))
+    if differ:
+        report.problems.append(
+            f"{where} disagrees with the run's data in {', '.join(differ)}: tables of "
+            "many runs show wrong values for this run; recordkit.load reads the data itself")
 
 
 def _check_tables(f: h5py.File, report: VerifyReport) -> None:
