@@ -721,7 +721,7 @@ def test_multi_worker_mirrored_strategy_only_the_chief_writes(tmp_path: Path) ->
     assert record.status == "completed"
     assert_history_equal(record, chief["history"], [0, 1])
     assert record.snapshot_epochs == [0, 1]
-    # tf.distribute.MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy
-    assert record.info["distribution"] == {"strategy": "CollectiveAllReduceStrategy",
+    # stored by the name users write, not by its class (CollectiveAllReduceStrategy)
+    assert record.info["distribution"] == {"strategy": "MultiWorkerMirroredStrategy",
                                            "replicas": 2, "task_type": "worker",
                                            "task_id": 0}

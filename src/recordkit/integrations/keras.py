@@ -521,6 +521,16 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException,
 # --- distribution ------------------------------------------------------------------------
 
 
+def _strategy_name(strategy: Any) -> str:
+    """The name users write (``MultiWorkerMirroredStrategy``), not the class behind it
+    (``CollectiveAllReduceStrategy``): TensorFlow's exported API name when the class has
+    one of its own, else the class name."""
+    exported = type(strategy).__dict__.get("_tf_api_names")
+    if isinstance(exported, (tuple, list)) and exported and isinstance(exported[0], str):
+        return exported[0].rsplit(".", 1)[-1]
+    return type(strategy).__name__
+
+
 def _cluster_resolver(model: Any) -> Any:
     strategy = getattr(model, "distribute_strategy", None)  # tensorflow backend only
     return getattr(strategy, "cluster_resolver", None) if strategy is not None else None
@@ -746,7 +756,7 @@ def _run_info(model: Any) -> dict[str, Any]:
     strategy = getattr(model, "distribute_strategy", None)
     resolver = _cluster_resolver(model)
     distribution = {
-        "strategy": type(strategy).__name__ if strategy is not None else None,
+        "strategy": _strategy_name(strategy) if strategy is not None else None,
         "replicas": int(getattr(strategy, "num_replicas_in_sync", 1) or 1),
         "task_type": getattr(resolver, "task_type", None),
         "task_id": getattr(resolver, "task_id", None),
