@@ -2,9 +2,10 @@
 
 Target (issue 5): 1,000 runs of 10 params and 3 metrics × 20 epochs each in under 1 s on
 a 2-core machine, with every file opened (``cache=False``), and with the header cache
-(stretch: 10,000 unchanged runs, ``--runs 10000``). The baseline, measured in the same run, reads the same numbers from
-1,000 JSON files (one per run: params + per-epoch history) with ``json`` and builds the
-same table with pandas; it is what a folder of researcher-style JSON files costs.
+(stretch: 10,000 unchanged runs, ``--runs 10000``). The baseline, measured in the same
+run, reads the same numbers from 1,000 JSON files (one per run: params + per-epoch
+history) with ``json`` and builds the same table with pandas; it is what a folder of
+researcher-style JSON files costs.
 
     python benchmarks/bench_read.py                 # 1,000 runs, data in a scratch folder
     python benchmarks/bench_read.py --quick         # 200 runs

@@ -243,3 +243,59 @@ def test_cache_keeps_the_most_recently_used_folders(tmp_path):
         os.utime(path, (1000 + i, 1000 + i))
     _prune(folder, keep=2)
     assert sorted(p.name for p in folder.iterdir()) == ["headers-3.json", "headers-4.json"]
+
+
+def _state_equal(a: object, b: object) -> bool:
+    """Equal values of equal types, NaN equal to NaN, arrays compared with their dtypes."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and (
+            a.tobytes() == b.tobytes())
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_state_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_state_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, rk.record.History):
+        return _state_equal(a._rows, b._rows)
+    return a == b
+
+
+def test_cached_records_equal_fresh_ones_attribute_by_attribute(tmp_path, monkeypatch):
+    """What the header cache gives back is what reading the file gives: every attribute
+    of every Record, of runs opened from their summary and of runs read in full."""
+    root = tmp_path / "records"
+    params = [
+        {"lr": 0.1, "nan": float("nan"), "inf": float("-inf"), "shape": (3, 4),
+         "tags": ["a", "b"], "nested": {"x": {"y": [1, 2.5, None, True]}}},
+        {"lr": np.float32(0.01), "n": np.int64(3), "arr": np.arange(3),
+         "unicode": "é ✓", "$type": "a key that looks like a tag"},
+    ]
+    for i, p in enumerate(params):
+        with rk.Recorder(root, name=f"run{i}", params=p, system=True) as rec:
+            rec.log({"loss": 1.0, "val/acc": float("nan")}, epoch=0)
+            rec.log({"loss": 0.5}, epoch=1)
+            rec.snapshot({"w": np.arange(4, dtype=np.float32)}, epoch=1)
+    full = rk.load_all(root, cache=False)[1].path  # this one without a summary: read in full
+    full.chmod(0o644)
+    import h5py
+
+    with h5py.File(full, "r+", locking=False) as f:
+        del f.attrs["summary"]
+    fresh = rk.load_all(root, cache=False)
+    assert fresh[0]._summary is not None and fresh[1]._summary is None
+    rk.load_all(root)  # fills the cache
+
+    def unread(*args: object) -> None:
+        raise AssertionError("read from the file, not from the cache")
+
+    monkeypatch.setattr(rk.Record, "_read_summary", unread)
+    monkeypatch.setattr(rk.Record, "_read_full", unread)
+    cached = rk.load_all(root)
+    for a, b in zip(fresh, cached, strict=True):
+        assert vars(a).keys() == vars(b).keys()
+        for name in vars(a):
+            if name != "_h5":
+                assert _state_equal(vars(a)[name], vars(b)[name]), name

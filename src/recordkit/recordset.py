@@ -370,8 +370,13 @@ def record_files(root: Path, experiment: str | None = None) -> list[Path]:
         folders = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
     files: list[Path] = []
     for folder in folders:
-        if folder.is_dir():
-            files.extend(sorted(p for p in folder.glob("*.h5") if p.is_file()))
+        try:
+            with os.scandir(folder) as entries:  # the file type without a stat per file
+                names = sorted(e.name for e in entries if e.name.endswith(".h5")
+                               and not e.name.startswith(".") and e.is_file())
+        except OSError:  # not a folder (any more)
+            continue
+        files.extend(folder / name for name in names)
     return files
 
 
@@ -456,7 +461,7 @@ def _progress(files: list[Path], show: bool) -> Iterable[Path]:
 # header attributes generically, so new attributes need no change here; a change of
 # the reading code (record.py, format.py, safety.py: size and mtime) discards the cache.
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 #: Cache files (one per folder of records) kept; the least recently used go first.
 _CACHE_FILES = 200
 
@@ -588,6 +593,8 @@ def _freeze(value: Any) -> Any:
         return {"$dtype": value.descr if value.names else value.str}
     if isinstance(value, tuple):
         return {"$tuple": [_freeze(v) for v in value]}
+    if _plain(value):  # e.g. a summary, system info: kept as it is, thawed by json alone
+        return {"$json": value}
     if isinstance(value, list):
         return [_freeze(v) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
@@ -597,6 +604,19 @@ def _freeze(value: Any) -> Any:
     if flagged:
         raise _Uncacheable
     return {"$leaf": encoded}
+
+
+def _plain(value: Any) -> bool:
+    """Whether json gives *value* back as it is: dicts with str keys, lists, str, int,
+    float (NaN and inf too) and bool of exactly those types, and None."""
+    kind = type(value)
+    if value is None or kind in (str, int, float, bool):
+        return True
+    if kind is list:
+        return all(_plain(v) for v in value)
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    return False
 
 
 def _dtype_of(spec: Any) -> np.dtype:
@@ -611,6 +631,8 @@ def _thaw(frozen: Any) -> Any:
     if not isinstance(frozen, dict):
         return frozen
     (tag, body), = frozen.items()
+    if tag == "$json":
+        return body
     if tag == "$map":
         return {k: _thaw(v) for k, v in body.items()}
     if tag == "$tuple":
