@@ -26,3 +26,15 @@ def require(module: str, extra: str) -> ModuleType:
         pytest.skip(f"{module} is not installed (pip install 'recordkit[{extra}]')",
                     allow_module_level=True)
         raise  # unreachable
+
+
+def signed_summary(summary: dict) -> str:
+    """A summary's text as recordkit writes it, for tests that forge one: its own sha256
+    as the last member (docs/FORMAT.md), so that readers use it."""
+    import hashlib
+    import json
+
+    body = json.dumps({k: v for k, v in summary.items() if k != "sha256"},
+                      ensure_ascii=False)
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return f'{body[:-1]}, "sha256": "{digest}"}}'

@@ -16,7 +16,7 @@ import recordkit as rk
 from recordkit import cli
 from recordkit.record import Record
 from recordkit.recordset import RecordSet
-from tests.support import require
+from tests.support import require, signed_summary
 
 LOSSES = {0.1: [1.0, 0.5, 0.25], 0.01: [1.0, 0.9, 0.8]}
 
@@ -191,7 +191,7 @@ def _set_created(path, where, value):
         else:
             summary = json.loads(f.attrs["summary"])
             summary["fields"]["created"] = value
-            f.attrs["summary"] = json.dumps(summary)
+            f.attrs["summary"] = signed_summary(summary)
 
 
 def _one_line(err, *words):

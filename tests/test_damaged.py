@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 import recordkit
+from recordkit.record import Record
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 7
@@ -65,6 +66,11 @@ def read_all(path: str) -> dict[str, Any]:
                           repr(value).encode())
         digest.update(repr(record.params).encode())
         record.system, record.status  # noqa: B018
+        # What a table of many runs shows: the run opened from its summary, when usable.
+        lazy = Record(path, lazy=True)
+        digest.update(repr(sorted(lazy.metric_summaries().items())).encode())
+        digest.update(repr((lazy.params, lazy.status, lazy.run_id, lazy.created,
+                            lazy.epoch_count)).encode())
         return {"kind": "ok", "digest": digest.hexdigest()}
     except recordkit.RecordkitError as err:
         return {"kind": "error", "cls": type(err).__name__, "msg": str(err)}
@@ -139,9 +145,10 @@ def variants(original: Path, out: Path) -> list[tuple[str, str, Path]]:
             flipped[at] ^= 0xFF
             write("data", f"byte {at} flipped inside a chunk of /{name}", bytes(flipped))
     # Stored without an HDF5 checksum: the params text (its hash is in params_hash), a
-    # JSON extra and a 0-d extra (a sha256 attribute each). A digit changed keeps them
-    # well-formed, so only the checksum can tell.
-    texts = {"params": b'{"lr": 0.01', "extra": b'"acc": [0.25, 0.5]'}
+    # JSON extra and a 0-d extra (a sha256 attribute each), the summary (its own sha256).
+    # A digit changed keeps them well-formed, so only the checksum can tell.
+    texts = {"params": b'{"lr": 0.01', "extra": b'"acc": [0.25, 0.5]',
+             "summary": b'"final": 0.1666'}
     with h5py.File(original, "r") as f:
         best = f["extras/best"]
         texts["extra "] = data[best.id.get_offset():best.id.get_offset() + 8]
@@ -212,6 +219,14 @@ def test_damaged_params_and_unchunked_extras_are_detected(outcomes: list) -> Non
             assert not result["verify_ok"], what
         if kind == "extra":
             assert "checksum" in result["msg"], (what, result)
+
+
+def test_damaged_summary_is_not_shown_and_verify_reports_it(outcomes: list) -> None:
+    """A digit changed in the summary (what load_all and `recordkit ls` show) once showed
+    another number in every table, and verify said OK."""
+    [(what, result)] = [(w, r) for kind, w, _, r in outcomes if kind == "summary"]
+    assert result["kind"] == "ok" and result["same_data"], (what, result)
+    assert not result["verify_ok"], what
 
 
 def test_truncation_is_an_error_and_verify_reports_it(outcomes: list) -> None:

@@ -13,6 +13,7 @@ import pytest
 import recordkit as rk
 from recordkit.record import Record
 from tests.support import require
+from tests.support import signed_summary as signed
 
 
 def make_run(root: pathlib.Path, **params: object) -> rk.Recorder:
@@ -166,14 +167,14 @@ def _valid_but(change: object) -> str:
                                     "min_epoch": 1, "max": 3.0, "max_epoch": 0,
                                     "epoch_level": True}}}
     change(summary)  # type: ignore[operator]
-    return json.dumps(summary)
+    return signed(summary)
 
 
 FORGED_SUMMARIES = {
     "too long": _valid_but(lambda s: s.update(pad="x" * 70_000)),
     "not a string": np.int64(3),
     "not JSON": "{not json",
-    "no metrics": json.dumps({"fields": {}, "params": "{}"}),
+    "no metrics": signed({"fields": {}, "params": "{}"}),
     "metric not a mapping": _valid_but(lambda s: s["metrics"].update(loss=5)),
     "final as text": _valid_but(lambda s: s["metrics"]["loss"].update(final="1.5")),
     "count missing": _valid_but(lambda s: s["metrics"]["loss"].pop("count")),
@@ -209,14 +210,14 @@ def test_summary_at_the_size_limit_is_used(tmp_path: pathlib.Path) -> None:
     rec.save()
     with h5py.File(rec.path, "r", locking=False) as f:
         genuine = json.loads(f.attrs["summary"])
-    text = json.dumps({**genuine, "pad": ""})
-    padded = json.dumps({**genuine, "pad": "x" * (60_000 - len(text))})
+    text = signed({**genuine, "pad": ""})
+    padded = signed({**genuine, "pad": "x" * (60_000 - len(text))})
     assert len(padded) == 60_000
     with h5py.File(rec.path, "r+", locking=False) as f:
         f.attrs["summary"] = padded
     assert Record(rec.path, lazy=True)._summary is not None
     with h5py.File(rec.path, "r+", locking=False) as f:
-        f.attrs["summary"] = padded[:-2] + 'x"}'  # one character more
+        f.attrs["summary"] = signed({**genuine, "pad": "x" * (60_001 - len(text))})
     assert Record(rec.path, lazy=True)._summary is None
 
 
@@ -245,7 +246,7 @@ def _rewrite_summary(path: pathlib.Path, change: object) -> None:
     with h5py.File(path, "r+", locking=False) as f:
         summary = json.loads(f.attrs["summary"])
         change(summary)  # type: ignore[operator]
-        f.attrs["summary"] = json.dumps(summary)
+        f.attrs["summary"] = signed(summary)
 
 
 def test_summary_repeats_the_format(tmp_path: pathlib.Path) -> None:
@@ -281,3 +282,39 @@ def test_summary_of_a_newer_format_is_not_trusted(tmp_path: pathlib.Path) -> Non
         f.attrs["format_version"] = 2
     with pytest.raises(rk.errors.NotARecordError, match="upgrade recordkit"):
         Record(rec.path, lazy=True)
+
+
+def test_summary_checksum(tmp_path: pathlib.Path) -> None:
+    """A summary's text carries its own sha256: a changed digit (the global heap has no
+    HDF5 checksum) sends the run to the full read, which shows its real values, and
+    verify reports it. A summary from before checksums (no format, no sha256) is used."""
+    from recordkit import format as fmt
+    from recordkit.verify import verify
+
+    rec = make_run(tmp_path, lr=0.1)
+    rec.save()
+    with h5py.File(rec.path, "r", locking=False) as f:
+        text = f.attrs["summary"]
+    assert fmt.summary_checksum_ok(text) is True
+    assert '"final": 1.5,' in text
+    damaged = text.replace('"final": 1.5,', '"final": 1.7,')
+    assert fmt.summary_checksum_ok(damaged) is False
+    cases = {
+        "a digit changed": (damaged, False),
+        "its checksum lost": (text[:text.rindex(', "sha256"')] + "}", False),
+        "written before checksums": (json.dumps(
+            {k: v for k, v in json.loads(text).items()
+             if k not in ("sha256", "format", "format_version")}), True),
+    }
+    for case, (forged, used) in cases.items():
+        with h5py.File(rec.path, "r+", locking=False) as f:
+            f.attrs["summary"] = forged
+        lazy = Record(rec.path, lazy=True)
+        assert (lazy._summary is not None) == used, case
+        assert lazy.metric_summaries()["loss"]["final"] == 1.5, case
+        table = rk.load_all(tmp_path, cache=False)
+        assert table[0].metric_summaries()["loss"]["final"] == 1.5, case
+    with h5py.File(rec.path, "r+", locking=False) as f:
+        f.attrs["summary"] = damaged
+    report = verify(rec.path, isolate=False)
+    assert any("sha256" in p for p in report.problems), report.problems

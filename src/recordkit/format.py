@@ -800,22 +800,46 @@ def write_summary(f: h5py.File) -> None:
     """Write (or drop, when too large) the ``summary`` root attribute of a closed run.
     A writer that changes the root's ``format`` or ``format_version`` afterwards must
     write it again: readers of the summary trust its copy of them."""
-    text = dumps_json(build_summary(f))
+    body = dumps_json(build_summary(f))
+    digest = hashlib.sha256(body.encode("utf-8", "surrogateescape")).hexdigest()
+    text = f'{body[:-1]}, "sha256": "{digest}"}}'
     if SUMMARY in f.attrs:
         del f.attrs[SUMMARY]
-    if len(text.encode("utf-8")) <= MAX_SUMMARY_BYTES:
+    if len(text.encode("utf-8", "surrogateescape")) <= MAX_SUMMARY_BYTES:
         f.attrs[SUMMARY] = text
 
 
+#: The summary's last member: the sha256 of its text without that member. A string in
+#: the global heap has no HDF5 checksum, and a table shows what the summary says.
+_SUMMARY_CHECKSUM = re.compile(r', "sha256": "([0-9a-f]{64})"\}\Z')
+
+
+def summary_checksum_ok(text: str) -> bool | None:
+    """Whether a summary's text matches its own sha256; None when it has none (those
+    written before 2026-11-30, which also lack ``format``)."""
+    found = _SUMMARY_CHECKSUM.search(text)
+    if found is None:
+        return None
+    body = text[:found.start()] + "}"
+    return hashlib.sha256(body.encode("utf-8", "surrogateescape")).hexdigest() == (
+        found.group(1))
+
+
 def read_summary(f: h5py.File | h5py.h5f.FileID) -> dict[str, Any] | None:
-    """The ``summary`` attribute of a closed run, or None (running, too large, damaged)."""
+    """The ``summary`` attribute of a closed run, or None (running, too large, damaged,
+    or not one recordkit writes)."""
     text = read_attr(f, SUMMARY)
     if not isinstance(text, str) or len(text) > MAX_SUMMARY_BYTES:
         return None  # not one written by recordkit (a string of at most that many bytes)
+    checked = summary_checksum_ok(text)
+    if checked is False:
+        return None  # damaged: the full read gives the run's own values
     try:
         summary = loads_json(text)
     except (ValueError, RecursionError):
         return None
+    if checked is None and isinstance(summary, dict) and "format" in summary:
+        return None  # a summary that carries the format carries a checksum: lost to damage
     return summary if _summary_shape_ok(summary) else None
 
 
