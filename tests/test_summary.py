@@ -314,7 +314,10 @@ def test_summary_checksum(tmp_path: pathlib.Path) -> None:
         assert lazy.metric_summaries()["loss"]["final"] == 1.5, case
         table = rk.load_all(tmp_path, cache=False)
         assert table[0].metric_summaries()["loss"]["final"] == 1.5, case
-    with h5py.File(rec.path, "r+", locking=False) as f:
-        f.attrs["summary"] = damaged
-    report = verify(rec.path, isolate=False)
-    assert any("sha256" in p for p in report.problems), report.problems
+    for forged, used in cases.values():
+        with h5py.File(rec.path, "r+", locking=False) as f:
+            f.attrs["summary"] = forged
+        report = verify(rec.path, isolate=False)
+        assert report.ok == used, report.problems
+        if not used:
+            assert any("sha256" in p for p in report.problems), report.problems

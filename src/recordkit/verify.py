@@ -459,6 +459,14 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
+def _has_format(text: Any) -> bool:
+    try:
+        parsed = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return isinstance(parsed, dict) and "format" in parsed
+
+
 def _check_summary(f: h5py.File, report: VerifyReport) -> None:
     """The ``summary`` attribute (what load_all and `recordkit ls` show of a closed run)
     must say what the run's data says."""
@@ -467,9 +475,14 @@ def _check_summary(f: h5py.File, report: VerifyReport) -> None:
     where = ("its summary attribute (what load_all and `recordkit ls` read instead of "
              "the whole file)")
     text = fmt.read_attr(f, fmt.SUMMARY)
-    if isinstance(text, str) and fmt.summary_checksum_ok(text) is False:
+    checked = fmt.summary_checksum_ok(text) if isinstance(text, str) else None
+    if checked is False:
         report.problems.append(f"{where} does not match its sha256 checksum: the stored "
                                "bytes changed; tables of many runs read this run in full")
+        return
+    if checked is None and _has_format(text):
+        report.problems.append(f"{where} has lost the sha256 checksum that summaries "
+                               "carrying the format end with: the stored bytes changed")
         return
     stored = fmt.read_summary(f)
     if stored is None:
