@@ -63,13 +63,19 @@ def _writer(root: str, fsize_limit: int) -> None:
     print(json.dumps({"committed": committed, "error": error, "path": path}), flush=True)
 
 
-def run_writer(root: Path, fsize_limit: int = 0) -> dict:
+def _run_child(call: str) -> dict:
+    """Run ``tests.test_diskfull.<call>`` in a child; its last stdout line, as JSON."""
+    name = call.split("(", 1)[0]
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_diskfull "
-            f"import _writer; _writer({str(root)!r}, {fsize_limit})")
+            f"import {name}; {call}")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_writer(root: Path, fsize_limit: int = 0) -> dict:
+    return _run_child(f"_writer({str(root)!r}, {fsize_limit})")
 
 
 def assert_committed_epochs_readable(result: dict) -> None:
@@ -127,12 +133,7 @@ def _big_write(root: str, fsize_limit: int, operation: str) -> None:
 
 
 def run_big_write(root: Path, operation: str, fsize_limit: int = 0) -> dict:
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_diskfull "
-            f"import _big_write; _big_write({str(root)!r}, {fsize_limit}, {operation!r})")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _run_child(f"_big_write({str(root)!r}, {fsize_limit}, {operation!r})")
 
 
 @pytest.mark.parametrize("operation", ["add", "extend", "set_info"])

@@ -521,20 +521,14 @@ class Recorder:
             _masked_copy(self._params) if masked and self._mask_secrets else self._params,
             warn=False)
         renamed = [key for key in self._renamed if key in self._params]
-        for key in renamed:
+        news = [(key, f"hyperparameter name {self._renamed[key]} is not a str; it is "
+                      f"stored as {key!r}") for key in renamed]
+        news += [(key, f"hyperparameter {key!r} cannot be stored faithfully; it is stored "
+                       "as its repr") for key in flagged]
+        for key, what in news:  # each flagged key is warned about once
             if key not in self._flagged:
-                warnings.warn(
-                    f"recordkit: hyperparameter name {self._renamed[key]} is not a str; it "
-                    f"is stored as {key!r} and flagged in {str(self._path)!r}",
-                    RecordkitWarning, stacklevel=stacklevel,
-                )
-        for key in flagged:
-            if key not in self._flagged:
-                warnings.warn(
-                    f"recordkit: hyperparameter {key!r} cannot be stored faithfully; it is "
-                    f"stored as its repr and flagged in {str(self._path)!r}",
-                    RecordkitWarning, stacklevel=stacklevel,
-                )
+                warnings.warn(f"recordkit: {what} and flagged in {str(self._path)!r}",
+                              RecordkitWarning, stacklevel=stacklevel)
         self._flagged = list(dict.fromkeys([*self._carried, *renamed, *flagged]))
         return document
 
