@@ -740,6 +740,20 @@ def members(group: h5py.Group | None) -> Iterable[tuple[str, Any]]:
     return [(object_name(group[key]), group[key]) for key in group]
 
 
+def read_last_snapshot(f: h5py.File) -> dict[str, np.ndarray]:
+    """Every tensor of the last snapshot the table lists, decoded; ``{}`` before any."""
+    table = f.get(SNAPSHOTS)
+    n = int(table.shape[0]) if table is not None else 0
+    out: dict[str, np.ndarray] = {}
+    if not n:
+        return out
+    for name, ds in members(f.get(WEIGHTS)):
+        row = n - 1 - int(ds.attrs.get("first_snapshot", 0))
+        if 0 <= row < ds.shape[0]:
+            out[name] = decode_tensor(ds[row], attr_str(ds, "dtype", ds.dtype.name))
+    return out
+
+
 # --- run summary -----------------------------------------------------------------------------
 
 #: Root attribute written when a run is closed: everything a table of many runs needs

@@ -37,7 +37,7 @@ from recordkit.policy import SnapshotPolicy, cast_for_storage
 from recordkit.tensors import to_arrays
 from recordkit.writer import SnapshotJob, SnapshotWriter
 
-__all__ = ["Recorder", "new_run_id", "record_experiment"]
+__all__ = ["Recorder", "find_unfinished", "new_run_id", "record_experiment"]
 
 DEFAULT_EXPERIMENT = "default"
 #: A record whose estimated final size exceeds this gets a warning before its first snapshot.
@@ -266,6 +266,7 @@ class Recorder:
                                                   self._renamed)
         self._mask_secrets = bool(mask_secrets)
         self._masked: list[str] = []
+        self._previous: tuple[str, str] | None = None  # status and error before a resume
         if resume is not None:
             self._resume(resume, _check_experiment(experiment) if experiment else None,
                          _check_name("name", name))
@@ -422,6 +423,7 @@ class Recorder:
             "pid": os.getpid(),
         })
         self._flagged = list(self._carried)  # warned about when they were first stored
+        self._previous = (fmt.attr_str(f, "status"), fmt.attr_str(f, "error"))
         document = self._encode_params(stacklevel=4)
         with self._writing("reopen the run"):
             if fmt.SUMMARY in f.attrs:  # the run changes again: its summary is stale
@@ -478,6 +480,46 @@ class Recorder:
             if self._file is None:
                 return []
             return [name for name, spec in self._known_tensors().items() if spec[3]]
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """A copy of the facts about the run set so far (:meth:`set_info`), those of a
+        resumed run included."""
+        with self._lock:
+            return fmt.loads_json(fmt.dumps_json(self._info))
+
+    @property
+    def previous_status(self) -> str | None:
+        """The status the file had before this recorder resumed it (``"completed"``,
+        ``"running"``...); None for a new run."""
+        return None if self._previous is None else self._previous[0]
+
+    @property
+    def previous_error(self) -> str:
+        """The ``error`` the file held before this recorder resumed it (``""`` when none)."""
+        return "" if self._previous is None else self._previous[1]
+
+    def metrics_at(self, epoch: int) -> set[str]:
+        """Names of the metrics that have a row at *epoch*, committed or buffered."""
+        with self._lock:
+            self._check_open("metrics_at")
+            assert self._file is not None
+            names = {name for name, rows in fmt.read_history(self._file).items()
+                     if (rows["epoch"] == epoch).any()}
+            names.update(name for name, rows in self._pending.items()
+                         if any(row[0] == epoch for row in rows))
+            return names
+
+    def last_snapshot(self) -> dict[str, np.ndarray]:
+        """Every tensor of the last snapshot as it is in the file (queued snapshots are
+        written first); ``{}`` before any."""
+        writer_error = self._drain()
+        if writer_error is not None:
+            raise writer_error
+        with self._lock:
+            self._check_open("last_snapshot")
+            assert self._file is not None
+            return fmt.read_last_snapshot(self._file)
 
     @property
     def last_epoch(self) -> int:
@@ -1360,6 +1402,41 @@ def _as_float(value: Any) -> float | None:
         return None
     return None
 
+
+
+def find_unfinished(root: str | os.PathLike[str], experiment: str, *, name: str | None,
+                    params_hash: str, reached_epoch: int) -> Path | None:
+    """The newest record of *experiment* under *root* that did not complete, has the
+    given params hash (and name, when not None) and holds a metric row at
+    *reached_epoch* or later: the run a restarted process continues. None when no such
+    record can be read."""
+    from recordkit.safety import check_file
+
+    folder = Path(root) / experiment
+    try:
+        with os.scandir(folder) as entries:
+            files = sorted((e.name for e in entries if e.name.endswith(".h5")
+                            and not e.name.startswith(".") and e.is_file()), reverse=True)
+    except OSError:
+        return None
+    found: list[tuple[str, str, Path]] = []
+    for file_name in files:
+        path = folder / file_name
+        try:
+            with h5py.File(str(path), "r", locking=False) as f:
+                check_file(f, path)
+                if not fmt.is_record(f) or fmt.attr_str(f, "status") == "completed":
+                    continue
+                if fmt.attr_str(f, "params_hash") != params_hash or (
+                        name is not None and fmt.attr_str(f, "name") != name):
+                    continue
+                epochs = [int(rows["epoch"].max()) for rows in fmt.read_history(f).values()
+                          if len(rows)]
+                if epochs and max(epochs) >= reached_epoch:
+                    found.append((fmt.attr_str(f, "created"), fmt.attr_str(f, "run_id"), path))
+        except Exception:  # unreadable, damaged or unsafe: not a run to continue
+            continue
+    return max(found)[2] if found else None
 
 
 def record_experiment(

@@ -83,9 +83,8 @@ import numpy as np
 from recordkit.errors import RecordkitError, RecordkitWarning
 from recordkit.integrations.options import check_callback_arguments
 from recordkit.policy import SnapshotPolicy
-from recordkit.record import load, resolve_path
-from recordkit.recorder import Recorder, params_hash_of
-from recordkit.recordset import load_all
+from recordkit.record import resolve_path
+from recordkit.recorder import Recorder, find_unfinished, params_hash_of
 
 __all__ = ["RecordCallback", "is_chief"]
 
@@ -357,9 +356,8 @@ class RecordCallback(keras.callbacks.Callback):
     def _weights_changed_since_snapshot(self, rec: Recorder) -> bool:
         """Whether the model's weights differ from the last snapshot (read back once at
         the end of fit: one read of the last snapshot, nothing per epoch)."""
-        rec.commit()  # the last snapshot is in the file
         try:
-            stored = load(rec.path).weights(epoch=-1)
+            stored = rec.last_snapshot()  # queued snapshots are written first
         except RecordkitError:
             return False
         for variable in self.model.weights:
@@ -382,19 +380,10 @@ class RecordCallback(keras.callbacks.Callback):
             return None
         wanted = params_hash_of(self.run_params, mask_secrets=self.recorder_options.get(
             "mask_secrets", True))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RecordkitWarning)
-            runs = load_all(self.root, experiment=experiment)
-        for record in reversed(list(runs)):  # newest first
-            if record.stored_status == "completed":
-                continue
-            if self.name is not None and record.name != self.name:
-                continue
-            if record.params_hash != wanted:
-                continue
-            epochs = record.epochs
-            if epochs and epochs[-1] >= first_epoch - 1:
-                return str(record.path)
+        found = find_unfinished(self.root, experiment, name=self.name, params_hash=wanted,
+                                reached_epoch=first_epoch - 1)
+        if found is not None:
+            return str(found)
         warnings.warn(
             f"recordkit: RecordCallback(resume='auto'): fit starts at epoch {first_epoch} "
             f"but no unfinished record of experiment {experiment!r}"

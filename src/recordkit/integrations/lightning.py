@@ -49,7 +49,6 @@ from typing import Any
 from recordkit.errors import RecordkitError, RecordkitWarning
 from recordkit.integrations.options import check_callback_arguments
 from recordkit.policy import SnapshotPolicy
-from recordkit.record import load
 from recordkit.recorder import Recorder
 
 __all__ = ["RecordCallback"]
@@ -399,21 +398,19 @@ class RecordCallback(_LightningCallback):
             resume = path if path is not None else self._resume_next
             self._resume_next, self._policy_state = None, None
             if resume is not None:
-                previous = load(resume, root=self.root)
-                history = previous.history
-                status, error = previous.stored_status, previous.error
-                evaluations = list(previous.info.get("evaluations", []))
                 rec = Recorder(self.root, resume=resume, **self.recorder_options)
+                status, error = rec.previous_status, rec.previous_error
+                evaluations = list(rec.info.get("evaluations", []))
             else:  # an evaluation on its own: a record of its own
-                history, status, error, evaluations = None, "completed", "", []
+                status, error, evaluations = "completed", "", []
                 rec = Recorder(self.root, self.experiment, self.name, self.params,
                                **self.recorder_options)
                 rec.extend(_hparams(pl_module, trainer))
                 rec.set_info(_run_info(trainer, pl_module))
             self._record_path = str(rec.path.resolve())
             epoch = max(rec.last_epoch, 0)
-            new = {k: v for k, v in results.items()
-                   if history is None or k not in history or epoch not in history.epochs(k)}
+            logged = rec.metrics_at(epoch)
+            new = {k: v for k, v in results.items() if k not in logged}
             evaluations.append({"stage": stage, "epoch": epoch, "time": time.time(),
                                 "metrics": sorted(results)})
             try:
