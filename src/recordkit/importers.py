@@ -61,6 +61,7 @@ from recordkit.errors import (
     RecordkitWarning,
     RecordNotFoundError,
 )
+from recordkit.paths import record_files
 from recordkit.record import Record, open_h5
 from recordkit.recorder import Recorder
 from recordkit.safety import check_dataset
@@ -509,7 +510,6 @@ def _imported_keys(root: str | os.PathLike[str]) -> set[str]:
     Reads the one small ``/info`` dataset of each record and nothing else (about 1 ms per
     file; reading each run in full cost 5-15 ms, so an import slowed down as the root
     grew). Files that are not readable records are not imports: they are passed over."""
-    from recordkit.recordset import record_files
 
     base = Path(root)
     if not base.is_dir():

@@ -27,13 +27,14 @@ from recordkit.errors import (
 )
 from recordkit.filters import ensure_readable
 from recordkit.locking import is_locked
+from recordkit.paths import resolve_path
 from recordkit.safety import check_file, check_layout, check_root
 from recordkit.verify import damage_hint, open_interrupted
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["History", "Record", "TensorHistory", "load", "resolve_path"]
+__all__ = ["History", "Record", "TensorHistory", "load"]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -102,34 +103,6 @@ def open_h5(path: Path) -> h5py.File:
             f"{str(path)!r} is damaged and cannot be opened ({err}); "
             f"{damage_hint(path, err)}"
         ) from None
-
-
-def resolve_path(path_or_run_id: str | os.PathLike[str], root: str | os.PathLike[str] | None,
-                 experiment: str | None = None) -> Path:
-    """The file of a run given as a path, or as a run id (or unique prefix) under *root*."""
-    candidate = Path(path_or_run_id)
-    if candidate.is_file() or candidate.suffix == ".h5" or root is None:
-        if not candidate.exists():
-            raise RecordNotFoundError(f"no record at {str(candidate)!r}")
-        return candidate
-    base = Path(root)
-    run_id = str(path_or_run_id)
-    if not base.is_dir():
-        raise RecordNotFoundError(f"no folder {str(base)!r} to look for run {run_id!r} in")
-    folders = [base / experiment] if experiment else [base, *sorted(
-        p for p in base.iterdir() if p.is_dir())]
-    exact = [f / f"{run_id}.h5" for f in folders if (f / f"{run_id}.h5").is_file()]
-    if exact:
-        return exact[0]
-    prefixed = sorted({p for f in folders if f.is_dir() for p in f.glob(f"{run_id}*.h5")})
-    if len(prefixed) == 1:
-        return prefixed[0]
-    if len(prefixed) > 1:
-        raise RecordNotFoundError(
-            f"run id {run_id!r} is ambiguous under {str(base)!r}: "
-            + ", ".join(p.stem for p in prefixed[:5])
-        )
-    raise RecordNotFoundError(f"no run {run_id!r} under {str(base)!r}")
 
 
 class History(Mapping[str, np.ndarray]):

@@ -33,6 +33,7 @@ from recordkit.errors import (
 )
 from recordkit.filters import dataset_options
 from recordkit.locking import RunLock
+from recordkit.paths import resolve_path
 from recordkit.policy import SnapshotPolicy, cast_for_storage
 from recordkit.tensors import to_arrays
 from recordkit.writer import SnapshotJob, SnapshotWriter
@@ -374,8 +375,6 @@ class Recorder:
 
     def _resume(self, resume: str | os.PathLike[str], experiment: str | None,
                 name: str | None) -> None:
-        from recordkit.record import resolve_path
-
         path = resolve_path(resume, self._root, experiment)
         self._run_lock = RunLock.acquire(path)
         try:

@@ -16,6 +16,7 @@ import numpy as np
 
 from recordkit import format as fmt
 from recordkit.errors import RecordkitError, RecordkitWarning, RecordNotFoundError
+from recordkit.paths import record_files
 from recordkit.record import History, Record, _pandas
 from recordkit.safety import check_fields
 
@@ -359,25 +360,6 @@ def _equal(stored: Any, wanted: Any) -> bool:
         return bool(stored == wanted)
     except Exception:
         return False
-
-
-def record_files(root: Path, experiment: str | None = None) -> list[Path]:
-    """Record files under *root* (``<root>/<experiment>/*.h5``), and *root* itself when it
-    is a folder of records."""
-    if experiment is not None:
-        folders = [root / experiment]
-    else:
-        folders = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
-    files: list[Path] = []
-    for folder in folders:
-        try:
-            with os.scandir(folder) as entries:  # the file type without a stat per file
-                names = sorted(e.name for e in entries if e.name.endswith(".h5")
-                               and not e.name.startswith(".") and e.is_file())
-        except OSError:  # not a folder (any more)
-            continue
-        files.extend(folder / name for name in names)
-    return files
 
 
 def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = None,

@@ -82,8 +82,8 @@ import numpy as np
 
 from recordkit.errors import RecordkitError, RecordkitWarning
 from recordkit.integrations.options import check_callback_arguments
+from recordkit.paths import resolve_path
 from recordkit.policy import SnapshotPolicy
-from recordkit.record import resolve_path
 from recordkit.recorder import Recorder, find_unfinished, params_hash_of
 
 __all__ = ["RecordCallback", "is_chief"]
