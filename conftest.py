@@ -6,11 +6,11 @@ import tempfile
 
 collect_ignore_glob = ["benchmarks/*", "examples/*"]
 _OPTIONAL = {
-    "src/recordkit/integrations/lightning.py": "torch",
-    "src/recordkit/integrations/keras.py": "keras",
+    "src/recordkit/integrations/*lightning*.py": "torch",
+    "src/recordkit/integrations/*keras*.py": "keras",
     "src/recordkit/plot.py": "matplotlib",
     "src/recordkit/recordset.py": "pandas",
-    "src/recordkit/filters.py": "hdf5plugin",
+    "src/recordkit/format/filters.py": "hdf5plugin",
 }
 for _path, _module in _OPTIONAL.items():
     if importlib.util.find_spec(_module) is None:

@@ -1,4 +1,4 @@
-"""Reading a snapshot straight from its chunks (recordkit.chunkread): the same values as
+"""Reading a snapshot straight from its chunks (recordkit.format.chunkread): the same values as
 HDF5 reads, the same refusal of damaged data, and HDF5's own read for every other layout.
 
 Budget: ~3 s.
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import recordkit
-from recordkit import chunkread
 from recordkit.errors import RecordDamagedError
+from recordkit.format import chunkread, fletcher32
 
 MiB = 1 << 20
 
@@ -28,23 +28,23 @@ def test_reference_fletcher32_is_the_checksum_hdf5_stores(tmp_path: Path, size: 
     with h5py.File(tmp_path / "f.h5", "r") as f:
         _, stored = f["d"].id.read_direct_chunk((0, 0))
     assert len(stored) == size + 4
-    assert chunkread.fletcher32(stored[:-4]) == int.from_bytes(stored[-4:], "little")
+    assert fletcher32.fletcher32(stored[:-4]) == int.from_bytes(stored[-4:], "little")
 
 
 def test_native_checksum_is_found_and_agrees() -> None:
-    native = chunkread._native_checksum()
+    native = fletcher32.native()
     assert native is not None, "H5_checksum_fletcher32 not found in h5py's libhdf5"
     data = np.random.default_rng(1).integers(0, 256, 3 * MiB + 6, dtype=np.uint8)
-    assert chunkread._same(native(data.ctypes.data, data.nbytes), chunkread.fletcher32(data))
+    assert fletcher32.same(native(data.ctypes.data, data.nbytes), fletcher32.fletcher32(data))
 
 
 def test_pieces_combine_into_the_whole_checksum() -> None:
-    native = chunkread._native_checksum()
+    native = fletcher32.native()
     assert native is not None
     data = np.random.default_rng(2).integers(0, 256, 10_000, dtype=np.uint8)
-    pieces = [chunkread._piece_sums(native, data.ctypes.data + lo, hi - lo)
+    pieces = [fletcher32.piece_sums(native, data.ctypes.data + lo, hi - lo)
               for lo, hi in ((0, 2_000), (2_000, 2_002), (2_002, 7_000), (7_000, 10_000))]
-    assert chunkread._same(chunkread._combine(pieces), chunkread.fletcher32(data))
+    assert fletcher32.same(fletcher32.combine(pieces), fletcher32.fletcher32(data))
 
 
 def _record(tmp_path: Path, state: dict[str, np.ndarray], snapshots: int = 3, **options: object

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from recordkit import Recorder, load
-from recordkit.filters import COMPRESSIONS, dataset_options
+from recordkit.format.filters import COMPRESSIONS, dataset_options
 
 PLUGINS = [c for c in COMPRESSIONS if c not in (None, "gzip", "lzf")]
 

@@ -72,13 +72,13 @@ def same(a: object, b: object) -> bool:
 @given(value=st.floats(allow_nan=True, allow_infinity=True))
 @settings(max_examples=30, deadline=None)
 def test_float_params_keep_nan_and_inf(value: float) -> None:
-    from recordkit import format as fmt
+    from recordkit import codec
 
     with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes ±inf
         narrow = np.float32(value)
     for given_value in (value, np.float64(value), narrow):
-        doc, flagged = fmt.encode_params({"x": given_value})
-        back = fmt.decode_params(doc)["x"]
+        doc, flagged = codec.encode_params({"x": given_value})
+        back = codec.decode_params(doc)["x"]
         assert not flagged
         assert (math.isnan(back) and math.isnan(given_value)) or back == given_value
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import recordkit
-from recordkit import format as fmt
 from recordkit.errors import RecordkitWarning, UnsafeRecordError
+from recordkit.format import layout
 from recordkit.safety import MAX_ATTR_BYTES
 from recordkit.verify import verify
 
@@ -64,9 +64,10 @@ def external_storage(f: h5py.File, tmp: Path) -> None:
 
 
 def external_storage_of_history(f: h5py.File, tmp: Path) -> None:
-    del f[fmt.HISTORY][fmt.HISTORY_ROWS]
-    f[fmt.HISTORY].create_dataset(fmt.HISTORY_ROWS, shape=(7,), dtype=fmt.HISTORY_ROW_DTYPE,
-                                  external=[(str(secret_file(tmp)), 0, 256)])
+    del f[layout.HISTORY][layout.HISTORY_TABLE]
+    f[layout.HISTORY].create_dataset(layout.HISTORY_TABLE, shape=(7,),
+                                     dtype=layout.HISTORY_ROW_DTYPE,
+                                     external=[(str(secret_file(tmp)), 0, 256)])
 
 
 def virtual_dataset(f: h5py.File, tmp: Path) -> None:
@@ -79,7 +80,7 @@ def virtual_dataset(f: h5py.File, tmp: Path) -> None:
 
 
 def huge_history(f: h5py.File, tmp: Path) -> None:
-    f[fmt.HISTORY][fmt.HISTORY_ROWS].resize((10**12,))  # 36 TB claimed, nothing stored
+    f[layout.HISTORY][layout.HISTORY_TABLE].resize((10**12,))  # 36 TB claimed, nothing stored
 
 
 def huge_weight(f: h5py.File, tmp: Path) -> None:
@@ -96,7 +97,7 @@ def huge_extra(f: h5py.File, tmp: Path) -> None:
 
 
 def huge_snapshot_table(f: h5py.File, tmp: Path) -> None:
-    f[fmt.SNAPSHOTS].resize((10**11,))
+    f[layout.SNAPSHOTS].resize((10**11,))
 
 
 def long_attribute(f: h5py.File, tmp: Path) -> None:
@@ -199,8 +200,8 @@ def test_import_check_never_follows_a_link_out_of_info(record: Path, tmp_path: P
         g["info"] = '{"imported_from": {"key": "researcher:stolen:1"}}'
     with h5py.File(record, "r+") as f:
         f["decoy"] = '{"imported_from": {"key": "researcher:stolen:1"}}'
-        del f[fmt.INFO]
-        f[fmt.INFO] = (h5py.ExternalLink(str(elsewhere), "/info") if link == "external"
+        del f[layout.INFO]
+        f[layout.INFO] = (h5py.ExternalLink(str(elsewhere), "/info") if link == "external"
                        else h5py.SoftLink("/decoy"))
     assert _imported_keys(record.parent.parent) == set()
 

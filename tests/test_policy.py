@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from recordkit import Recorder, load
+from recordkit.dtypes import cast_for_storage
 from recordkit.errors import SnapshotError
-from recordkit.policy import SnapshotPolicy, cast_for_storage
+from recordkit.policy import SnapshotPolicy
 
 
 @pytest.mark.parametrize(("every", "expected"), [

@@ -179,7 +179,7 @@ def test_numpy_nan_and_inf_params_and_extras_round_trip(tmp_path: pathlib.Path, 
 
 def test_params_written_with_numpy_float_repr_still_load(tmp_path: pathlib.Path) -> None:
     """Files written before the fix hold 'np.float64(inf)'; they load."""
-    from recordkit import format as fmt
+    from recordkit import codec
 
     with rk.Recorder(tmp_path, system=False, params={"clip": 1.0}) as rec:
         pass
@@ -189,7 +189,7 @@ def test_params_written_with_numpy_float_repr_still_load(tmp_path: pathlib.Path)
         del f["params"]
         f.create_dataset("params", data=old, dtype=h5py.string_dtype("utf-8"))
         f["params"].attrs["unserialisable"] = "[]"
-        f.attrs["params_hash"] = fmt.params_hash(old)
+        f.attrs["params_hash"] = codec.params_hash(old)
         del f.attrs["summary"]
     assert rk.load(rec.path).params == {"clip": -math.inf}
 
@@ -265,7 +265,7 @@ def test_bfloat16_weights_are_exact(tmp_path: pathlib.Path) -> None:
 
 
 def test_bfloat16_bits_without_ml_dtypes(tmp_path: pathlib.Path) -> None:
-    from recordkit.format import BFloat16Bits, decode_tensor
+    from recordkit.dtypes import BFloat16Bits, decode_tensor
 
     bits = np.array([0x3F80, 0xC020, 0x0000], dtype=np.uint16)  # 1.0, -2.5, 0.0
     with rk.Recorder(tmp_path, system=False) as rec:

@@ -135,7 +135,7 @@ ATTRIBUTES = {
 @pytest.mark.parametrize("kind", sorted(ATTRIBUTES))
 def test_read_attr_equals_h5py(tmp_path: pathlib.Path, kind: str, name: str) -> None:
     """The low-level attribute read of the fast open returns what h5py's .attrs does."""
-    from recordkit import format as fmt
+    from recordkit.format import attrs as fmt
 
     path = tmp_path / "a.h5"
     with h5py.File(path, "w") as f:
@@ -288,7 +288,7 @@ def test_summary_checksum(tmp_path: pathlib.Path) -> None:
     """A summary's text carries its own sha256: a changed digit (the global heap has no
     HDF5 checksum) sends the run to the full read, which shows its real values, and
     verify reports it. A summary from before checksums (no format, no sha256) is used."""
-    from recordkit import format as fmt
+    from recordkit.format import summary as fmt
     from recordkit.verify import verify
 
     rec = make_run(tmp_path, lr=0.1)

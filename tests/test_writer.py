@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from recordkit import Recorder, load
-from recordkit import recorder as recorder_module
+from recordkit import snapshots as snapshots_module
 from recordkit.errors import RecordkitWarning, RecordWriteError, SnapshotError
 from recordkit.writer import SnapshotJob, SnapshotWriter
 
@@ -33,7 +33,7 @@ def _weights(epoch: int) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("background", [True, False])
 def test_values_read_back_exactly(tmp_path, monkeypatch, background):
     # Small slices so that the sliced write path (one lock hold per slice) is exercised.
-    monkeypatch.setattr(recorder_module, "_SLICE_BYTES", 2048)
+    monkeypatch.setattr(snapshots_module, "SLICE_BYTES", 2048)
     given = []
     with Recorder(tmp_path, system=False, background=background) as rec:
         for epoch in range(4):
@@ -78,7 +78,7 @@ def test_same_epoch_twice_replaces(tmp_path):
 def _wait_idle(rec: Recorder) -> None:
     """Wait until the writer has taken every job, without consuming its error."""
     deadline = time.monotonic() + 10
-    while rec._writer.pending_bytes and time.monotonic() < deadline:
+    while rec._snapshots.writer.pending_bytes and time.monotonic() < deadline:
         time.sleep(0.005)
 
 
@@ -86,8 +86,8 @@ def _reopen(rec: Recorder, mode: str) -> None:
     """Swap the recorder's handle for one opened with *mode*: "r" makes every write of
     the writer thread fail inside HDF5, as a file that became unwritable would."""
     with rec._lock:
-        rec._file.close()
-        rec._file = h5py.File(rec.path, mode, locking=False)
+        rec._run.file.close()
+        rec._run.file = h5py.File(rec.path, mode, locking=False)
 
 
 def _fail_one_snapshot(rec: Recorder, epoch: int) -> None:
@@ -180,7 +180,7 @@ def test_queued_bytes_never_exceed_the_bound(tmp_path, limit):
     snapshot = {"a": np.ones(5000), "b": np.ones(5000)}  # 80,000 bytes
     for epoch in range(12):
         rec.snapshot(snapshot, epoch=epoch)
-    peak = rec._writer.peak_pending_bytes
+    peak = rec._snapshots.writer.peak_pending_bytes
     rec.close()
     # None and 0 mean one snapshot at a time; a bound below one snapshot still lets one in.
     assert peak <= max(limit or 0, 80_000)
@@ -296,7 +296,7 @@ def test_size_estimate_warns_beyond_free_disk(tmp_path):
 def test_writer_thread_ends_with_close(tmp_path):
     rec = Recorder(tmp_path, system=False)
     rec.snapshot({"w": np.ones(3)}, epoch=0)
-    writer = rec._writer
+    writer = rec._snapshots.writer
     assert writer.alive
     rec.close()
     deadline = time.monotonic() + 5

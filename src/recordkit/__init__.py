@@ -14,10 +14,15 @@ Example:
     [0.5]
 """
 
+from recordkit import recorder as _recorder
 from recordkit.errors import RecordkitError
 from recordkit.record import Record, load
 from recordkit.recorder import Recorder, record_experiment
 from recordkit.recordset import RecordSet, load_all
+
+# Recorder.get reads a run back: the write side gets the read side's load from here, so
+# that it never imports the read side itself (docs/ARCHITECTURE.md).
+_recorder.set_loader(load)
 
 __all__ = [
     "Record",

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from recordkit import format as fmt
+from recordkit.codec import flatten_params
 from recordkit.errors import (
     NotARecordError,
     RecordkitError,
@@ -69,7 +69,7 @@ def _key_params(records: RecordSet, limit: int = 5) -> list[str]:
     (a constant tells nothing); every param when none differs or there is one run."""
     values: dict[str, set[str]] = {}
     for r in records:
-        for key, value in fmt.flatten_params(r._params).items():
+        for key, value in flatten_params(r._params).items():
             values.setdefault(key, set()).add(repr(value))
     varying = sorted(k for k, v in values.items() if len(v) > 1)
     constant = sorted(k for k, v in values.items() if len(v) <= 1)
@@ -111,7 +111,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     metrics = _key_metrics(summaries, args.metrics)
     rows = [["id", "name", "status", "epochs", *keys, *metrics]]
     for r, summary in zip(records, summaries):
-        flat = fmt.flatten_params(r._params)
+        flat = flatten_params(r._params)
         rows.append([r.run_id, _short(r.name), r.status, str(r.epoch_count),
                      *(_short(flat.get(k, "")) for k in keys),
                      *(_final(summary.get(m)) for m in metrics)])
@@ -127,7 +127,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     for label, value in fields.items():
         print(f"{label:<11}{value}")
     print("params")
-    for key, value in fmt.flatten_params(r._params).items():
+    for key, value in flatten_params(r._params).items():
         print(f"  {key} = {value!r}")
     print("system")
     for key in ("python", "os_name", "machine", "cpu_model", "memory", "hostname", "gpus"):

@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import math
 import os
 import re
 import sys
@@ -54,13 +53,16 @@ from typing import Any
 
 import numpy as np
 
-from recordkit import format as fmt
+from recordkit.codec import loads_json
 from recordkit.errors import (
     ImportFormatError,
     RecordkitError,
     RecordkitWarning,
     RecordNotFoundError,
 )
+from recordkit.format.attrs import is_record
+from recordkit.format.layout import INFO
+from recordkit.observations import log_observations, per_epoch
 from recordkit.paths import record_files
 from recordkit.record import Record, open_h5
 from recordkit.recorder import Recorder
@@ -224,41 +226,8 @@ def _write_researcher(data: Mapping[str, Any], path: Path, key: str,
         if isinstance(data.get("duration"), (int, float)):
             info["duration_seconds"] = float(data["duration"])
         rec.set_info(info)
-        for metric, series in observations.items():
-            for epoch, value in enumerate(_per_epoch(series)):
-                rec.log({metric: value}, epoch=epoch)
-        if observations:
-            rec.add("observations", observations)
+        log_observations(rec, observations)
     return rec.run_id
-
-
-def _per_epoch(series: Any) -> list[float]:
-    """The per-epoch numbers of one observation; the mean over folds for the fold form;
-    nothing for what is not numeric (it is kept in the ``observations`` extra)."""
-    if _is_number(series):
-        return [float(series)]
-    if not isinstance(series, list) or not series:
-        return []
-    if all(isinstance(fold, list) for fold in series):
-        folds = [[_number(v) for v in fold] for fold in series]
-        if not all(folds) or any(v is None for fold in folds for v in fold):
-            return []
-        length = min(len(fold) for fold in folds)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an epoch of NaN in every fold
-            return [float(np.nanmean([fold[i] for fold in folds])) for i in range(length)]
-    values = [_number(v) for v in series]
-    return [] if any(v is None for v in values) else [float(v) for v in values if v is not None]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _number(value: Any) -> float | None:
-    if value is None:
-        return math.nan
-    return float(value) if _is_number(value) else None
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -378,7 +347,7 @@ def _write_record(document: Mapping[str, Any], path: Path, key: str,
             for field, value in model.items():
                 stored = _tensors(value) if field == "params" else value
                 rec.add(f"{_MODELS_PREFIX}{model_key}/{field}", stored)
-            losses = _per_epoch(model.get("losses"))
+            losses = per_epoch(model.get("losses"))
             for epoch, loss in enumerate(losses):
                 rec.log({f"{model_key}/loss": loss}, epoch=epoch)
     return rec.run_id
@@ -527,10 +496,10 @@ def _import_key(path: Path) -> str | None:
     readable record)."""
     try:
         with open_h5(path) as f:
-            if not fmt.is_record(f) or not f.id.links.exists(fmt.INFO.encode()):
+            if not is_record(f) or not f.id.links.exists(INFO.encode()):
                 return None
-            value = check_dataset(f, fmt.INFO, path)[()]
-        info = fmt.loads_json(value.decode("utf-8") if isinstance(value, bytes)
+            value = check_dataset(f, INFO, path)[()]
+        info = loads_json(value.decode("utf-8") if isinstance(value, bytes)
                               else str(value))
     except (RecordkitError, OSError, RuntimeError, ValueError, KeyError, TypeError):
         return None

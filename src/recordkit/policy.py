@@ -6,7 +6,7 @@ The final epoch is always snapshotted by the callbacks (``due(..., last=True)``)
 
 What goes into a snapshot: *include* / *exclude* glob patterns on tensor names, frozen
 tensors left out, and the storage dtype (``"keep"``, ``"float16"`` or ``"bfloat16"``;
-bfloat16 is stored as its uint16 bit pattern, see ``format.encode_tensor``).
+bfloat16 is stored as its uint16 bit pattern, see ``dtypes.encode_tensor``).
 """
 
 from __future__ import annotations
@@ -16,16 +16,9 @@ import math
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-import numpy as np
+from recordkit.dtypes import STORAGE_DTYPES
 
-from recordkit.format import BFLOAT16, BFloat16Bits
-
-__all__ = ["STORAGE_DTYPES", "SnapshotPolicy", "cast_for_storage"]
-
-#: Values of ``dtype``: keep each tensor's own dtype, or store floating tensors as
-#: float16 / bfloat16 (half the bytes of float32).
-STORAGE_DTYPES = ("keep", "float16", BFLOAT16)
-
+__all__ = ["SnapshotPolicy"]
 
 def _patterns(value: str | Iterable[str] | None, what: str, where: str) -> tuple[str, ...] | None:
     if value is None:
@@ -35,43 +28,6 @@ def _patterns(value: str | Iterable[str] | None, what: str, where: str) -> tuple
         raise TypeError(f"{where}({what}={value!r}): must be a glob pattern (str) or a list "
                         "of them")
     return items
-
-
-def _bfloat16_bits(array: np.ndarray) -> np.ndarray:
-    """Round float32 values to bfloat16 (to nearest, ties to even) and return the bits."""
-    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
-    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
-    nan = np.isnan(array)
-    if nan.any():  # rounding could carry a NaN's payload into inf; keep a quiet NaN
-        rounded[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
-    return rounded
-
-
-def cast_for_storage(array: np.ndarray, dtype: str) -> np.ndarray:
-    """*array* in the storage dtype: floating tensors are cast, others kept as they are.
-    The result is a new array unless the dtype is kept.
-
-    Example:
-        >>> cast_for_storage(np.array([1.0, 2.5]), "float16").dtype
-        dtype('float16')
-        >>> from recordkit.format import decode_tensor, encode_tensor
-        >>> bits = cast_for_storage(np.array([1.0, -2.5], dtype=np.float32), "bfloat16")
-        >>> decode_tensor(*encode_tensor(bits)).astype(np.float32).tolist()
-        [1.0, -2.5]
-    """
-    if dtype == "keep":
-        return array
-    is_bf16 = isinstance(array, BFloat16Bits) or array.dtype.name == BFLOAT16
-    if not is_bf16 and array.dtype.kind != "f":
-        return array  # integer counters, masks and the like keep their dtype
-    if dtype == BFLOAT16:
-        if is_bf16:
-            return array
-        return BFloat16Bits.of(_bfloat16_bits(array))
-    if is_bf16:
-        bits = np.asarray(array).view(np.uint16).astype(np.uint32) << 16
-        return bits.view(np.float32).astype(np.float16)
-    return array.astype(np.float16)
 
 
 class SnapshotPolicy:

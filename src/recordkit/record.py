@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from recordkit import format as fmt
-from recordkit.chunkread import read_snapshot
+from recordkit.codec import decode_params, loads_json, params_hash
+from recordkit.dtypes import decode_tensor
 from recordkit.errors import (
     NotARecordError,
     RecordBusyError,
@@ -25,7 +25,25 @@ from recordkit.errors import (
     RecordkitError,
     RecordNotFoundError,
 )
-from recordkit.filters import ensure_readable
+from recordkit.format.attrs import attr_str, is_record, object_name, read_attr, read_text
+from recordkit.format.chunkread import read_snapshot
+from recordkit.format.extras import extra_flags, read_extra
+from recordkit.format.filters import ensure_readable
+from recordkit.format.history import read_history
+from recordkit.format.layout import (
+    EXTRAS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HISTORY_DTYPE,
+    INFO,
+    PARAMS,
+    RUN_FIELDS,
+    SNAPSHOT_DTYPE,
+    SNAPSHOTS,
+    SYSTEM,
+    WEIGHTS,
+)
+from recordkit.format.summary import metric_summary, read_summary
 from recordkit.locking import is_locked
 from recordkit.paths import resolve_path
 from recordkit.safety import check_file, check_layout, check_root
@@ -156,7 +174,7 @@ class History(Mapping[str, np.ndarray]):
 
 def _weight_dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
     """A weight dataset, its compression filters made available (hdf5plugin, lazily)."""
-    ds = f[fmt.WEIGHTS][key]
+    ds = f[WEIGHTS][key]
     ensure_readable(ds, path)
     return ds
 
@@ -195,7 +213,7 @@ class TensorHistory:
         if isinstance(index, slice):
             positions = range(*index.indices(n))
             if not positions:
-                return fmt.decode_tensor(np.zeros((0, *self.shape), dtype=self._dtype),
+                return decode_tensor(np.zeros((0, *self.shape), dtype=self._dtype),
                                          self._stored_dtype)
             with self._record._file() as f:
                 ds = _weight_dataset(f, self._key, self._record.path)
@@ -203,14 +221,14 @@ class TensorHistory:
                     data = ds[positions.start:positions.stop:positions.step]
                 else:
                     data = np.stack([ds[i] for i in positions])
-            return fmt.decode_tensor(data, self._stored_dtype)
+            return decode_tensor(data, self._stored_dtype)
         i = int(index)
         if not -n <= i < n:
             raise IndexError(f"snapshot index {i} out of range: tensor {self.name!r} has "
                              f"{n} snapshots (epochs {self.epochs.tolist()[:10]})")
         with self._record._file() as f:
             data = _read_snapshot(_weight_dataset(f, self._key, self._record.path), i % n)
-        return fmt.decode_tensor(data, self._stored_dtype)
+        return decode_tensor(data, self._stored_dtype)
 
     def at(self, epoch: int) -> np.ndarray:
         """The snapshot taken at *epoch*."""
@@ -261,15 +279,15 @@ class Record:
             check_root(fid, self._path)
             # Root attributes only: no link is followed and no dataset read. The rest of
             # the file is checked (check_file) when the full header is first needed.
-            summary = fmt.read_summary(fid)
+            summary = read_summary(fid)
             if summary is None:
                 return False
             if "format" in summary:  # it says what the root's attributes say
                 known = (summary["format"], summary.get("format_version"))
             else:
-                known = (fmt.FORMAT_NAME if fmt.is_record(fid) else "",
-                         int(fmt.read_attr(fid, "format_version", 0)))
-            if known != (fmt.FORMAT_NAME, fmt.FORMAT_VERSION):
+                known = (FORMAT_NAME if is_record(fid) else "",
+                         int(read_attr(fid, "format_version", 0)))
+            if known != (FORMAT_NAME, FORMAT_VERSION):
                 return False
         except RecordkitError:
             raise
@@ -278,12 +296,12 @@ class Record:
         finally:
             fid.close()
         try:
-            self._attrs = {k: str(summary["fields"].get(k, "")) for k in fmt.RUN_FIELDS}
-            if self._attrs["params_hash"] and fmt.params_hash(
+            self._attrs = {k: str(summary["fields"].get(k, "")) for k in RUN_FIELDS}
+            if self._attrs["params_hash"] and params_hash(
                     summary["params"]) != self._attrs["params_hash"]:
                 return False  # a damaged summary: the full read checks the params
-            self._params = fmt.decode_params(summary["params"])
-            self._unserialisable = list(fmt.loads_json(summary["unserialisable"]))
+            self._params = decode_params(summary["params"])
+            self._unserialisable = list(loads_json(summary["unserialisable"]))
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             return False  # a damaged or forged summary: the full read says what is wrong
         if self._attrs["status"] == "running":
@@ -330,47 +348,47 @@ class Record:
         self._summary = None  # the full header supersedes it
         check_file(f, self._path)  # refuses links outside the file, crafted sizes
         check_layout(f, self._path)
-        if not fmt.is_record(f):
+        if not is_record(f):
             raise NotARecordError(
                 f"{str(self._path)!r} is an HDF5 file but not a recordkit record "
                 "(no root attribute format='recordkit')"
             )
-        version = int(fmt.read_attr(f, "format_version", 0))
-        if version > fmt.FORMAT_VERSION:
+        version = int(read_attr(f, "format_version", 0))
+        if version > FORMAT_VERSION:
             raise NotARecordError(
                 f"{str(self._path)!r} is a record of format version {version}; this "
-                f"recordkit reads up to version {fmt.FORMAT_VERSION}: upgrade recordkit"
+                f"recordkit reads up to version {FORMAT_VERSION}: upgrade recordkit"
             )
-        self._attrs = {k: fmt.attr_str(f, k) for k in (
+        self._attrs = {k: attr_str(f, k) for k in (
             "run_id", "name", "experiment", "status", "created", "ended", "error",
             "params_hash", "recordkit_version", "restarts")}
         self._format_version = version
-        params_text = fmt.read_text(f, fmt.PARAMS) or "{}"
+        params_text = read_text(f, PARAMS) or "{}"
         self._check_params_hash(params_text, self._attrs["params_hash"])
-        self._params = fmt.decode_params(params_text)
-        flagged = f[fmt.PARAMS].attrs.get("unserialisable", "[]") if fmt.PARAMS in f else "[]"
-        self._unserialisable = list(fmt.loads_json(
+        self._params = decode_params(params_text)
+        flagged = f[PARAMS].attrs.get("unserialisable", "[]") if PARAMS in f else "[]"
+        self._unserialisable = list(loads_json(
             flagged.decode() if isinstance(flagged, bytes) else flagged))
-        self._system = fmt.loads_json(fmt.read_text(f, fmt.SYSTEM) or "{}")
-        self._info = fmt.loads_json(fmt.read_text(f, fmt.INFO) or "{}")
-        self._history = History(fmt.read_history(f))
-        table = f[fmt.SNAPSHOTS][()] if fmt.SNAPSHOTS in f else np.zeros(
-            0, fmt.SNAPSHOT_DTYPE)
+        self._system = loads_json(read_text(f, SYSTEM) or "{}")
+        self._info = loads_json(read_text(f, INFO) or "{}")
+        self._history = History(read_history(f))
+        table = f[SNAPSHOTS][()] if SNAPSHOTS in f else np.zeros(
+            0, SNAPSHOT_DTYPE)
         self._snapshots = table
         self._tensors: dict[str, tuple[str, str, tuple[int, ...], np.dtype, int]] = {}
         self._rows: dict[str, int] = {}
-        weights = f.get(fmt.WEIGHTS)
+        weights = f.get(WEIGHTS)
         for key in weights if weights is not None else []:
             ds = weights[key]
-            name = fmt.object_name(ds)
+            name = object_name(ds)
             first = int(ds.attrs.get("first_snapshot", 0))
             # Rows past the snapshot table were written by a commit that did not finish.
             self._rows[name] = max(0, min(ds.shape[0], len(table) - first))
-            self._tensors[name] = (key, fmt.attr_str(ds, "dtype", ds.dtype.name),
+            self._tensors[name] = (key, attr_str(ds, "dtype", ds.dtype.name),
                                    tuple(ds.shape[1:]), ds.dtype, first)
-        extras = f.get(fmt.EXTRAS)
+        extras = f.get(EXTRAS)
         self._extra_keys = {} if extras is None else {
-            fmt.object_name(extras[k]): k for k in extras}
+            object_name(extras[k]): k for k in extras}
 
     def _check_params_hash(self, text: str, stored: str) -> None:
         """The params text carries no HDF5 checksum; its hash in the root attribute
@@ -378,7 +396,7 @@ class Record:
         if not stored:  # a file that never had one: nothing to compare
             return
         try:
-            same = fmt.params_hash(text) == stored
+            same = params_hash(text) == stored
         except ValueError:  # not even JSON any more
             same = False
         if not same:
@@ -437,7 +455,7 @@ class Record:
     @property
     def restarts(self) -> list[dict[str, Any]]:
         """One entry per time the run was resumed."""
-        return list(fmt.loads_json(self._attrs["restarts"] or "[]"))
+        return list(loads_json(self._attrs["restarts"] or "[]"))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -488,7 +506,7 @@ class Record:
         """
         pd = _pandas()
         if level == "long":
-            fields = fmt.HISTORY_DTYPE.names or ()
+            fields = HISTORY_DTYPE.names or ()
             frames = [pd.DataFrame({"metric": name, **{k: rows[k] for k in fields}})
                       for name, rows in self._history._rows.items()]
             if not frames:
@@ -516,7 +534,7 @@ class Record:
         if self._summary is not None:
             # one level of scalars each (JSON numbers, null, bools): a copy per metric
             return {name: dict(stats) for name, stats in self._summary["metrics"].items()}
-        return {name: fmt.metric_summary(rows) for name, rows in self._history._rows.items()}
+        return {name: metric_summary(rows) for name, rows in self._history._rows.items()}
 
     @property
     def epoch_count(self) -> int:
@@ -569,7 +587,7 @@ class Record:
                 rows = self._rows[name]
                 if rows and first <= index < first + rows:
                     ds = _weight_dataset(f, key, self._path)
-                    out[name] = fmt.decode_tensor(_read_snapshot(ds, index - first), stored)
+                    out[name] = decode_tensor(_read_snapshot(ds, index - first), stored)
         return out
 
     # --- extras and plain data --------------------------------------------------------------
@@ -587,9 +605,9 @@ class Record:
             return {}
         out: dict[str, list[str]] = {}
         with self._file() as f:
-            group = f[fmt.EXTRAS]
+            group = f[EXTRAS]
             for name, key in self._extra_keys.items():
-                flagged = fmt.extra_flags(group[key])
+                flagged = extra_flags(group[key])
                 if flagged:
                     out[name] = flagged
         return out
@@ -686,7 +704,7 @@ class _Extras(Mapping[str, Any]):
             known = ", ".join(repr(k) for k in self._record._extra_keys) or "none"
             raise KeyError(f"no extra {key!r}; extras: {known}") from None
         with self._record._file() as f:
-            return fmt.read_extra(f[fmt.EXTRAS][escaped])
+            return read_extra(f[EXTRAS][escaped])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._record._extra_keys)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
-from recordkit import format as fmt
+from recordkit.codec import decode_value, encode_value, flatten_params
 from recordkit.errors import RecordkitError, RecordkitWarning, RecordNotFoundError
 from recordkit.paths import record_files
 from recordkit.record import History, Record, _pandas
@@ -100,7 +100,7 @@ class RecordSet(Sequence[Record]):
             if statuses and record.status not in statuses:
                 continue
             if params:
-                flat = fmt.flatten_params(record._params)
+                flat = flatten_params(record._params)
                 if any(key not in flat or not _equal(flat[key], value)
                        for key, value in params.items()):
                     continue
@@ -153,7 +153,7 @@ class RecordSet(Sequence[Record]):
         grouped: dict[tuple[Any, ...], list[Record]] = {}
         for record in self._records:
             if params:
-                flat = fmt.flatten_params(record._params)
+                flat = flatten_params(record._params)
                 key = tuple(_hashable(flat.get(p)) for p in params)
             else:
                 key = (record.params_hash,)
@@ -193,7 +193,7 @@ class RecordSet(Sequence[Record]):
                 row.update(zip(params, key))
             else:
                 row["params_hash"] = key[0]
-                for name, value in fmt.flatten_params(members[0]._params).items():
+                for name, value in flatten_params(members[0]._params).items():
                     row.setdefault(name, _cell(value))
             row["runs"] = len(members)
             row["run_ids"] = [r.run_id for r in members]
@@ -260,7 +260,7 @@ class RecordSet(Sequence[Record]):
         """
         ra = a if isinstance(a, Record) else self.get(a)
         rb = b if isinstance(b, Record) else self.get(b)
-        fa, fb = fmt.flatten_params(ra._params), fmt.flatten_params(rb._params)
+        fa, fb = flatten_params(ra._params), flatten_params(rb._params)
         differ = {k: (fa[k], fb[k]) for k in fa if k in fb and not _same(fa[k], fb[k])}
         shared = {k: fa[k] for k in fa if k in fb and _same(fa[k], fb[k])}
         return ParamsComparison(
@@ -341,7 +341,7 @@ def summary_row(record: Record) -> dict[str, Any]:
         "params_hash": record.params_hash,
         "epochs": record.epoch_count,
     }
-    for key, value in fmt.flatten_params(record._params).items():
+    for key, value in flatten_params(record._params).items():
         column = key if key not in row else f"params.{key}"
         row[column] = value if not isinstance(value, (list, dict, set, np.ndarray)) else str(
             value)
@@ -582,7 +582,7 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {"$map": {k: _freeze(v) for k, v in value.items()}}
     flagged: list[str] = []
-    encoded = fmt.encode_value(value, "", flagged)
+    encoded = encode_value(value, "", flagged)
     if flagged:
         raise _Uncacheable
     return {"$leaf": encoded}
@@ -630,5 +630,5 @@ def _thaw(frozen: Any) -> Any:
     if tag == "$history":
         return History({name: _thaw(rows) for name, rows in body.items()})
     if tag == "$leaf":
-        return fmt.decode_value(body)
+        return decode_value(body)
     raise ValueError(f"unknown cache tag {tag!r}")

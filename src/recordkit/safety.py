@@ -29,8 +29,20 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from recordkit import format as fmt
+from recordkit.codec import loads_json
 from recordkit.errors import NotARecordError, RecordDamagedError, UnsafeRecordError
+from recordkit.format.attrs import is_record, read_attr
+from recordkit.format.layout import (
+    FORMAT_VERSION,
+    HISTORY,
+    HISTORY_METRICS,
+    HISTORY_ROW_DTYPE,
+    HISTORY_TABLE,
+    RUN_FIELDS,
+    SNAPSHOT_DTYPE,
+    SNAPSHOTS,
+    WEIGHTS,
+)
 
 __all__ = ["MAX_ATTR_BYTES", "MAX_OBJECTS", "RUN_STATUSES", "check_dataset", "check_fields",
            "check_file", "check_layout", "check_links", "check_root", "read_limit"]
@@ -72,7 +84,7 @@ def _filters(plist: h5py.h5p.PropDCID) -> list[int]:
 
 def _read_unit(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape of one read recordkit makes: one snapshot of a weight, else the whole."""
-    if name.startswith(fmt.WEIGHTS + "/") and len(shape) >= 1:
+    if name.startswith(WEIGHTS + "/") and len(shape) >= 1:
         return shape[1:]
     return shape
 
@@ -117,7 +129,7 @@ def _check_attrs(path: Path, where: str, obj: h5py.HLObject | h5py.h5o.ObjectID,
         if not read_strings:
             continue
         try:  # the read is bounded by the file's size
-            value = fmt.read_attr(oid, key)
+            value = read_attr(oid, key)
         except Exception:
             continue
         values = value.ravel().tolist() if isinstance(value, np.ndarray) else [value]
@@ -158,7 +170,7 @@ def _check_dataset(path: Path, name: str, dsid: h5py.h5d.DatasetID, file_size: i
     # variable-length strings count 0: their read is bounded by the file itself
     unit_bytes = 0 if dtype.kind == "O" else math.prod(_read_unit(name, shape)) * (
         dtype.itemsize)
-    if name.startswith(fmt.WEIGHTS + "/") and table_rows is not None:
+    if name.startswith(WEIGHTS + "/") and table_rows is not None:
         first = _first_snapshot(dsid)
         if first is not None and first >= table_rows:
             return  # no committed snapshot: never read (a killed writer's leftover)
@@ -274,10 +286,10 @@ def check_file(f: h5py.File, path: str | os.PathLike[str]) -> None:
         file_size = 0
     check_links(f, file_path)
     _check_attrs(file_path, "the root group", f, read_strings=True)
-    table = f.get(fmt.SNAPSHOTS, getclass=True)
+    table = f.get(SNAPSHOTS, getclass=True)
     table_rows = None
     if table is h5py.Dataset:
-        table_rows = int(f[fmt.SNAPSHOTS].shape[0]) if f[fmt.SNAPSHOTS].shape else None
+        table_rows = int(f[SNAPSHOTS].shape[0]) if f[SNAPSHOTS].shape else None
     objects: list[tuple[bytes, int, int]] = []
 
     def collect(name: bytes, info: h5py.h5o.ObjInfo) -> None:
@@ -318,7 +330,7 @@ def _is_iso_time(text: str) -> bool:
 
 def _is_json_list(text: str) -> bool:
     try:
-        return isinstance(fmt.loads_json(text), list)
+        return isinstance(loads_json(text), list)
     except (ValueError, TypeError, KeyError):
         return False
 
@@ -359,9 +371,9 @@ def check_fields(fields: Mapping[str, str], path: str | os.PathLike[str]) -> Non
 def _check_header(f: h5py.File, path: str | os.PathLike[str]) -> None:
     """The root attributes of a file that says it is a record (``format='recordkit'``) of
     a version this reader knows; other files are left to the caller's checks."""
-    if not fmt.is_record(f):
+    if not is_record(f):
         return  # not a record: the reader says so
-    version = fmt.read_attr(f, "format_version")
+    version = read_attr(f, "format_version")
     if version is None:
         raise NotARecordError(
             f"{str(path)!r} is marked format='recordkit' but has no root attribute "
@@ -372,9 +384,9 @@ def _check_header(f: h5py.File, path: str | os.PathLike[str]) -> None:
         raise RecordDamagedError(
             f"{str(path)!r} is damaged: its root attribute 'format_version' is "
             f"{str(version)[:60]!r}, not an integer; run `recordkit verify` on it") from None
-    if number > fmt.FORMAT_VERSION:
+    if number > FORMAT_VERSION:
         return  # a newer format: the reader asks for an upgrade
-    fields = {key: fmt.read_attr(f, key) for key in fmt.RUN_FIELDS}
+    fields = {key: read_attr(f, key) for key in RUN_FIELDS}
     check_fields({key: value.decode("utf-8", "replace") if isinstance(value, bytes)
                   else str(value) for key, value in fields.items() if value is not None},
                  path)
@@ -394,22 +406,22 @@ def check_layout(f: h5py.File, path: str | os.PathLike[str]) -> None:
                                   "`recordkit verify` on it")
 
     _check_header(f, path)
-    table = f.get(fmt.SNAPSHOTS)
-    if table is not None and not _fields_ok(table, fmt.SNAPSHOT_DTYPE):
-        raise damaged(f"/{fmt.SNAPSHOTS} is not the snapshot table "
+    table = f.get(SNAPSHOTS)
+    if table is not None and not _fields_ok(table, SNAPSHOT_DTYPE):
+        raise damaged(f"/{SNAPSHOTS} is not the snapshot table "
                       f"({getattr(table, 'dtype', type(table).__name__)})")
-    history = f.get(fmt.HISTORY)
+    history = f.get(HISTORY)
     if history is not None:
         if not isinstance(history, h5py.Group):
-            raise damaged(f"/{fmt.HISTORY} is not a group")
-        rows = history.get(fmt.HISTORY_ROWS)
-        if rows is not None and not _fields_ok(rows, fmt.HISTORY_ROW_DTYPE):
-            raise damaged(f"/{fmt.HISTORY}/{fmt.HISTORY_ROWS} is not the history table")
-        names = history.get(fmt.HISTORY_METRICS)
+            raise damaged(f"/{HISTORY} is not a group")
+        rows = history.get(HISTORY_TABLE)
+        if rows is not None and not _fields_ok(rows, HISTORY_ROW_DTYPE):
+            raise damaged(f"/{HISTORY}/{HISTORY_TABLE} is not the history table")
+        names = history.get(HISTORY_METRICS)
         if names is not None and not (isinstance(names, h5py.Dataset) and names.ndim == 1
                                       and h5py.check_string_dtype(names.dtype)):
-            raise damaged(f"/{fmt.HISTORY}/{fmt.HISTORY_METRICS} is not a list of names")
-    for group_name in (fmt.WEIGHTS,):
+            raise damaged(f"/{HISTORY}/{HISTORY_METRICS} is not a list of names")
+    for group_name in (WEIGHTS,):
         group = f.get(group_name)
         if group is None:
             continue

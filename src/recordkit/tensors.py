@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from recordkit.dtypes import BFloat16Bits
 from recordkit.errors import SnapshotError
-from recordkit.format import BFloat16Bits
 
 __all__ = ["host_copy", "to_arrays"]
 

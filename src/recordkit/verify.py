@@ -32,8 +32,11 @@ from typing import Any
 
 import h5py
 
-from recordkit import format as fmt
 from recordkit.errors import RecordkitError, UnsafeRecordError
+from recordkit.format.attrs import is_record, object_name, read_attr
+from recordkit.format.extras import read_extra
+from recordkit.format.layout import CHECKSUM_ATTR, EXTRAS, SNAPSHOTS, SUMMARY_ATTR, WEIGHTS
+from recordkit.format.summary import build_summary, read_summary, summary_checksum_ok
 from recordkit.locking import is_locked
 from recordkit.safety import check_file
 
@@ -350,7 +353,7 @@ def _verify_into(path: Path, report: VerifyReport) -> VerifyReport:
         except Exception as err:
             report.problems.append(f"its structure cannot be walked: {_why(err)}")
             return report
-        if not fmt.is_record(f):
+        if not is_record(f):
             report.problems.append("an HDF5 file but not a recordkit record "
                                    "(no root attribute format='recordkit')")
             return report
@@ -401,7 +404,7 @@ def _read_attrs(obj: h5py.HLObject, where: str, report: VerifyReport) -> None:
 def _read_dataset(ds: h5py.Dataset, where: str, file_size: int, report: VerifyReport) -> None:
     found = 0
     if ds.chunks is None:
-        if ds.size and ds.dtype.kind in "biufc" and fmt.CHECKSUM_ATTR not in ds.attrs:
+        if ds.size and ds.dtype.kind in "biufc" and CHECKSUM_ATTR not in ds.attrs:
             report.notes.append(f"dataset {where} has no checksum: damage inside its data "
                                 "cannot be detected")
         try:
@@ -470,12 +473,12 @@ def _has_format(text: Any) -> bool:
 def _check_summary(f: h5py.File, report: VerifyReport) -> None:
     """The ``summary`` attribute (what load_all and `recordkit ls` show of a closed run)
     must say what the run's data says."""
-    if fmt.SUMMARY not in f.attrs:
+    if SUMMARY_ATTR not in f.attrs:
         return
     where = ("its summary attribute (what load_all and `recordkit ls` read instead of "
              "the whole file)")
-    text = fmt.read_attr(f, fmt.SUMMARY)
-    checked = fmt.summary_checksum_ok(text) if isinstance(text, str) else None
+    text = read_attr(f, SUMMARY_ATTR)
+    checked = summary_checksum_ok(text) if isinstance(text, str) else None
     if checked is False:
         report.problems.append(f"{where} does not match its sha256 checksum: the stored "
                                "bytes changed; tables of many runs read this run in full")
@@ -484,13 +487,13 @@ def _check_summary(f: h5py.File, report: VerifyReport) -> None:
         report.problems.append(f"{where} has lost the sha256 checksum that summaries "
                                "carrying the format end with: the stored bytes changed")
         return
-    stored = fmt.read_summary(f)
+    stored = read_summary(f)
     if stored is None:
         report.notes.append(f"{where} is not one recordkit writes; tables of many runs "
                             "read this run in full")
         return
     try:
-        expected = fmt.build_summary(f)
+        expected = build_summary(f)
     except Exception as err:
         report.problems.append(f"{where} cannot be compared with the data: {_why(err)}")
         return
@@ -509,15 +512,15 @@ def _check_summary(f: h5py.File, report: VerifyReport) -> None:
 def _check_tables(f: h5py.File, report: VerifyReport) -> None:
     """Snapshots listed in the table must exist in every tensor that holds them."""
     try:
-        table = f.get(fmt.SNAPSHOTS)
-        weights = f.get(fmt.WEIGHTS)
+        table = f.get(SNAPSHOTS)
+        weights = f.get(WEIGHTS)
         n = int(table.shape[0]) if isinstance(table, h5py.Dataset) else 0
         for key in weights if isinstance(weights, h5py.Group) else []:
             ds = weights[key]
             first = int(ds.attrs.get("first_snapshot", 0))
             listed = max(0, n - first)
             rows = int(ds.shape[0])
-            name = fmt.object_name(ds)
+            name = object_name(ds)
             if rows < listed and first < n:
                 # A tensor added after the first snapshots keeps rows from first on; one
                 # dropped later is refused by the recorder, so fewer rows is damage.
@@ -544,7 +547,7 @@ def _check_extras(f: h5py.File, report: VerifyReport) -> None:
     """Extras HDF5 cannot checksum (JSON text, 0-d arrays) carry a SHA-256 attribute:
     read each back through :func:`recordkit.format.read_extra`, which compares it.
     Chunked extras were read chunk by chunk, their fletcher32 checked, above."""
-    group = f.get(fmt.EXTRAS)
+    group = f.get(EXTRAS)
     if not isinstance(group, h5py.Group):
         return
     for key in group:
@@ -554,12 +557,12 @@ def _check_extras(f: h5py.File, report: VerifyReport) -> None:
                 obj[k] for k in obj if isinstance(obj[k], h5py.Dataset)]
             if all(ds.fletcher32 for ds in datasets):
                 continue
-            fmt.read_extra(obj)
+            read_extra(obj)
         except Exception as err:
             text = _why(err)
             if "checksum" in text:
                 text += " (the stored bytes changed)"
-            report.problems.append(f"extra /{fmt.EXTRAS}/{key} cannot be read back: {text}")
+            report.problems.append(f"extra /{EXTRAS}/{key} cannot be read back: {text}")
 
 
 def _check_loads(path: Path, report: VerifyReport) -> None:

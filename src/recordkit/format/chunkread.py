@@ -6,7 +6,8 @@ to a second buffer without the checksum, then copies that into the caller's arra
 passes over the data besides the read, all on the calling thread. Here each stored chunk
 (data + 4 checksum bytes) is read straight into its place in the result
 (``H5Dread_chunk``), and the checksums are computed by HDF5's own ``H5_checksum_fletcher32``
-on a few threads while the next chunk is read (``ctypes`` releases the GIL). On a 16 MiB
+on a few threads while the next chunk is read (``ctypes`` releases the GIL; the
+function is an HDF5 internal, isolated in :mod:`.fletcher32`). On a 16 MiB
 tensor this is about 1.7× faster than ``ds[i]`` (docs/BENCHMARKS.md).
 
 The result is the same as HDF5's or the read is not taken: :func:`read_snapshot` returns
@@ -19,85 +20,27 @@ caller then reads through HDF5, which gives the values, or its own error for dam
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import itertools
 import math
 import os
 import threading
-from collections.abc import Callable
 
 import h5py
 import h5py.h5d
 import h5py.h5z
 import numpy as np
 
-__all__ = ["fletcher32", "read_snapshot"]
+from recordkit.format.fletcher32 import combine, native, piece_sums, same
+
+__all__ = ["read_snapshot"]
 
 #: Below this a tensor is read through HDF5: the saving is smaller than a thread hop.
 MIN_BYTES = 1 << 20
 #: Checksum pieces are not made smaller than this.
 MIN_PIECE = 1 << 20
-_MOD = 0xFFFF  # fletcher32 sums are taken modulo 65535
-
-_Checksum = Callable[[int, int], int]
-_native: _Checksum | None = None
-_native_loaded = False
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_pid = 0
 _pool_lock = threading.Lock()
-
-
-def fletcher32(data: bytes | bytearray | np.ndarray) -> int:
-    """Fletcher-32 of *data* as HDF5 computes it (16-bit big-endian words, sums modulo
-    65535, an odd last byte taken as the high byte of a word). Pure Python: the reference
-    the native function is checked against.
-
-    Example:
-        >>> hex(fletcher32(b"abcde"))
-        '0x4ff029c7'
-    """
-    raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
-    words = [(raw[i] << 8) | raw[i + 1] for i in range(0, len(raw) - 1, 2)]
-    if len(raw) % 2:
-        words.append(raw[-1] << 8)
-    sum1 = sum2 = 0
-    for word in words:
-        sum1 = (sum1 + word) % _MOD
-        sum2 = (sum2 + sum1) % _MOD
-    return (sum2 << 16) | sum1
-
-
-def _load_native() -> _Checksum | None:
-    """HDF5's ``H5_checksum_fletcher32`` from the library h5py is linked to, checked
-    against :func:`fletcher32`; None when it is not exported or disagrees."""
-    try:
-        # dlsym on h5py's extension module searches the libhdf5 it was linked with.
-        function = ctypes.CDLL(h5py.h5d.__file__).H5_checksum_fletcher32
-    except (OSError, AttributeError):
-        return None
-    function.restype = ctypes.c_uint32
-    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    probe = np.random.default_rng(32).integers(0, 256, 4099, dtype=np.uint8)
-    for size in (4099, 4098, 720, 2):
-        expected = fletcher32(probe[:size])
-        got = int(function(probe.ctypes.data, size))
-        if not _same(got, expected):
-            return None
-    return lambda address, size: int(function(address, size))
-
-
-def _native_checksum() -> _Checksum | None:
-    global _native, _native_loaded
-    if not _native_loaded:
-        _native = _load_native()
-        _native_loaded = True
-    return _native
-
-
-def _same(a: int, b: int) -> bool:
-    """Equal as fletcher32 values: each 16-bit sum modulo 65535 (0 and 0xFFFF are the same
-    sum, and either may come out of a C implementation's final fold)."""
-    return (a & 0xFFFF) % _MOD == (b & 0xFFFF) % _MOD and (a >> 16) % _MOD == (b >> 16) % _MOD
 
 
 def _workers() -> int:
@@ -118,21 +61,6 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
                 _workers(), thread_name_prefix="recordkit-checksum")
             _pool_pid = os.getpid()
         return _pool
-
-
-def _piece_sums(checksum: _Checksum, address: int, size: int) -> tuple[int, int, int]:
-    value = checksum(address, size)
-    return value & 0xFFFF, value >> 16, size // 2
-
-
-def _combine(pieces: list[tuple[int, int, int]]) -> int:
-    """The fletcher32 of consecutive pieces from each piece's (sum1, sum2, words): the
-    words of a piece count once more in sum2 for every word after them."""
-    sum1 = sum2 = 0
-    for piece1, piece2, words in pieces:
-        sum2 = (sum2 + piece2 + words * sum1) % _MOD
-        sum1 = (sum1 + piece1) % _MOD
-    return (sum2 << 16) | sum1
 
 
 def _plain_layout(ds: h5py.Dataset) -> tuple[int, int] | None:
@@ -162,7 +90,7 @@ def read_snapshot(ds: h5py.Dataset, index: int) -> np.ndarray | None:
         index: a snapshot position, ``0 <= index < ds.shape[0]``.
     """
     layout = _plain_layout(ds)
-    checksum = _native_checksum()
+    checksum = native()
     if layout is None or checksum is None:
         return None
     rows_per_chunk, row_bytes = layout
@@ -193,17 +121,17 @@ def read_snapshot(ds: h5py.Dataset, index: int) -> np.ndarray | None:
             base = target.ctypes.data
             piece = (chunk_bytes // splits) & ~1
             bounds = [i * piece for i in range(splits)] + [chunk_bytes]
-            futures = [pool.submit(_piece_sums, checksum, base + lo, hi - lo)
+            futures = [pool.submit(piece_sums, checksum, base + lo, hi - lo)
                        for lo, hi in itertools.pairwise(bounds)]
             if partial:
                 # The scratch buffer is read by the checksum threads: wait for them.
-                if not _same(_combine([f.result() for f in futures]), expected):
+                if not same(combine([f.result() for f in futures]), expected):
                     return None
                 out[start:total] = target[:total - start]
             else:
                 pending.append((expected, futures))
         for expected, futures in pending:
-            if not _same(_combine([f.result() for f in futures]), expected):
+            if not same(combine([f.result() for f in futures]), expected):
                 return None
     except (OSError, RuntimeError, ValueError, TypeError):
         return None  # a missing chunk, an old h5py without out=: HDF5 reads it

@@ -1,0 +1,26 @@
+"""The HDF5 layout of a record: every path, attribute and h5py call of the write and read
+paths lives in this package, one module per stored object.
+
+- :mod:`.layout`: the names of every object and attribute, table dtypes, storage options;
+- :mod:`.files`: creating, reopening and opening record files;
+- :mod:`.attrs`: attribute and text reads and writes;
+- :mod:`.header`: root attributes, params, system info, run facts;
+- :mod:`.history`: the history table (:class:`~.history.HistoryTable`);
+- :mod:`.weights`: weight datasets and the snapshot table (:class:`~.weights.SnapshotStore`);
+- :mod:`.chunkread` and :mod:`.fletcher32`: reading a snapshot chunk by chunk;
+- :mod:`.extras`: what ``Recorder.add`` stores;
+- :mod:`.summary`: the one-attribute summary of a closed run;
+- :mod:`.filters`: compression filters (hdf5plugin).
+
+docs/FORMAT.md describes the layout for readers with plain h5py.
+"""
+
+from recordkit.format.layout import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HISTORY_DTYPE,
+    SNAPSHOT_DTYPE,
+    STATUSES,
+)
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "HISTORY_DTYPE", "SNAPSHOT_DTYPE", "STATUSES"]

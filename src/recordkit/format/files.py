@@ -1,0 +1,86 @@
+"""Opening record files: created and reopened for writing with the writer's access
+options, opened read-only without HDF5's file locking (a reader must never block the
+writer, research/HDF5-NOTES.md)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+from pathlib import Path
+
+import h5py
+
+from recordkit.format.layout import WRITE_OPTIONS
+
+__all__ = ["RecordFile", "close", "file_handle", "flush", "hdf5_size", "is_open", "new_file",
+           "open_file_object", "open_id", "open_read_only", "reopen"]
+
+#: An open record file, for modules outside this package that hold one without reading
+#: into it.
+RecordFile = h5py.File
+
+
+def new_file(path: str | os.PathLike[str]) -> h5py.File:
+    """Create a record file; fails if it exists."""
+    return h5py.File(str(path), "x", locking=False, **WRITE_OPTIONS)
+
+
+def reopen(path: str | os.PathLike[str]) -> h5py.File:
+    """Open an existing record to continue writing it (resume)."""
+    return h5py.File(str(path), "r+", locking=False, **WRITE_OPTIONS)
+
+
+@functools.cache
+def _read_only_access() -> h5py.h5p.PropFAID:
+    """What ``h5py.File(path, "r", locking=False)`` opens with, made once: h5py builds
+    it anew for every file, a tenth of opening a small record."""
+    plist = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    plist.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
+    plist.set_file_locking(False, ignore_when_disabled=False)
+    return plist
+
+
+def open_id(path: str | os.PathLike[str]) -> h5py.h5f.FileID:
+    """HDF5's own open, read-only and without file locking; OSError when it fails."""
+    return h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY, fapl=_read_only_access())
+
+
+def open_read_only(path: str | os.PathLike[str], *, shared_locking: bool = False) -> h5py.File:
+    """The file, read-only. *shared_locking*: with HDF5's default locking, for a file this
+    process already holds open through plain h5py (HDF5 will not mix the two settings)."""
+    if shared_locking:
+        return h5py.File(str(path), "r")
+    return h5py.File(open_id(Path(path)))
+
+
+def open_file_object(view: io.RawIOBase) -> h5py.File:
+    """A record read through a file-like object (a patched view of its bytes)."""
+    return h5py.File(view, "r", locking=False)
+
+
+def file_handle(f: h5py.File) -> int:
+    """The OS file descriptor of an open record (for fsync and fstat)."""
+    return int(f.id.get_vfd_handle())
+
+
+def is_open(f: h5py.File | None) -> bool:
+    """Whether *f* is an open file (False once closed, or for None)."""
+    return f is not None and bool(f.id.valid)
+
+
+def flush(f: h5py.File, *, fsync: bool = False) -> None:
+    """Write HDF5's buffers to the file; with *fsync* also to the disk (power loss)."""
+    f.flush()
+    if fsync:
+        os.fsync(file_handle(f))
+
+
+def close(f: h5py.File) -> None:
+    """Close an open file."""
+    f.close()
+
+
+def hdf5_size(f: h5py.File) -> int:
+    """The file's size as HDF5 knows it (it may be ahead of the size on disk)."""
+    return int(f.id.get_filesize())

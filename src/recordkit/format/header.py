@@ -1,0 +1,98 @@
+"""The run's header: its root attributes, params, system info and run facts, written when
+the run is created or reopened and read back as plain values."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import h5py
+
+from recordkit.codec import dumps_json, loads_json, params_hash
+from recordkit.format.attrs import attr_str, read_attr, read_text, write_root_attrs, write_text
+from recordkit.format.extras import extra_keys
+from recordkit.format.history import HistoryTable
+from recordkit.format.layout import (
+    EXTRAS,
+    FORMAT_ATTR,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INFO,
+    PARAMS,
+    RUN_FIELDS,
+    SYSTEM,
+    UNSERIALISABLE_ATTR,
+    VERSION_ATTR,
+)
+from recordkit.format.weights import SnapshotStore
+
+__all__ = ["Header", "read_fields", "read_header", "write_info", "write_new_run",
+           "write_params", "write_run_fields"]
+
+
+def write_new_run(f: h5py.File, fields: Mapping[str, Any], *, params: str,
+                  unserialisable: str, system: Mapping[str, Any], checksum: bool) -> None:
+    """Every object of a new record: the root attributes (format and run fields), params,
+    system info, empty info, and the empty history, snapshot table, weights and extras."""
+    write_root_attrs(f, {FORMAT_ATTR: FORMAT_NAME, VERSION_ATTR: FORMAT_VERSION, **fields})
+    write_params(f, params, unserialisable)
+    write_text(f, SYSTEM, dumps_json(dict(system)))
+    write_text(f, INFO, "{}")
+    HistoryTable.create(f, checksum=checksum)
+    SnapshotStore.create(f, checksum=checksum)
+    f.require_group(EXTRAS)
+
+
+def write_params(f: h5py.File, document: str, unserialisable: str) -> None:
+    """The params document, its flagged keys and its hash (the root's ``params_hash``)."""
+    write_text(f, PARAMS, document)
+    f[PARAMS].attrs[UNSERIALISABLE_ATTR] = unserialisable
+    f.attrs["params_hash"] = params_hash(document)
+
+
+def write_info(f: h5py.File, text: str) -> None:
+    """The run facts (``/info``), as JSON text."""
+    write_text(f, INFO, text)
+
+
+def write_run_fields(f: h5py.File, fields: Mapping[str, Any]) -> None:
+    """Set run fields (``status``, ``ended``, ``error``, ``restarts``...)."""
+    write_root_attrs(f, fields)
+
+
+def read_fields(f: h5py.File | h5py.h5f.FileID) -> dict[str, str]:
+    """The run fields (:data:`RUN_FIELDS`) as text; a missing one is ``""``."""
+    return {key: attr_str(f, key) for key in RUN_FIELDS}
+
+
+@dataclasses.dataclass
+class Header:
+    """What a record's header holds, as plain values (see :func:`read_header`)."""
+
+    fields: dict[str, str]
+    format_version: int
+    params_text: str
+    unserialisable: list[str]
+    system: dict[str, Any]
+    info: dict[str, Any]
+    extra_keys: dict[str, str]
+
+
+def read_format_version(f: h5py.File | h5py.h5f.FileID) -> int:
+    """The root's ``format_version`` (0 when absent)."""
+    return int(read_attr(f, VERSION_ATTR, 0))
+
+
+def read_header(f: h5py.File) -> Header:
+    """The header of a record whose layout was checked."""
+    return Header(
+        fields=read_fields(f),
+        format_version=read_format_version(f),
+        params_text=read_text(f, PARAMS) or "{}",
+        unserialisable=list(loads_json(attr_str(f[PARAMS], UNSERIALISABLE_ATTR, "[]")))
+        if PARAMS in f else [],
+        system=loads_json(read_text(f, SYSTEM) or "{}"),
+        info=loads_json(read_text(f, INFO) or "{}"),
+        extra_keys=extra_keys(f),
+    )

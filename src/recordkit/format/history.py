@@ -1,0 +1,159 @@
+"""The history: one table of every metric's rows (``/history/rows``) and the metric
+names it points at (``/history/metrics``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import h5py
+import numpy as np
+
+from recordkit.format.layout import (
+    HISTORY,
+    HISTORY_CHUNK_ROWS,
+    HISTORY_DTYPE,
+    HISTORY_METRICS,
+    HISTORY_ROW_DTYPE,
+    HISTORY_TABLE,
+    METRIC_NAME_CHUNK,
+    escape_metric,
+    unescape_name,
+)
+
+__all__ = ["HistoryTable", "Row", "metric_names", "read_history", "split_history"]
+
+#: One buffered row of a metric: (epoch, step, value, time).
+Row = tuple[int, int, float, float]
+
+#: The in-memory HDF5 type of table rows, built once: deriving it on every write costs
+#: three times the write of one row.
+_ROW_MTYPE = h5py.h5t.py_create(HISTORY_ROW_DTYPE)
+#: HDF5 memory dataspaces of an append, by row count (immutable once made).
+_MEMORY_SPACES: dict[int, Any] = {}
+
+
+def metric_names(f: h5py.File) -> list[str]:
+    """The metric names in index order (the order they were first logged)."""
+    group = f.get(HISTORY)
+    if group is None or HISTORY_METRICS not in group:
+        return []
+    return [unescape_name(n.decode("utf-8") if isinstance(n, bytes) else str(n))
+            for n in group[HISTORY_METRICS][()]]
+
+
+def split_history(rows: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{metric: rows of HISTORY_DTYPE}`` from table rows, each metric in logging order.
+    Rows whose metric index has no name (a commit cut short) are left out."""
+    out: dict[str, np.ndarray] = {}
+    if not len(rows):
+        return out
+    ids = rows["metric"]
+    order = np.argsort(ids, kind="stable")
+    ids_sorted = ids[order]
+    bounds = np.searchsorted(ids_sorted, np.arange(len(names) + 1))
+    for index, name in enumerate(names):
+        picked = rows[order[bounds[index]:bounds[index + 1]]]
+        if not len(picked):
+            continue
+        view = np.empty(len(picked), dtype=HISTORY_DTYPE)
+        for field in HISTORY_DTYPE.names or ():
+            view[field] = picked[field]
+        out[name] = view
+    return out
+
+
+def read_history(f: h5py.File) -> dict[str, np.ndarray]:
+    """Every metric's rows, read with one read of the table."""
+    group = f.get(HISTORY)
+    if group is None or HISTORY_TABLE not in group:
+        return {}
+    return split_history(group[HISTORY_TABLE][()], metric_names(f))
+
+
+class HistoryTable:
+    """Appends to and rewinds the history of one open record.
+
+    It keeps what it learnt of the file (the metric indices, the table's row count)
+    between commits: asking HDF5 for the shape cost a tenth of a commit. The file is
+    passed to each call; a different (reopened) file is learnt again.
+    """
+
+    def __init__(self) -> None:
+        self._file: h5py.File | None = None
+        self._ids: dict[str, int] = {}
+        self._table: h5py.Dataset | None = None
+        self._count: int | None = None  # rows in the table, when known
+
+    @staticmethod
+    def create(f: h5py.File, *, checksum: bool) -> None:
+        """The empty table and name list of a new record."""
+        group = f.require_group(HISTORY)
+        group.create_dataset(
+            HISTORY_TABLE, shape=(0,), maxshape=(None,), dtype=HISTORY_ROW_DTYPE,
+            chunks=(HISTORY_CHUNK_ROWS,), fletcher32=checksum,
+        )
+        group.create_dataset(
+            HISTORY_METRICS, shape=(0,), maxshape=(None,),
+            dtype=h5py.string_dtype("utf-8"), chunks=(METRIC_NAME_CHUNK,),
+        )
+
+    def _bind(self, f: h5py.File) -> h5py.Dataset:
+        table = self._table
+        if self._file is not f or table is None or not table.id.valid:
+            self._file = f
+            self._ids = {name: i for i, name in enumerate(metric_names(f))}
+            table = self._table = f[HISTORY][HISTORY_TABLE]
+            self._count = None
+        return table
+
+    def names(self, f: h5py.File) -> list[str]:
+        """The metric names in index order."""
+        self._bind(f)
+        return sorted(self._ids, key=self._ids.__getitem__)
+
+    def append(self, f: h5py.File, pending: Sequence[tuple[str, Sequence[Row]]]) -> None:
+        """Append the rows of each metric to the table.
+
+        One append per commit, whatever the number of metrics, and it costs the same at
+        epoch 5,000 as at epoch 1: nothing is rewritten. New metric names go into
+        ``/history/metrics`` first, so a row never points at a name not yet written. The
+        low-level calls skip h5py's per-call checks, which cost more than the write itself
+        for a few rows (docs/BENCHMARKS.md)."""
+        table = self._bind(f)
+        pending = [(name, rows) for name, rows in pending if rows]
+        if not pending:
+            return
+        new = [name for name, _ in pending if name not in self._ids]
+        if new:
+            names = f[HISTORY][HISTORY_METRICS]
+            n = names.shape[0]
+            names.resize((n + len(new),))
+            names[n:] = [escape_metric(name) for name in new]
+            for name in new:
+                self._ids[name] = len(self._ids)
+        data = np.array([(self._ids[name], *row) for name, rows in pending for row in rows],
+                        dtype=HISTORY_ROW_DTYPE)
+        dsid = table.id
+        count = self._count if self._count is not None else dsid.shape[0]
+        self._count = None  # until the append succeeds (a failed one asks again)
+        dsid.set_extent((count + len(data),))
+        space = dsid.get_space()
+        space.select_hyperslab((count,), (len(data),))
+        memory = _MEMORY_SPACES.get(len(data))
+        if memory is None:
+            memory = _MEMORY_SPACES.setdefault(len(data), h5py.h5s.create_simple((len(data),)))
+        dsid.write(memory, space, data, mtype=_ROW_MTYPE)
+        self._count = count + len(data)
+
+    def drop_from(self, f: h5py.File, epoch: int) -> dict[str, np.ndarray]:
+        """Drop the rows of *epoch* and later; return what is kept, per metric."""
+        table = self._bind(f)
+        self._count = None  # resized here: the next append asks HDF5
+        rows = table[()]
+        kept = rows[rows["epoch"] < epoch]
+        if len(kept) < len(rows):
+            table.resize((len(kept),))
+            if len(kept):
+                table[:] = kept
+        return split_history(kept, self.names(f))

@@ -1,0 +1,161 @@
+"""Every path and attribute name inside a record file (format version 1), and the shapes
+of its tables. docs/FORMAT.md describes each object for readers who use plain h5py.
+
+Layout of ``<root>/<experiment>/<run_id>.h5``::
+
+    /                       attrs: format, format_version, run_id, name, experiment,
+                                   status, created, ended, error, params_hash,
+                                   recordkit_version, restarts, summary (closed runs)
+    /params                 scalar UTF-8 string: the params as tagged JSON
+                            attrs: unserialisable (JSON list of keys stored as repr)
+    /system                 scalar UTF-8 string: system info as JSON
+    /info                   scalar UTF-8 string: facts about the run (trainer, optimizer, ...)
+    /history/metrics        1-D UTF-8 strings: metric names, in the order first logged
+    /history/rows           1-D compound (metric i4, epoch i8, step i8, value f8, time f8)
+    /snapshots              1-D compound (epoch i8, step i8, time f8): one row per snapshot
+    /weights/<tensor>       (n_snapshots, *tensor_shape), snapshot axis first, growing
+                            attrs: name, dtype, first_snapshot
+    /extras/<key>           what Recorder.add stored: a dataset, a group of datasets, or JSON
+                            attrs: name, kind, dtype, sha256, unserialisable
+
+Names of tensors and extras are escaped (see :func:`escape_name`) and the original
+name is kept in the ``name`` attribute of each object.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from recordkit.codec import MAX_TEXT_CHARS
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "HISTORY_DTYPE", "SNAPSHOT_DTYPE", "STATUSES",
+           "escape_metric", "escape_name", "unescape_name"]
+
+FORMAT_NAME = "recordkit"
+FORMAT_VERSION = 1
+
+#: Values of the root attribute ``status``. A reader treats ``running`` in a file that no
+#: process holds open as an interrupted run.
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+# --- objects ------------------------------------------------------------------------------
+
+PARAMS = "params"
+SYSTEM = "system"
+INFO = "info"
+HISTORY = "history"
+#: Inside /history: the one table of every metric's rows, and the metric names.
+HISTORY_TABLE = "rows"
+HISTORY_METRICS = "metrics"
+SNAPSHOTS = "snapshots"
+WEIGHTS = "weights"
+EXTRAS = "extras"
+
+# --- attributes ---------------------------------------------------------------------------
+
+#: Root attributes that describe the run (the ``fields`` of its summary).
+RUN_FIELDS = ("run_id", "name", "experiment", "status", "created", "ended", "error",
+              "params_hash", "recordkit_version", "restarts")
+FORMAT_ATTR = "format"
+VERSION_ATTR = "format_version"
+#: Root attribute written when a run is closed: everything a table of many runs needs.
+SUMMARY_ATTR = "summary"
+#: On /params and on an extra: JSON list of the keys stored as their repr.
+UNSERIALISABLE_ATTR = "unserialisable"
+#: On a weight dataset or an extra: the original name (escaped only for NUL and %).
+NAME_ATTR = "name"
+#: On a weight dataset or an extra array: the stored dtype name (``bfloat16``...).
+DTYPE_ATTR = "dtype"
+#: On a weight dataset: the snapshot index (row of /snapshots) of its first row.
+FIRST_SNAPSHOT_ATTR = "first_snapshot"
+#: On an extra: array, list, arrays, dict or json.
+KIND_ATTR = "kind"
+#: On an extra HDF5 cannot checksum (a 0-d array, JSON text): the SHA-256 of its bytes.
+CHECKSUM_ATTR = "sha256"
+
+# --- tables -------------------------------------------------------------------------------
+
+#: One row of a metric's history as readers see it. ``step`` is -1 when the row was logged
+#: without a step.
+HISTORY_DTYPE = np.dtype(
+    [("epoch", "<i8"), ("step", "<i8"), ("value", "<f8"), ("time", "<f8")]
+)
+#: One row of ``/history/rows`` in the file: the same, with the metric's index into
+#: ``/history/metrics``. All metrics share one table, so a commit appends once.
+HISTORY_ROW_DTYPE = np.dtype(
+    [("metric", "<i4"), ("epoch", "<i8"), ("step", "<i8"), ("value", "<f8"), ("time", "<f8")]
+)
+#: One row of the snapshot table: the epoch (and step) each snapshot index stands for.
+SNAPSHOT_DTYPE = np.dtype([("epoch", "<i8"), ("step", "<i8"), ("time", "<f8")])
+
+# --- storage ------------------------------------------------------------------------------
+
+#: Rows per chunk of the history table: 113 rows of 36 bytes + the 4-byte checksum fit one
+#: 4 KiB page. With WRITE_OPTIONS the chunk is page-aligned, so the in-place rewrite of
+#: the last chunk on each commit is one page, which a SIGKILL cannot tear (Linux stops a
+#: killed write between pages): committed rows never fail their checksum after a crash.
+HISTORY_CHUNK_ROWS = 113
+#: Rows per chunk of the snapshot table: 170 rows of 24 bytes + checksum, one page.
+SNAPSHOT_CHUNK_ROWS = 170
+#: Names per chunk of /history/metrics.
+METRIC_NAME_CHUNK = 64
+#: File access options of every writer: objects of 4000 bytes or more (history and table
+#: chunks, weight chunks) start on a 4 KiB page boundary. Not stored in the file.
+WRITE_OPTIONS: dict[str, int] = {"alignment_threshold": 4000, "alignment_interval": 4096}
+#: Target size of one chunk of a weight dataset: big enough for fast appends, small enough
+#: to stay far below HDF5's 4 GiB chunk limit. Tensors above it are split along their axes.
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+#: Attribute strings are bounded: error messages and names stay far below 64 KiB.
+MAX_ATTR_CHARS = MAX_TEXT_CHARS
+#: A summary above this size is not written (HDF5's compact attribute storage ends at
+#: 64 KiB); readers then read the whole header instead.
+MAX_SUMMARY_BYTES = 60_000
+
+
+# --- names --------------------------------------------------------------------------------
+
+
+def escape_name(name: str) -> str:
+    """Turn any string into a legal HDF5 link name, reversibly.
+
+    ``%``, ``/`` and NUL are percent-encoded; the names ``.`` and the empty string (which
+    HDF5 refuses) become ``%2E`` and ``%``.
+
+    Example:
+        >>> escape_name("train/loss")
+        'train%2Floss'
+        >>> unescape_name(escape_name("100% ./x\\x00")) == "100% ./x\\x00"
+        True
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"names must be str, received {type(name).__name__}: {name!r}")
+    escaped = name.replace("%", "%25").replace("/", "%2F").replace("\x00", "%00")
+    if escaped == ".":
+        return "%2E"
+    if escaped == "":
+        return "%"
+    return escaped
+
+
+_UNESCAPE = re.compile(r"%(25|2F|00|2E)")
+_UNESCAPE_MAP = {"25": "%", "2F": "/", "00": "\x00", "2E": "."}
+
+
+def unescape_name(escaped: str) -> str:
+    """Invert :func:`escape_name`."""
+    if escaped == "%":
+        return ""
+    return _UNESCAPE.sub(lambda m: _UNESCAPE_MAP[m.group(1)], escaped)
+
+
+def escape_metric(name: str) -> str:
+    """HDF5 strings cannot hold NUL: ``%`` and NUL are percent-encoded in metric names and
+    ``name`` attributes (nothing else: ``train/loss`` stays readable).
+
+    Example:
+        >>> escape_metric("train/loss 100%")
+        'train/loss 100%25'
+    """
+    return name.replace("%", "%25").replace("\x00", "%00")

@@ -1,0 +1,303 @@
+"""The weights: one dataset per tensor (``/weights/<tensor>``, snapshot axis first) and
+the snapshot table (``/snapshots``) that says which epoch each snapshot index is.
+
+Crash safety rests on one order: a snapshot's tensors are written and flushed before
+its table row, and readers trust only the snapshots the table lists."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from recordkit.dtypes import decode_tensor
+from recordkit.errors import SnapshotError
+from recordkit.format.attrs import attr_str, members, object_name, read_attr
+from recordkit.format.chunkread import read_snapshot
+from recordkit.format.filters import ensure_readable
+from recordkit.format.layout import (
+    DEFAULT_CHUNK_BYTES,
+    DTYPE_ATTR,
+    FIRST_SNAPSHOT_ATTR,
+    NAME_ATTR,
+    SNAPSHOT_CHUNK_ROWS,
+    SNAPSHOT_DTYPE,
+    SNAPSHOTS,
+    WEIGHTS,
+    escape_metric,
+    escape_name,
+)
+
+__all__ = ["SnapshotPlan", "SnapshotStore", "SnapshotTarget", "StoredTensor", "TensorSpec",
+           "read_last_snapshot", "read_row", "read_rows", "read_table", "stored_tensors",
+           "weight_chunks"]
+
+
+def weight_chunks(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
+    """Chunk shape of a weight dataset: one snapshot per chunk, tensor axes split from the
+    first on until the chunk is at most *chunk_bytes*.
+
+    Example:
+        >>> weight_chunks((1000, 1000), 4, 4 * 1024 * 1024)
+        (1, 1000, 1000)
+        >>> weight_chunks((4096, 4096), 4, 4 * 1024 * 1024)
+        (1, 256, 4096)
+    """
+    chunk = [max(1, d) for d in shape]
+    for axis in range(len(chunk)):
+        rest = itemsize * math.prod(chunk[axis + 1 :])
+        if rest * chunk[axis] <= chunk_bytes:
+            break
+        chunk[axis] = max(1, chunk_bytes // rest)
+    return (1, *chunk)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """What earlier snapshots fix about a tensor: a later snapshot must match it."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    stored_dtype: str
+    #: Whether an earlier snapshot holds it (then every later snapshot must too).
+    held: bool
+
+
+@dataclasses.dataclass
+class SnapshotTarget:
+    """Where one tensor of a snapshot goes: a row of its dataset."""
+
+    dataset: h5py.Dataset
+    row: int
+    array: np.ndarray
+    #: The dataset's chunk shape (snapshot axis first), for writing in slices.
+    chunks: tuple[int, ...] | None
+
+
+@dataclasses.dataclass
+class SnapshotPlan:
+    """Where one snapshot goes, made by :meth:`SnapshotStore.prepare`: its table index,
+    whether it replaces the last snapshot, and the dataset row of each tensor."""
+
+    epoch: int
+    step: int
+    index: int
+    replaces: bool
+    targets: list[SnapshotTarget]
+
+
+class SnapshotStore:
+    """Writes snapshots into one open record: datasets made on a tensor's first snapshot
+    with the recorder's storage options, rows added, the table row last."""
+
+    def __init__(self, *, checksum: bool, compression: Any = None,
+                 compression_opts: Any = None,
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+        self._checksum = checksum
+        self._compression = compression
+        self._compression_opts = compression_opts
+        self._chunk_bytes = chunk_bytes
+
+    @staticmethod
+    def create(f: h5py.File, *, checksum: bool) -> None:
+        """The empty snapshot table and weights group of a new record."""
+        f.create_dataset(SNAPSHOTS, shape=(0,), maxshape=(None,), dtype=SNAPSHOT_DTYPE,
+                         chunks=(SNAPSHOT_CHUNK_ROWS,), fletcher32=checksum)
+        f.require_group(WEIGHTS)
+
+    @staticmethod
+    def specs(f: h5py.File) -> tuple[dict[str, TensorSpec], int | None]:
+        """Each tensor's :class:`TensorSpec`, and the epoch of the last snapshot."""
+        specs = {}
+        for _, ds in members(f.get(WEIGHTS)):
+            held = ds.shape[0] + int(read_attr(ds, FIRST_SNAPSHOT_ATTR)) > 0
+            specs[object_name(ds)] = TensorSpec(tuple(ds.shape[1:]), ds.dtype,
+                                                attr_str(ds, DTYPE_ATTR), held)
+        table = f[SNAPSHOTS]
+        return specs, (int(table[-1]["epoch"]) if len(table) else None)
+
+    def prepare(self, f: h5py.File, path: Path, epoch: int, step: int,
+                encoded: dict[str, tuple[np.ndarray, str]]) -> SnapshotPlan:
+        """Check the snapshot against the file, make the datasets of new tensors and
+        grow the others by a row (a snapshot of the last epoch again replaces it).
+
+        Raises:
+            SnapshotError: a tensor held earlier is missing, or one changed shape or
+                dtype, or one appears in a snapshot older than its first.
+        """
+        table = f[SNAPSHOTS]
+        n = table.shape[0]
+        replaces = bool(n) and int(table[n - 1]["epoch"]) == epoch
+        index = n - 1 if replaces else n
+        weights = f[WEIGHTS]
+        for key in weights:
+            ds = weights[key]
+            name = object_name(ds)
+            if name not in encoded and ds.shape[0] > index:
+                continue  # replacing a snapshot that did not hold this tensor either
+            if name not in encoded and ds.shape[0] + int(ds.attrs[FIRST_SNAPSHOT_ATTR]) > 0:
+                raise SnapshotError(
+                    f"snapshot at epoch {epoch}: tensor {name!r}, held in earlier "
+                    f"snapshots of {str(path)!r}, is missing; snapshot the same "
+                    "tensors each time (same include/exclude/frozen)"
+                )
+        targets = []
+        for name, (array, stored_dtype) in encoded.items():
+            ds = self._dataset(f, name, array, stored_dtype, index)
+            if ds.shape[1:] != array.shape or ds.dtype != array.dtype or (
+                    attr_str(ds, DTYPE_ATTR) != stored_dtype):
+                raise SnapshotError(
+                    f"snapshot at epoch {epoch}: tensor {name!r} is {stored_dtype}"
+                    f"{list(array.shape)} but earlier snapshots in {str(path)!r} hold "
+                    f"{attr_str(ds, DTYPE_ATTR)}{list(ds.shape[1:])}; a tensor must keep "
+                    "its shape and dtype across snapshots"
+                )
+            row = index - int(ds.attrs[FIRST_SNAPSHOT_ATTR])
+            if row < 0:
+                raise SnapshotError(
+                    f"snapshot at epoch {epoch}: tensor {name!r} first appeared in a "
+                    f"later snapshot of {str(path)!r}; it cannot be added to an earlier one"
+                )
+            targets.append(SnapshotTarget(ds, row, array, ds.chunks))
+        for target in targets:
+            ds = target.dataset
+            if target.row >= ds.shape[0]:
+                ds.resize((target.row + 1, *ds.shape[1:]))
+        return SnapshotPlan(epoch, step, index, replaces, targets)
+
+    def _dataset(self, f: h5py.File, name: str, array: np.ndarray, stored_dtype: str,
+                 first_snapshot: int) -> h5py.Dataset:
+        """The dataset of one tensor, created on its first snapshot."""
+        group = f[WEIGHTS]
+        key = escape_name(name)
+        if key in group:
+            return group[key]
+        shape = tuple(int(d) for d in array.shape)
+        ds = group.create_dataset(
+            key,
+            shape=(0, *shape),
+            # A chunk holds at least one element per axis, and HDF5 refuses a chunk larger
+            # than a fixed axis: a zero-length axis is left unlimited (it never grows).
+            maxshape=(None, *(d if d else None for d in shape)),
+            dtype=array.dtype,
+            chunks=weight_chunks(shape, array.dtype.itemsize, self._chunk_bytes),
+            fletcher32=self._checksum,
+            compression=self._compression,
+            compression_opts=self._compression_opts,
+        )
+        ds.attrs[NAME_ATTR] = escape_metric(name)
+        ds.attrs[DTYPE_ATTR] = stored_dtype
+        ds.attrs[FIRST_SNAPSHOT_ATTR] = first_snapshot
+        return ds
+
+    @staticmethod
+    def write(target: SnapshotTarget, part: slice | None) -> None:
+        """Write one tensor's row of a snapshot, or the slice *part* of its first axis."""
+        if part is None:
+            target.dataset[target.row] = target.array
+        else:
+            target.dataset[target.row, part] = target.array[part]
+
+    @staticmethod
+    def finish(f: h5py.File, plan: SnapshotPlan) -> None:
+        """List the snapshot in the table, after its tensors reached the file: one flush
+        does not order its writes, and a kill inside it could leave a listed snapshot
+        unwritten (benchmarks/crash_kills.py found it). Flushed on its own, so it is
+        committed whether or not ``commit()`` waits for it."""
+        f.flush()
+        table = f[SNAPSHOTS]
+        if not plan.replaces:
+            table.resize((plan.index + 1,))
+        table[plan.index] = (plan.epoch, plan.step, time.time())
+        f.flush()
+
+    @staticmethod
+    def drop_from(f: h5py.File, epoch: int) -> None:
+        """Drop the snapshots of *epoch* and later (the table rows, then tensor rows)."""
+        table = f[SNAPSHOTS]
+        epochs = table["epoch"][:] if len(table) else np.zeros(0, np.int64)
+        stale = np.nonzero(epochs >= epoch)[0]
+        if not len(stale):
+            return
+        first = int(stale[0])
+        table.resize((first,))
+        for _, ds in members(f[WEIGHTS]):
+            rows = max(0, first - int(ds.attrs[FIRST_SNAPSHOT_ATTR]))
+            if ds.shape[0] > rows:
+                ds.resize((rows, *ds.shape[1:]))
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def read_table(f: h5py.File) -> np.ndarray:
+    """The snapshot table (SNAPSHOT_DTYPE rows); empty when the file has none."""
+    return f[SNAPSHOTS][()] if SNAPSHOTS in f else np.zeros(0, SNAPSHOT_DTYPE)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredTensor:
+    """One tensor of a record as a reader sees it."""
+
+    key: str  # the escaped link name under /weights
+    stored_dtype: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    #: Snapshot index of the tensor's first row.
+    first: int
+    #: Rows the table lists: rows past it were written by a commit that did not finish.
+    rows: int
+
+
+def stored_tensors(f: h5py.File, table_rows: int) -> dict[str, StoredTensor]:
+    """Every tensor of the record, by original name."""
+    out: dict[str, StoredTensor] = {}
+    weights = f.get(WEIGHTS)
+    for key in weights if weights is not None else []:
+        ds = weights[key]
+        first = int(read_attr(ds, FIRST_SNAPSHOT_ATTR, 0))
+        out[object_name(ds)] = StoredTensor(
+            key, attr_str(ds, DTYPE_ATTR, ds.dtype.name), tuple(ds.shape[1:]), ds.dtype,
+            first, max(0, min(ds.shape[0], table_rows - first)))
+    return out
+
+
+def _dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
+    """A weight dataset, its compression filters made available (hdf5plugin, lazily)."""
+    ds = f[WEIGHTS][key]
+    ensure_readable(ds, path)
+    return ds
+
+
+def read_row(f: h5py.File, tensor: StoredTensor, row: int, path: Path) -> np.ndarray:
+    """One snapshot of a tensor (its dataset row), decoded: straight from its chunks when
+    it has the plain layout (checksums verified by :mod:`.chunkread`), else through HDF5."""
+    ds = _dataset(f, tensor.key, path)
+    data = read_snapshot(ds, row)
+    return decode_tensor(ds[row] if data is None else data, tensor.stored_dtype)
+
+
+def read_rows(f: h5py.File, tensor: StoredTensor, rows: range, path: Path) -> np.ndarray:
+    """Several snapshots of a tensor, stacked along the first axis, decoded."""
+    if not rows:
+        return decode_tensor(np.zeros((0, *tensor.shape), dtype=tensor.dtype),
+                             tensor.stored_dtype)
+    ds = _dataset(f, tensor.key, path)
+    data = (ds[rows.start:rows.stop:rows.step] if rows.step > 0
+            else np.stack([ds[i] for i in rows]))
+    return decode_tensor(data, tensor.stored_dtype)
+
+
+def read_last_snapshot(f: h5py.File, path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of the last snapshot the table lists, decoded; ``{}`` before any."""
+    n = int(f[SNAPSHOTS].shape[0]) if SNAPSHOTS in f else 0
+    if not n:
+        return {}
+    return {name: read_row(f, tensor, n - 1 - tensor.first, path)
+            for name, tensor in stored_tensors(f, n).items()
+            if tensor.first <= n - 1 < tensor.first + tensor.rows}

@@ -1,0 +1,246 @@
+"""The file of one run on the write side: created under a hidden name and published once
+its header is in it, reopened to resume, locked against a second writer, flushed,
+checked for space, and closed read-only."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from recordkit.diskspace import SpaceCheck, write_error
+from recordkit.errors import NotARecordError, RecordExistsError, RecordkitError, RecordWriteError
+from recordkit.format.attrs import attr_str, is_record
+from recordkit.format.files import (
+    RecordFile,
+    close,
+    file_handle,
+    flush,
+    hdf5_size,
+    is_open,
+    new_file,
+    open_read_only,
+    reopen,
+)
+from recordkit.format.history import read_history
+from recordkit.locking import RunLock
+from recordkit.paths import record_files
+from recordkit.safety import check_file
+
+__all__ = ["RunFile", "find_unfinished", "new_run_id"]
+
+
+def new_run_id(now: _dt.datetime | None = None) -> str:
+    """A run id that sorts by creation time and is unique even within one microsecond.
+
+    Example:
+        >>> a = new_run_id(); b = new_run_id()
+        >>> a != b and len(a) == len(b) == 29
+        True
+    """
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return f"{now:%Y%m%d-%H%M%S-%f}-{secrets.token_hex(3)}"
+
+
+class RunFile:
+    """The open file of one run, its process lock and the thread lock that serialises
+    every HDF5 call on it (the training thread's and the snapshot writer's).
+
+    Use :meth:`create` or :meth:`resume`; :attr:`file` is the open h5py file, which the
+    ``format`` modules read and write.
+    """
+
+    def __init__(self, path: Path, file: RecordFile, run_lock: RunLock) -> None:
+        self.path = path
+        self.file: RecordFile | None = file
+        self.lock = threading.RLock()
+        self._run_lock: RunLock | None = run_lock
+        self._space = SpaceCheck(path)
+
+    @classmethod
+    def create(cls, folder: Path, now: _dt.datetime,
+               write_header: Callable[[RecordFile, str, Path], None]) -> RunFile:
+        """A new record in *folder* with a fresh run id. *write_header* (file, run id,
+        final path) fills it before it is published: a process killed inside it leaves
+        no half-made record for readers, only a hidden ``.<run_id>.h5.part``."""
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RecordWriteError(
+                f"cannot create the experiment folder {str(folder)!r}: {err.strerror}; "
+                "choose a root you can write to"
+            ) from err
+        for _attempt in range(5):
+            run_id = new_run_id(now)
+            path = folder / f"{run_id}.h5"
+            partial = folder / f".{run_id}.h5.part"
+            run_lock = RunLock.acquire(path)
+            try:
+                if path.exists():
+                    raise FileExistsError(path)
+                f = new_file(partial)
+                break
+            except FileExistsError:
+                run_lock.release()
+                continue
+            except OSError as err:
+                run_lock.release()
+                raise write_error(err, f"create the record {str(path)!r}", folder.parent
+                                  ) from err
+        else:  # pragma: no cover - five random collisions in one microsecond
+            raise RecordExistsError(f"could not find a free run id in {str(folder)!r}")
+        run = cls(path, f, run_lock)
+        try:
+            with run.writing("write the run header"):
+                write_header(f, run_id, path)
+                flush(f)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                close(f)
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            run_lock.release()
+            raise
+        with run.writing("publish the record"):
+            os.replace(partial, path)
+        return run
+
+    @classmethod
+    def resume(cls, path: Path) -> RunFile:
+        """An existing record, reopened to continue it (made writable again).
+
+        Raises:
+            RecordLockedError: another process has the run open.
+            NotARecordError: the file is not a recordkit record.
+        """
+        run_lock = RunLock.acquire(path)
+        try:
+            mode = path.stat().st_mode
+            if not mode & stat.S_IWUSR:
+                path.chmod(mode | stat.S_IWUSR)
+            f = reopen(path)
+        except OSError as err:
+            run_lock.release()
+            raise write_error(err, f"reopen the record {str(path)!r}", path) from err
+        if not is_record(f):
+            close(f)
+            run_lock.release()
+            raise NotARecordError(f"{str(path)!r} is not a recordkit record; cannot resume it")
+        return cls(path, f, run_lock)
+
+    @property
+    def open(self) -> bool:
+        return is_open(self.file)
+
+    @contextlib.contextmanager
+    def writing(self, what: str) -> Iterator[None]:
+        """Turn a failed write into a :class:`RecordWriteError` saying *what* failed."""
+        try:
+            yield
+        except RecordkitError:
+            raise
+        except OSError as err:
+            raise write_error(err, what, self.path) from err
+        except (RuntimeError, ValueError, KeyError) as err:  # h5py's other error types
+            if "errno = " in str(err):  # a system call failed inside HDF5 (e.g. on flush)
+                raise write_error(OSError(str(err)), what, self.path) from err
+            raise RecordWriteError(
+                f"cannot {what} in {str(self.path)!r}: {type(err).__name__}: {err}"
+            ) from err
+
+    def ensure_space(self, nbytes: int, what: str) -> None:
+        """Refuse a write of *nbytes* the disk (or RLIMIT_FSIZE) cannot take, before HDF5
+        starts it (see :mod:`recordkit.diskspace`)."""
+        f = self.file
+        if not is_open(f):
+            return
+        assert f is not None
+        try:
+            fd, size = file_handle(f), hdf5_size(f)
+        except Exception:
+            fd, size = -1, 0
+        self._space.ensure(nbytes, what, fd=fd, hdf5_size=size)
+
+    def flush(self, *, durable: bool) -> None:
+        """Flush (and with *durable* fsync) what was written."""
+        assert self.file is not None
+        flush(self.file, fsync=durable)
+
+    def commit(self, *, durable: bool) -> None:
+        """:meth:`flush`, then check that the file is still where readers look for it."""
+        self.flush(durable=durable)
+        self._check_still_there()
+
+    def fsync_handle(self) -> int | None:
+        """The descriptor to fsync after the lock is released, or None when closed."""
+        return file_handle(self.file) if self.file is not None and is_open(self.file) else None
+
+    def _check_still_there(self) -> None:
+        """A removed file (or folder) takes writes without error until it is closed, and
+        then they are lost: say so at the first commit after the removal."""
+        f = self.file
+        if f is None:
+            return
+        try:
+            same = os.path.samestat(os.stat(self.path), os.fstat(file_handle(f)))
+        except OSError:
+            same = False
+        if not same:
+            error = RecordWriteError(
+                f"cannot commit in {str(self.path)!r}: the record (or its folder) was "
+                "removed or replaced while the run was being written; what it held is lost "
+                "when the run closes. Restore the folder or start a new run")
+            error.errno = errno.ENOENT
+            raise error
+
+    def close(self, *, read_only: bool) -> None:
+        """Close the file and release the process lock; with *read_only*, take away the
+        write bits (a closed run is not changed again). Safe to call twice."""
+        f, self.file = self.file, None
+        try:
+            if is_open(f):
+                assert f is not None
+                with contextlib.suppress(Exception):
+                    close(f)
+        finally:
+            if self._run_lock is not None:
+                self._run_lock.release()
+                self._run_lock = None
+            if read_only:
+                with contextlib.suppress(OSError):
+                    mode = self.path.stat().st_mode
+                    self.path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def find_unfinished(root: str | os.PathLike[str], experiment: str, *, name: str | None,
+                    params_hash: str, reached_epoch: int) -> Path | None:
+    """The newest record of *experiment* under *root* that did not complete, has the
+    given params hash (and name, when not None) and holds a metric row at
+    *reached_epoch* or later: the run a restarted process continues. None when no such
+    record can be read."""
+    found: list[tuple[str, str, Path]] = []
+    folder = Path(root) / experiment
+    if not folder.is_dir():
+        return None
+    for path in record_files(Path(root), experiment):
+        try:
+            with open_read_only(path) as f:
+                check_file(f, path)
+                if not is_record(f) or attr_str(f, "status") == "completed":
+                    continue
+                if attr_str(f, "params_hash") != params_hash or (
+                        name is not None and attr_str(f, "name") != name):
+                    continue
+                epochs = [int(rows["epoch"].max()) for rows in read_history(f).values()
+                          if len(rows)]
+                if epochs and max(epochs) >= reached_epoch:
+                    found.append((attr_str(f, "created"), attr_str(f, "run_id"), path))
+        except Exception:  # unreadable, damaged or unsafe: not a run to continue
+            continue
+    return max(found)[2] if found else None

@@ -1,0 +1,323 @@
+"""Taking snapshots on the write side: the checks that make a bad snapshot fail in the
+call that caused it, the host copies (into reused buffers) and the background writer
+that writes them, slice by slice, through :class:`~recordkit.format.weights.SnapshotStore`."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+import weakref
+from collections.abc import Mapping
+
+import numpy as np
+
+from recordkit.diskspace import free_bytes, size_text
+from recordkit.dtypes import (
+    BFloat16Bits,
+    cast_for_storage,
+    encode_tensor,
+    stored_nbytes,
+    stored_spec,
+)
+from recordkit.errors import RecordClosedError, RecordkitWarning, SnapshotError
+from recordkit.format.weights import (
+    SnapshotStore,
+    SnapshotTarget,
+    TensorSpec,
+    read_last_snapshot,
+)
+from recordkit.runfile import RunFile
+from recordkit.writer import SnapshotJob, SnapshotWriter
+
+__all__ = ["SLICE_BYTES", "Snapshots", "slices"]
+
+#: The writer thread writes a big tensor in slices of about this size, taking the run's
+#: lock for one slice at a time, so a log() call never waits for a whole snapshot.
+SLICE_BYTES = 16 * 1024 * 1024
+
+
+def slices(target: SnapshotTarget) -> list[slice | None]:
+    """Slices along a tensor's first axis, aligned to whole chunks, of about
+    :data:`SLICE_BYTES` each; ``[None]`` when the tensor is written in one piece."""
+    shape, chunks = target.array.shape, target.chunks
+    if not shape or chunks is None:
+        return [None]
+    row_bytes = target.array.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    if shape[0] * row_bytes <= SLICE_BYTES:
+        return [None]
+    per_chunk = max(1, chunks[1])
+    step = per_chunk * max(1, SLICE_BYTES // max(1, per_chunk * row_bytes))
+    return [slice(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+
+
+class Snapshots:
+    """The snapshots of one run: checked in the caller's thread, copied, written.
+
+    Args:
+        run: the run's file and locks.
+        store: writes into the file.
+        background: write on a writer thread (the caller only copies); False writes in
+            the caller's thread without copying.
+        max_pending_bytes: bound on copied-but-unwritten bytes (None: one snapshot).
+        size_warning_bytes: warn before the first snapshot above this estimate.
+        durable: fsync after each snapshot.
+        compressed: the store compresses (said in the size warning).
+    """
+
+    def __init__(self, run: RunFile, store: SnapshotStore, *, background: bool,
+                 max_pending_bytes: int | None, size_warning_bytes: int | None,
+                 durable: bool, compressed: bool) -> None:
+        self._run = run
+        self._store = store
+        self._background = background
+        self._max_pending_bytes = max_pending_bytes
+        self._size_warning_bytes = size_warning_bytes
+        self._durable = durable
+        self._compressed = compressed
+        self._writer: SnapshotWriter | None = None
+        self._pool: dict[str, np.ndarray] = {}  # written snapshot buffers, for reuse
+        self._pool_lock = threading.Lock()
+        self._planned: int | None = None
+        self._size_checked = False
+        self._specs: dict[str, TensorSpec] | None = None  # read from the file once
+        self._last_epoch: int | None = None
+
+    @property
+    def writer(self) -> SnapshotWriter | None:
+        """The background writer, once a snapshot started it."""
+        return self._writer
+
+    def plan(self, count: int | None) -> None:
+        """How many snapshots the run will take (for the size warning)."""
+        self._planned = count
+        self._size_checked = False
+
+    def forget(self) -> None:
+        """Read the tensors' specs from the file again (after a rewind or a failure)."""
+        self._specs = None
+
+    def tensor_names(self) -> list[str]:
+        """Tensors that earlier snapshots hold; call with the run's lock held."""
+        return [name for name, spec in self._known().items() if spec.held]
+
+    def check(self) -> None:
+        """Raise the error of an earlier queued snapshot, once."""
+        if self._writer is not None:
+            self._writer.check()
+
+    def take(self, arrays: Mapping[str, np.ndarray], dtype: str, epoch: int,
+             step: int) -> int | None:
+        """Check a snapshot (with the run's lock held) and, without a background writer,
+        write it. Returns the bytes to :meth:`queue` it with, or None when written.
+
+        Raises:
+            SnapshotError: a tensor changed shape or dtype, or one held earlier is missing.
+        """
+        self._check_tensors(arrays, dtype, epoch)
+        nbytes = sum(stored_nbytes(a, dtype) for a in arrays.values())
+        self._check_size(nbytes)
+        if not self._background:  # the caller waits, so its arrays need no copy
+            self._write({name: cast_for_storage(a, dtype) for name, a in arrays.items()},
+                        epoch, step)
+            return None
+        self._start_writer()
+        return nbytes
+
+    def queue(self, arrays: Mapping[str, np.ndarray], dtype: str, epoch: int, step: int,
+              nbytes: int) -> None:
+        """Copy a checked snapshot (without the run's lock) and queue it for the writer;
+        waits while the writer is *max_pending_bytes* behind."""
+        writer = self._writer
+        assert writer is not None
+        try:
+            writer.reserve(nbytes)  # back-pressure: waits, without the lock, for room
+        except BaseException:
+            with self._run.lock:
+                self._specs = None  # this snapshot was checked but is not queued
+            raise
+        try:
+            # The next training step may change the tensors: copy now. A cast is a copy.
+            copies = {name: (self._host_copy(name, a) if dtype == "keep"
+                             else cast_for_storage(a, dtype))
+                      for name, a in arrays.items()}
+        except BaseException:
+            writer.release(nbytes)
+            with self._run.lock:
+                self._specs = None
+            raise
+        writer.submit(SnapshotJob(copies, epoch, step, nbytes))
+
+    def drain(self) -> BaseException | None:
+        """Wait until the queued snapshots are written; return the writer's error, if any.
+        Called without the run's lock: the writer takes it for each slice it writes."""
+        writer = self._writer
+        if writer is None:
+            return None
+        try:
+            writer.wait()
+        except BaseException as err:
+            return err
+        return None
+
+    def stop(self) -> BaseException | None:
+        """Write what is queued, end the writer and return its error, if any."""
+        writer = self._writer
+        if writer is None:
+            return None
+        writer.stop()  # writes what is queued; without the lock, which it needs
+        return self.drain()
+
+    def release_buffers(self) -> None:
+        with self._pool_lock:
+            self._pool.clear()
+
+    def last(self) -> dict[str, np.ndarray]:
+        """Every tensor of the last snapshot as it is in the file (writer drained)."""
+        error = self.drain()
+        if error is not None:
+            raise error
+        with self._run.lock:
+            assert self._run.file is not None
+            return read_last_snapshot(self._run.file, self._run.path)
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _host_copy(self, name: str, array: np.ndarray) -> np.ndarray:
+        """A copy of *array* that training can no longer change, made into the buffer of
+        the same tensor's last written snapshot when there is one: fresh memory costs a
+        page fault per 4 KiB, which made the copy 2-3x slower than the memcpy itself
+        (docs/BENCHMARKS.md). At most one set of buffers is kept between snapshots."""
+        with self._pool_lock:
+            buffer = self._pool.pop(name, None)
+        if (buffer is not None and buffer.shape == array.shape
+                and buffer.dtype == array.dtype and type(buffer) is type(array)):
+            np.copyto(buffer, array)
+            return buffer
+        return array.copy()  # .copy() keeps BFloat16Bits
+
+    def _start_writer(self) -> SnapshotWriter:
+        if self._writer is None or not self._writer.alive:
+            ref = weakref.ref(self)
+
+            def write(job: SnapshotJob) -> None:  # holds the snapshots only while writing
+                snapshots = ref()
+                if snapshots is None:
+                    raise RecordClosedError("the recorder was garbage-collected with "
+                                            "snapshots still queued")
+                snapshots._write_job(job)
+
+            self._writer = SnapshotWriter(write, max_pending_bytes=self._max_pending_bytes,
+                                          name=f"recordkit-writer-{self._run.path.stem}")
+            # Queued snapshots are written when the recorder is dropped or at exit.
+            weakref.finalize(self, self._writer.stop)
+        return self._writer
+
+    def _write_job(self, job: SnapshotJob) -> None:
+        try:
+            self._write(job.arrays, job.epoch, job.step)
+        except BaseException:
+            with self._run.lock:
+                self._specs = None  # re-read from the file on the next call
+            raise
+        with self._pool_lock:  # written: its buffers take the next snapshot
+            self._pool.update(job.arrays)
+
+    def _known(self) -> dict[str, TensorSpec]:
+        if self._specs is None:
+            assert self._run.file is not None
+            self._specs, self._last_epoch = SnapshotStore.specs(self._run.file)
+        return self._specs
+
+    def _check_tensors(self, arrays: Mapping[str, np.ndarray], dtype: str, epoch: int) -> None:
+        """Raise SnapshotError in the caller's thread, before anything is queued, when a
+        tensor changed shape or dtype or went missing. The writer checks again against
+        the file; this check only makes the error come from the call that caused it."""
+        specs = self._known()
+        path = self._run.path
+        for name, array in arrays.items():
+            known = specs.get(name)
+            stored = stored_spec(array, dtype)
+            if known is not None and (known.shape, known.dtype, known.stored_dtype) != (
+                    tuple(array.shape), *stored):
+                raise SnapshotError(
+                    f"snapshot at epoch {epoch}: tensor {name!r} is {stored[1]}"
+                    f"{list(array.shape)} but earlier snapshots in {str(path)!r} hold "
+                    f"{known.stored_dtype}{list(known.shape)}; a tensor must keep its shape "
+                    "and dtype across snapshots"
+                )
+        if epoch != self._last_epoch:  # not a replacement
+            for name, spec in specs.items():
+                if spec.held and name not in arrays:
+                    raise SnapshotError(
+                        f"snapshot at epoch {epoch}: tensor {name!r}, held in earlier "
+                        f"snapshots of {str(path)!r}, is missing; snapshot the same "
+                        "tensors each time (same include/exclude/frozen)"
+                    )
+        for name, array in arrays.items():
+            specs[name] = TensorSpec(tuple(array.shape), *stored_spec(array, dtype), True)
+        self._last_epoch = epoch
+
+    def _check_size(self, snapshot_bytes: int) -> None:
+        """Warn once, before the first snapshot, when the record will not fit."""
+        if self._size_checked:
+            return
+        self._size_checked = True
+        planned = self._planned
+        total = snapshot_bytes * (planned if planned is not None else 1)
+        path = self._run.path
+        free = free_bytes(path.parent)
+        about = (f"{planned} planned snapshot(s)" if planned is not None
+                 else "one snapshot (call Recorder.plan(epochs=...) for a full estimate)")
+        compressed = " before compression" if self._compressed else ""
+        if free is not None and total > free:
+            problem = f"only {size_text(free)} are free on the disk"
+        elif (planned is not None and self._size_warning_bytes is not None
+              and total > self._size_warning_bytes):
+            problem = f"above the warning threshold of {size_text(self._size_warning_bytes)}"
+        else:
+            return
+        warnings.warn(
+            f"recordkit: {str(path)!r} will hold about {size_text(total)}{compressed} of "
+            f"weights ({about} of {size_text(snapshot_bytes)}), {problem}; snapshot less "
+            "often (snapshot_every=N or 'best'), exclude tensors, store float16/bfloat16, "
+            "or choose another root",
+            RecordkitWarning, stacklevel=5,  # _check_size, take, Recorder.snapshot, caller
+        )
+
+    def _write(self, arrays: Mapping[str, np.ndarray], epoch: int, step: int) -> None:
+        """Write one snapshot: on the writer thread, or on the caller's in sync mode.
+
+        The run's lock is held for the metadata steps and for each slice of data, not
+        for the whole snapshot. The table row goes last: readers trust only snapshots the
+        table lists, so a crash mid-snapshot leaves the previous snapshots intact.
+        """
+        encoded = {}
+        for name, array in arrays.items():
+            try:
+                encoded[name] = encode_tensor(np.asarray(array) if not isinstance(
+                    array, BFloat16Bits) else array)
+            except TypeError as err:
+                raise SnapshotError(f"snapshot: tensor {name!r}: {err}") from None
+        run = self._run
+        what = f"write the snapshot of epoch {epoch}"
+        with run.lock:
+            f = run.file
+            if f is None:
+                raise RecordClosedError(f"snapshot of epoch {epoch}: {str(run.path)!r} "
+                                        "was closed before the snapshot was written")
+            with run.writing(what):
+                # Checked before HDF5 starts: a write that fails inside it can damage
+                # what earlier commits wrote.
+                run.ensure_space(sum(int(a.nbytes) for a, _ in encoded.values()), what)
+                plan = self._store.prepare(f, run.path, epoch, step, encoded)
+        for target in plan.targets:
+            for part in slices(target):
+                with run.lock, run.writing(what):
+                    SnapshotStore.write(target, part)
+        with run.lock, run.writing(what):
+            SnapshotStore.finish(f, plan)
+            fd = run.fsync_handle() if self._durable else None
+        if fd is not None:  # without the lock: log() need not wait for the disk
+            with run.writing(what):
+                os.fsync(fd)
