@@ -56,18 +56,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import math
 import os
-import sys
 import threading
 import time
 import warnings
-import weakref
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
 from typing import Any
 
 try:
@@ -78,29 +73,39 @@ except ImportError as err:  # pragma: no cover - exercised without keras install
         "pip install 'recordkit[keras]'"
     ) from err
 
-import numpy as np
-
 from recordkit.errors import RecordkitError, RecordkitWarning
-from recordkit.integrations.options import check_callback_arguments
+from recordkit.integrations import _crash_watch
+from recordkit.integrations import _keras_facts as facts
+from recordkit.integrations._common import (
+    FitState,
+    RecordingCallback,
+    check_callback_arguments,
+    metric_floats,
+)
+from recordkit.integrations._keras_internals import fit_call_arguments
 from recordkit.paths import resolve_path
-from recordkit.policy import SnapshotPolicy
 from recordkit.recorder import Recorder, find_unfinished, params_hash_of
 
 __all__ = ["RecordCallback", "is_chief"]
 
-#: fit() arguments Keras does not pass to callbacks (read from fit's frame, or fit_args).
-_HIDDEN_FIT_ARGS = ("batch_size", "shuffle", "validation_split", "class_weight",
-                    "sample_weight", "validation_batch_size", "validation_freq")
-#: fit() arguments stored as given; the rest of _FIT_FRAME_ARGS only as "given or not".
-_FIT_VALUE_ARGS = ("batch_size", "epochs", "initial_epoch", "steps_per_epoch", "shuffle",
-                   "validation_split", "validation_steps", "validation_batch_size",
-                   "validation_freq")
-_FIT_GIVEN_ARGS = ("class_weight", "sample_weight", "validation_data")
 _LR = "learning_rate"
 _EPOCH_TIME = "epoch_time"
+_NO_TRAIN_END = "model.fit ended without on_train_end (an exception left fit)"
 
 
-class RecordCallback(keras.callbacks.Callback):
+@dataclass
+class _KerasFit(FitState):
+    """What one ``model.fit`` holds, from ``on_train_begin`` on."""
+
+    writes: bool = True
+    started: bool = False  # the record of this fit exists
+    last_logged: int | None = None
+    saw_validation: bool = False
+    first_epoch: int | None = None
+    call_args: dict[str, Any] = field(default_factory=dict)  # read from the fit() call
+
+
+class RecordCallback(RecordingCallback, keras.callbacks.Callback):
     """Records a Keras ``fit`` into ``<root>/<experiment>/<run_id>.h5``.
 
     Args:
@@ -169,63 +174,24 @@ class RecordCallback(keras.callbacks.Callback):
         super().__init__()
         check_callback_arguments(
             root=root, experiment=experiment, name=name, monitor=monitor, params=params,
-            recorder=recorder, resume=resume, on_error=on_error,
+            skip_frozen=skip_frozen, recorder=recorder, resume=resume, on_error=on_error,
             recorder_options=recorder_options)
-        if not isinstance(skip_frozen, bool):
-            raise TypeError(f"RecordCallback(skip_frozen={skip_frozen!r}): must be True or "
-                            f"False. Received: {type(skip_frozen).__name__}")
         if fit_args is not None and not isinstance(fit_args, Mapping):
             raise TypeError(f"RecordCallback(fit_args=...): must be a mapping of fit() "
                             f"argument names to values. Received: {type(fit_args).__name__}")
-        self._policy_args: dict[str, Any] = {
-            "every": snapshot_every, "monitor": monitor, "mode": mode, "include": include,
-            "exclude": exclude, "dtype": dtype, "where": "RecordCallback",
-        }
-        self._policy = SnapshotPolicy(**self._policy_args)  # checks the arguments now
-        self.root = recorder.root if recorder is not None else root
-        self.experiment = (recorder.experiment if recorder is not None and experiment is None
-                           else experiment)
-        self.name = name
+        self._init_recording(
+            root=root, experiment=experiment, name=name, snapshot_every=snapshot_every,
+            monitor=monitor, mode=mode, include=include, exclude=exclude, dtype=dtype,
+            skip_frozen=skip_frozen, recorder=recorder,
+            resume=None if resume == "auto" else resume, on_error=on_error,
+            recorder_options=recorder_options)
         self.run_params = params  # Keras owns ``self.params`` (what fit() passes)
-        self.snapshot_every = snapshot_every
         self.fit_args = dict(fit_args or {})
-        self.skip_frozen = skip_frozen
         self._auto_resume = resume == "auto"
-        self.on_error = on_error
-        self.recorder_options = recorder_options
-        self._given_recorder = recorder
-        self._resume_next: str | os.PathLike[str] | None = None if resume == "auto" else resume
-        self._recorder: Recorder | None = None
-        self._record_path: str | None = None
         self._fit_thread: int | None = None  # set while a fit runs (or after one raised)
         self._continue_path: str | None = None  # the record of a fit that raised
         self._raised_path: str | None = None  # that record, closed when its cell ended
-        self._reset_fit_state()
-
-    def _reset_fit_state(self) -> None:
-        self._writes = True
-        self._started = False  # the record of this fit exists
-        self._epoch_started = 0.0
-        self._last_logged: int | None = None
-        self._snapshotted: int | None = None
-        self._saw_validation = False
-        self._first_epoch: int | None = None
-        self._fit_call: dict[str, Any] = {}
-
-    def __repr__(self) -> str:
-        where = f"run at {self._record_path!r}" if self._record_path else "no run yet"
-        return (f"<RecordCallback experiment={self.experiment!r} "
-                f"snapshot_every={self.snapshot_every!r} ({where})>")
-
-    @property
-    def recorder(self) -> Recorder | None:
-        """The recorder of the fit in progress (None on non-chief workers and between fits)."""
-        return self._recorder
-
-    @property
-    def record_path(self) -> str | None:
-        """Path of the record of the latest fit."""
-        return self._record_path
+        self._fit: _KerasFit = _KerasFit()
 
     # --- Keras hooks --------------------------------------------------------------------
 
@@ -233,31 +199,31 @@ class RecordCallback(keras.callbacks.Callback):
         continue_path, self._raised_path = self._raised_path, None
         if self._recorder is not None:  # the previous fit raised: Keras said nothing
             continue_path = self._record_path
-            self._abandon("interrupted", "model.fit ended without on_train_end (an "
-                          "exception left fit); the callback was used for another fit")
-        self._reset_fit_state()
-        self._fit_call = _fit_call_arguments(self.model)
+            self._abandon("interrupted", f"{_NO_TRAIN_END}; the callback was used for "
+                          "another fit")
+        self._fit = _KerasFit(call_args=fit_call_arguments(self.model),
+                              writes=is_chief(facts.cluster_resolver(self.model)))
         self._continue_path = continue_path
         self._fit_thread = threading.get_ident()
-        self._writes = is_chief(_cluster_resolver(self.model))
-        if self._writes:
-            _watch(self)
+        if self._fit.writes:
+            _crash_watch.watch(self, on_uncaught=RecordCallback._close_after_uncaught,
+                               on_cell_end=RecordCallback._close_after_cell)
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        if self._writes and not self._started:
+        if self._fit.writes and not self._fit.started:
             self._start(int(epoch))
-        self._epoch_started = time.perf_counter()
+        self._fit.epoch_started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        rec = self._recorder
+        rec, fit = self._recorder, self._fit
         if rec is None:
             return
-        elapsed = time.perf_counter() - self._epoch_started
-        metrics = _floats(logs or {})
-        first_validation = not self._saw_validation and any(k.startswith("val_")
-                                                            for k in metrics)
+        elapsed = time.perf_counter() - fit.epoch_started
+        metrics = metric_floats(logs or {}, facts.keras_scalar)
+        first_validation = not fit.saw_validation and any(k.startswith("val_")
+                                                          for k in metrics)
         if _LR not in metrics:
-            lr = _learning_rate(self.model)
+            lr = facts.learning_rate(self.model)
             if lr is not None:
                 metrics[_LR] = lr
         metrics.setdefault(_EPOCH_TIME, elapsed)
@@ -266,27 +232,27 @@ class RecordCallback(keras.callbacks.Callback):
                                                   and epoch + 1 >= epochs)
         with self._guard(f"record epoch {epoch}"):
             rec.log(metrics, epoch=epoch)
-            self._last_logged = epoch
+            fit.last_logged = epoch
             if first_validation:  # known from the first epoch that validates
-                self._saw_validation = True
+                fit.saw_validation = True
                 rec.set_info({"fit": self._fit_facts()})
             if self._policy.due(epoch, metrics, last=last):
-                self._snapshot(rec, epoch)
+                self._snapshot_model(rec, epoch)
             rec.commit(wait=False)  # training goes on while the snapshot is written
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         rec = self._recorder
         self._fit_thread = None
-        _unwatch(self)
+        _crash_watch.unwatch(self)
         if rec is None:
             return
         with self._guard("close the record"):
-            epoch = self._last_logged
-            if epoch is not None and self._snapshotted != epoch:
-                self._snapshot(rec, epoch)  # early stopping ended the fit after our hook
+            epoch = self._fit.last_logged
+            if epoch is not None and self._fit.snapshotted != epoch:
+                self._snapshot_model(rec, epoch)  # early stopping ended the fit after us
             elif epoch is not None and self._weights_changed_since_snapshot(rec):
                 # e.g. EarlyStopping(restore_best_weights=True) ran its on_train_end first
-                self._snapshot(rec, epoch)
+                self._snapshot_model(rec, epoch)
                 rec.set_info({"final_weights": (
                     f"the weights when fit() ended, which differ from those at the end of "
                     f"epoch {epoch} (a callback before RecordCallback changed them in "
@@ -299,7 +265,7 @@ class RecordCallback(keras.callbacks.Callback):
     # --- internals ----------------------------------------------------------------------
 
     def _start(self, first_epoch: int) -> None:
-        self._started = True
+        self._fit.started = True
         with self._guard("start the record"):
             resume, self._resume_next = self._resume_next, None
             given, self._given_recorder = self._given_recorder, None
@@ -309,49 +275,22 @@ class RecordCallback(keras.callbacks.Callback):
                 resume = self._find_unfinished(first_epoch)
             if resume is not None:
                 _release_abandoned(resolve_path(resume, Path(self.root), self.experiment))
-            if given is not None:
-                rec = given
-            elif resume is not None:
-                rec = Recorder(self.root, self.experiment, self.name, self.run_params,
-                               resume=resume, **self.recorder_options)
-            else:
-                rec = Recorder(self.root, self.experiment, self.name, self.run_params,
-                               **self.recorder_options)
-            self._recorder = rec
-            self._record_path = str(rec.path.resolve())
-            self._first_epoch = first_epoch
-            self._policy = SnapshotPolicy(**self._policy_args)
+            rec = self._open_record(self.run_params, resume=resume, given=given)
+            self._fit.first_epoch = first_epoch
             if resume is not None or rec.last_epoch >= first_epoch:
                 rec.rewind(first_epoch)  # the epochs from here on are trained again
-            epochs = (self.params or {}).get("epochs")
-            if isinstance(epochs, int) and epochs > first_epoch:
-                rec.plan(snapshot_epochs=self._policy.planned_snapshots(epochs - first_epoch))
-            rec.set_info(_run_info(self.model))
+            self._plan_snapshots(rec, (self.params or {}).get("epochs"), first_epoch)
+            rec.set_info(facts.run_info(self.model))
             rec.set_info({"fit": self._fit_facts()})
 
     def _fit_facts(self) -> dict[str, Any]:
-        params = dict(self.params or {})
-        facts: dict[str, Any] = dict(self._fit_call)
-        facts.update({
-            "epochs": params.get("epochs"),
-            "steps_per_epoch": params.get("steps"),
-            "verbose": params.get("verbose"),
-            "initial_epoch": self._first_epoch,
-            "validation": self._saw_validation,
-        })
-        facts.update(_plain(self.fit_args))
-        facts["not_visible"] = [k for k in _HIDDEN_FIT_ARGS if k not in facts
-                                and f"{k}_given" not in facts]
-        return facts
+        return facts.fit_facts(self._fit.call_args, self.params,
+                         initial_epoch=self._fit.first_epoch,
+                         validation=self._fit.saw_validation, fit_args=self.fit_args)
 
-    def _snapshot(self, rec: Recorder, epoch: int) -> None:
-        weights = {_variable_name(v): v for v in self.model.weights}
-        frozen: set[str] = set()
-        if self.skip_frozen:  # frozen now, and not held by earlier snapshots of the record
-            frozen = _frozen_paths(self.model) - set(rec.tensor_names)
-        # Recorder.snapshot copies every tensor to host memory before it returns.
-        rec.snapshot(weights, epoch=epoch, policy=self._policy, frozen=frozen)
-        self._snapshotted = epoch
+    def _snapshot_model(self, rec: Recorder, epoch: int) -> None:
+        weights = {facts.variable_name(v): v for v in self.model.weights}
+        self._snapshot(rec, weights, epoch, frozen_now=lambda: facts.frozen_paths(self.model))
 
     def _weights_changed_since_snapshot(self, rec: Recorder) -> bool:
         """Whether the model's weights differ from the last snapshot (read back once at
@@ -360,16 +299,7 @@ class RecordCallback(keras.callbacks.Callback):
             stored = rec.last_snapshot()  # queued snapshots are written first
         except RecordkitError:
             return False
-        for variable in self.model.weights:
-            name = _variable_name(variable)
-            if name not in stored:
-                continue
-            value = np.asarray(keras.ops.convert_to_numpy(variable))
-            if stored[name].shape != value.shape or stored[name].dtype != value.dtype:
-                continue  # stored in another dtype (float16...): compare what can be
-            if not np.array_equal(stored[name], value, equal_nan=True):
-                return True
-        return False
+        return facts.weights_differ(self.model, stored)
 
     def _find_unfinished(self, first_epoch: int) -> str | None:
         """``resume="auto"``: the newest record of this experiment, name and params that
@@ -392,95 +322,43 @@ class RecordCallback(keras.callbacks.Callback):
             f"{str(folder)!r}; a new record is started", RecordkitWarning, stacklevel=4)
         return None
 
+    # --- a fit that raised: Keras calls no hook then ------------------------------------
+
     def _abandon(self, status: str, error: BaseException | str) -> None:
-        """Close the record of a fit that raised (Keras calls no hook then)."""
+        """Close the record of a fit that raised."""
         rec, self._recorder = self._recorder, None
         self._fit_thread = None
-        _unwatch(self)
+        _crash_watch.unwatch(self)
         if rec is not None and not rec.closed:
             with contextlib.suppress(Exception):
                 rec.close(status, error=error)
 
-    @contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        """Apply ``on_error`` to a failure of the recorder."""
-        try:
-            yield
-        except RecordkitError as err:
-            if self.on_error == "raise":
-                raise
-            warnings.warn(f"recordkit: could not {what} ({err}); recording stops for the rest "
-                          "of this run and training goes on (on_error='warn')",
-                          RecordkitWarning, stacklevel=3)
-            rec, self._recorder = self._recorder, None
-            self._writes = False
-            if rec is not None:
-                with contextlib.suppress(RecordkitError):
-                    rec.close("failed", error=f"recording stopped: {err}")
+    def _close_after_uncaught(self, exc: BaseException) -> None:
+        """The exception ends the process: failed (interrupted for Ctrl-C)."""
+        if self._recorder is not None:
+            self._abandon("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                          exc)
+
+    def _close_after_cell(self, error: BaseException | None) -> None:
+        """An IPython cell has ended: a fit it ran on this thread is over, so a record it
+        left open ended without ``on_train_end``: failed with the cell's exception, else
+        interrupted (the exception was caught inside the cell)."""
+        if self._recorder is None or self._fit_thread != threading.get_ident():
+            return
+        self._raised_path = self._record_path  # a later fit may continue it
+        if error is None:
+            self._abandon("interrupted", "model.fit ended without on_train_end (an exception "
+                          "left fit and was caught in the notebook cell)")
+        else:
+            self._abandon("interrupted" if isinstance(error, KeyboardInterrupt)
+                          else "failed", error)
 
     def __del__(self) -> None:
         # Collected while its record is open: the fit that wrote it raised long ago.
         with contextlib.suppress(Exception):
             if getattr(self, "_recorder", None) is not None:
-                self._abandon("interrupted", "model.fit ended without on_train_end (an "
-                              "exception left fit); the callback was garbage-collected")
-
-
-# --- a crashed fit: the process dies of an uncaught exception ------------------------------
-
-_LIVE: weakref.WeakSet[RecordCallback] = weakref.WeakSet()
-_previous_excepthook: Any = None
-
-
-_ipython_shells: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def _watch(callback: RecordCallback) -> None:
-    global _previous_excepthook
-    if _previous_excepthook is None:
-        _previous_excepthook = sys.excepthook
-        sys.excepthook = _excepthook
-    _watch_ipython_cells()
-    _LIVE.add(callback)
-
-
-def _watch_ipython_cells() -> None:
-    """IPython and Jupyter never call ``sys.excepthook``: the shell shows a cell's
-    exception itself. Its public ``post_run_cell`` event closes what a fit of that cell
-    left open. IPython is only looked up, never imported."""
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return
-    try:
-        shell = ipython.get_ipython()
-        if shell is None or shell in _ipython_shells:
-            return
-        shell.events.register("post_run_cell", _after_ipython_cell)
-        _ipython_shells.add(shell)
-    except Exception:  # an IPython without events: the excepthook path stays
-        return
-
-
-def _after_ipython_cell(result: Any) -> None:
-    """A cell has ended: a fit it ran on this thread is over, so a record it left open
-    ended without ``on_train_end``: failed with the cell's exception, else interrupted
-    (the exception was caught inside the cell)."""
-    error = getattr(result, "error_in_exec", None)
-    me = threading.get_ident()
-    for callback in list(_LIVE):
-        if callback._recorder is None or callback._fit_thread != me:
-            continue
-        callback._raised_path = callback._record_path  # a later fit may continue it
-        if error is None:
-            callback._abandon("interrupted", "model.fit ended without on_train_end (an "
-                              "exception left fit and was caught in the notebook cell)")
-        else:
-            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-            callback._abandon(status, error)
-
-
-def _unwatch(callback: RecordCallback) -> None:
-    _LIVE.discard(callback)
+                self._abandon("interrupted", f"{_NO_TRAIN_END}; the callback was "
+                              "garbage-collected")
 
 
 def _release_abandoned(path: Path) -> None:
@@ -488,41 +366,17 @@ def _release_abandoned(path: Path) -> None:
     from a fit of this thread that raised: this thread is starting a new fit, so that
     one is over."""
     me = threading.get_ident()
-    for callback in list(_LIVE):
+    for callback in _crash_watch.watched():
+        if not isinstance(callback, RecordCallback):
+            continue
         held = callback._record_path
         if (callback._recorder is not None and callback._fit_thread == me and held
                 and Path(held) == path.resolve()):
-            callback._abandon("interrupted", "model.fit ended without on_train_end (an "
-                              "exception left fit); another fit resumed the record")
-
-
-def _excepthook(exc_type: type[BaseException], exc: BaseException,
-                tb: TracebackType | None) -> None:
-    """An uncaught exception while a fit's record is open ended that fit: close the record
-    as failed (interrupted for Ctrl-C) with the exception, then report it as usual."""
-    status = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed"
-    for callback in list(_LIVE):
-        if callback._recorder is not None:
-            callback._abandon(status, exc)
-    (_previous_excepthook or sys.__excepthook__)(exc_type, exc, tb)
+            callback._abandon("interrupted", f"{_NO_TRAIN_END}; another fit resumed the "
+                              "record")
 
 
 # --- distribution ------------------------------------------------------------------------
-
-
-def _strategy_name(strategy: Any) -> str:
-    """The name users write (``MultiWorkerMirroredStrategy``), not the class behind it
-    (``CollectiveAllReduceStrategy``): TensorFlow's exported API name when the class has
-    one of its own, else the class name."""
-    exported = type(strategy).__dict__.get("_tf_api_names")
-    if isinstance(exported, (tuple, list)) and exported and isinstance(exported[0], str):
-        return exported[0].rsplit(".", 1)[-1]
-    return type(strategy).__name__
-
-
-def _cluster_resolver(model: Any) -> Any:
-    strategy = getattr(model, "distribute_strategy", None)  # tensorflow backend only
-    return getattr(strategy, "cluster_resolver", None) if strategy is not None else None
 
 
 def is_chief(cluster_resolver: Any) -> bool:
@@ -550,215 +404,3 @@ def is_chief(cluster_resolver: Any) -> bool:
     except Exception:  # no cluster spec: a single worker
         cluster = {}
     return "chief" not in cluster and int(task_id or 0) == 0
-
-
-# --- framework objects → plain values ---------------------------------------------------
-
-
-def _frozen_paths(model: Any) -> set[str]:
-    """Paths of the weights of frozen layers (``trainable = False``), found through the
-    public ``layers`` of models and of the layers that nest others."""
-    frozen: set[str] = set()
-    pending = list(getattr(model, "layers", []) or [])
-    while pending:
-        layer = pending.pop()
-        if not getattr(layer, "trainable", True):
-            frozen.update(_variable_name(v) for v in layer.weights)
-        else:
-            pending.extend(getattr(layer, "layers", []) or [])
-    return frozen
-
-
-#: Types a fit() argument read from fit's frame must have to be stored as a value.
-_FIT_ARG_TYPES: dict[str, tuple[type, ...]] = {
-    "batch_size": (int, type(None)), "epochs": (int,), "initial_epoch": (int,),
-    "steps_per_epoch": (int, type(None)), "shuffle": (bool, str),
-    "validation_split": (float, int), "validation_steps": (int, type(None)),
-    "validation_batch_size": (int, type(None)), "validation_freq": (int,),
-}
-
-
-def _fit_call_arguments(model: Any) -> dict[str, Any]:
-    """The arguments of the ``model.fit`` call that is running, read from its frame.
-
-    Keras passes callbacks ``epochs``, ``steps`` and ``verbose`` only. Its ``fit`` (the
-    tensorflow, torch and jax trainers alike) calls ``on_train_begin`` from its own frame,
-    whose local variables are then still fit's documented arguments as the user passed
-    them. Nothing is read when no such frame is on the stack (a custom loop).
-    """
-    frame: FrameType | None = sys._getframe(1)
-    try:
-        for _ in range(64):
-            if frame is None:
-                return {}
-            code = frame.f_code
-            if (code.co_name == "fit" and "batch_size" in code.co_varnames
-                    and frame.f_locals.get("self") is model):
-                found = frame.f_locals
-                # a value of an unexpected type means fit() changed: store nothing wrong
-                facts = {k: _plain(found[k]) for k in _FIT_VALUE_ARGS
-                         if k in found and isinstance(found[k], _FIT_ARG_TYPES[k])}
-                facts.update({f"{k}_given": found[k] is not None
-                              for k in _FIT_GIVEN_ARGS if k in found})
-                return facts
-            frame = frame.f_back
-        return {}
-    except Exception:  # reading the caller's frame must never stop a fit
-        return {}
-    finally:
-        del frame
-
-
-def _variable_name(variable: Any) -> str:
-    return str(getattr(variable, "path", None) or variable.name)
-
-
-def _number(value: Any) -> float | None:
-    try:
-        array = keras.ops.convert_to_numpy(value)
-        return float(array) if array.size == 1 else None
-    except Exception:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            return None
-
-
-def _floats(logs: Mapping[str, Any]) -> dict[str, float]:
-    out = {}
-    for key, value in logs.items():
-        number = value if isinstance(value, float) else _number(value)
-        if number is not None:
-            out[str(key)] = float(number)
-    return out
-
-
-def _learning_rate(model: Any) -> float | None:
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None:
-        return None
-    try:
-        return _number(optimizer.learning_rate)
-    except Exception:  # an optimizer without a readable learning rate
-        return None
-
-
-def _plain(value: Any, depth: int = 0) -> Any:
-    """JSON-able values for info: numbers, strings, lists and dicts; anything else as repr."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if depth > 8:
-        return repr(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, depth + 1) for v in value]
-    if hasattr(value, "item") and getattr(value, "size", None) == 1:
-        return _plain(value.item(), depth + 1)
-    return repr(value)
-
-
-def _json_or_none(value: Any) -> tuple[Any, str | None]:
-    """*value* when it serialises to JSON as it is, else None and why."""
-    try:
-        json.dumps(value, allow_nan=False)
-        return value, None
-    except (TypeError, ValueError) as err:
-        return None, f"{type(err).__name__}: {err}"
-
-
-def _count(variables: Any) -> int:
-    total = 0
-    for v in variables:
-        size = 1
-        for dim in v.shape:
-            size *= int(dim)
-        total += size
-    return total
-
-
-def _optimizer_facts(optimizer: Any) -> dict[str, Any]:
-    if optimizer is None:
-        return {}
-    facts: dict[str, Any] = {"class": type(optimizer).__name__}
-    try:
-        config = optimizer.get_config()
-    except Exception as err:
-        return {**facts, "config_error": f"{type(err).__name__}: {err}"}
-    facts["config"] = _plain(config)
-    lr = config.get("learning_rate")
-    if isinstance(lr, Mapping):  # a schedule: its serialised config
-        facts["learning_rate"] = _plain(lr)
-    else:
-        facts["learning_rate"] = _number(lr) if lr is not None else None
-    return facts
-
-
-def _names(value: Any) -> Any:
-    """Loss / metric names from compile: strings kept, objects by their name."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, Mapping) and "class_name" in value:  # a serialised object
-        config = value.get("config")
-        name = config.get("name") if isinstance(config, Mapping) else None
-        return str(name or value["class_name"])
-    if isinstance(value, Mapping):
-        return {str(k): _names(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_names(v) for v in value]
-    name = getattr(value, "name", None) or getattr(value, "__name__", None)
-    return str(name) if name else type(value).__name__
-
-
-def _compile_facts(model: Any) -> dict[str, Any]:
-    try:
-        config = model.get_compile_config() or {}
-    except Exception as err:
-        return {"error": f"{type(err).__name__}: {err}"}
-    facts = {key: _names(value) for key, value in config.items()
-             if key in ("loss", "metrics", "weighted_metrics")}
-    for key in ("loss_weights", "run_eagerly", "steps_per_execution", "jit_compile"):
-        if key in config:
-            facts[key] = _plain(config[key])
-    return facts
-
-
-def _run_info(model: Any) -> dict[str, Any]:
-    try:
-        config, problem = _json_or_none(model.get_config())
-    except Exception as err:  # subclassed models without get_config, and the like
-        config, problem = None, f"{type(err).__name__}: {err}"
-    trainable = _count(model.trainable_weights)
-    total = _count(model.weights)
-    model_facts: dict[str, Any] = {
-        "class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "name": getattr(model, "name", None),
-        "parameters": total,
-        "trainable_parameters": trainable,
-        "non_trainable_parameters": total - trainable,
-        "config": config,
-    }
-    if problem is not None:
-        model_facts["config_error"] = problem
-    strategy = getattr(model, "distribute_strategy", None)
-    resolver = _cluster_resolver(model)
-    distribution = {
-        "strategy": _strategy_name(strategy) if strategy is not None else None,
-        "replicas": int(getattr(strategy, "num_replicas_in_sync", 1) or 1),
-        "task_type": getattr(resolver, "task_type", None),
-        "task_id": getattr(resolver, "task_id", None),
-    }
-    try:
-        compile_facts = _compile_facts(model)
-    except Exception as err:  # compile facts must never stop a run
-        compile_facts = {"error": f"{type(err).__name__}: {err}"}
-    return {
-        "framework": f"keras {keras.__version__} ({keras.backend.backend()})",
-        "model": model_facts,
-        "optimizer": _optimizer_facts(getattr(model, "optimizer", None)),
-        "compile": compile_facts,
-        "distribution": _plain(distribution),
-    }
-

@@ -37,18 +37,29 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from recordkit.errors import RecordkitError, RecordkitWarning
-from recordkit.integrations.options import check_callback_arguments
-from recordkit.policy import SnapshotPolicy
+from recordkit.integrations import _lightning_facts as facts
+from recordkit.integrations._common import (
+    FitState,
+    RecordingCallback,
+    check_callback_arguments,
+    metric_floats,
+)
+from recordkit.integrations._lightning_metrics import (
+    epoch_values,
+    late_epoch_values,
+    running_loop_metrics,
+    step_values,
+    written_since,
+)
 from recordkit.recorder import Recorder
 
 __all__ = ["RecordCallback"]
@@ -77,8 +88,27 @@ _LightningCallback: Any = (_BASES[0] if len(_BASES) == 1
                            else type("_LightningCallback", _BASES, {}))
 
 
+def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return metric_floats(metrics, facts.torch_scalar)
 
-class RecordCallback(_LightningCallback):
+
+@dataclass
+class _LightningFit(FitState):
+    """What one ``fit`` / ``validate`` / ``test`` holds, from ``setup`` on."""
+
+    stage: str = ""
+    resumed: bool = False  # the record was continued (a checkpoint, or fit() again)
+    epoch_start_metrics: dict[str, Any] = field(default_factory=dict)
+    eval_start_metrics: dict[str, Any] = field(default_factory=dict)
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    epoch_end_metrics: dict[str, Any] = field(default_factory=dict)
+    open_epoch: int | None = None  # ended but may still get late metrics
+    logged: set[str] = field(default_factory=set)  # metric names logged for open_epoch
+    steps: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
+    warned: set[str] = field(default_factory=set)
+
+
+class RecordCallback(RecordingCallback, _LightningCallback):
     """Records a Lightning run into ``<root>/<experiment>/<run_id>.h5``.
 
     Args:
@@ -146,56 +176,21 @@ class RecordCallback(_LightningCallback):
         super().__init__()
         check_callback_arguments(
             root=root, experiment=experiment, name=name, monitor=monitor, params=params,
-            recorder=recorder, resume=resume, on_error=on_error,
+            skip_frozen=skip_frozen, recorder=recorder, resume=resume, on_error=on_error,
             recorder_options=recorder_options)
-        if not isinstance(skip_frozen, bool):
-            raise TypeError(f"RecordCallback(skip_frozen={skip_frozen!r}): must be True or "
-                            f"False. Received: {type(skip_frozen).__name__}")
         if log_steps is not False and (not isinstance(log_steps, int) or log_steps < 1):
             raise ValueError(f"RecordCallback(log_steps={log_steps!r}): must be True, False "
                              f"or a positive int (every N-th step). Received: {log_steps!r}")
-        self._policy_args: dict[str, Any] = {
-            "every": snapshot_every, "monitor": monitor, "mode": mode, "include": include,
-            "exclude": exclude, "dtype": dtype, "where": "RecordCallback",
-        }
-        self._policy = SnapshotPolicy(**self._policy_args)  # checks the arguments now
-        self.root = recorder.root if recorder is not None else root
-        self.experiment = (recorder.experiment if recorder is not None and experiment is None
-                           else experiment)
-        self.name = name
+        self._init_recording(
+            root=root, experiment=experiment, name=name, snapshot_every=snapshot_every,
+            monitor=monitor, mode=mode, include=include, exclude=exclude, dtype=dtype,
+            skip_frozen=skip_frozen, recorder=recorder, resume=resume, on_error=on_error,
+            recorder_options=recorder_options)
         self.params = params
-        self.snapshot_every = snapshot_every
         self.log_steps = int(log_steps)
-        self.skip_frozen = skip_frozen
-        self.on_error = on_error
-        self.recorder_options = recorder_options
-        self._given_recorder = recorder
-        self._resume_next: str | os.PathLike[str] | None = resume
-        self._recorder: Recorder | None = None
-        self._record_path: str | None = None  # the record of the latest fit
         self._trainer: int | None = None  # id() of the Trainer of the latest fit
         self._policy_state: dict[str, Any] | None = None  # from a checkpoint
-        self._reset_fit_state()
-
-    def _reset_fit_state(self) -> None:
-        self._stage = ""
-        self._writes = False  # global rank zero, with recording not disabled
-        self._resumed = False
-        self._epoch_started = 0.0
-        self._epoch_start_metrics: dict[str, Any] = {}
-        self._eval_start_metrics: dict[str, Any] = {}
-        self._val_metrics: dict[str, float] = {}
-        self._epoch_end_metrics: dict[str, Any] = {}
-        self._open_epoch: int | None = None  # ended but may still get late metrics
-        self._logged: set[str] = set()  # metric names logged for the open epoch
-        self._snapshotted: int | None = None
-        self._steps: list[tuple[int, int, dict[str, Any]]] = []
-        self._warned: set[str] = set()
-
-    def __repr__(self) -> str:
-        where = (f"run at {self._record_path!r}" if self._record_path else "no run yet")
-        return (f"<RecordCallback experiment={self.experiment!r} "
-                f"snapshot_every={self.snapshot_every!r} ({where})>")
+        self._fit: _LightningFit = _LightningFit()
 
     @property
     def state_key(self) -> str:
@@ -208,26 +203,14 @@ class RecordCallback(_LightningCallback):
         return (f"{type(self).__qualname__}{{'experiment': {self.experiment!r}, "
                 f"'name': {self.name!r}}}")
 
-    @property
-    def recorder(self) -> Recorder | None:
-        """The recorder of the fit in progress (None on other ranks and between fits)."""
-        return self._recorder
-
-    @property
-    def record_path(self) -> str | None:
-        """Path of the record of the latest fit."""
-        return self._record_path
-
     # --- Lightning hooks: setup and teardown ------------------------------------------
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._close_quietly()  # a callback reused for a second fit starts a new record
-        self._reset_fit_state()
-        self._stage = stage
-        self._writes = bool(trainer.is_global_zero)
+        self._fit = _LightningFit(stage=stage, writes=bool(trainer.is_global_zero))
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        if not self._writes:
+        if not self._fit.writes:
             return
         with self._guard("start the record"):
             resume, self._resume_next = self._resume_next, None
@@ -239,26 +222,16 @@ class RecordCallback(_LightningCallback):
             self._trainer = id(trainer)
             if resume is None and given is None and again:
                 # fit() again on the same Trainer goes on from its epoch: the same run
-                if _no_epoch_left(trainer):
+                if facts.no_epoch_left(trainer):
                     return  # nothing will be trained: the record stays as it is
                 resume = self._record_path
-            if given is not None:
-                rec = given
-            elif resume is not None:
-                rec = Recorder(self.root, self.experiment, self.name, self.params,
-                               resume=resume, **self.recorder_options)
-            else:
-                rec = Recorder(self.root, self.experiment, self.name, self.params,
-                               **self.recorder_options)
-            self._resumed = resume is not None
-            self._recorder = rec
-            self._record_path = str(rec.path.resolve())
-            self._policy = SnapshotPolicy(**self._policy_args)
-            if self._resumed and self._policy_state:
+            rec = self._open_record(self.params, resume=resume, given=given)
+            self._fit.resumed = resume is not None
+            if self._fit.resumed and self._policy_state:
                 self._policy.load_state_dict(self._policy_state)
             self._policy_state = None
-            rec.extend(_hparams(pl_module, trainer))
-            rec.set_info(_run_info(trainer, pl_module))
+            rec.extend(facts.hparams(pl_module, trainer))
+            rec.set_info(facts.run_info(trainer, pl_module))
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         rec = self._recorder
@@ -266,11 +239,9 @@ class RecordCallback(_LightningCallback):
             return
         start = int(trainer.current_epoch)
         with self._guard("prepare the record"):
-            if self._resumed:
+            if self._fit.resumed:
                 rec.rewind(start)  # the epochs from here on are trained again
-            max_epochs = trainer.max_epochs
-            if isinstance(max_epochs, int) and max_epochs > start:
-                rec.plan(snapshot_epochs=self._policy.planned_snapshots(max_epochs - start))
+            self._plan_snapshots(rec, trainer.max_epochs, start)
 
     def state_dict(self) -> dict[str, Any]:
         if not self._record_path:
@@ -301,7 +272,7 @@ class RecordCallback(_LightningCallback):
             return
         status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
         try:
-            if self._open_epoch is not None:
+            if self._fit.open_epoch is not None:
                 self._log_late_metrics(trainer)
             self._write_steps(rec)  # the steps of the epoch that crashed
             rec.close(status, error=exception)
@@ -313,17 +284,17 @@ class RecordCallback(_LightningCallback):
     # --- Lightning hooks: one epoch ---------------------------------------------------
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        fit = self._fit
         metrics = dict(trainer.callback_metrics)
-        if self._open_epoch is not None:
+        if fit.open_epoch is not None:
             self._log_late_metrics(trainer, metrics)
-        self._epoch_start_metrics = metrics
-        self._val_metrics = {}
-        self._epoch_started = time.perf_counter()
+        fit.epoch_start_metrics, fit.val_metrics = metrics, {}
+        fit.epoch_started = time.perf_counter()
         rec = self._recorder
         if rec is None:
             return
         with self._guard("log the learning rates"):
-            rec.log(_learning_rates(trainer), epoch=int(trainer.current_epoch))
+            rec.log(facts.learning_rates(trainer), epoch=int(trainer.current_epoch))
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -332,53 +303,48 @@ class RecordCallback(_LightningCallback):
         step = int(trainer.global_step)
         if step % self.log_steps:
             return
-        fresh = _fresh_metrics(trainer)
-        # "x" and "x_step" both hold the step value of a metric logged per step and per
-        # epoch; its step rows are kept as "x_step", and "x" is left to the epoch rows.
-        values = {k: v for k, v in fresh.items() if f"{k}_step" not in fresh}
+        values = step_values(running_loop_metrics(trainer))
         if values:
-            self._steps.append((int(trainer.current_epoch), step, values))
+            self._fit.steps.append((int(trainer.current_epoch), step, values))
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.sanity_checking:
-            self._eval_start_metrics = dict(trainer.callback_metrics)
+            self._fit.eval_start_metrics = dict(trainer.callback_metrics)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
             return
-        fresh = _changed(self._eval_start_metrics, trainer.callback_metrics)
-        if self._stage == "fit":
-            self._val_metrics.update(_floats(fresh))
+        fresh = written_since(self._fit.eval_start_metrics, trainer.callback_metrics)
+        if self._fit.stage == "fit":
+            self._fit.val_metrics.update(_floats(fresh))
         else:
             self._record_evaluation(trainer, pl_module, "validate", fresh)
 
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_start_metrics = dict(trainer.callback_metrics)
+        self._fit.eval_start_metrics = dict(trainer.callback_metrics)
 
     def on_test_end(self, trainer: Any, pl_module: Any) -> None:
-        fresh = _changed(self._eval_start_metrics, trainer.callback_metrics)
+        fresh = written_since(self._fit.eval_start_metrics, trainer.callback_metrics)
         self._record_evaluation(trainer, pl_module, "test", fresh)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        fresh = _fresh_metrics(trainer)
+        fit = self._fit
+        fresh = running_loop_metrics(trainer)
         now = dict(trainer.callback_metrics)
         epoch = int(trainer.current_epoch)
-        train = {k: v for k, v in fresh.items()
-                 if not (k.endswith("_epoch") and k[: -len("_epoch")] in fresh)}
-        metrics = {**_floats(train), **self._val_metrics}
-        self._epoch_end_metrics = now
-        self._warn_step_only(now, set(fresh) | set(self._val_metrics))
+        metrics = {**_floats(epoch_values(fresh)), **fit.val_metrics}
+        fit.epoch_end_metrics = now
+        self._warn_step_only(now, set(fresh) | set(fit.val_metrics))
         rec = self._recorder
         if rec is None:
             return
-        metrics.setdefault("epoch_time", time.perf_counter() - self._epoch_started)
+        metrics.setdefault("epoch_time", time.perf_counter() - fit.epoch_started)
         with self._guard(f"record epoch {epoch}"):
             self._write_steps(rec)
             rec.log(metrics, epoch=epoch)
-            self._logged = set(metrics)
-            self._open_epoch = epoch
-            if self._policy.due(epoch, metrics, last=self._is_last_epoch(trainer)):
-                self._snapshot(rec, trainer, pl_module, epoch)
+            fit.logged, fit.open_epoch = set(metrics), epoch
+            if self._policy.due(epoch, metrics, last=facts.is_last_epoch(trainer)):
+                self._snapshot_module(rec, trainer, pl_module, epoch)
             rec.commit(wait=False)  # training goes on while the snapshot is written
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
@@ -388,7 +354,7 @@ class RecordCallback(_LightningCallback):
 
     def _record_evaluation(self, trainer: Any, pl_module: Any, stage: str,
                            fresh: Mapping[str, Any]) -> None:
-        if not self._writes or not fresh:
+        if not self._fit.writes or not fresh:
             return
         results = _floats(fresh)
         with self._guard(f"record the {stage} results"):
@@ -405,8 +371,8 @@ class RecordCallback(_LightningCallback):
                 status, error, evaluations = "completed", "", []
                 rec = Recorder(self.root, self.experiment, self.name, self.params,
                                **self.recorder_options)
-                rec.extend(_hparams(pl_module, trainer))
-                rec.set_info(_run_info(trainer, pl_module))
+                rec.extend(facts.hparams(pl_module, trainer))
+                rec.set_info(facts.run_info(trainer, pl_module))
             self._record_path = str(rec.path.resolve())
             epoch = max(rec.last_epoch, 0)
             logged = rec.metrics_at(epoch)
@@ -422,48 +388,37 @@ class RecordCallback(_LightningCallback):
 
     # --- internals ---------------------------------------------------------------------
 
-    def _is_last_epoch(self, trainer: Any) -> bool:
-        max_epochs = trainer.max_epochs
-        return bool(isinstance(max_epochs, int) and max_epochs >= 0
-                    and int(trainer.current_epoch) + 1 >= max_epochs)
-
-    def _snapshot(self, rec: Recorder, trainer: Any, pl_module: Any, epoch: int) -> None:
-        frozen: set[str] = set()
-        if self.skip_frozen:  # frozen now, and not held by earlier snapshots of the record
-            frozen = ({name for name, p in pl_module.named_parameters() if not p.requires_grad}
-                      - set(rec.tensor_names))
-        # Recorder.snapshot copies every tensor to host memory before it returns.
-        rec.snapshot(pl_module.state_dict(), epoch=epoch, step=int(trainer.global_step),
-                     policy=self._policy, frozen=frozen)
-        self._snapshotted = epoch
+    def _snapshot_module(self, rec: Recorder, trainer: Any, pl_module: Any,
+                         epoch: int) -> None:
+        self._snapshot(rec, pl_module.state_dict(), epoch, step=int(trainer.global_step),
+                       frozen_now=lambda: {name for name, p in pl_module.named_parameters()
+                                           if not p.requires_grad})
 
     def _finish_epoch(self, trainer: Any, pl_module: Any) -> None:
         """Log what the last epoch logged after this callback's epoch-end hook and make sure
         it has a snapshot (early stopping decides after this callback that it was last)."""
         rec = self._recorder
-        if rec is None or self._open_epoch is None:
+        epoch = self._fit.open_epoch
+        if rec is None or epoch is None:
             return
-        epoch = self._open_epoch
         self._log_late_metrics(trainer)
         with self._guard(f"snapshot the last epoch {epoch}"):
-            if self._snapshotted != epoch:
-                self._snapshot(rec, trainer, pl_module, epoch)
+            if self._fit.snapshotted != epoch:
+                self._snapshot_module(rec, trainer, pl_module, epoch)
             rec.commit(wait=False)
 
     def _log_late_metrics(self, trainer: Any, now: Mapping[str, Any] | None = None) -> None:
         """Metrics logged in ``LightningModule.on_train_epoch_end`` come after this
         callback's hook (Lightning calls callbacks first); they are added to the epoch
         when the next hook runs."""
-        epoch, self._open_epoch = self._open_epoch, None
+        fit = self._fit
+        epoch, fit.open_epoch = fit.open_epoch, None
         rec = self._recorder
         if rec is None or epoch is None:
             return
         if now is None:
             now = dict(trainer.callback_metrics)
-        late = _changed(self._epoch_end_metrics, now)
-        late = {k: v for k, v in late.items() if k not in self._logged
-                and not k.endswith("_step")
-                and not (k.endswith("_epoch") and k[: -len("_epoch")] in self._logged)}
+        late = late_epoch_values(fit.epoch_end_metrics, now, fit.logged)
         if not late:
             return
         with self._guard(f"record epoch {epoch}"):
@@ -471,18 +426,19 @@ class RecordCallback(_LightningCallback):
             rec.commit(wait=False)
 
     def _write_steps(self, rec: Recorder) -> None:
-        for epoch, step, values in self._steps:
+        for epoch, step, values in self._fit.steps:
             rec.log(_floats(values), epoch=epoch, step=step)
-        self._steps = []
+        self._fit.steps = []
 
     def _warn_step_only(self, now: Mapping[str, Any], epoch_level: set[str]) -> None:
         if self.log_steps:
             return
-        changed = _changed(self._epoch_start_metrics, now)
+        warned = self._fit.warned
+        changed = written_since(self._fit.epoch_start_metrics, now)
         step_only = sorted(k for k in changed if k not in epoch_level
-                           and k not in self._warned and not k.endswith(("_step", "_epoch")))
+                           and k not in warned and not k.endswith(("_step", "_epoch")))
         if step_only and self._recorder is not None:
-            self._warned.update(step_only)
+            warned.update(step_only)
             warnings.warn(
                 f"recordkit: metric(s) {step_only} are logged per step only "
                 "(self.log(..., on_epoch=False), the default in training_step) and are not "
@@ -490,181 +446,8 @@ class RecordCallback(_LightningCallback):
                 "on_epoch=True, or pass RecordCallback(log_steps=True) to record steps",
                 RecordkitWarning, stacklevel=2)
 
-    @contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        """Apply ``on_error`` to a failure of the recorder."""
-        try:
-            yield
-        except RecordkitError as err:
-            if self.on_error == "raise":
-                raise
-            warnings.warn(f"recordkit: could not {what} ({err}); recording stops for the rest "
-                          "of this run and training goes on (on_error='warn')",
-                          RecordkitWarning, stacklevel=3)
-            rec, self._recorder = self._recorder, None
-            self._writes = False
-            if rec is not None:
-                try:
-                    rec.close("failed", error=f"recording stopped: {err}")
-                except RecordkitError:
-                    pass
-
     def _close_quietly(self) -> None:
         rec, self._recorder = self._recorder, None
         if rec is not None and not rec.closed:
             rec.close("interrupted", error="the callback was set up again before the "
                       "run ended")
-
-
-# --- framework objects → plain values ---------------------------------------------------
-
-
-def _no_epoch_left(trainer: Any) -> bool:
-    max_epochs = trainer.max_epochs
-    return bool(isinstance(max_epochs, int) and max_epochs >= 0
-                and int(trainer.current_epoch) >= max_epochs)
-
-
-def _fresh_metrics(trainer: Any) -> dict[str, Any]:
-    """The metrics of the loop that is running: each read of ``trainer.callback_metrics``
-    puts a new (detached) tensor under every name the running loop holds, while names
-    from earlier epochs or other loops keep the object they had. Reading twice tells them
-    apart without Lightning's private result collection."""
-    first = dict(trainer.callback_metrics)
-    second = trainer.callback_metrics
-    return {k: v for k, v in second.items() if first.get(k) is not v}
-
-
-def _changed(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
-    """The names whose value was written (is another object) since *before*."""
-    return {k: v for k, v in after.items() if before.get(k) is not v}
-
-
-def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
-    out = {}
-    for key, value in metrics.items():
-        try:
-            out[str(key)] = float(value.item() if hasattr(value, "item") else value)
-        except (TypeError, ValueError, RuntimeError):
-            continue  # a non-scalar tensor is not a metric; the recorder takes numbers only
-    return out
-
-
-def _plain(value: Any, depth: int = 0) -> Any:
-    """JSON-able values for info: numbers, strings, lists and dicts; anything else as repr."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if depth > 4:
-        return repr(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, depth + 1) for v in value]
-    if hasattr(value, "numel") and hasattr(value, "item") and value.numel() == 1:
-        return _plain(value.item(), depth + 1)
-    return repr(value)
-
-
-def _hparams(pl_module: Any, trainer: Any) -> dict[str, Any]:
-    params = dict(getattr(pl_module, "hparams", None) or {})
-    datamodule = getattr(trainer, "datamodule", None)
-    for key, value in dict(getattr(datamodule, "hparams", None) or {}).items():
-        if key in params and _differs(params[key], value):
-            params[f"datamodule.{key}"] = value  # both kept when module and data disagree
-        else:
-            params[key] = value
-    return params
-
-
-def _differs(a: Any, b: Any) -> bool:
-    try:
-        return a is not b and bool(a != b)
-    except Exception:  # e.g. tensors of several elements
-        return True
-
-
-def _framework(trainer: Any) -> str:
-    package = type(trainer).__module__.split(".trainer", 1)[0]
-    try:
-        version = importlib.import_module(package.split(".")[0]).__version__
-    except (ImportError, AttributeError):
-        version = "unknown"
-    return f"{package} {version}"
-
-
-def _seed() -> int | None:
-    seed = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything
-    try:
-        return int(seed) if seed is not None else None
-    except ValueError:
-        return None
-
-
-def _run_info(trainer: Any, pl_module: Any) -> dict[str, Any]:
-    parameters = list(pl_module.parameters())
-    facts = {
-        "framework": _framework(trainer),
-        "max_epochs": trainer.max_epochs,
-        "min_epochs": trainer.min_epochs,
-        "max_steps": trainer.max_steps,
-        "precision": trainer.precision,
-        "accelerator": type(trainer.accelerator).__name__,
-        "devices": trainer.num_devices,
-        "device_ids": list(getattr(trainer, "device_ids", []) or []),
-        "num_nodes": trainer.num_nodes,
-        "strategy": type(trainer.strategy).__name__,
-        "world_size": trainer.world_size,
-        "accumulate_grad_batches": trainer.accumulate_grad_batches,
-        "gradient_clip_val": trainer.gradient_clip_val,
-        "gradient_clip_algorithm": trainer.gradient_clip_algorithm,
-        "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
-        "val_check_interval": getattr(trainer, "val_check_interval", None),
-        "limit_train_batches": trainer.limit_train_batches,
-        "limit_val_batches": trainer.limit_val_batches,
-        "seed": _seed(),
-    }
-    return {
-        "trainer": _plain(facts),
-        "optimizers": [_optimizer_facts(o) for o in trainer.optimizers],
-        "lr_schedulers": [_scheduler_facts(c) for c in trainer.lr_scheduler_configs],
-        "model": {
-            "class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
-            "parameters": sum(int(p.numel()) for p in parameters),
-            "trainable_parameters": sum(int(p.numel()) for p in parameters if p.requires_grad),
-        },
-    }
-
-
-def _optimizer_facts(optimizer: Any) -> dict[str, Any]:
-    groups = [{k: v for k, v in group.items() if k != "params"}
-              for group in optimizer.param_groups]
-    return {"class": type(optimizer).__name__, "param_groups": _plain(groups)}
-
-
-def _scheduler_facts(config: Any) -> dict[str, Any]:
-    scheduler = config.scheduler
-    try:
-        state = scheduler.state_dict()
-    except Exception:  # a scheduler without state_dict still gets its class recorded
-        state = {}
-    settings = {k: v for k, v in state.items() if not k.startswith("_")}
-    return {"class": type(scheduler).__name__, "interval": config.interval,
-            "frequency": config.frequency, "monitor": config.monitor,
-            "settings": _plain(settings)}
-
-
-def _learning_rates(trainer: Any) -> dict[str, float]:
-    """``lr-<Optimizer>`` per optimizer (``-<i>`` when classes repeat), ``/pg<j>`` per
-    parameter group beyond one: the names Lightning's LearningRateMonitor uses."""
-    rates: dict[str, float] = {}
-    optimizers = list(trainer.optimizers)
-    names = [type(o).__name__ for o in optimizers]
-    for i, optimizer in enumerate(optimizers):
-        name = f"lr-{names[i]}" + (f"-{i}" if names.count(names[i]) > 1 else "")
-        groups = optimizer.param_groups
-        for j, group in enumerate(groups):
-            if "lr" in group:
-                rates[name + (f"/pg{j + 1}" if len(groups) > 1 else "")] = float(group["lr"])
-    return rates

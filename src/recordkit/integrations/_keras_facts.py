@@ -1,0 +1,210 @@
+"""Keras model, optimizer and fit objects turned into plain facts: the run info (model,
+optimizer, compile, distribution), ``info["fit"]``, the learning rate, variable names,
+frozen weights and whether the weights changed since a snapshot.
+
+Only Keras' public API is read here; what only its internals give is in
+``_keras_internals``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from recordkit.integrations._common import jsonable
+from recordkit.integrations._keras_internals import HIDDEN_FIT_ARGS, strategy_name
+
+__all__ = ["cluster_resolver", "fit_facts", "frozen_paths", "keras_scalar", "learning_rate",
+           "run_info", "variable_name", "weights_differ"]
+
+
+def keras_scalar(value: Any) -> float | None:
+    """A one-element tensor or array (any backend) or a number as a float; else None."""
+    try:
+        array = keras.ops.convert_to_numpy(value)
+        return float(array) if array.size == 1 else None
+    except Exception:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+
+
+def variable_name(variable: Any) -> str:
+    """A variable's ``path`` (``dense/kernel``), the name its snapshots are stored under."""
+    return str(getattr(variable, "path", None) or variable.name)
+
+
+def frozen_paths(model: Any) -> set[str]:
+    """Paths of the weights of frozen layers (``trainable = False``), found through the
+    public ``layers`` of models and of the layers that nest others."""
+    frozen: set[str] = set()
+    pending = list(getattr(model, "layers", []) or [])
+    while pending:
+        layer = pending.pop()
+        if not getattr(layer, "trainable", True):
+            frozen.update(variable_name(v) for v in layer.weights)
+        else:
+            pending.extend(getattr(layer, "layers", []) or [])
+    return frozen
+
+
+def weights_differ(model: Any, stored: Mapping[str, np.ndarray]) -> bool:
+    """Whether a weight of *model* differs from its array in *stored* (a snapshot read
+    back); weights stored in another dtype or shape (float16...) are not compared."""
+    for variable in model.weights:
+        name = variable_name(variable)
+        if name not in stored:
+            continue
+        value = np.asarray(keras.ops.convert_to_numpy(variable))
+        if stored[name].shape != value.shape or stored[name].dtype != value.dtype:
+            continue  # stored in another dtype (float16...): compare what can be
+        if not np.array_equal(stored[name], value, equal_nan=True):
+            return True
+    return False
+
+
+def learning_rate(model: Any) -> float | None:
+    """The optimizer's learning rate now (a schedule's current value); None without one."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    try:
+        return keras_scalar(optimizer.learning_rate)
+    except Exception:  # an optimizer without a readable learning rate
+        return None
+
+
+def fit_facts(call_args: Mapping[str, Any], params: Mapping[str, Any] | None, *,
+              initial_epoch: int | None, validation: bool,
+              fit_args: Mapping[str, Any]) -> dict[str, Any]:
+    """``Record.info["fit"]``: the arguments read from the fit() call, what Keras passes
+    callbacks (*params*), then the user's *fit_args* over them; ``not_visible`` names
+    the arguments callbacks cannot see that none of them gave."""
+    params = dict(params or {})
+    facts: dict[str, Any] = dict(call_args)
+    facts.update({
+        "epochs": params.get("epochs"),
+        "steps_per_epoch": params.get("steps"),
+        "verbose": params.get("verbose"),
+        "initial_epoch": initial_epoch,
+        "validation": validation,
+    })
+    facts.update(jsonable(dict(fit_args)))
+    facts["not_visible"] = [k for k in HIDDEN_FIT_ARGS if k not in facts
+                            and f"{k}_given" not in facts]
+    return facts
+
+
+def cluster_resolver(model: Any) -> Any:
+    """The cluster resolver of the model's ``tf.distribute`` strategy (None without)."""
+    strategy = getattr(model, "distribute_strategy", None)  # tensorflow backend only
+    return getattr(strategy, "cluster_resolver", None) if strategy is not None else None
+
+
+def _json_or_none(value: Any) -> tuple[Any, str | None]:
+    """*value* when it serialises to JSON as it is, else None and why."""
+    try:
+        json.dumps(value, allow_nan=False)
+        return value, None
+    except (TypeError, ValueError) as err:
+        return None, f"{type(err).__name__}: {err}"
+
+
+def _count(variables: Any) -> int:
+    total = 0
+    for v in variables:
+        size = 1
+        for dim in v.shape:
+            size *= int(dim)
+        total += size
+    return total
+
+
+def _optimizer_facts(optimizer: Any) -> dict[str, Any]:
+    if optimizer is None:
+        return {}
+    facts: dict[str, Any] = {"class": type(optimizer).__name__}
+    try:
+        config = optimizer.get_config()
+    except Exception as err:
+        return {**facts, "config_error": f"{type(err).__name__}: {err}"}
+    facts["config"] = jsonable(config)
+    lr = config.get("learning_rate")
+    if isinstance(lr, Mapping):  # a schedule: its serialised config
+        facts["learning_rate"] = jsonable(lr)
+    else:
+        facts["learning_rate"] = keras_scalar(lr) if lr is not None else None
+    return facts
+
+
+def _names(value: Any) -> Any:
+    """Loss / metric names from compile: strings kept, objects by their name."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and "class_name" in value:  # a serialised object
+        config = value.get("config")
+        name = config.get("name") if isinstance(config, Mapping) else None
+        return str(name or value["class_name"])
+    if isinstance(value, Mapping):
+        return {str(k): _names(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_names(v) for v in value]
+    name = getattr(value, "name", None) or getattr(value, "__name__", None)
+    return str(name) if name else type(value).__name__
+
+
+def _compile_facts(model: Any) -> dict[str, Any]:
+    try:
+        config = model.get_compile_config() or {}
+    except Exception as err:
+        return {"error": f"{type(err).__name__}: {err}"}
+    facts = {key: _names(value) for key, value in config.items()
+             if key in ("loss", "metrics", "weighted_metrics")}
+    for key in ("loss_weights", "run_eagerly", "steps_per_execution", "jit_compile"):
+        if key in config:
+            facts[key] = jsonable(config[key])
+    return facts
+
+
+def run_info(model: Any) -> dict[str, Any]:
+    """``Record.info`` of a fit: framework, model, optimizer, compile and distribution."""
+    try:
+        config, problem = _json_or_none(model.get_config())
+    except Exception as err:  # subclassed models without get_config, and the like
+        config, problem = None, f"{type(err).__name__}: {err}"
+    trainable = _count(model.trainable_weights)
+    total = _count(model.weights)
+    model_facts: dict[str, Any] = {
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "name": getattr(model, "name", None),
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "non_trainable_parameters": total - trainable,
+        "config": config,
+    }
+    if problem is not None:
+        model_facts["config_error"] = problem
+    strategy = getattr(model, "distribute_strategy", None)
+    resolver = cluster_resolver(model)
+    distribution = {
+        "strategy": strategy_name(strategy) if strategy is not None else None,
+        "replicas": int(getattr(strategy, "num_replicas_in_sync", 1) or 1),
+        "task_type": getattr(resolver, "task_type", None),
+        "task_id": getattr(resolver, "task_id", None),
+    }
+    try:
+        compile_facts = _compile_facts(model)
+    except Exception as err:  # compile facts must never stop a run
+        compile_facts = {"error": f"{type(err).__name__}: {err}"}
+    return {
+        "framework": f"keras {keras.__version__} ({keras.backend.backend()})",
+        "model": model_facts,
+        "optimizer": _optimizer_facts(getattr(model, "optimizer", None)),
+        "compile": compile_facts,
+        "distribution": jsonable(distribution),
+    }

@@ -1,0 +1,144 @@
+"""Lightning trainer and module objects turned into plain facts: hyperparameters, the run
+info (trainer, optimizers, schedulers, model), learning rates and where the fit stands.
+
+Only public attributes of ``Trainer``, ``LightningModule`` and torch optimizers are read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from recordkit.integrations._common import jsonable
+
+__all__ = ["hparams", "is_last_epoch", "learning_rates", "no_epoch_left", "run_info",
+           "torch_scalar"]
+
+
+def torch_scalar(value: Any) -> float | None:
+    """A one-element tensor or a number as a float; None for anything else."""
+    try:
+        return float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError, RuntimeError):
+        return None  # a tensor of several elements, a string...
+
+
+def is_last_epoch(trainer: Any) -> bool:
+    """Whether the running epoch is the last of ``max_epochs``."""
+    max_epochs = trainer.max_epochs
+    return bool(isinstance(max_epochs, int) and max_epochs >= 0
+                and int(trainer.current_epoch) + 1 >= max_epochs)
+
+
+def no_epoch_left(trainer: Any) -> bool:
+    """Whether the trainer has already trained every epoch of ``max_epochs``."""
+    max_epochs = trainer.max_epochs
+    return bool(isinstance(max_epochs, int) and max_epochs >= 0
+                and int(trainer.current_epoch) >= max_epochs)
+
+
+def hparams(pl_module: Any, trainer: Any) -> dict[str, Any]:
+    """The module's ``hparams`` and the datamodule's; a datamodule value that disagrees
+    with the module's is kept too, as ``datamodule.<key>``."""
+    params = dict(getattr(pl_module, "hparams", None) or {})
+    datamodule = getattr(trainer, "datamodule", None)
+    for key, value in dict(getattr(datamodule, "hparams", None) or {}).items():
+        if key in params and _differs(params[key], value):
+            params[f"datamodule.{key}"] = value  # both kept when module and data disagree
+        else:
+            params[key] = value
+    return params
+
+
+def _differs(a: Any, b: Any) -> bool:
+    try:
+        return a is not b and bool(a != b)
+    except Exception:  # e.g. tensors of several elements
+        return True
+
+
+def _framework(trainer: Any) -> str:
+    package = type(trainer).__module__.split(".trainer", 1)[0]
+    try:
+        version = importlib.import_module(package.split(".")[0]).__version__
+    except (ImportError, AttributeError):
+        version = "unknown"
+    return f"{package} {version}"
+
+
+def _seed() -> int | None:
+    seed = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything
+    try:
+        return int(seed) if seed is not None else None
+    except ValueError:
+        return None
+
+
+def run_info(trainer: Any, pl_module: Any) -> dict[str, Any]:
+    """``Record.info`` of a fit: trainer facts, optimizers, schedulers and the model."""
+    parameters = list(pl_module.parameters())
+    facts = {
+        "framework": _framework(trainer),
+        "max_epochs": trainer.max_epochs,
+        "min_epochs": trainer.min_epochs,
+        "max_steps": trainer.max_steps,
+        "precision": trainer.precision,
+        "accelerator": type(trainer.accelerator).__name__,
+        "devices": trainer.num_devices,
+        "device_ids": list(getattr(trainer, "device_ids", []) or []),
+        "num_nodes": trainer.num_nodes,
+        "strategy": type(trainer.strategy).__name__,
+        "world_size": trainer.world_size,
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "gradient_clip_val": trainer.gradient_clip_val,
+        "gradient_clip_algorithm": trainer.gradient_clip_algorithm,
+        "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
+        "val_check_interval": getattr(trainer, "val_check_interval", None),
+        "limit_train_batches": trainer.limit_train_batches,
+        "limit_val_batches": trainer.limit_val_batches,
+        "seed": _seed(),
+    }
+    return {
+        "trainer": jsonable(facts),
+        "optimizers": [_optimizer_facts(o) for o in trainer.optimizers],
+        "lr_schedulers": [_scheduler_facts(c) for c in trainer.lr_scheduler_configs],
+        "model": {
+            "class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
+            "parameters": sum(int(p.numel()) for p in parameters),
+            "trainable_parameters": sum(int(p.numel()) for p in parameters if p.requires_grad),
+        },
+    }
+
+
+def _optimizer_facts(optimizer: Any) -> dict[str, Any]:
+    groups = [{k: v for k, v in group.items() if k != "params"}
+              for group in optimizer.param_groups]
+    return {"class": type(optimizer).__name__, "param_groups": jsonable(groups)}
+
+
+def _scheduler_facts(config: Any) -> dict[str, Any]:
+    scheduler = config.scheduler
+    try:
+        state = scheduler.state_dict()
+    except Exception:  # a scheduler without state_dict still gets its class recorded
+        state = {}
+    settings = {k: v for k, v in state.items() if not k.startswith("_")}
+    return {"class": type(scheduler).__name__, "interval": config.interval,
+            "frequency": config.frequency, "monitor": config.monitor,
+            "settings": jsonable(settings)}
+
+
+def learning_rates(trainer: Any) -> dict[str, float]:
+    """``lr-<Optimizer>`` per optimizer (``-<i>`` when classes repeat), ``/pg<j>`` per
+    parameter group beyond one: the names Lightning's LearningRateMonitor uses."""
+    rates: dict[str, float] = {}
+    optimizers = list(trainer.optimizers)
+    names = [type(o).__name__ for o in optimizers]
+    for i, optimizer in enumerate(optimizers):
+        name = f"lr-{names[i]}" + (f"-{i}" if names.count(names[i]) > 1 else "")
+        groups = optimizer.param_groups
+        for j, group in enumerate(groups):
+            if "lr" in group:
+                rates[name + (f"/pg{j + 1}" if len(groups) > 1 else "")] = float(group["lr"])
+    return rates
