@@ -17,8 +17,9 @@ Example:
 from recordkit import recorder as _recorder
 from recordkit.errors import RecordkitError
 from recordkit.record import Record, load
-from recordkit.recorder import Recorder, record_experiment
+from recordkit.recorder import Recorder
 from recordkit.recordset import RecordSet, load_all
+from recordkit.researcher import record_experiment
 
 # Recorder.get reads a run back: the write side gets the read side's load from here, so
 # that it never imports the read side itself (docs/ARCHITECTURE.md).

@@ -62,10 +62,10 @@ from recordkit.errors import (
 )
 from recordkit.format.attrs import is_record
 from recordkit.format.layout import INFO
-from recordkit.observations import log_observations, per_epoch
 from recordkit.paths import record_files
 from recordkit.record import Record, open_h5
 from recordkit.recorder import Recorder
+from recordkit.researcher import log_observations, per_epoch
 from recordkit.safety import check_dataset
 
 __all__ = [

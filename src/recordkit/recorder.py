@@ -1,5 +1,5 @@
 """The write side's facade: one open run and its lifecycle (running → completed / failed /
-interrupted), and :func:`record_experiment`.
+interrupted).
 
 The Recorder checks its arguments and keeps the run's state; the file is written by the
 ``format`` modules through :class:`~recordkit.runfile.RunFile` (create, resume, locks,
@@ -22,40 +22,30 @@ from typing import Any
 
 import numpy as np
 
-from recordkit import system
-from recordkit.codec import decode_params, dumps_json, loads_json
+from recordkit.codec import dumps_json, loads_json
 from recordkit.errors import RecordClosedError, RecordkitWarning
-from recordkit.format.attrs import attr_str, read_text
 from recordkit.format.extras import prepare_extra, write_extra
 from recordkit.format.files import RecordFile
 from recordkit.format.filters import dataset_options
 from recordkit.format.header import (
+    write_end,
     write_info,
-    write_new_run,
     write_params,
-    write_run_fields,
 )
 from recordkit.format.history import HistoryTable, read_history
 from recordkit.format.layout import (
     DEFAULT_CHUNK_BYTES,
-    INFO,
-    PARAMS,
     STATUSES,
-    UNSERIALISABLE_ATTR,
 )
-from recordkit.format.summary import drop_summary, write_summary
 from recordkit.format.weights import SnapshotStore
 from recordkit.historybuffer import HistoryBuffer
-from recordkit.observations import log_observations
-from recordkit.params import RunParams, params_hash_of, params_of
-from recordkit.paths import resolve_path
+from recordkit.params import RunParams, params_hash_of
 from recordkit.policy import SnapshotPolicy
-from recordkit.runfile import RunFile, find_unfinished, new_run_id
+from recordkit.runfile import find_unfinished, new_run_id, resume_run, start_run
 from recordkit.snapshots import Snapshots
 from recordkit.tensors import to_arrays
 
-__all__ = ["Recorder", "find_unfinished", "new_run_id", "params_hash_of",
-           "record_experiment"]
+__all__ = ["Recorder", "find_unfinished", "new_run_id", "params_hash_of"]
 
 DEFAULT_EXPERIMENT = "default"
 #: A record whose estimated final size exceeds this gets a warning before its first snapshot.
@@ -70,15 +60,6 @@ def set_loader(loader: Callable[..., Any]) -> None:
     """Give :meth:`Recorder.get` the read side's ``load`` (done by ``import recordkit``)."""
     global _loader
     _loader = loader
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("recordkit")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _check_name(what: str, value: Any) -> str | None:
@@ -117,13 +98,6 @@ def _describe(error: BaseException | str) -> str:
         return str(error)
     message = str(error)
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
-
-
-def _system_info(root: Path) -> dict[str, Any]:
-    try:
-        return system.capture(root)
-    except Exception as err:  # system info must never stop a run
-        return {"notes": [f"system: {type(err).__name__}: {err}"]}
 
 
 class Recorder:
@@ -208,16 +182,21 @@ class Recorder:
         self._params = RunParams(params, mask_secrets=bool(mask_secrets))
         self._history = HistoryTable()
         self._buffer = HistoryBuffer()
-        self._info: dict[str, Any] = {}
         self._status = "running"
         self._closed = False
-        self._previous: tuple[str, str] | None = None  # status and error before a resume
         if resume is not None:
-            self._run = self._resume(resume, _check_experiment(experiment) if experiment
-                                     else None, _check_name("name", name))
+            start = resume_run(self._root, resume, _check_experiment(experiment)
+                               if experiment else None, _check_name("name", name),
+                               self._params)
         else:
-            self._run = self._create(_check_experiment(experiment), _check_name("name", name),
-                                     system, created)
+            start = start_run(self._root, _check_experiment(experiment),
+                              _check_name("name", name), created, self._params,
+                              system=system, checksum=self._checksum)
+        self._run, self._path, self._run_id = start.run, start.run.path, start.run_id
+        self._experiment, self._name, self._created = start.experiment, start.name, start.created
+        self._previous = start.previous  # status and error before a resume
+        self._info: dict[str, Any] = start.info
+        self._buffer.continue_from(start.history)
         self._lock = self._run.lock
         self._snapshots = Snapshots(
             self._run, self._store, background=bool(background),
@@ -225,64 +204,6 @@ class Recorder:
             durable=self._durable, compressed=filters.get("compression") is not None)
         # Buffered rows are committed (status untouched) if the interpreter exits first.
         self._finalizer = weakref.finalize(self, Recorder._at_exit, weakref.ref(self))
-
-    # --- creation -------------------------------------------------------------------------
-
-    def _create(self, experiment: str, name: str | None, system: bool | Mapping[str, Any],
-                created: _dt.datetime | None) -> RunFile:
-        now = _dt.datetime.now(_dt.timezone.utc) if created is None else (
-            created if created.tzinfo else created.replace(tzinfo=_dt.timezone.utc))
-        self._experiment = experiment
-
-        def write_header(f: RecordFile, run_id: str, path: Path) -> None:
-            self._run_id, self._path = run_id, path
-            self._name = name if name is not None else run_id
-            document = self._params.encode(path, stacklevel=5)  # create, _create, __init__
-            system_info = (dict(system) if isinstance(system, Mapping)
-                           else _system_info(self._root) if system else {})
-            write_new_run(f, {
-                "recordkit_version": _version(), "run_id": run_id, "name": self._name,
-                "experiment": experiment, "status": "running", "created": now.isoformat(),
-                "ended": "", "error": "", "restarts": "[]",
-            }, params=document, unserialisable=dumps_json(self._params.flagged),
-                system=system_info, checksum=self._checksum)
-
-        self._created = now
-        return RunFile.create(self._root / experiment, now, write_header)
-
-    def _resume(self, resume: str | os.PathLike[str], experiment: str | None,
-                name: str | None) -> RunFile:
-        path = resolve_path(resume, self._root, experiment)
-        run = RunFile.resume(path)
-        f = run.file
-        assert f is not None
-        self._path = path
-        self._run_id = attr_str(f, "run_id")
-        self._experiment = attr_str(f, "experiment")
-        self._name = name if name is not None else attr_str(f, "name")
-        self._created = _dt.datetime.fromisoformat(attr_str(f, "created"))
-        self._previous = (attr_str(f, "status"), attr_str(f, "error"))
-        self._params.continue_from(
-            decode_params(read_text(f, PARAMS) or "{}"),
-            loads_json(attr_str(f[PARAMS], UNSERIALISABLE_ATTR, "[]")) if PARAMS in f else [])
-        info_text = read_text(f, INFO)
-        self._info = dict(loads_json(info_text)) if info_text else {}
-        self._buffer.continue_from(read_history(f))
-        restarts = loads_json(attr_str(f, "restarts", "[]"))
-        restarts.append({
-            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-            "previous_status": self._previous[0],
-            "last_epoch": self._buffer.epoch,
-            "pid": os.getpid(),
-        })
-        document = self._params.encode(path, stacklevel=3)
-        with run.writing("reopen the run"):
-            drop_summary(f)  # the run changes again: its summary is stale
-            write_run_fields(f, {"status": "running", "ended": "", "error": "",
-                                 "name": self._name, "restarts": dumps_json(restarts)})
-            write_params(f, document, dumps_json(self._params.flagged))
-            run.flush(durable=False)
-        return run
 
     # --- properties -----------------------------------------------------------------------
 
@@ -587,15 +508,14 @@ class Recorder:
         if status not in STATUSES:
             raise ValueError(f"Recorder.close(status={status!r}): must be one of {STATUSES}")
         writer_error = None if self._closed else self._snapshots.stop()
-        if writer_error is not None:
+        if writer_error is not None and error is not None:
+            # closing after a crash: the lost snapshot is stored, the crash is not hidden
             lost = f"a snapshot was not written: {type(writer_error).__name__}: {writer_error}"
-            if error is None:
-                error = lost
-            else:
-                error = _describe(error) + f"; {lost}"
-                warnings.warn(f"recordkit: {str(self._path)!r}: {lost}", RecordkitWarning,
-                              stacklevel=2)
-                writer_error = None
+            warnings.warn(f"recordkit: {str(self._path)!r}: {lost}", RecordkitWarning,
+                          stacklevel=2)
+            error, writer_error = f"{_describe(error)}; {lost}", None
+        elif writer_error is not None:
+            error = f"a snapshot was not written: {type(writer_error).__name__}: {writer_error}"
         self._close(status, error)
         if writer_error is not None:
             raise writer_error
@@ -617,14 +537,9 @@ class Recorder:
     def _write_status(self, status: str, error: BaseException | str | None) -> None:
         with self._run.writing(f"close the run as {status}"):
             self._write_buffered(f"close the run as {status}")
-            fields: dict[str, Any] = {"status": status}
-            if status != "running":
-                fields["ended"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-            if error is not None:
-                fields["error"] = _describe(error)
-            write_run_fields(self._file, fields)
-            if status != "running":
-                write_summary(self._file)  # a table of many runs reads this one attribute
+            write_end(self._file, status, error=None if error is None else _describe(error),
+                      ended=None if status == "running"
+                      else _dt.datetime.now(_dt.timezone.utc).isoformat())
             self._run.flush(durable=self._durable)
 
     def get(self, run_id: str) -> Any:
@@ -668,45 +583,3 @@ class Recorder:
                 f"({self._status}); records are read-only once closed. Start a new "
                 "Recorder, or pass resume=<run id> to continue this run"
             )
-
-
-def record_experiment(
-    params: Mapping[str, Any] | argparse.Namespace,
-    root: str | os.PathLike[str] = "records",
-    observations: Mapping[str, Any] | None = None,
-    title: str | None = None,
-    *,
-    experiment: str | None = None,
-) -> str:
-    """Record a finished experiment in one call (the older ``researcher`` API).
-
-    Args:
-        params: the hyperparameters; a ``title`` key becomes the run name when *title*
-            is not given.
-        root: folder of records.
-        observations: ``{metric: values}`` where values is a list per epoch, a single
-            number, or a list of per-fold lists. Per-epoch lists go to the history; every
-            form is also kept as given, so ``Record.data["observations"]`` returns it.
-        title: the run name.
-        experiment: sub-folder; ``"default"`` when None.
-
-    Returns:
-        The run id. Running it twice with the same params gives two runs that share a
-        params hash.
-
-    Example:
-        >>> import tempfile
-        >>> root = tempfile.mkdtemp()
-        >>> run_id = record_experiment({"lr": 0.1}, root, observations={"loss": [1.0, 0.5]})
-        >>> from recordkit import load
-        >>> load(run_id, root=root).data["observations"]["loss"]
-        [1.0, 0.5]
-    """
-    values = params_of(params, "record_experiment(params=...)")
-    if title is None and isinstance(values.get("title"), str):
-        title = values["title"]
-    # The params as given: the Recorder flags names that are not str.
-    with Recorder(root, experiment=experiment, name=title, params=params) as rec:
-        if observations:
-            log_observations(rec, observations)
-    return rec.run_id

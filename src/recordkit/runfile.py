@@ -5,15 +5,21 @@ checked for space, and closed read-only."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import errno
 import os
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from recordkit import system as system_info
+from recordkit.codec import decode_params, dumps_json, loads_json
 from recordkit.diskspace import SpaceCheck, write_error
 from recordkit.errors import NotARecordError, RecordExistsError, RecordkitError, RecordWriteError
 from recordkit.format.attrs import attr_str, is_record
@@ -28,12 +34,14 @@ from recordkit.format.files import (
     open_read_only,
     reopen,
 )
+from recordkit.format.header import read_header, write_new_run, write_reopened
 from recordkit.format.history import read_history
 from recordkit.locking import RunLock
-from recordkit.paths import record_files
+from recordkit.params import RunParams
+from recordkit.paths import record_files, resolve_path
 from recordkit.safety import check_file
 
-__all__ = ["RunFile", "find_unfinished", "new_run_id"]
+__all__ = ["RunFile", "RunStart", "find_unfinished", "new_run_id", "resume_run", "start_run"]
 
 
 def new_run_id(now: _dt.datetime | None = None) -> str:
@@ -244,3 +252,95 @@ def find_unfinished(root: str | os.PathLike[str], experiment: str, *, name: str 
         except Exception:  # unreadable, damaged or unsafe: not a run to continue
             continue
     return max(found)[2] if found else None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recordkit")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _capture_system(root: Path) -> dict[str, Any]:
+    try:
+        return system_info.capture(root)
+    except Exception as err:  # system info must never stop a run
+        return {"notes": [f"system: {type(err).__name__}: {err}"]}
+
+
+@dataclasses.dataclass
+class RunStart:
+    """What a recorder learns when its run's file is made or reopened."""
+
+    run: RunFile
+    run_id: str
+    experiment: str
+    name: str
+    created: _dt.datetime
+    #: The status and error the file had before a resume; None for a new run.
+    previous: tuple[str, str] | None
+    info: dict[str, Any]
+    #: The committed history of a resumed run, per metric.
+    history: dict[str, np.ndarray]
+
+
+def start_run(root: Path, experiment: str, name: str | None, created: _dt.datetime | None,
+              params: RunParams, *, system: bool | Mapping[str, Any],
+              checksum: bool) -> RunStart:
+    """Create the record of a new run under ``root/experiment``: its header (run fields,
+    params, system info unless *system* is False; a mapping is stored as given) and its
+    empty tables, published once complete."""
+    now = _dt.datetime.now(_dt.timezone.utc) if created is None else (
+        created if created.tzinfo else created.replace(tzinfo=_dt.timezone.utc))
+    names: dict[str, str] = {}
+
+    def write_header(f: RecordFile, run_id: str, path: Path) -> None:
+        names["run_id"] = run_id
+        names["name"] = name if name is not None else run_id
+        # warns at the caller of Recorder(): encode, this, create, start_run, __init__
+        document = params.encode(path, stacklevel=5)
+        write_new_run(f, {
+            "recordkit_version": _version(), "run_id": run_id, "name": names["name"],
+            "experiment": experiment, "status": "running", "created": now.isoformat(),
+            "ended": "", "error": "", "restarts": "[]",
+        }, params=document, unserialisable=dumps_json(params.flagged),
+            system=dict(system) if isinstance(system, Mapping)
+            else _capture_system(root) if system else {},
+            checksum=checksum)
+
+    run = RunFile.create(root / experiment, now, write_header)
+    return RunStart(run, names["run_id"], experiment, names["name"], now, None, {}, {})
+
+
+def resume_run(root: Path, resume: str | os.PathLike[str], experiment: str | None,
+               name: str | None, params: RunParams) -> RunStart:
+    """Reopen the record *resume* (a path, or a run id under *root*) to continue it:
+    running again, its params merged under *params*, the restart listed."""
+    path = resolve_path(resume, root, experiment)
+    run = RunFile.resume(path)
+    f = run.file
+    assert f is not None
+    header = read_header(f)
+    fields = header.fields
+    params.continue_from(decode_params(header.params_text), header.unserialisable)
+    history = read_history(f)
+    last_epoch = max((int(rows["epoch"][-1]) for rows in history.values() if len(rows)),
+                     default=-1)
+    restarts = loads_json(fields["restarts"] or "[]")
+    restarts.append({
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "previous_status": fields["status"],
+        "last_epoch": last_epoch,
+        "pid": os.getpid(),
+    })
+    name = name if name is not None else fields["name"]
+    document = params.encode(path, stacklevel=3)  # encode, resume_run, __init__
+    with run.writing("reopen the run"):
+        write_reopened(f, name=name, restarts=dumps_json(restarts), params=document,
+                       unserialisable=dumps_json(params.flagged))
+        run.flush(durable=False)
+    return RunStart(run, fields["run_id"], fields["experiment"], name,
+                    _dt.datetime.fromisoformat(fields["created"]),
+                    (fields["status"], fields["error"]), dict(header.info), history)

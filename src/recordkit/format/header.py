@@ -25,10 +25,11 @@ from recordkit.format.layout import (
     UNSERIALISABLE_ATTR,
     VERSION_ATTR,
 )
+from recordkit.format.summary import drop_summary, write_summary
 from recordkit.format.weights import SnapshotStore
 
-__all__ = ["Header", "read_fields", "read_header", "write_info", "write_new_run",
-           "write_params", "write_run_fields"]
+__all__ = ["Header", "read_fields", "read_format_version", "read_header", "write_end",
+           "write_info", "write_new_run", "write_params", "write_reopened"]
 
 
 def write_new_run(f: h5py.File, fields: Mapping[str, Any], *, params: str,
@@ -56,9 +57,28 @@ def write_info(f: h5py.File, text: str) -> None:
     write_text(f, INFO, text)
 
 
-def write_run_fields(f: h5py.File, fields: Mapping[str, Any]) -> None:
-    """Set run fields (``status``, ``ended``, ``error``, ``restarts``...)."""
+def write_reopened(f: h5py.File, *, name: str, restarts: str, params: str,
+                   unserialisable: str) -> None:
+    """A resumed run's header: running again (its summary dropped: it would be stale),
+    its name, the ``restarts`` list (JSON) and the params merged with the new ones."""
+    drop_summary(f)
+    write_root_attrs(f, {"status": "running", "ended": "", "error": "", "name": name,
+                         "restarts": restarts})
+    write_params(f, params, unserialisable)
+
+
+def write_end(f: h5py.File, status: str, *, ended: str | None, error: str | None) -> None:
+    """The status a run is closed with (``ended`` and ``error`` when given), and the
+    summary of a run that is not left running (a table of many runs reads that one
+    attribute)."""
+    fields: dict[str, Any] = {"status": status}
+    if ended is not None:
+        fields["ended"] = ended
+    if error is not None:
+        fields["error"] = error
     write_root_attrs(f, fields)
+    if status != "running":
+        write_summary(f)
 
 
 def read_fields(f: h5py.File | h5py.h5f.FileID) -> dict[str, str]:
