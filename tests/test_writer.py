@@ -405,3 +405,16 @@ def test_writer_thread_yields_the_cpu_to_training_threads() -> None:
     writer.stop()
     assert seen == [min(19, before + WRITER_NICENESS)]
     assert os.getpriority(os.PRIO_PROCESS, 0) == before  # the caller's thread keeps its own
+
+
+def test_plan_takes_the_snapshot_count_by_both_names(tmp_path):
+    """plan(snapshots=N) is the count of snapshots; snapshot_epochs=N, its earlier name,
+    still means the same: both warn for a run that will not fit."""
+    for keyword in ("snapshots", "snapshot_epochs"):
+        rec = Recorder(tmp_path, system=False, size_warning_bytes=1000)
+        rec.plan(epochs=100, **{keyword: 2})
+        with pytest.warns(RecordkitWarning, match="2 planned snapshot"):
+            rec.snapshot({"w": np.zeros(100)}, epoch=0)  # 800 bytes x 2 > 1000
+        rec.close()
+    with pytest.raises(ValueError, match="snapshots=-1"):
+        Recorder(tmp_path, system=False).plan(snapshots=-1)

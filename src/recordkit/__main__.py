@@ -1,3 +1,5 @@
+"""`python -m recordkit`: the command line (see recordkit.cli)."""
+
 import sys
 
 from recordkit.cli import main

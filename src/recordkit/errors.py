@@ -21,6 +21,7 @@ __all__ = [
     "RecordkitWarning",
     "SnapshotError",
     "UnsafeRecordError",
+    "describe_error",
 ]
 
 
@@ -81,3 +82,17 @@ class ImportFormatError(RecordkitError, ValueError):
 
 class RecordkitWarning(UserWarning):
     """Something was stored differently from what was asked (e.g. a parameter as its repr)."""
+
+
+def describe_error(error: BaseException | str) -> str:
+    """``"Type: message"`` of an exception (``"KeyboardInterrupt"`` when it has no
+    message), as a run's ``error`` field stores it; a string as it is.
+
+    Example:
+        >>> describe_error(ValueError("bad lr")), describe_error(KeyboardInterrupt())
+        ('ValueError: bad lr', 'KeyboardInterrupt')
+    """
+    if not isinstance(error, BaseException):
+        return str(error)
+    message = str(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

@@ -1,14 +1,19 @@
-"""Where runs live: the file of a run given as a path or a run id, and the record files
-of a folder. No HDF5: both sides (writing and reading) use these."""
+"""Where runs live: experiment folder names, the file of a run given as a path or a run
+id, and the record files of a folder. No HDF5: both sides (writing and reading) use these."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from recordkit.errors import RecordNotFoundError
 
-__all__ = ["record_files", "resolve_path"]
+__all__ = ["DEFAULT_EXPERIMENT", "check_experiment", "check_name", "record_files",
+           "resolve_path"]
+
+#: The experiment of a run created without one.
+DEFAULT_EXPERIMENT = "default"
 
 
 def resolve_path(path_or_run_id: str | os.PathLike[str], root: str | os.PathLike[str] | None,
@@ -56,3 +61,25 @@ def record_files(root: Path, experiment: str | None = None) -> list[Path]:
             continue
         files.extend(folder / name for name in names)
     return files
+
+
+def check_name(what: str, value: Any) -> str | None:
+    """*value* when it is a str or None, else TypeError naming the Recorder argument."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"Recorder({what}={value!r}): must be a str or None. "
+                        f"Received: {type(value).__name__}")
+    return value
+
+
+def check_experiment(experiment: str | None) -> str:
+    """The experiment folder name (``"default"`` for None); ValueError for a name that
+    is not one folder."""
+    experiment = check_name("experiment", experiment) or DEFAULT_EXPERIMENT
+    if "/" in experiment or "\x00" in experiment or experiment in {".", ".."}:
+        raise ValueError(
+            f"Recorder(experiment={experiment!r}): an experiment is a folder name; it may "
+            "not contain '/' or NUL, nor be '.' or '..'"
+        )
+    return experiment

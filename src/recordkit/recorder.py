@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from recordkit.codec import dumps_json, loads_json
-from recordkit.errors import RecordClosedError, RecordkitWarning
+from recordkit.errors import RecordClosedError, RecordkitWarning, describe_error
 from recordkit.format.extras import prepare_extra, write_extra
 from recordkit.format.files import RecordFile
 from recordkit.format.filters import dataset_options
@@ -32,22 +32,20 @@ from recordkit.format.header import (
     write_info,
     write_params,
 )
-from recordkit.format.history import HistoryTable, read_history
 from recordkit.format.layout import (
     DEFAULT_CHUNK_BYTES,
     STATUSES,
 )
 from recordkit.format.weights import SnapshotStore
-from recordkit.historybuffer import HistoryBuffer
 from recordkit.params import RunParams, params_hash_of
+from recordkit.paths import check_experiment, check_name
 from recordkit.policy import SnapshotPolicy
 from recordkit.runfile import find_unfinished, new_run_id, resume_run, start_run
+from recordkit.runhistory import RunHistory
 from recordkit.snapshots import Snapshots
-from recordkit.tensors import to_arrays
 
 __all__ = ["Recorder", "find_unfinished", "new_run_id", "params_hash_of"]
 
-DEFAULT_EXPERIMENT = "default"
 #: A record whose estimated final size exceeds this gets a warning before its first snapshot.
 SIZE_WARNING_BYTES = 10 * 1024**3
 
@@ -62,25 +60,6 @@ def set_loader(loader: Callable[..., Any]) -> None:
     _loader = loader
 
 
-def _check_name(what: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"Recorder({what}={value!r}): must be a str or None. "
-                        f"Received: {type(value).__name__}")
-    return value
-
-
-def _check_experiment(experiment: str | None) -> str:
-    experiment = _check_name("experiment", experiment) or DEFAULT_EXPERIMENT
-    if "/" in experiment or "\x00" in experiment or experiment in {".", ".."}:
-        raise ValueError(
-            f"Recorder(experiment={experiment!r}): an experiment is a folder name; it may "
-            "not contain '/' or NUL, nor be '.' or '..'"
-        )
-    return experiment
-
-
 def _check_options(max_pending_bytes: Any, chunk_bytes: Any) -> None:
     if max_pending_bytes is not None and (isinstance(max_pending_bytes, bool) or not
                                           isinstance(max_pending_bytes, int)
@@ -89,15 +68,6 @@ def _check_options(max_pending_bytes: Any, chunk_bytes: Any) -> None:
                          "an int >= 0 or None (one snapshot at a time)")
     if not isinstance(chunk_bytes, int) or chunk_bytes < 1024:
         raise ValueError(f"Recorder(chunk_bytes={chunk_bytes!r}): must be an int >= 1024")
-
-
-def _describe(error: BaseException | str) -> str:
-    """``"Type: message"`` of an exception (``"KeyboardInterrupt"`` when it has no
-    message); a string as it is."""
-    if not isinstance(error, BaseException):
-        return str(error)
-    message = str(error)
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 class Recorder:
@@ -180,23 +150,21 @@ class Recorder:
                                     compression_opts=filters.get("compression_opts"),
                                     chunk_bytes=chunk_bytes)
         self._params = RunParams(params, mask_secrets=bool(mask_secrets))
-        self._history = HistoryTable()
-        self._buffer = HistoryBuffer()
         self._status = "running"
         self._closed = False
         if resume is not None:
-            start = resume_run(self._root, resume, _check_experiment(experiment)
-                               if experiment else None, _check_name("name", name),
+            start = resume_run(self._root, resume, check_experiment(experiment)
+                               if experiment else None, check_name("name", name),
                                self._params)
         else:
-            start = start_run(self._root, _check_experiment(experiment),
-                              _check_name("name", name), created, self._params,
+            start = start_run(self._root, check_experiment(experiment),
+                              check_name("name", name), created, self._params,
                               system=system, checksum=self._checksum)
         self._run, self._path, self._run_id = start.run, start.run.path, start.run_id
         self._experiment, self._name, self._created = start.experiment, start.name, start.created
         self._previous = start.previous  # status and error before a resume
         self._info: dict[str, Any] = start.info
-        self._buffer.continue_from(start.history)
+        self._history = RunHistory(start.history)
         self._lock = self._run.lock
         self._snapshots = Snapshots(
             self._run, self._store, background=bool(background),
@@ -270,16 +238,13 @@ class Recorder:
     @property
     def last_epoch(self) -> int:
         """The highest epoch logged so far (-1 before any)."""
-        return self._buffer.epoch
+        return self._history.epoch
 
     def metrics_at(self, epoch: int) -> set[str]:
         """Names of the metrics that have a row at *epoch*, committed or buffered."""
         with self._lock:
             self._check_open("metrics_at")
-            assert self._run.file is not None
-            names = {name for name, rows in read_history(self._run.file).items()
-                     if (rows["epoch"] == epoch).any()}
-            return names | self._buffer.at(epoch)
+            return self._history.metrics_at(self._file, epoch)
 
     def last_snapshot(self) -> dict[str, np.ndarray]:
         """Every tensor of the last snapshot as it is in the file (queued snapshots are
@@ -304,7 +269,7 @@ class Recorder:
             self._check_open("extend")
             self._params.extend(args, "Recorder.extend")
             document = self._params.encode(self._path, stacklevel=2)
-            with self._run.writing("write params"):
+            with self._run.as_write_error("write params"):
                 self._run.ensure_space(len(document.encode("utf-8")), "write params")
                 write_params(self._file, document, dumps_json(self._params.flagged))
 
@@ -314,7 +279,7 @@ class Recorder:
         with self._lock:
             self._check_open("set_info")
             self._info.update(info)
-            with self._run.writing("write info"):
+            with self._run.as_write_error("write info"):
                 text = dumps_json(self._info)
                 self._run.ensure_space(len(text.encode("utf-8")), "write info")
                 write_info(self._file, text)
@@ -335,25 +300,29 @@ class Recorder:
                             f"Received: {type(metrics).__name__}")
         with self._lock:
             self._check_open("log")
-            self._buffer.add(metrics, epoch, step, self._path)
+            self._history.log(metrics, epoch, step, self._path)
             self._snapshots.check()  # the row is kept; a snapshot failure surfaces
 
-    def plan(self, epochs: int | None = None, *, snapshot_epochs: int | None = None) -> None:
+    def plan(self, epochs: int | None = None, *, snapshots: int | None = None,
+             snapshot_epochs: int | None = None) -> None:
         """Say how long the run will be, so that the record's final size can be estimated
         before the first snapshot (a warning when it exceeds ``size_warning_bytes`` or the
         free disk space). Integrations call this when fitting starts.
 
         Args:
             epochs: the planned number of epochs; every epoch is snapshotted unless
-                *snapshot_epochs* says otherwise.
-            snapshot_epochs: how many snapshots the run will take, e.g.
+                *snapshots* says otherwise.
+            snapshots: how many snapshots the run will take, e.g.
                 ``SnapshotPolicy.planned_snapshots(epochs)``.
+            snapshot_epochs: the name *snapshots* had before (a count, not the list
+                ``Record.snapshot_epochs``); still accepted.
         """
-        count = snapshot_epochs if snapshot_epochs is not None else epochs
+        given = snapshots if snapshots is not None else snapshot_epochs
+        count = given if given is not None else epochs
         if count is not None and (isinstance(count, bool) or not isinstance(count, int)
                                   or count < 0):
-            raise ValueError(f"Recorder.plan(epochs={epochs!r}, snapshot_epochs="
-                             f"{snapshot_epochs!r}): must be ints >= 0 or None")
+            raise ValueError(f"Recorder.plan(epochs={epochs!r}, snapshots={given!r}): "
+                             "must be ints >= 0 or None")
         with self._lock:
             self._snapshots.plan(count)
 
@@ -382,16 +351,11 @@ class Recorder:
                 queued).
             RecordWriteError: an earlier queued snapshot could not be written.
         """
-        arrays = to_arrays(weights, copy=False)
-        dtype = "keep" if policy is None else policy.dtype
-        if policy is not None:
-            arrays = {name: arrays[name] for name in policy.select(arrays, frozen)}
-        elif frozen:
-            arrays = {name: a for name, a in arrays.items() if name not in frozen}
+        arrays, dtype = self._snapshots.select(weights, policy, frozen)
         with self._lock:
             self._check_open("snapshot")
             self._snapshots.check()
-            epoch = max(self._buffer.epoch, 0) if epoch is None else int(epoch)
+            epoch = max(self._history.epoch, 0) if epoch is None else int(epoch)
             step = -1 if step is None else int(step)
             nbytes = self._snapshots.take(arrays, dtype, epoch, step)
         if nbytes is not None:
@@ -413,7 +377,7 @@ class Recorder:
             raise TypeError(f"Recorder.add: key must be a str. Received: {key!r}")
         with self._lock:
             self._check_open("add")
-            with self._run.writing(f"add {key!r}"):
+            with self._run.as_write_error(f"add {key!r}"):
                 extra = prepare_extra(key, value)
                 # Checked before HDF5 starts: a write that fails inside it can damage
                 # what earlier commits wrote.
@@ -446,15 +410,10 @@ class Recorder:
             SnapshotError, RecordWriteError: a queued snapshot failed; the history rows are
                 committed before it is raised.
         """
-        writer_error = self._snapshots.drain() if wait else None
+        writer_error = self._snapshots.pending_error(wait=wait)
         with self._lock:
             self._check_open("commit")
-            if not wait:
-                try:
-                    self._snapshots.check()
-                except BaseException as err:
-                    writer_error = err
-            with self._run.writing("commit"):
+            with self._run.as_write_error("commit"):
                 self._write_buffered("commit")
                 self._run.commit(durable=self._durable if durable is None else durable)
         if writer_error is not None:
@@ -462,9 +421,8 @@ class Recorder:
 
     def _write_buffered(self, what: str) -> None:
         """Append the buffered history rows to the table (inside ``writing``)."""
-        self._run.ensure_space(self._buffer.nbytes, what)
-        self._history.append(self._file, self._buffer.rows())
-        self._buffer.clear()
+        self._run.ensure_space(self._history.nbytes, what)
+        self._history.commit(self._file)
 
     def rewind(self, epoch: int) -> None:
         """Drop history rows and snapshots of *epoch* and later, e.g. before a resumed run
@@ -475,9 +433,8 @@ class Recorder:
         with self._lock:
             self._snapshots.forget()
             self._check_open("rewind")
-            with self._run.writing(f"rewind to epoch {epoch}"):
-                self._buffer.drop_from(epoch)
-                self._buffer.continue_from(self._history.drop_from(self._file, epoch))
+            with self._run.as_write_error(f"rewind to epoch {epoch}"):
+                self._history.rewind(self._file, epoch)
                 SnapshotStore.drop_from(self._file, epoch)
                 self._run.flush(durable=False)
 
@@ -513,7 +470,7 @@ class Recorder:
             lost = f"a snapshot was not written: {type(writer_error).__name__}: {writer_error}"
             warnings.warn(f"recordkit: {str(self._path)!r}: {lost}", RecordkitWarning,
                           stacklevel=2)
-            error, writer_error = f"{_describe(error)}; {lost}", None
+            error, writer_error = f"{describe_error(error)}; {lost}", None
         elif writer_error is not None:
             error = f"a snapshot was not written: {type(writer_error).__name__}: {writer_error}"
         self._close(status, error)
@@ -535,9 +492,9 @@ class Recorder:
                 self._snapshots.release_buffers()
 
     def _write_status(self, status: str, error: BaseException | str | None) -> None:
-        with self._run.writing(f"close the run as {status}"):
+        with self._run.as_write_error(f"close the run as {status}"):
             self._write_buffered(f"close the run as {status}")
-            write_end(self._file, status, error=None if error is None else _describe(error),
+            write_end(self._file, status, error=None if error is None else describe_error(error),
                       ended=None if status == "running"
                       else _dt.datetime.now(_dt.timezone.utc).isoformat())
             self._run.flush(durable=self._durable)

@@ -105,7 +105,7 @@ class RunFile:
             raise RecordExistsError(f"could not find a free run id in {str(folder)!r}")
         run = cls(path, f, run_lock)
         try:
-            with run.writing("write the run header"):
+            with run.as_write_error("write the run header"):
                 write_header(f, run_id, path)
                 flush(f)
         except BaseException:
@@ -115,7 +115,7 @@ class RunFile:
                 partial.unlink()
             run_lock.release()
             raise
-        with run.writing("publish the record"):
+        with run.as_write_error("publish the record"):
             os.replace(partial, path)
         return run
 
@@ -147,7 +147,7 @@ class RunFile:
         return is_open(self.file)
 
     @contextlib.contextmanager
-    def writing(self, what: str) -> Iterator[None]:
+    def as_write_error(self, what: str) -> Iterator[None]:
         """Turn a failed write into a :class:`RecordWriteError` saying *what* failed."""
         try:
             yield
@@ -337,7 +337,7 @@ def resume_run(root: Path, resume: str | os.PathLike[str], experiment: str | Non
     })
     name = name if name is not None else fields["name"]
     document = params.encode(path, stacklevel=3)  # encode, resume_run, __init__
-    with run.writing("reopen the run"):
+    with run.as_write_error("reopen the run"):
         write_reopened(f, name=name, restarts=dumps_json(restarts), params=document,
                        unserialisable=dumps_json(params.flagged))
         run.flush(durable=False)

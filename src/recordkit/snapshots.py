@@ -8,7 +8,8 @@ import os
 import threading
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,9 @@ from recordkit.format.weights import (
     TensorSpec,
     read_last_snapshot,
 )
+from recordkit.policy import SnapshotPolicy
 from recordkit.runfile import RunFile
+from recordkit.tensors import to_arrays
 from recordkit.writer import SnapshotJob, SnapshotWriter
 
 __all__ = ["SLICE_BYTES", "Snapshots", "slices"]
@@ -100,6 +103,29 @@ class Snapshots:
     def tensor_names(self) -> list[str]:
         """Tensors that earlier snapshots hold; call with the run's lock held."""
         return [name for name, spec in self._known().items() if spec.held]
+
+    @staticmethod
+    def select(weights: Any, policy: SnapshotPolicy | None,
+               frozen: Collection[str]) -> tuple[dict[str, np.ndarray], str]:
+        """The tensors of *weights* a snapshot keeps (``{name: array}``, not copied) and
+        their storage dtype: the policy's include / exclude and dtype, frozen left out."""
+        arrays = to_arrays(weights, copy=False)
+        if policy is not None:
+            return {name: arrays[name] for name in policy.select(arrays, frozen)}, policy.dtype
+        if frozen:
+            arrays = {name: a for name, a in arrays.items() if name not in frozen}
+        return arrays, "keep"
+
+    def pending_error(self, *, wait: bool) -> BaseException | None:
+        """The error of a queued snapshot: after waiting for the queue to be written
+        (without the run's lock), or, without *wait*, one already known."""
+        if wait:
+            return self.drain()
+        try:
+            self.check()
+        except BaseException as err:
+            return err
+        return None
 
     def check(self) -> None:
         """Raise the error of an earlier queued snapshot, once."""
@@ -200,14 +226,14 @@ class Snapshots:
         if self._writer is None or not self._writer.alive:
             ref = weakref.ref(self)
 
-            def write(job: SnapshotJob) -> None:  # holds the snapshots only while writing
+            def write_job(job: SnapshotJob) -> None:  # holds the snapshots only while writing
                 snapshots = ref()
                 if snapshots is None:
                     raise RecordClosedError("the recorder was garbage-collected with "
                                             "snapshots still queued")
                 snapshots._write_job(job)
 
-            self._writer = SnapshotWriter(write, max_pending_bytes=self._max_pending_bytes,
+            self._writer = SnapshotWriter(write_job, max_pending_bytes=self._max_pending_bytes,
                                           name=f"recordkit-writer-{self._run.path.stem}")
             # Queued snapshots are written when the recorder is dropped or at exit.
             weakref.finalize(self, self._writer.stop)
@@ -306,18 +332,18 @@ class Snapshots:
             if f is None:
                 raise RecordClosedError(f"snapshot of epoch {epoch}: {str(run.path)!r} "
                                         "was closed before the snapshot was written")
-            with run.writing(what):
+            with run.as_write_error(what):
                 # Checked before HDF5 starts: a write that fails inside it can damage
                 # what earlier commits wrote.
                 run.ensure_space(sum(int(a.nbytes) for a, _ in encoded.values()), what)
                 plan = self._store.prepare(f, run.path, epoch, step, encoded)
         for target in plan.targets:
             for part in slices(target):
-                with run.lock, run.writing(what):
+                with run.lock, run.as_write_error(what):
                     SnapshotStore.write(target, part)
-        with run.lock, run.writing(what):
+        with run.lock, run.as_write_error(what):
             SnapshotStore.finish(f, plan)
             fd = run.fsync_handle() if self._durable else None
         if fd is not None:  # without the lock: log() need not wait for the disk
-            with run.writing(what):
+            with run.as_write_error(what):
                 os.fsync(fd)

@@ -17,7 +17,7 @@ import numpy as np
 from recordkit.dtypes import BFloat16Bits
 from recordkit.errors import SnapshotError
 
-__all__ = ["host_copy", "to_arrays"]
+__all__ = ["to_arrays"]
 
 
 def _module_of(obj: Any) -> str:
@@ -103,8 +103,3 @@ def to_arrays(weights: Any, *, copy: bool = True) -> dict[str, np.ndarray]:
 def _keras_name(variable: Any) -> str:
     path = getattr(variable, "path", None)
     return str(path if path else variable.name)
-
-
-def host_copy(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Copies that training can no longer change."""
-    return {k: v.copy() for k, v in arrays.items()}

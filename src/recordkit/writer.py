@@ -4,8 +4,8 @@ The training thread only copies tensors to host memory and queues the copies; th
 does the HDF5 work, during which h5py releases the GIL (the big ``H5Dwrite`` of a chunk:
 checksum, filters and ``pwrite``), so training goes on while a snapshot is written.
 
-Who touches the file: every HDF5 call of the writer runs inside the job function the
-:class:`~recordkit.recorder.Recorder` hands over, and that function holds the recorder's
+Who touches the file: every HDF5 call of the writer runs inside the job function
+:class:`~recordkit.snapshots.Snapshots` hands over, and that function holds the run's
 lock while it touches the file, one slice of a few MiB at a time. All HDF5 access stays
 serialised (h5py also has one global lock of its own), and a :meth:`Recorder.log` call from
 the training thread waits at most for one slice. The writer never owns the file alone.
@@ -28,7 +28,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["WRITER_NICENESS", "SnapshotJob", "SnapshotWriter"]
@@ -49,7 +49,6 @@ class SnapshotJob:
     epoch: int
     step: int
     nbytes: int
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 class SnapshotWriter:

@@ -1,5 +1,5 @@
-"""History rows logged but not yet committed, and the last epoch of each metric: what
-``Recorder.log`` fills and ``Recorder.commit`` empties into the history table."""
+"""A run's history on the write side: rows logged but not yet committed, the last epoch
+of each metric, and the history table they are committed to."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 
 from recordkit.errors import RecordkitWarning
-from recordkit.format.history import Row
+from recordkit.format.files import RecordFile
+from recordkit.format.history import HistoryTable, Row, read_history
 from recordkit.format.layout import HISTORY_DTYPE
 
-__all__ = ["HistoryBuffer", "as_float"]
+__all__ = ["HistoryBuffer", "RunHistory", "as_float"]
 
 
 def as_float(value: Any) -> float | None:
@@ -66,7 +67,7 @@ class HistoryBuffer:
                 warnings.warn(
                     f"recordkit: metric {name!r} = {value!r} is not a number; skipped "
                     f"in {str(path)!r} (use Recorder.add for arrays and text)",
-                    RecordkitWarning, stacklevel=3,  # add, Recorder.log, the caller
+                    RecordkitWarning, stacklevel=4,  # add, RunHistory.log, Recorder.log, the caller
                 )
                 continue
             if epoch is not None:
@@ -101,3 +102,43 @@ class HistoryBuffer:
 
     def clear(self) -> None:
         self.pending.clear()
+
+
+class RunHistory:
+    """The history of one open run: :meth:`log` buffers rows, :meth:`commit` appends them
+    to the history table, :meth:`rewind` drops epochs from both."""
+
+    def __init__(self, committed: Mapping[str, np.ndarray]) -> None:
+        self._table = HistoryTable()
+        self._buffer = HistoryBuffer()
+        self._buffer.continue_from(committed)
+
+    @property
+    def epoch(self) -> int:
+        """The highest epoch logged so far (-1 before any)."""
+        return self._buffer.epoch
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the buffered rows take in the table (about)."""
+        return self._buffer.nbytes
+
+    def log(self, metrics: Mapping[Any, Any], epoch: int | None, step: int | None,
+            path: Path) -> None:
+        self._buffer.add(metrics, epoch, step, path)
+
+    def commit(self, f: RecordFile) -> None:
+        """Append the buffered rows to the table (one append, whatever the metrics)."""
+        self._table.append(f, self._buffer.rows())
+        self._buffer.clear()
+
+    def rewind(self, f: RecordFile, epoch: int) -> None:
+        """Drop the rows of *epoch* and later, buffered and committed."""
+        self._buffer.drop_from(epoch)
+        self._buffer.continue_from(self._table.drop_from(f, epoch))
+
+    def metrics_at(self, f: RecordFile, epoch: int) -> set[str]:
+        """Metrics with a row at *epoch*, committed or buffered."""
+        names = {name for name, rows in read_history(f).items()
+                 if (rows["epoch"] == epoch).any()}
+        return names | self._buffer.at(epoch)
