@@ -19,7 +19,8 @@ import sys
 import numpy as np
 
 import recordkit
-from recordkit.verify import needs_repair, repair, verify
+from recordkit.repair import needs_repair, repair
+from recordkit.verify import verify
 
 
 def metrics(epoch: int) -> dict[str, float]:

@@ -25,7 +25,8 @@ import pytest
 import recordkit
 from recordkit.cli import main as cli_main
 from recordkit.record import Record
-from recordkit.verify import needs_repair, repair, verify
+from recordkit.repair import needs_repair, repair
+from recordkit.verify import verify
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 KILLS = 30

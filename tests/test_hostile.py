@@ -193,7 +193,7 @@ def test_import_check_never_follows_a_link_out_of_info(record: Path, tmp_path: P
                                                        link: str) -> None:
     """The duplicate check of an import reads only ``/info`` of each record: a link there
     to another file (or object) is not followed, so its content counts for nothing."""
-    from recordkit.importers import _imported_keys
+    from recordkit.importing import imported_keys as _imported_keys
 
     elsewhere = tmp_path / "elsewhere.h5"
     with h5py.File(elsewhere, "w") as g:

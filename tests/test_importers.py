@@ -20,12 +20,12 @@ import pytest
 import recordkit as rk
 from recordkit.errors import ImportFormatError, RecordNotFoundError
 from recordkit.importers import (
-    _imported_keys,
     import_record,
     import_researcher,
     read_record_documents,
     record_models,
 )
+from recordkit.importing import imported_keys as _imported_keys
 
 UTC = dt.timezone.utc
 

@@ -233,7 +233,7 @@ def test_running_run_is_not_cached(tmp_path):
 
 
 def test_cache_keeps_the_most_recently_used_folders(tmp_path):
-    from recordkit.recordset import _prune
+    from recordkit.headercache import prune as _prune
 
     folder = tmp_path / "cachefiles"
     folder.mkdir()
@@ -258,8 +258,8 @@ def _state_equal(a: object, b: object) -> bool:
         return a.keys() == b.keys() and all(_state_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(_state_equal(x, y) for x, y in zip(a, b))
-    if isinstance(a, rk.record.History):
-        return _state_equal(a._rows, b._rows)
+    if isinstance(a, rk.views.History):
+        return _state_equal(dict(a.rows_by_metric()), dict(b.rows_by_metric()))
     return a == b
 
 

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from recordkit.codec import flatten_params
 from recordkit.errors import (
     NotARecordError,
     RecordkitError,
@@ -23,6 +22,8 @@ from recordkit.errors import (
 )
 from recordkit.record import Record, load
 from recordkit.recordset import RecordSet, load_all
+from recordkit.repair import repair
+from recordkit.verify import verify
 
 __all__ = ["main"]
 
@@ -69,7 +70,7 @@ def _key_params(records: RecordSet, limit: int = 5) -> list[str]:
     (a constant tells nothing); every param when none differs or there is one run."""
     values: dict[str, set[str]] = {}
     for r in records:
-        for key, value in flatten_params(r._params).items():
+        for key, value in r.flat_params().items():
             values.setdefault(key, set()).add(repr(value))
     varying = sorted(k for k, v in values.items() if len(v) > 1)
     constant = sorted(k for k, v in values.items() if len(v) <= 1)
@@ -111,7 +112,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     metrics = _key_metrics(summaries, args.metrics)
     rows = [["id", "name", "status", "epochs", *keys, *metrics]]
     for r, summary in zip(records, summaries):
-        flat = flatten_params(r._params)
+        flat = r.flat_params()
         rows.append([r.run_id, _short(r.name), r.status, str(r.epoch_count),
                      *(_short(flat.get(k, "")) for k in keys),
                      *(_final(summary.get(m)) for m in metrics)])
@@ -127,7 +128,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     for label, value in fields.items():
         print(f"{label:<11}{value}")
     print("params")
-    for key, value in flatten_params(r._params).items():
+    for key, value in r.flat_params().items():
         print(f"  {key} = {value!r}")
     print("system")
     for key in ("python", "os_name", "machine", "cpu_model", "memory", "hostname", "gpus"):
@@ -148,8 +149,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Read every chunk of each record; exit 1 when any is damaged."""
-    from recordkit.verify import verify
-
     damaged = 0
     for path in args.paths:
         report = verify(path, isolate=not args.in_process, timeout=args.timeout)
@@ -162,8 +161,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_repair(args: argparse.Namespace) -> int:
     """Fix the end-of-file address a kill during a flush can leave; then verify."""
-    from recordkit.verify import repair, verify
-
     damaged = 0
     for path in args.paths:
         try:

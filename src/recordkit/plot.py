@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from recordkit.codec import flatten_params
 from recordkit.record import Record
 from recordkit.recordset import metric_mode
 
@@ -278,7 +277,7 @@ def final_values(runs: Iterable[Record], metric: str, *, by: Sequence[str] | str
                 finite = history[np.isfinite(history)]
                 pick = np.max if metric_mode(metric) == "max" else np.min
                 values = [float(pick(finite))] if len(finite) else []
-        flat = flatten_params(record._params)
+        flat = record.flat_params()
         key = tuple(str(flat.get(k)) for k in keys) if keys else (record.params_hash,)
         groups.setdefault(key, []).append((record, values))
     if not groups:

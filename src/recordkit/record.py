@@ -1,242 +1,55 @@
-"""The read side: an immutable view of one run file, lazy on weights."""
+"""One run read back: :class:`Record`, an immutable view of one run file (small parts
+read at once, weights and extras when asked for), and :func:`load`."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import datetime as _dt
-import functools
 import os
-import time
-from collections.abc import Iterator, Mapping
+import types
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
 
-from recordkit.codec import decode_params, loads_json, params_hash
-from recordkit.dtypes import decode_tensor
-from recordkit.errors import (
-    NotARecordError,
-    RecordBusyError,
-    RecordDamagedError,
-    RecordkitError,
-    RecordNotFoundError,
-)
-from recordkit.format.attrs import attr_str, is_record, object_name, read_attr, read_text
-from recordkit.format.chunkread import read_snapshot
-from recordkit.format.extras import extra_flags, read_extra
-from recordkit.format.filters import ensure_readable
+from recordkit.codec import decode_params, flatten_params, loads_json, params_hash
+from recordkit.errors import NotARecordError, RecordDamagedError
+from recordkit.format.attrs import is_record
+from recordkit.format.extras import extra_flags_at
+from recordkit.format.files import RecordFile, close, is_open
+from recordkit.format.header import read_format_version, read_header
 from recordkit.format.history import read_history
 from recordkit.format.layout import (
-    EXTRAS,
-    FORMAT_NAME,
     FORMAT_VERSION,
     HISTORY_DTYPE,
-    INFO,
-    PARAMS,
     RUN_FIELDS,
     SNAPSHOT_DTYPE,
-    SNAPSHOTS,
-    SYSTEM,
-    WEIGHTS,
 )
-from recordkit.format.summary import metric_summary, read_summary
+from recordkit.format.summary import metric_summary
+from recordkit.format.weights import StoredTensor, read_row, read_table, stored_tensors
+from recordkit.headercache import (
+    json_exact,
+    table_columns,
+    table_from_columns,
+    value_from_state,
+    value_state,
+)
 from recordkit.locking import is_locked
+from recordkit.opening import open_record, read_closed_summary, read_consistently, reading
 from recordkit.paths import resolve_path
-from recordkit.safety import check_file, check_layout, check_root
-from recordkit.verify import damage_hint, open_interrupted
+from recordkit.safety import check_file, check_layout
+from recordkit.views import Extras, History, TensorHistory
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["History", "Record", "TensorHistory", "load"]
+__all__ = ["Record", "load"]
 
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def _has_hdf5_signature(path: Path) -> bool:
-    """HDF5's superblock signature sits at byte 0, 512, 1024, 2048, ..."""
-    try:
-        with open(path, "rb") as fh:
-            offset = 0
-            size = os.fstat(fh.fileno()).st_size
-            while offset < min(size, 1 << 20):
-                fh.seek(offset)
-                if fh.read(8) == _HDF5_SIGNATURE:
-                    return True
-                offset = 512 if offset == 0 else offset * 2
-    except OSError:
-        return False
-    return False
-
-
-@functools.cache
-def _read_only_access() -> h5py.h5p.PropFAID:
-    """What ``h5py.File(path, "r", locking=False)`` opens with, made once: h5py builds
-    it anew for every file, a tenth of opening a small record."""
-    plist = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    plist.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
-    plist.set_file_locking(False, ignore_when_disabled=False)
-    return plist
-
-
-def _open_read_only(path: Path) -> h5py.h5f.FileID:
-    """HDF5's own open, read-only and without file locking; OSError when it fails."""
-    return h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY, fapl=_read_only_access())
-
-
-def open_h5(path: Path) -> h5py.File:
-    """Open a record file read-only, turning every failure into a RecordkitError."""
-    patched = open_interrupted(path)  # a killed flush's stale end address, read around
-    if patched is not None:
-        return patched
-    try:
-        return h5py.File(_open_read_only(path))
-    except OSError as err:
-        if not path.exists():
-            raise RecordNotFoundError(f"no record at {str(path)!r}") from None
-        if path.is_dir():
-            raise NotARecordError(f"{str(path)!r} is a folder, not a record file; "
-                                  "use recordkit.load_all for a folder of runs") from None
-        if "locking flag values don't match" in str(err):
-            # Already open in this process through plain h5py, whose default locking
-            # HDF5 will not mix with ours: share that setting instead.
-            try:
-                return h5py.File(str(path), "r")
-            except OSError:
-                pass
-        if not _has_hdf5_signature(path):
-            raise NotARecordError(
-                f"{str(path)!r} is not a recordkit record (not an HDF5 file)"
-            ) from None
-        if is_locked(path):
-            raise RecordBusyError(
-                f"{str(path)!r} is being written by another process and could not be read "
-                f"consistently ({err}); try again in a moment"
-            ) from None
-        raise RecordDamagedError(
-            f"{str(path)!r} is damaged and cannot be opened ({err}); "
-            f"{damage_hint(path, err)}"
-        ) from None
-
-
-class History(Mapping[str, np.ndarray]):
-    """Per-metric history: ``history[name]`` is the values, in logging order.
-
-    Each metric keeps its own epochs (and steps): ``history.epochs(name)``.
-    """
-
-    def __init__(self, rows: Mapping[str, np.ndarray]) -> None:
-        self._rows = dict(rows)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        try:
-            return self._rows[name]["value"].copy()
-        except KeyError:
-            known = ", ".join(repr(k) for k in list(self._rows)[:20]) or "none"
-            raise KeyError(f"no metric {name!r}; metrics: {known}") from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._rows)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __repr__(self) -> str:
-        return f"History({', '.join(f'{k!r}: {len(v)} rows' for k, v in self._rows.items())})"
-
-    def rows(self, name: str) -> np.ndarray:
-        """The structured rows (epoch, step, value, time) of one metric."""
-        self[name]  # raises the helpful KeyError
-        return self._rows[name].copy()
-
-    def epochs(self, name: str) -> np.ndarray:
-        return self.rows(name)["epoch"]
-
-    def steps(self, name: str) -> np.ndarray:
-        return self.rows(name)["step"]
-
-    def times(self, name: str) -> np.ndarray:
-        return self.rows(name)["time"]
-
-    def final(self, name: str) -> float:
-        values = self[name]
-        return float(values[-1]) if len(values) else float("nan")
-
-    def is_epoch_level(self, name: str) -> bool:
-        """One row per epoch (as opposed to step-level metrics, many rows per epoch)."""
-        epochs = self.epochs(name)
-        return len(np.unique(epochs)) == len(epochs)
-
-
-def _weight_dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
-    """A weight dataset, its compression filters made available (hdf5plugin, lazily)."""
-    ds = f[WEIGHTS][key]
-    ensure_readable(ds, path)
-    return ds
-
-
-def _read_snapshot(ds: h5py.Dataset, index: int) -> np.ndarray:
-    """One snapshot of a weight dataset: straight from its chunks when it has the plain
-    layout (checksums verified by :mod:`recordkit.chunkread`), else through HDF5."""
-    data = read_snapshot(ds, index)
-    return ds[index] if data is None else data
-
-
-class TensorHistory:
-    """The snapshots of one tensor, read lazily: ``r.weight("fc.weight")[3]`` reads the
-    bytes of that one snapshot only."""
-
-    def __init__(self, record: Record, name: str, key: str, epochs: np.ndarray,
-                 stored_dtype: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self._record = record
-        self.name = name
-        self._key = key
-        self.epochs = epochs
-        self._stored_dtype = stored_dtype
-        self.shape = shape
-        self.dtype_name = stored_dtype
-        self._dtype = dtype
-
-    def __len__(self) -> int:
-        return len(self.epochs)
-
-    def __repr__(self) -> str:
-        return (f"<TensorHistory {self.name!r} {self.dtype_name}{list(self.shape)} "
-                f"× {len(self)} snapshots>")
-
-    def __getitem__(self, index: int | slice) -> np.ndarray:
-        n = len(self)
-        if isinstance(index, slice):
-            positions = range(*index.indices(n))
-            if not positions:
-                return decode_tensor(np.zeros((0, *self.shape), dtype=self._dtype),
-                                         self._stored_dtype)
-            with self._record._file() as f:
-                ds = _weight_dataset(f, self._key, self._record.path)
-                if positions.step > 0:
-                    data = ds[positions.start:positions.stop:positions.step]
-                else:
-                    data = np.stack([ds[i] for i in positions])
-            return decode_tensor(data, self._stored_dtype)
-        i = int(index)
-        if not -n <= i < n:
-            raise IndexError(f"snapshot index {i} out of range: tensor {self.name!r} has "
-                             f"{n} snapshots (epochs {self.epochs.tolist()[:10]})")
-        with self._record._file() as f:
-            data = _read_snapshot(_weight_dataset(f, self._key, self._record.path), i % n)
-        return decode_tensor(data, self._stored_dtype)
-
-    def at(self, epoch: int) -> np.ndarray:
-        """The snapshot taken at *epoch*."""
-        hits = np.nonzero(self.epochs == epoch)[0]
-        if not len(hits):
-            raise KeyError(f"tensor {self.name!r} has no snapshot at epoch {epoch}; "
-                           f"snapshot epochs: {self.epochs.tolist()}")
-        return self[int(hits[-1])]
+#: Types whose values are shared, not copied, by :meth:`Record.flat_params`.
+_IMMUTABLE = (str, int, float, bool, type(None), np.generic)
 
 
 class Record:
@@ -249,14 +62,14 @@ class Record:
 
     #: What the full header holds; a record opened from its summary reads it on first use.
     _HEADER_FIELDS = frozenset({"_system", "_info", "_history", "_snapshots", "_tensors",
-                                "_rows", "_extra_keys", "_format_version"})
+                                "_extra_keys", "_format_version", "_params_text"})
 
     def __init__(self, path: str | os.PathLike[str], *, lazy: bool = False) -> None:
         """Open a record. With *lazy*, a closed run is opened from its one-attribute
         summary (run fields, params, metric summaries) and the rest is read on first use:
         what ``load_all`` does to stay fast on thousands of runs."""
         self._path = Path(path)
-        self._h5: h5py.File | None = None
+        self._h5: RecordFile | None = None
         self._summary: dict[str, Any] | None = None
         if lazy and self._read_summary():
             return
@@ -267,44 +80,20 @@ class Record:
         sizes of the others), read with HDF5's low-level calls. False when the run has no
         usable summary (running, killed, too large, or not readable this way), and the
         full header is needed."""
-        # A file whose superblock a killed flush left short (open_interrupted) needs no
-        # patched view here: a read within the old end address gets the same bytes, and
-        # an open or a read past it fails, which sends the run to the full read, which
-        # patches.
+        summary = read_closed_summary(self._path)
+        if summary is None:
+            return False
         try:
-            fid = _open_read_only(self._path)
-        except Exception:
-            return False  # missing, not HDF5, busy, damaged: the full read says which
-        try:
-            check_root(fid, self._path)
-            # Root attributes only: no link is followed and no dataset read. The rest of
-            # the file is checked (check_file) when the full header is first needed.
-            summary = read_summary(fid)
-            if summary is None:
-                return False
-            if "format" in summary:  # it says what the root's attributes say
-                known = (summary["format"], summary.get("format_version"))
-            else:
-                known = (FORMAT_NAME if is_record(fid) else "",
-                         int(read_attr(fid, "format_version", 0)))
-            if known != (FORMAT_NAME, FORMAT_VERSION):
-                return False
-        except RecordkitError:
-            raise
-        except Exception:
-            return False  # the full read says what is wrong
-        finally:
-            fid.close()
-        try:
-            self._attrs = {k: str(summary["fields"].get(k, "")) for k in RUN_FIELDS}
-            if self._attrs["params_hash"] and params_hash(
-                    summary["params"]) != self._attrs["params_hash"]:
+            self._fields = {k: str(summary["fields"].get(k, "")) for k in RUN_FIELDS}
+            params_text = summary["params"]
+            if self._fields["params_hash"] and params_hash(
+                    params_text) != self._fields["params_hash"]:
                 return False  # a damaged summary: the full read checks the params
-            self._params = decode_params(summary["params"])
+            self._params = decode_params(params_text)
             self._unserialisable = list(loads_json(summary["unserialisable"]))
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             return False  # a damaged or forged summary: the full read says what is wrong
-        if self._attrs["status"] == "running":
+        if self._fields["status"] == "running":
             return False
         self._summary = summary
         return True
@@ -317,34 +106,9 @@ class Record:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _read_full(self) -> None:
-        last_error: RecordkitError | None = None
-        # A run being written can be caught mid-write; a live writer is given a moment.
-        for attempt in range(3):
-            try:
-                with open_h5(self._path) as f:
-                    self._read_header(f)
-                return
-            except RecordBusyError as err:
-                last_error = err
-                time.sleep(0.05 * (attempt + 1))
-            except RecordkitError:
-                raise
-            except Exception as err:
-                if is_locked(self._path):
-                    last_error = RecordBusyError(
-                        f"{str(self._path)!r} is being written by another process and could "
-                        f"not be read consistently ({type(err).__name__}: {err}); try again"
-                    )
-                    time.sleep(0.05 * (attempt + 1))
-                    continue
-                raise RecordDamagedError(
-                    f"{str(self._path)!r} is damaged: {type(err).__name__}: {err}; "
-                    f"{damage_hint(self._path, err)}"
-                ) from None
-        assert last_error is not None
-        raise last_error
+        read_consistently(self._path, self._read_header)
 
-    def _read_header(self, f: h5py.File) -> None:
+    def _read_header(self, f: RecordFile) -> None:
         self._summary = None  # the full header supersedes it
         check_file(f, self._path)  # refuses links outside the file, crafted sizes
         check_layout(f, self._path)
@@ -353,42 +117,25 @@ class Record:
                 f"{str(self._path)!r} is an HDF5 file but not a recordkit record "
                 "(no root attribute format='recordkit')"
             )
-        version = int(read_attr(f, "format_version", 0))
+        version = read_format_version(f)
         if version > FORMAT_VERSION:
             raise NotARecordError(
                 f"{str(self._path)!r} is a record of format version {version}; this "
                 f"recordkit reads up to version {FORMAT_VERSION}: upgrade recordkit"
             )
-        self._attrs = {k: attr_str(f, k) for k in (
-            "run_id", "name", "experiment", "status", "created", "ended", "error",
-            "params_hash", "recordkit_version", "restarts")}
+        header = read_header(f)
+        self._fields = header.fields
         self._format_version = version
-        params_text = read_text(f, PARAMS) or "{}"
-        self._check_params_hash(params_text, self._attrs["params_hash"])
-        self._params = decode_params(params_text)
-        flagged = f[PARAMS].attrs.get("unserialisable", "[]") if PARAMS in f else "[]"
-        self._unserialisable = list(loads_json(
-            flagged.decode() if isinstance(flagged, bytes) else flagged))
-        self._system = loads_json(read_text(f, SYSTEM) or "{}")
-        self._info = loads_json(read_text(f, INFO) or "{}")
+        self._check_params_hash(header.params_text, self._fields["params_hash"])
+        self._params_text = header.params_text
+        self._params = decode_params(header.params_text)
+        self._unserialisable = header.unserialisable
+        self._system = header.system
+        self._info = header.info
         self._history = History(read_history(f))
-        table = f[SNAPSHOTS][()] if SNAPSHOTS in f else np.zeros(
-            0, SNAPSHOT_DTYPE)
-        self._snapshots = table
-        self._tensors: dict[str, tuple[str, str, tuple[int, ...], np.dtype, int]] = {}
-        self._rows: dict[str, int] = {}
-        weights = f.get(WEIGHTS)
-        for key in weights if weights is not None else []:
-            ds = weights[key]
-            name = object_name(ds)
-            first = int(ds.attrs.get("first_snapshot", 0))
-            # Rows past the snapshot table were written by a commit that did not finish.
-            self._rows[name] = max(0, min(ds.shape[0], len(table) - first))
-            self._tensors[name] = (key, attr_str(ds, "dtype", ds.dtype.name),
-                                   tuple(ds.shape[1:]), ds.dtype, first)
-        extras = f.get(EXTRAS)
-        self._extra_keys = {} if extras is None else {
-            object_name(extras[k]): k for k in extras}
+        self._snapshots = read_table(f)
+        self._tensors: dict[str, StoredTensor] = stored_tensors(f, len(self._snapshots))
+        self._extra_keys = header.extra_keys
 
     def _check_params_hash(self, text: str, stored: str) -> None:
         """The params text carries no HDF5 checksum; its hash in the root attribute
@@ -405,6 +152,80 @@ class Record:
                 f"params_hash {stored!r} written with them, so the stored bytes changed; "
                 f"run `recordkit verify` on it")
 
+    # --- the header cache (recordkit.headercache) --------------------------------------------
+
+    def cache_state(self) -> dict[str, Any] | None:
+        """What was read of the header, as JSON-able values, for
+        :meth:`from_cache_state`; None when the run is running (it still changes) or
+        something in it has no exact JSON form (the run is then read from its file)."""
+        if self._fields["status"] == "running":
+            return None
+        state: dict[str, Any] = {
+            "fields": dict(self._fields),
+            # the decoded params when JSON gives them back exactly, else decoded again
+            # from the stored text
+            "params": self._params if json_exact(self._params) else None,
+            "unserialisable": list(self._unserialisable),
+        }
+        if self._summary is not None:
+            if not json_exact(self._summary):
+                return None
+            state["summary"] = self._summary
+            return state
+        if any(t.dtype.names or t.dtype.hasobject or np.dtype(t.dtype.str) != t.dtype
+               for t in self._tensors.values()):
+            return None
+        state["header"] = {
+            "format_version": self._format_version,
+            "params_text": self._params_text,
+            "system": value_state(self._system),
+            "info": value_state(self._info),
+            "history": {name: table_columns(rows)
+                        for name, rows in self._history.rows_by_metric().items()},
+            "snapshots": table_columns(self._snapshots),
+            "tensors": {name: [t.key, t.stored_dtype, list(t.shape), t.dtype.str, t.first,
+                               t.count] for name, t in self._tensors.items()},
+            "extra_keys": dict(self._extra_keys),
+        }
+        return state
+
+    @classmethod
+    def from_cache_state(cls, path: str | os.PathLike[str], state: Mapping[str, Any]
+                         ) -> Record:
+        """The record *path* held when :meth:`cache_state` gave *state*.
+
+        Raises:
+            KeyError, TypeError, ValueError: *state* is not one :meth:`cache_state` gives.
+        """
+        record = cls.__new__(cls)
+        record._path = Path(path)
+        record._h5 = None
+        record._summary = None
+        record._fields = {key: str(state["fields"][key]) for key in RUN_FIELDS}
+        record._unserialisable = [str(key) for key in state["unserialisable"]]
+        params = state["params"]
+        if "summary" in state:
+            summary = state["summary"]
+            record._params = (decode_params(summary["params"]) if params is None
+                              else dict(params))
+            record._summary = dict(summary)
+            return record
+        header = state["header"]
+        record._params_text = str(header["params_text"])
+        record._params = decode_params(record._params_text) if params is None else dict(params)
+        record._format_version = int(header["format_version"])
+        record._system = value_from_state(header["system"])
+        record._info = value_from_state(header["info"])
+        record._history = History({name: table_from_columns(HISTORY_DTYPE, columns)
+                                   for name, columns in header["history"].items()})
+        record._snapshots = table_from_columns(SNAPSHOT_DTYPE, header["snapshots"])
+        record._tensors = {
+            name: StoredTensor(str(key), str(stored), tuple(int(d) for d in shape),
+                               np.dtype(dtype), int(first), int(count))
+            for name, (key, stored, shape, dtype, first, count) in header["tensors"].items()}
+        record._extra_keys = {str(k): str(v) for k, v in header["extra_keys"].items()}
+        return record
+
     # --- run fields -------------------------------------------------------------------------
 
     @property
@@ -413,27 +234,27 @@ class Record:
 
     @property
     def run_id(self) -> str:
-        return self._attrs["run_id"]
+        return self._fields["run_id"]
 
     @property
     def name(self) -> str:
-        return self._attrs["name"]
+        return self._fields["name"]
 
     @property
     def experiment(self) -> str:
-        return self._attrs["experiment"]
+        return self._fields["experiment"]
 
     @property
     def stored_status(self) -> str:
         """The status as written in the file."""
-        return self._attrs["status"]
+        return self._fields["status"]
 
     @property
     def status(self) -> str:
         """``completed``, ``failed``, ``interrupted``, or ``running`` while a live process
         writes the run. A file left ``running`` by a process that died reads as
         ``interrupted``."""
-        status = self._attrs["status"]
+        status = self._fields["status"]
         if status == "running" and not is_locked(self._path):
             return "interrupted"
         return status
@@ -441,25 +262,47 @@ class Record:
     @property
     def error(self) -> str:
         """``"Type: message"`` of the exception that ended a failed run, else ``""``."""
-        return self._attrs["error"]
+        return self._fields["error"]
 
     @property
     def created(self) -> _dt.datetime:
-        return _dt.datetime.fromisoformat(self._attrs["created"])
+        return _dt.datetime.fromisoformat(self._fields["created"])
 
     @property
     def ended(self) -> _dt.datetime | None:
-        text = self._attrs["ended"]
+        text = self._fields["ended"]
         return _dt.datetime.fromisoformat(text) if text else None
 
     @property
     def restarts(self) -> list[dict[str, Any]]:
         """One entry per time the run was resumed."""
-        return list(loads_json(self._attrs["restarts"] or "[]"))
+        return list(loads_json(self._fields["restarts"] or "[]"))
 
     @property
     def params(self) -> dict[str, Any]:
         return copy.deepcopy(self._params)
+
+    def flat_params(self) -> dict[str, Any]:
+        """The params flattened to dotted keys (``{"optimizer.lr": 0.1}``), a new dict;
+        immutable values (numbers, strings) are shared with the record, containers are
+        copies. Cheaper than ``flatten_params(record.params)`` for tables of many runs.
+
+        Example:
+            >>> import tempfile, recordkit as rk
+            >>> root = tempfile.mkdtemp()
+            >>> run_id = rk.record_experiment({"opt": {"lr": 0.1}, "seed": 1}, root)
+            >>> rk.load(run_id, root=root).flat_params()
+            {'opt.lr': 0.1, 'seed': 1}
+        """
+        return {key: value if isinstance(value, _IMMUTABLE) else copy.deepcopy(value)
+                for key, value in flatten_params(self._params).items()}
+
+    @property
+    def fields(self) -> Mapping[str, str]:
+        """The run fields as stored (``run_id``, ``name``, ``experiment``, ``status``,
+        ``created``, ``ended``, ``error``, ``params_hash``, ``recordkit_version``,
+        ``restarts``), as text, read-only; a missing one is ``""``."""
+        return types.MappingProxyType(self._fields)
 
     @property
     def unserialisable_params(self) -> list[str]:
@@ -470,7 +313,7 @@ class Record:
     def params_hash(self) -> str:
         """Identifies the parameter set (independent of key order); repeated runs of one
         configuration share it."""
-        return self._attrs["params_hash"]
+        return self._fields["params_hash"]
 
     @property
     def system(self) -> dict[str, Any]:
@@ -504,28 +347,7 @@ class Record:
                 ``"step"``: one row per step, a column per metric logged with steps;
                 ``"long"``: one row per logged value (metric, epoch, step, value, time).
         """
-        pd = _pandas()
-        if level == "long":
-            fields = HISTORY_DTYPE.names or ()
-            frames = [pd.DataFrame({"metric": name, **{k: rows[k] for k in fields}})
-                      for name, rows in self._history._rows.items()]
-            if not frames:
-                return pd.DataFrame(columns=["metric", "epoch", "step", "value", "time"])
-            return pd.concat(frames, ignore_index=True)
-        if level not in ("epoch", "step"):
-            raise ValueError(f"history_frame(level={level!r}): must be 'epoch', 'step' "
-                             "or 'long'")
-        columns: dict[str, Any] = {}
-        for name, rows in self._history._rows.items():
-            if level == "epoch" and self._history.is_epoch_level(name):
-                columns[name] = pd.Series(rows["value"], index=rows["epoch"])
-            elif level == "step" and (rows["step"] >= 0).any():
-                chosen = rows[rows["step"] >= 0]
-                series = pd.Series(chosen["value"], index=chosen["step"])
-                columns[name] = series[~series.index.duplicated(keep="last")]
-        frame = pd.DataFrame(columns)
-        frame.index.name = level
-        return frame.sort_index()
+        return self._history.frame(level)
 
     def metric_summaries(self) -> dict[str, dict[str, Any]]:
         """Per metric: ``count``, ``final``, ``final_epoch``, finite ``min`` / ``max`` and
@@ -534,7 +356,8 @@ class Record:
         if self._summary is not None:
             # one level of scalars each (JSON numbers, null, bools): a copy per metric
             return {name: dict(stats) for name, stats in self._summary["metrics"].items()}
-        return {name: metric_summary(rows) for name, rows in self._history._rows.items()}
+        return {name: metric_summary(rows)
+                for name, rows in self._history.rows_by_metric().items()}
 
     @property
     def epoch_count(self) -> int:
@@ -552,21 +375,20 @@ class Record:
 
     @property
     def tensor_names(self) -> list[str]:
-        return [name for name, rows in self._rows.items() if rows]
+        return [name for name, tensor in self._tensors.items() if tensor.count]
 
     def weight(self, name: str) -> TensorHistory:
         """All snapshots of one tensor, read lazily."""
         try:
-            key, stored, shape, dtype, first = self._tensors[name]
+            tensor = self._tensors[name]
         except KeyError:
             known = ", ".join(repr(k) for k in list(self._tensors)[:20]) or "none"
             raise KeyError(f"no tensor {name!r} in {str(self._path)!r}; tensors: {known}"
                            ) from None
-        rows = self._rows[name]
-        epochs = self._snapshots["epoch"][first:first + rows] if rows else np.zeros(
-            0, np.int64)
-        return TensorHistory(self, name, key, np.asarray(epochs, dtype=np.int64),
-                             stored, shape, dtype)
+        epochs = (self._snapshots["epoch"][tensor.first:tensor.first + tensor.count]
+                  if tensor.count else np.zeros(0, np.int64))
+        return TensorHistory(name, tensor, np.asarray(epochs, dtype=np.int64), self._path,
+                             self._file)
 
     def weights(self, epoch: int = -1) -> dict[str, np.ndarray]:
         """Every tensor of one snapshot: ``epoch=-1`` is the last snapshot, otherwise the
@@ -583,11 +405,9 @@ class Record:
                            f"snapshot epochs: {epochs}")
         out: dict[str, np.ndarray] = {}
         with self._file() as f:
-            for name, (key, stored, _, _, first) in self._tensors.items():
-                rows = self._rows[name]
-                if rows and first <= index < first + rows:
-                    ds = _weight_dataset(f, key, self._path)
-                    out[name] = decode_tensor(_read_snapshot(ds, index - first), stored)
+            for name, tensor in self._tensors.items():
+                if tensor.count and tensor.first <= index < tensor.first + tensor.count:
+                    out[name] = read_row(f, tensor, index - tensor.first, self._path)
         return out
 
     # --- extras and plain data --------------------------------------------------------------
@@ -595,7 +415,7 @@ class Record:
     @property
     def extras(self) -> Mapping[str, Any]:
         """What ``Recorder.add`` stored, read on access."""
-        return _Extras(self)
+        return Extras(self._extra_keys, self._file)
 
     @property
     def unserialisable_extras(self) -> dict[str, list[str]]:
@@ -605,9 +425,8 @@ class Record:
             return {}
         out: dict[str, list[str]] = {}
         with self._file() as f:
-            group = f[EXTRAS]
             for name, key in self._extra_keys.items():
-                flagged = extra_flags(group[key])
+                flagged = extra_flags_at(f, key)
                 if flagged:
                     out[name] = flagged
         return out
@@ -620,7 +439,7 @@ class Record:
         fields = {
             "run_id": self.run_id, "name": self.name, "title": self.name,
             "experiment": self.experiment, "status": self.status,
-            "created": self._attrs["created"], "timestamp": self._attrs["created"],
+            "created": self._fields["created"], "timestamp": self._fields["created"],
             "hash": self.params_hash,
         }
         for key, value in fields.items():
@@ -635,36 +454,22 @@ class Record:
 
     # --- file handle ---------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _file(self) -> Iterator[h5py.File]:
-        """The open file: the one a ``with record:`` block keeps open, else opened for
-        this read only (a handle left open would clash with plain h5py in this process)."""
-        try:
-            if self._h5 is not None and self._h5.id.valid:
-                yield self._h5
-                return
-            with open_h5(self._path) as f:
-                yield f
-        except RecordkitError:
-            raise
-        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
-            # Damage found by a lazy read (e.g. a fletcher32 checksum): say where and what.
-            raise RecordDamagedError(
-                f"{str(self._path)!r} is damaged: reading it failed with "
-                f"{type(err).__name__}: {err}; {damage_hint(self._path, err)}"
-            ) from None
+    def _file(self) -> contextlib.AbstractContextManager[RecordFile]:
+        """The open file for one lazy read: the one a ``with record:`` block keeps open,
+        else opened for this read only (see :func:`recordkit.opening.reading`)."""
+        return reading(self._path, self._h5)
 
     def close(self) -> None:
         """Release the file handle a ``with`` block keeps open. Safe to call twice."""
         if self._h5 is not None:
-            if self._h5.id.valid:
-                self._h5.close()
+            if is_open(self._h5):
+                close(self._h5)
             self._h5 = None
 
     def __enter__(self) -> Record:
         """Keep the file open for many lazy reads (faster); closed at the end of the block."""
-        if self._h5 is None or not self._h5.id.valid:
-            self._h5 = open_h5(self._path)
+        if not is_open(self._h5):
+            self._h5 = open_record(self._path)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -688,39 +493,9 @@ class Record:
     def epochs(self) -> list[int]:
         """Every epoch that has at least one metric value, sorted."""
         seen: set[int] = set()
-        for rows in self._history._rows.values():
+        for rows in self._history.rows_by_metric().values():
             seen.update(int(e) for e in rows["epoch"])
         return sorted(seen)
-
-
-class _Extras(Mapping[str, Any]):
-    def __init__(self, record: Record) -> None:
-        self._record = record
-
-    def __getitem__(self, key: str) -> Any:
-        try:
-            escaped = self._record._extra_keys[key]
-        except KeyError:
-            known = ", ".join(repr(k) for k in self._record._extra_keys) or "none"
-            raise KeyError(f"no extra {key!r}; extras: {known}") from None
-        with self._record._file() as f:
-            return read_extra(f[EXTRAS][escaped])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._record._extra_keys)
-
-    def __len__(self) -> int:
-        return len(self._record._extra_keys)
-
-
-def _pandas() -> Any:
-    try:
-        import pandas as pd
-    except ModuleNotFoundError as err:
-        raise ModuleNotFoundError(
-            "recordkit needs pandas for data frames: pip install 'recordkit[analysis]'"
-        ) from err
-    return pd
 
 
 def load(path_or_run_id: str | os.PathLike[str], root: str | os.PathLike[str] | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -14,11 +13,12 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
-from recordkit.codec import decode_value, encode_value, flatten_params
 from recordkit.errors import RecordkitError, RecordkitWarning, RecordNotFoundError
+from recordkit.headercache import HeaderCache, cache_enabled
 from recordkit.paths import record_files
-from recordkit.record import History, Record, _pandas
+from recordkit.record import Record
 from recordkit.safety import check_fields
+from recordkit.views import require_pandas
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,7 +56,7 @@ class RecordSet(Sequence[Record]):
 
     def __init__(self, records: Iterable[Record] = (), *,
                  skipped: Iterable[tuple[Path, str]] = ()) -> None:
-        self._records = sorted(records, key=lambda r: (r._attrs["created"], r.run_id))
+        self._records = sorted(records, key=lambda r: (r.fields["created"], r.run_id))
         self.skipped: list[tuple[Path, str]] = list(skipped)
         """Files under the root that could not be read, with the reason."""
 
@@ -100,8 +100,8 @@ class RecordSet(Sequence[Record]):
             if statuses and record.status not in statuses:
                 continue
             if params:
-                flat = flatten_params(record._params)
-                if any(key not in flat or not _equal(flat[key], value)
+                flat = record.flat_params()
+                if any(key not in flat or not _same(flat[key], value)
                        for key, value in params.items()):
                     continue
             if predicate is not None and not predicate(record):
@@ -153,8 +153,8 @@ class RecordSet(Sequence[Record]):
         grouped: dict[tuple[Any, ...], list[Record]] = {}
         for record in self._records:
             if params:
-                flat = flatten_params(record._params)
-                key = tuple(_hashable(flat.get(p)) for p in params)
+                flat = record.flat_params()
+                key = tuple(_group_key(flat.get(p)) for p in params)
             else:
                 key = (record.params_hash,)
             grouped.setdefault(key, []).append(record)
@@ -184,7 +184,7 @@ class RecordSet(Sequence[Record]):
             >>> table[["lr", "runs"]].values.tolist(), table["loss.final.mean"].round(3).tolist()
             ([[0.1, 2.0], [0.01, 1.0]], [0.3, 0.9])
         """
-        pd = _pandas()
+        pd = require_pandas()
         rows = []
         for key, members in self.groups(*params).items():
             summary = pd.DataFrame([summary_row(r) for r in members])
@@ -193,7 +193,7 @@ class RecordSet(Sequence[Record]):
                 row.update(zip(params, key))
             else:
                 row["params_hash"] = key[0]
-                for name, value in flatten_params(members[0]._params).items():
+                for name, value in members[0].flat_params().items():
                     row.setdefault(name, _cell(value))
             row["runs"] = len(members)
             row["run_ids"] = [r.run_id for r in members]
@@ -209,7 +209,7 @@ class RecordSet(Sequence[Record]):
         """A row per run: run fields, flattened params, and for each metric its final
         value, best value and epoch of the best (``<metric>.final``, ``.best``,
         ``.best_epoch``; best is the minimum, or the maximum for accuracy-like names)."""
-        pd = _pandas()
+        pd = require_pandas()
         rows = [summary_row(r) for r in self._records]
         return pd.DataFrame(rows)
 
@@ -225,11 +225,11 @@ class RecordSet(Sequence[Record]):
             >>> rk.load_all(root).history_frame()[["metric", "epoch", "value"]].values.tolist()
             [['loss', 0, 1.0], ['loss', 1, 0.5]]
         """
-        pd = _pandas()
+        pd = require_pandas()
         columns: dict[str, list[np.ndarray]] = {
             k: [] for k in ("run_id", "name", "metric", "epoch", "step", "value")}
         for record in self._records:
-            for metric, rows in record.history._rows.items():
+            for metric, rows in record.history.rows_by_metric().items():
                 n = len(rows)
                 columns["run_id"].append(np.full(n, record.run_id, dtype=object))
                 columns["name"].append(np.full(n, record.name, dtype=object))
@@ -260,7 +260,7 @@ class RecordSet(Sequence[Record]):
         """
         ra = a if isinstance(a, Record) else self.get(a)
         rb = b if isinstance(b, Record) else self.get(b)
-        fa, fb = flatten_params(ra._params), flatten_params(rb._params)
+        fa, fb = ra.flat_params(), rb.flat_params()
         differ = {k: (fa[k], fb[k]) for k in fa if k in fb and not _same(fa[k], fb[k])}
         shared = {k: fa[k] for k in fa if k in fb and _same(fa[k], fb[k])}
         return ParamsComparison(
@@ -309,6 +309,8 @@ def _best_of(record: Record, metric: str, mode: str) -> tuple[float, int] | None
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Equal param values (arrays: same shape and elements); False when they cannot be
+    compared."""
     try:
         result = a == b
         if isinstance(result, np.ndarray):
@@ -318,7 +320,8 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def _hashable(value: Any) -> Any:
+def _group_key(value: Any) -> Any:
+    """A param value as a key of :meth:`RecordSet.groups` (its text when unhashable)."""
     try:
         hash(value)
     except TypeError:
@@ -341,7 +344,7 @@ def summary_row(record: Record) -> dict[str, Any]:
         "params_hash": record.params_hash,
         "epochs": record.epoch_count,
     }
-    for key, value in flatten_params(record._params).items():
+    for key, value in record.flat_params().items():
         column = key if key not in row else f"params.{key}"
         row[column] = value if not isinstance(value, (list, dict, set, np.ndarray)) else str(
             value)
@@ -353,13 +356,6 @@ def summary_row(record: Record) -> dict[str, Any]:
         row[f"{metric}.best"] = math.nan if best is None else float(best)
         row[f"{metric}.best_epoch"] = -1 if best is None else int(stats[f"{mode}_epoch"])
     return row
-
-
-def _equal(stored: Any, wanted: Any) -> bool:
-    try:
-        return bool(stored == wanted)
-    except Exception:
-        return False
 
 
 def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = None,
@@ -394,8 +390,8 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
         raise RecordNotFoundError(
             f"no experiment {experiment!r} under {str(base)!r}; experiments: {known}"
         )
-    use_cache = cache and os.environ.get("RECORDKIT_CACHE", "1") not in ("0", "false", "")
-    caches: dict[Path, _HeaderCache] = {}
+    use_cache = cache and cache_enabled()
+    caches: dict[Path, HeaderCache] = {}
     records, skipped = [], []
     files = record_files(base, experiment)
     for path in _progress(files, progress):
@@ -403,17 +399,17 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
         if use_cache:
             header_cache = caches.get(path.parent)
             if header_cache is None:
-                header_cache = caches[path.parent] = _HeaderCache(path.parent)
+                header_cache = caches[path.parent] = HeaderCache(path.parent)
         try:
-            record = header_cache.get(path) if header_cache is not None else None
+            record = _cached(header_cache, path)
             cached = record is not None
             if record is None:
                 record = Record(path, lazy=True)
             # The run fields of a run opened from its summary were not checked with the
             # root attributes: a forged summary is refused here, not by a property later.
-            check_fields(record._attrs, path)
+            check_fields(record.fields, path)
             if header_cache is not None and not cached:
-                header_cache.put(path, record)
+                header_cache.put(path, record.cache_state())
             records.append(record)
         except RecordkitError as err:
             skipped.append((path, str(err)))
@@ -424,6 +420,18 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
     return RecordSet(records, skipped=skipped)
 
 
+def _cached(header_cache: HeaderCache | None, path: Path) -> Record | None:
+    """The record as the header cache kept it, or None (no cache, nothing kept, the file
+    changed since, or an entry this recordkit cannot use: the file is read instead)."""
+    state = header_cache.get(path) if header_cache is not None else None
+    if state is None:
+        return None
+    try:
+        return Record.from_cache_state(path, state)
+    except Exception:
+        return None
+
+
 def _progress(files: list[Path], show: bool) -> Iterable[Path]:
     if show and len(files) > 1:
         try:
@@ -432,203 +440,3 @@ def _progress(files: list[Path], show: bool) -> Iterable[Path]:
             return files
         return tqdm(files, desc="reading records", unit="run", leave=False)
     return files
-
-
-# --- the header cache -------------------------------------------------------------------------
-#
-# Opening a record and walking its header with h5py costs a few milliseconds, most of it in
-# the safety checks; a sweep of thousands of runs takes seconds. A finished run never
-# changes, so what its header held is kept, as JSON (no pickle), per folder, keyed by file
-# name and checked against the file's size, mtime and inode. The cache holds the Record's
-# header attributes generically, so new attributes need no change here; a change of
-# the reading code (record.py, format.py, safety.py: size and mtime) discards the cache.
-
-_CACHE_VERSION = 2
-#: Cache files (one per folder of records) kept; the least recently used go first.
-_CACHE_FILES = 200
-
-
-class _Uncacheable(Exception):
-    pass
-
-
-def _cache_dir() -> Path:
-    explicit = os.environ.get("RECORDKIT_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "recordkit"
-
-
-def _code_stamp() -> list[int | str]:
-    """Changes whenever the code that reads a header (record, format, safety) changes."""
-    stamp: list[int | str] = [_CACHE_VERSION]
-    for name in ("record.py", "format.py", "safety.py"):
-        try:
-            st = (Path(__file__).parent / name).stat()
-            stamp += [st.st_size, st.st_mtime_ns]
-        except OSError:
-            stamp.append("unknown")
-    return stamp
-
-
-def _file_stamp(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
-
-
-class _HeaderCache:
-    """The cached headers of the records in one folder."""
-
-    def __init__(self, folder: Path) -> None:
-        import hashlib
-
-        self._folder = folder.resolve()
-        digest = hashlib.sha256(str(self._folder).encode("utf-8", "surrogateescape"))
-        self._file = _cache_dir() / f"headers-{digest.hexdigest()[:24]}.json"
-        self._entries: dict[str, Any] = {}
-        self._seen: set[str] = set()
-        self._dirty = False
-        try:
-            document = json.loads(self._file.read_text(encoding="utf-8"))
-            if document.get("code") == _code_stamp() and document.get("folder") == str(
-                    self._folder):
-                self._entries = dict(document["entries"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            self._entries = {}
-
-    def get(self, path: Path) -> Record | None:
-        self._seen.add(path.name)
-        entry = self._entries.get(path.name)
-        if entry is None:
-            return None
-        try:
-            if entry["stamp"] != _file_stamp(path):
-                return None
-            record = Record.__new__(Record)
-            for name, frozen in entry["state"].items():
-                setattr(record, name, _thaw(frozen))
-            record._path = path
-            record._h5 = None
-            return record
-        except Exception:  # a stale or foreign entry: read the file instead
-            return None
-
-    def put(self, path: Path, record: Record) -> None:
-        if record.stored_status == "running":  # still changing
-            self._entries.pop(path.name, None)
-            return
-        try:
-            state = {name: _freeze(value) for name, value in vars(record).items()
-                     if name not in ("_path", "_h5")}
-            stamp = _file_stamp(path)
-        except (_Uncacheable, OSError):
-            return
-        self._entries[path.name] = {"stamp": stamp, "state": state}
-        self._dirty = True
-
-    def save(self) -> None:
-        stale = set(self._entries) - self._seen
-        if stale:
-            for name in stale:
-                del self._entries[name]
-            self._dirty = True
-        if not self._dirty:
-            return
-        document = {"code": _code_stamp(), "folder": str(self._folder),
-                    "entries": self._entries}
-        try:
-            self._file.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self._file.with_name(f"{self._file.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(document), encoding="utf-8")
-            os.replace(temporary, self._file)
-            _prune(self._file.parent)
-        except OSError:  # a cache that cannot be written only costs speed
-            pass
-
-
-def _prune(folder: Path, keep: int = _CACHE_FILES) -> None:
-    """Keep the cache files of the *keep* folders read most recently (temporary folders
-    of tests and notebooks would otherwise pile up)."""
-    files = list(folder.glob("headers-*.json"))
-    if len(files) <= keep:
-        return
-    files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in files[keep:]:
-        old.unlink(missing_ok=True)
-
-
-def _freeze(value: Any) -> Any:
-    """A Record attribute as JSON; raises _Uncacheable for what it cannot hold exactly."""
-    if value is None or isinstance(value, (bool, str, int, float)):
-        return value
-    if isinstance(value, History):
-        return {"$history": {name: _freeze(rows) for name, rows in value._rows.items()}}
-    if isinstance(value, np.ndarray):
-        if value.dtype.hasobject:
-            raise _Uncacheable
-        dtype = value.dtype.descr if value.dtype.names else value.dtype.str
-        return {"$array": [dtype, list(value.shape), value.tolist()]}
-    if isinstance(value, np.dtype):
-        if value.hasobject:
-            raise _Uncacheable
-        return {"$dtype": value.descr if value.names else value.str}
-    if isinstance(value, tuple):
-        return {"$tuple": [_freeze(v) for v in value]}
-    if _plain(value):  # e.g. a summary, system info: kept as it is, thawed by json alone
-        return {"$json": value}
-    if isinstance(value, list):
-        return [_freeze(v) for v in value]
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {"$map": {k: _freeze(v) for k, v in value.items()}}
-    flagged: list[str] = []
-    encoded = encode_value(value, "", flagged)
-    if flagged:
-        raise _Uncacheable
-    return {"$leaf": encoded}
-
-
-def _plain(value: Any) -> bool:
-    """Whether json gives *value* back as it is: dicts with str keys, lists, str, int,
-    float (NaN and inf too) and bool of exactly those types, and None."""
-    kind = type(value)
-    if value is None or kind in (str, int, float, bool):
-        return True
-    if kind is list:
-        return all(_plain(v) for v in value)
-    if kind is dict:
-        return all(type(k) is str and _plain(v) for k, v in value.items())
-    return False
-
-
-def _dtype_of(spec: Any) -> np.dtype:
-    if isinstance(spec, str):
-        return np.dtype(spec)
-    return np.dtype([tuple(field) for field in spec])
-
-
-def _thaw(frozen: Any) -> Any:
-    if isinstance(frozen, list):
-        return [_thaw(v) for v in frozen]
-    if not isinstance(frozen, dict):
-        return frozen
-    (tag, body), = frozen.items()
-    if tag == "$json":
-        return body
-    if tag == "$map":
-        return {k: _thaw(v) for k, v in body.items()}
-    if tag == "$tuple":
-        return tuple(_thaw(v) for v in body)
-    if tag == "$array":
-        spec, shape, data = body
-        dtype = _dtype_of(spec)
-        if dtype.names:
-            return np.array([tuple(row) for row in data], dtype=dtype).reshape(shape)
-        return np.array(data, dtype=dtype).reshape(shape)
-    if tag == "$dtype":
-        return _dtype_of(body)
-    if tag == "$history":
-        return History({name: _thaw(rows) for name, rows in body.items()})
-    if tag == "$leaf":
-        return decode_value(body)
-    raise ValueError(f"unknown cache tag {tag!r}")

@@ -33,6 +33,7 @@ from recordkit.codec import loads_json
 from recordkit.errors import NotARecordError, RecordDamagedError, UnsafeRecordError
 from recordkit.format.attrs import is_record, read_attr
 from recordkit.format.layout import (
+    FIRST_SNAPSHOT_ATTR,
     FORMAT_VERSION,
     HISTORY,
     HISTORY_METRICS,
@@ -41,10 +42,12 @@ from recordkit.format.layout import (
     RUN_FIELDS,
     SNAPSHOT_DTYPE,
     SNAPSHOTS,
+    STATUSES,
+    VERSION_ATTR,
     WEIGHTS,
 )
 
-__all__ = ["MAX_ATTR_BYTES", "MAX_OBJECTS", "RUN_STATUSES", "check_dataset", "check_fields",
+__all__ = ["MAX_ATTR_BYTES", "MAX_OBJECTS", "check_dataset", "check_fields",
            "check_file", "check_layout", "check_links", "check_root", "read_limit"]
 
 #: An attribute longer than this is refused (recordkit's own stay under 64 KiB; the
@@ -141,7 +144,7 @@ def _check_attrs(path: Path, where: str, obj: h5py.HLObject | h5py.h5o.ObjectID,
 
 def _first_snapshot(dsid: h5py.h5d.DatasetID) -> int | None:
     try:
-        attr = h5py.h5a.open(dsid, b"first_snapshot")
+        attr = h5py.h5a.open(dsid, FIRST_SNAPSHOT_ATTR.encode())
         if attr.dtype.kind not in "iu" or attr.shape not in ((), (1,)):
             return None
         value = np.zeros(attr.shape, attr.dtype)
@@ -185,9 +188,9 @@ def _compresses(plist: h5py.h5p.PropDCID) -> bool:
     return any(code not in (2, 3) for code in _filters(plist))
 
 
-def check_links(f: h5py.File, path: str | os.PathLike[str]) -> list[tuple[str, object]]:
-    """Refuse external and soft links (and more than :data:`MAX_OBJECTS` objects); return
-    every ``(name, link)``. Reads link headers only.
+def check_links(f: h5py.File, path: str | os.PathLike[str]) -> None:
+    """Refuse external and soft links (and more than :data:`MAX_OBJECTS` objects). Reads
+    link headers only.
 
     Raises:
         UnsafeRecordError: the first link that points outside the file.
@@ -202,10 +205,9 @@ def check_links(f: h5py.File, path: str | os.PathLike[str]) -> list[tuple[str, o
     f.id.links.visit(collect, info=True)  # link headers only: never follows a link out
     if len(found) > MAX_OBJECTS:
         raise _unsafe(file_path, f"it holds more than {MAX_OBJECTS} objects")
-    links: list[tuple[str, object]] = []
     for raw_name, kind in found:
-        name = raw_name.decode("utf-8", "surrogateescape")
         if kind != h5py.h5l.TYPE_HARD:
+            name = raw_name.decode("utf-8", "surrogateescape")
             link = f.get(name, getlink=True)
             if isinstance(link, h5py.ExternalLink):
                 raise _unsafe(file_path, f"link /{name} points to {link.path!r} in the file "
@@ -213,8 +215,6 @@ def check_links(f: h5py.File, path: str | os.PathLike[str]) -> list[tuple[str, o
             if isinstance(link, h5py.SoftLink):
                 raise _unsafe(file_path, f"link /{name} is a soft link to {link.path!r}")
             raise _unsafe(file_path, f"link /{name} is a {type(link).__name__}")
-        links.append((name, h5py.HardLink()))
-    return links
 
 
 def check_dataset(f: h5py.File, name: str, path: str | os.PathLike[str]) -> h5py.Dataset:
@@ -316,10 +316,6 @@ def _fields_ok(ds: object, dtype: np.dtype) -> bool:
                     for n in dtype.names or ()))
 
 
-#: The statuses a run can have (docs/FORMAT.md, *Lifecycle*).
-RUN_STATUSES = ("running", "completed", "failed", "interrupted")
-
-
 def _is_iso_time(text: str) -> bool:
     try:
         _dt.datetime.fromisoformat(text)
@@ -352,8 +348,8 @@ def check_fields(fields: Mapping[str, str], path: str | os.PathLike[str]) -> Non
     if not fields.get("run_id"):
         raise damaged("run_id", "is missing")
     status = fields.get("status", "")
-    if status not in RUN_STATUSES:
-        raise damaged("status", f"is {status!r}, not one of {', '.join(RUN_STATUSES)}"
+    if status not in STATUSES:
+        raise damaged("status", f"is {status!r}, not one of {', '.join(STATUSES)}"
                       if status else "is missing")
     created = fields.get("created", "")
     if not created:
@@ -373,7 +369,7 @@ def _check_header(f: h5py.File, path: str | os.PathLike[str]) -> None:
     a version this reader knows; other files are left to the caller's checks."""
     if not is_record(f):
         return  # not a record: the reader says so
-    version = read_attr(f, "format_version")
+    version = read_attr(f, VERSION_ATTR)
     if version is None:
         raise NotARecordError(
             f"{str(path)!r} is marked format='recordkit' but has no root attribute "

@@ -10,16 +10,16 @@ A damaged file can crash or hang the HDF5 library itself, which no ``try`` can c
 default :func:`verify` does the reading in a child process with a time limit and reports a
 crash or a hang of the child as damage; ``isolate=False`` reads in this process.
 
-No repair step exists because none is needed: the write path flushes in an order that leaves
-every killed run loadable (docs/RELIABILITY.md). Damage from outside (bad disks, bad copies)
-is reported, never silently patched.
+The one fix recordkit makes lives in :mod:`recordkit.repair`: a superblock whose end-of-file
+address a kill or a full disk during a flush left different from the file's size
+(``recordkit repair``; :func:`recordkit.load` reads around it without writing). Every other
+damage (bad disks, bad copies) is reported here, never silently patched.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import math
 import os
@@ -35,13 +35,21 @@ import h5py
 from recordkit.errors import RecordkitError, UnsafeRecordError
 from recordkit.format.attrs import is_record, object_name, read_attr
 from recordkit.format.extras import read_extra
-from recordkit.format.layout import CHECKSUM_ATTR, EXTRAS, SNAPSHOTS, SUMMARY_ATTR, WEIGHTS
+from recordkit.format.layout import (
+    CHECKSUM_ATTR,
+    EXTRAS,
+    FIRST_SNAPSHOT_ATTR,
+    SNAPSHOTS,
+    SUMMARY_ATTR,
+    WEIGHTS,
+)
 from recordkit.format.summary import build_summary, read_summary, summary_checksum_ok
 from recordkit.locking import is_locked
+from recordkit.record import Record
+from recordkit.repair import needs_repair, open_with_patched_eof
 from recordkit.safety import check_file
 
-__all__ = ["VerifyReport", "damage_hint", "main", "needs_repair", "open_interrupted", "repair",
-           "verify"]
+__all__ = ["VerifyReport", "main", "verify"]
 
 #: Problems reported per dataset before the rest of it is skipped.
 MAX_PROBLEMS_PER_DATASET = 5
@@ -137,185 +145,6 @@ def verify(path: str | os.PathLike[str], *, isolate: bool = True,
     return report
 
 
-_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def _superblock(path: Path) -> tuple[int, int, int, int] | None:
-    """(offset of the end-of-file-address field, its value, base address, size of
-    offsets) of a version 0/1 superblock, or None for other versions or no HDF5 file."""
-    try:
-        with open(path, "rb") as fh:
-            for at in (0, 512, 1024, 2048, 4096, 8192):
-                fh.seek(at)
-                head = fh.read(40)
-                if len(head) < 40 or head[:8] != _SIGNATURE:
-                    continue
-                version, size_of_offsets = head[8], head[13]
-                if version not in (0, 1) or size_of_offsets not in (2, 4, 8):
-                    return None
-                first = at + (24 if version == 0 else 28)
-                fh.seek(first)
-                fields = fh.read(3 * size_of_offsets)
-                base = int.from_bytes(fields[:size_of_offsets], "little")
-                field_at = first + 2 * size_of_offsets
-                eoa = int.from_bytes(fields[2 * size_of_offsets:], "little")
-                return field_at, eoa, base, size_of_offsets
-    except OSError:
-        return None
-    return None
-
-
-def needs_repair(path: str | os.PathLike[str]) -> bool:
-    """Whether the superblock's end-of-file address differs from the file's size.
-
-    Before the end: a writer killed in the middle of a flush wrote metadata past the
-    address it had recorded, and reads of it fail ("addr overflow"). After the end: a
-    flush that failed on a full disk recorded an address it could not write up to, and
-    HDF5 refuses to open the file ("truncated file")."""
-    found = _superblock(Path(path))
-    if found is None:
-        return False
-    _, eoa, base, _ = found
-    try:
-        return base + eoa != Path(path).stat().st_size
-    except OSError:
-        return False
-
-
-class _PatchedSuperblock(io.RawIOBase):
-    """A read-only view of a file with the superblock's end-of-file address replaced by
-    the file's size: what :func:`repair` would write, without writing it."""
-
-    def __init__(self, path: Path, field_at: int, value: bytes) -> None:
-        super().__init__()
-        self._fh = open(path, "rb")  # noqa: SIM115 - closed with this object
-        self._at = field_at
-        self._value = value
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = self._fh.seek(offset, whence)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        self._fh.seek(self._pos)
-        n = self._fh.readinto(view) or 0
-        start, end = max(self._pos, self._at), min(self._pos + n, self._at + len(self._value))
-        if start < end:
-            view[start - self._pos:end - self._pos] = self._value[start - self._at:end - self._at]
-        self._pos += n
-        return n
-
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
-
-
-def open_interrupted(path: str | os.PathLike[str]) -> h5py.File | None:
-    """Open, read-only, a record whose superblock's end-of-file address a killed flush
-    left short of the file's end (:func:`needs_repair`) as if it were repaired, without
-    changing the file; None when the file does not need it or a live writer holds it.
-
-    Such a file (about 1 kill in 200) would otherwise fail to read metadata the killed
-    flush wrote past that address, and with it committed epochs."""
-    file_path = Path(path)
-    found = _superblock(file_path)
-    if found is None:
-        return None
-    field_at, eoa, base, size_of_offsets = found
-    try:
-        size = file_path.stat().st_size
-        # Only a file longer than its header says: a shorter one was cut (a bad copy, a
-        # full disk) and HDF5's own refusal to open it is the safe answer.
-        if base + eoa >= size or is_locked(file_path):
-            return None
-        view = _PatchedSuperblock(file_path, field_at,
-                                  (size - base).to_bytes(size_of_offsets, "little"))
-    except OSError:
-        return None
-    try:
-        return h5py.File(view, "r", locking=False)
-    except Exception:
-        view.close()
-        return None
-
-
-def damage_hint(path: str | os.PathLike[str], err: BaseException | str) -> str:
-    """What to tell the user about a read that failed: repair, or verify."""
-    text = str(err)
-    if "addr overflow" in text and needs_repair(path):
-        return (f"the writer was killed while flushing; run `recordkit repair {path}` to "
-                "make every committed epoch readable again")
-    if "truncated file" in text and needs_repair(path):
-        return (f"the file ends before its header says: if its writer ran out of disk or "
-                f"was killed, `recordkit repair {path}` makes the committed epochs readable; "
-                "if it was cut short by a copy, copy it again")
-    return "run `recordkit verify` on it"
-
-
-def repair(path: str | os.PathLike[str]) -> str:
-    """Make a record killed in the middle of a flush readable again.
-
-    HDF5 writes the end-of-file address in the superblock and the metadata that points
-    past it in no fixed order; a SIGKILL between the two (about 1 kill in 200 in
-    benchmarks/crash_kills.py) leaves blocks the file holds but the superblock does not
-    count, and reads of them fail with "addr overflow". Repair sets that address to the
-    file's size (as ``h5clear --increment`` does). Nothing else is changed.
-
-    Returns:
-        What was done, in one sentence.
-
-    Raises:
-        RecordLockedError: a live process writes the run (its end address is moving).
-        RecordkitError: the file is not HDF5 with a version 0/1 superblock.
-    """
-    from recordkit.errors import NotARecordError, RecordLockedError, RecordNotFoundError
-
-    file_path = Path(path)
-    if not file_path.exists():
-        raise RecordNotFoundError(f"no such file {str(file_path)!r} to repair")
-    if file_path.is_dir():
-        raise NotARecordError(f"{str(file_path)!r} is a folder; repair takes record files "
-                              "(<root>/<experiment>/<run_id>.h5)")
-    if is_locked(file_path):
-        raise RecordLockedError(f"{str(file_path)!r} is being written by a live process; "
-                                "repair it after that process ends")
-    found = _superblock(file_path)
-    if found is None:
-        raise RecordkitError(f"{str(file_path)!r}: no HDF5 version 0/1 superblock found; "
-                             "recordkit repair handles the files recordkit writes only")
-    field_at, eoa, base, size_of_offsets = found
-    size = file_path.stat().st_size
-    if base + eoa == size:
-        return f"{file_path}: nothing to repair (its end address {eoa} is its size)"
-    mode = file_path.stat().st_mode
-    try:
-        if not mode & 0o200:
-            file_path.chmod(mode | 0o200)
-        with open(file_path, "r+b") as fh:
-            fh.seek(field_at)
-            fh.write((size - base).to_bytes(size_of_offsets, "little"))
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as err:
-        raise RecordkitError(f"cannot repair {str(file_path)!r}: {err.strerror}") from err
-    finally:
-        if not mode & 0o200:
-            file_path.chmod(mode)
-    return (f"{file_path}: end-of-file address set from {eoa} to {size - base} "
-            f"(the file's size)")
-
-
 def _verify_here(path: Path) -> VerifyReport:
     report = VerifyReport(str(path))
     try:
@@ -335,7 +164,7 @@ def _verify_into(path: Path, report: VerifyReport) -> VerifyReport:
         report.problems.append("no such file")
         return report
     try:
-        f = open_interrupted(path) or h5py.File(str(path), "r", locking=False)
+        f = open_with_patched_eof(path) or h5py.File(str(path), "r", locking=False)
     except Exception as err:
         report.problems.append(f"the file cannot be opened as HDF5: {_why(err)}")
         return report
@@ -446,14 +275,14 @@ def _read_dataset(ds: h5py.Dataset, where: str, file_size: int, report: VerifyRe
             report.problems.append(f"dataset {where}, chunk at {list(corner)}: {text}")
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal, NaN equal to NaN (a metric's final value may be NaN)."""
+def _same_json(a: Any, b: Any) -> bool:
+    """JSON values equal, NaN equal to NaN (a metric's final value may be NaN)."""
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b))
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     try:
@@ -502,7 +331,7 @@ def _check_summary(f: h5py.File, report: VerifyReport) -> None:
         expected.pop("format", None)
         expected.pop("format_version", None)
     differ = sorted(k for k in expected.keys() | stored.keys()
-                    if not _same(expected.get(k), stored.get(k)))
+                    if not _same_json(expected.get(k), stored.get(k)))
     if differ:
         report.problems.append(
             f"{where} disagrees with the run's data in {', '.join(differ)}: tables of "
@@ -517,7 +346,7 @@ def _check_tables(f: h5py.File, report: VerifyReport) -> None:
         n = int(table.shape[0]) if isinstance(table, h5py.Dataset) else 0
         for key in weights if isinstance(weights, h5py.Group) else []:
             ds = weights[key]
-            first = int(ds.attrs.get("first_snapshot", 0))
+            first = int(ds.attrs.get(FIRST_SNAPSHOT_ATTR, 0))
             listed = max(0, n - first)
             rows = int(ds.shape[0])
             name = object_name(ds)
@@ -566,8 +395,6 @@ def _check_extras(f: h5py.File, report: VerifyReport) -> None:
 
 
 def _check_loads(path: Path, report: VerifyReport) -> None:
-    from recordkit.record import Record
-
     try:
         record = Record(path)
         stored = record.stored_status

@@ -34,8 +34,8 @@ from recordkit.format.layout import (
 )
 
 __all__ = ["SnapshotPlan", "SnapshotStore", "SnapshotTarget", "StoredTensor", "TensorSpec",
-           "read_last_snapshot", "read_row", "read_rows", "read_table", "stored_tensors",
-           "weight_chunks"]
+           "no_rows", "read_last_snapshot", "read_row", "read_rows", "read_table",
+           "stored_tensors", "weight_chunks"]
 
 
 def weight_chunks(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
@@ -250,12 +250,14 @@ class StoredTensor:
     dtype: np.dtype[Any]
     #: Snapshot index of the tensor's first row.
     first: int
-    #: Rows the table lists: rows past it were written by a commit that did not finish.
-    rows: int
+    #: Snapshots of it the table lists (its dataset rows from 0 on): rows past them were
+    #: written by a commit that did not finish.
+    count: int
 
 
 def stored_tensors(f: h5py.File, table_rows: int) -> dict[str, StoredTensor]:
-    """Every tensor of the record, by original name."""
+    """Every tensor of the record, by original name; *table_rows* is the length of the
+    snapshot table."""
     out: dict[str, StoredTensor] = {}
     weights = f.get(WEIGHTS)
     for key in weights if weights is not None else []:
@@ -282,11 +284,18 @@ def read_row(f: h5py.File, tensor: StoredTensor, row: int, path: Path) -> np.nda
     return decode_tensor(ds[row] if data is None else data, tensor.stored_dtype)
 
 
+def no_rows(tensor: StoredTensor) -> np.ndarray:
+    """What :func:`read_rows` gives for an empty range (no file needed): zero snapshots
+    of the tensor's shape and dtype."""
+    return decode_tensor(np.zeros((0, *tensor.shape), dtype=tensor.dtype),
+                         tensor.stored_dtype)
+
+
 def read_rows(f: h5py.File, tensor: StoredTensor, rows: range, path: Path) -> np.ndarray:
-    """Several snapshots of a tensor, stacked along the first axis, decoded."""
+    """Several snapshots of a tensor (dataset rows), stacked along the first axis,
+    decoded."""
     if not rows:
-        return decode_tensor(np.zeros((0, *tensor.shape), dtype=tensor.dtype),
-                             tensor.stored_dtype)
+        return no_rows(tensor)
     ds = _dataset(f, tensor.key, path)
     data = (ds[rows.start:rows.stop:rows.step] if rows.step > 0
             else np.stack([ds[i] for i in rows]))
@@ -300,4 +309,4 @@ def read_last_snapshot(f: h5py.File, path: Path) -> dict[str, np.ndarray]:
         return {}
     return {name: read_row(f, tensor, n - 1 - tensor.first, path)
             for name, tensor in stored_tensors(f, n).items()
-            if tensor.first <= n - 1 < tensor.first + tensor.rows}
+            if tensor.first <= n - 1 < tensor.first + tensor.count}

@@ -1,0 +1,195 @@
+"""The header cache of ``load_all``: what :meth:`recordkit.Record.cache_state` gave for each
+finished run of a folder, kept as JSON (no pickle) in the user's cache folder, keyed by
+file name and checked against the file's size, mtime and inode.
+
+Opening a record and walking its header with h5py costs a few milliseconds, most of it in
+the safety checks; a sweep of thousands of runs takes seconds. A finished run never
+changes, so what its header held is kept. The whole cache of a folder is discarded when
+its version changes: the record format version, the recordkit version, or
+:data:`CACHE_LAYOUT` (bump it when :meth:`~recordkit.Record.cache_state` changes shape or
+the reading code changes what a header holds).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recordkit.codec import dumps_json, loads_json
+from recordkit.format.layout import FORMAT_VERSION
+
+__all__ = ["CACHE_FILES", "CACHE_LAYOUT", "HeaderCache", "cache_dir", "cache_enabled",
+           "cache_version", "json_exact", "prune", "table_columns", "table_from_columns",
+           "value_from_state", "value_state"]
+
+#: The shape of the cache's entries (and of ``Record.cache_state``).
+CACHE_LAYOUT = 3
+#: Cache files (one per folder of records) kept; the least recently used go first.
+CACHE_FILES = 200
+
+
+def cache_enabled() -> bool:
+    """False when the variable ``RECORDKIT_CACHE`` turns the cache off (0, false, empty)."""
+    return os.environ.get("RECORDKIT_CACHE", "1") not in ("0", "false", "")
+
+
+def cache_dir() -> Path:
+    """``$RECORDKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/recordkit``, else
+    ``~/.cache/recordkit``: never inside a folder of records, so that a folder from a
+    stranger cannot bring its own cache."""
+    explicit = os.environ.get("RECORDKIT_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "recordkit"
+
+
+@functools.cache
+def cache_version() -> list[int | str]:
+    """The version a cache file must carry to be used: [layout, format version,
+    recordkit version]."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("recordkit")
+    except PackageNotFoundError:
+        package = "unknown"
+    return [CACHE_LAYOUT, FORMAT_VERSION, package]
+
+
+def _file_stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+class HeaderCache:
+    """The cached header states of the records in one folder.
+
+    :meth:`get` gives the state kept for a file that has not changed since, :meth:`put`
+    keeps one, :meth:`save` writes the folder's cache file (entries of files not asked
+    for since it was read are dropped).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder.resolve()
+        digest = hashlib.sha256(str(self._folder).encode("utf-8", "surrogateescape"))
+        self._file = cache_dir() / f"headers-{digest.hexdigest()[:24]}.json"
+        self._entries: dict[str, Any] = {}
+        self._seen: set[str] = set()
+        self._dirty = False
+        try:
+            document = json.loads(self._file.read_text(encoding="utf-8"))
+            if document.get("version") == cache_version() and document.get(
+                    "folder") == str(self._folder):
+                self._entries = dict(document["entries"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self._entries = {}
+
+    def get(self, path: Path) -> Mapping[str, Any] | None:
+        """The state kept for *path*, or None (none kept, or the file changed since)."""
+        self._seen.add(path.name)
+        entry = self._entries.get(path.name)
+        if not isinstance(entry, dict):
+            return None
+        try:
+            if entry["stamp"] != _file_stamp(path):
+                return None
+        except (OSError, KeyError):
+            return None
+        state = entry.get("state")
+        return state if isinstance(state, dict) else None
+
+    def put(self, path: Path, state: Mapping[str, Any] | None) -> None:
+        """Keep *state* for *path*; None forgets what was kept (a run still changing)."""
+        if state is None:
+            if self._entries.pop(path.name, None) is not None:
+                self._dirty = True
+            return
+        try:
+            stamp = _file_stamp(path)
+        except OSError:
+            return
+        self._entries[path.name] = {"stamp": stamp, "state": state}
+        self._dirty = True
+
+    def save(self) -> None:
+        """Write the folder's cache file when it changed (a cache that cannot be written
+        only costs speed)."""
+        stale = set(self._entries) - self._seen
+        if stale:
+            for name in stale:
+                del self._entries[name]
+            self._dirty = True
+        if not self._dirty:
+            return
+        document = {"version": cache_version(), "folder": str(self._folder),
+                    "entries": self._entries}
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self._file.with_name(f"{self._file.name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(document), encoding="utf-8")
+            os.replace(temporary, self._file)
+            prune(self._file.parent)
+        except (OSError, ValueError, TypeError):
+            pass
+
+
+def prune(folder: Path, keep: int = CACHE_FILES) -> None:
+    """Keep the cache files of the *keep* folders read most recently (temporary folders
+    of tests and notebooks would otherwise pile up)."""
+    files = list(folder.glob("headers-*.json"))
+    if len(files) <= keep:
+        return
+    files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in files[keep:]:
+        old.unlink(missing_ok=True)
+
+
+# --- JSON forms of header values (used by Record.cache_state) -------------------------------
+
+
+def json_exact(value: Any) -> bool:
+    """Whether json gives *value* back as it is: dicts with str keys, lists, str, int,
+    float (NaN and inf too) and bool of exactly those types, and None."""
+    kind = type(value)
+    if value is None or kind in (str, int, float, bool):
+        return True
+    if kind is list:
+        return all(json_exact(v) for v in value)
+    if kind is dict:
+        return all(type(k) is str and json_exact(v) for k, v in value.items())
+    return False
+
+
+def value_state(value: Any) -> dict[str, Any]:
+    """A header value (system info, run facts) as JSON: as it is when json gives it back
+    exactly, else as tagged JSON (:func:`recordkit.codec.dumps_json`)."""
+    return {"value": value} if json_exact(value) else {"text": dumps_json(value)}
+
+
+def value_from_state(state: Mapping[str, Any]) -> Any:
+    """Invert :func:`value_state`."""
+    return state["value"] if "value" in state else loads_json(state["text"])
+
+
+def table_columns(rows: np.ndarray) -> dict[str, list[Any]]:
+    """A table of structured rows as one list per field."""
+    return {field: rows[field].tolist() for field in rows.dtype.names or ()}
+
+
+def table_from_columns(dtype: np.dtype, columns: Mapping[str, list[Any]]) -> np.ndarray:
+    """Invert :func:`table_columns`."""
+    fields = dtype.names or ()
+    rows = np.empty(len(columns[fields[0]]) if fields else 0, dtype=dtype)
+    for field in fields:
+        rows[field] = columns[field]
+    return rows
+
+
