@@ -198,11 +198,13 @@ class Record:
             KeyError, TypeError, ValueError: *state* is not one :meth:`cache_state` gives.
         """
         record = cls.__new__(cls)
-        record._path = Path(path)
+        record._path = path if isinstance(path, Path) else Path(path)
         record._h5 = None
         record._summary = None
-        record._fields = {key: str(state["fields"][key]) for key in RUN_FIELDS}
-        record._unserialisable = [str(key) for key in state["unserialisable"]]
+        # As cache_state wrote them: load_all checks the run fields (check_fields) of
+        # every record it returns, cached or not.
+        record._fields = dict(state["fields"])
+        record._unserialisable = list(state["unserialisable"])
         params = state["params"]
         if "summary" in state:
             summary = state["summary"]
