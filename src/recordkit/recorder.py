@@ -26,17 +26,8 @@ from recordkit.codec import dumps_json, loads_json
 from recordkit.errors import RecordClosedError, RecordkitWarning, describe_error
 from recordkit.format.extras import prepare_extra, write_extra
 from recordkit.format.files import RecordFile
-from recordkit.format.filters import dataset_options
-from recordkit.format.header import (
-    write_end,
-    write_info,
-    write_params,
-)
-from recordkit.format.layout import (
-    DEFAULT_CHUNK_BYTES,
-    STATUSES,
-)
-from recordkit.format.weights import SnapshotStore
+from recordkit.format.header import write_end, write_info, write_params
+from recordkit.format.layout import DEFAULT_CHUNK_BYTES, STATUSES
 from recordkit.params import RunParams, params_hash_of
 from recordkit.paths import check_experiment, check_name
 from recordkit.policy import SnapshotPolicy
@@ -58,16 +49,6 @@ def set_loader(loader: Callable[..., Any]) -> None:
     """Give :meth:`Recorder.get` the read side's ``load`` (done by ``import recordkit``)."""
     global _loader
     _loader = loader
-
-
-def _check_options(max_pending_bytes: Any, chunk_bytes: Any) -> None:
-    if max_pending_bytes is not None and (isinstance(max_pending_bytes, bool) or not
-                                          isinstance(max_pending_bytes, int)
-                                          or max_pending_bytes < 0):
-        raise ValueError(f"Recorder(max_pending_bytes={max_pending_bytes!r}): must be "
-                         "an int >= 0 or None (one snapshot at a time)")
-    if not isinstance(chunk_bytes, int) or chunk_bytes < 1024:
-        raise ValueError(f"Recorder(chunk_bytes={chunk_bytes!r}): must be an int >= 1024")
 
 
 class Recorder:
@@ -140,15 +121,11 @@ class Recorder:
         created: _dt.datetime | None = None,
         mask_secrets: bool = True,
     ) -> None:
-        filters = dataset_options(compression, compression_opts)
-        _check_options(max_pending_bytes, chunk_bytes)
+        store = Snapshots.store(checksum=bool(checksum), compression=compression,
+                                compression_opts=compression_opts, chunk_bytes=chunk_bytes)
+        Snapshots.check_bound(max_pending_bytes)
         self._root = Path(root)
         self._durable = bool(durable)
-        self._checksum = bool(checksum)
-        self._store = SnapshotStore(checksum=self._checksum,
-                                    compression=filters.get("compression"),
-                                    compression_opts=filters.get("compression_opts"),
-                                    chunk_bytes=chunk_bytes)
         self._params = RunParams(params, mask_secrets=bool(mask_secrets))
         self._status = "running"
         self._closed = False
@@ -159,7 +136,7 @@ class Recorder:
         else:
             start = start_run(self._root, check_experiment(experiment),
                               check_name("name", name), created, self._params,
-                              system=system, checksum=self._checksum)
+                              system=system, checksum=bool(checksum))
         self._run, self._path, self._run_id = start.run, start.run.path, start.run_id
         self._experiment, self._name, self._created = start.experiment, start.name, start.created
         self._previous = start.previous  # status and error before a resume
@@ -167,13 +144,11 @@ class Recorder:
         self._history = RunHistory(start.history)
         self._lock = self._run.lock
         self._snapshots = Snapshots(
-            self._run, self._store, background=bool(background),
-            max_pending_bytes=max_pending_bytes, size_warning_bytes=size_warning_bytes,
-            durable=self._durable, compressed=filters.get("compression") is not None)
+            self._run, store, background=bool(background), max_pending_bytes=max_pending_bytes,
+            size_warning_bytes=size_warning_bytes, durable=self._durable)
         # Buffered rows are committed (status untouched) if the interpreter exits first.
         self._finalizer = weakref.finalize(self, Recorder._at_exit, weakref.ref(self))
 
-    # --- properties -----------------------------------------------------------------------
 
     @property
     def path(self) -> Path:
@@ -256,8 +231,6 @@ class Recorder:
         state = "closed" if self._closed else "open"
         return (f"<recordkit.Recorder {self._name!r} run_id={self._run_id} "
                 f"status={self._status} ({state}) at {str(self._path)!r}>")
-
-    # --- writing --------------------------------------------------------------------------
 
     def extend(self, args: Mapping[str, Any] | argparse.Namespace) -> None:
         """Merge a mapping or an ``argparse.Namespace`` into the params.
@@ -420,7 +393,7 @@ class Recorder:
             raise writer_error
 
     def _write_buffered(self, what: str) -> None:
-        """Append the buffered history rows to the table (inside ``writing``)."""
+        """Append the buffered history rows to the table (inside ``as_write_error``)."""
         self._run.ensure_space(self._history.nbytes, what)
         self._history.commit(self._file)
 
@@ -431,14 +404,12 @@ class Recorder:
         if writer_error is not None:
             raise writer_error
         with self._lock:
-            self._snapshots.forget()
             self._check_open("rewind")
             with self._run.as_write_error(f"rewind to epoch {epoch}"):
                 self._history.rewind(self._file, epoch)
-                SnapshotStore.drop_from(self._file, epoch)
+                self._snapshots.rewind(epoch)
                 self._run.flush(durable=False)
 
-    # --- closing --------------------------------------------------------------------------
 
     def save(self) -> str:
         """Close the run as completed and return its id. The record is read-only after."""
@@ -464,15 +435,9 @@ class Recorder:
         """
         if status not in STATUSES:
             raise ValueError(f"Recorder.close(status={status!r}): must be one of {STATUSES}")
-        writer_error = None if self._closed else self._snapshots.stop()
-        if writer_error is not None and error is not None:
-            # closing after a crash: the lost snapshot is stored, the crash is not hidden
-            lost = f"a snapshot was not written: {type(writer_error).__name__}: {writer_error}"
-            warnings.warn(f"recordkit: {str(self._path)!r}: {lost}", RecordkitWarning,
-                          stacklevel=2)
-            error, writer_error = f"{describe_error(error)}; {lost}", None
-        elif writer_error is not None:
-            error = f"a snapshot was not written: {type(writer_error).__name__}: {writer_error}"
+        writer_error = None
+        if not self._closed:
+            error, writer_error = self._snapshots.stop_for_close(error)
         self._close(status, error)
         if writer_error is not None:
             raise writer_error
@@ -524,7 +489,6 @@ class Recorder:
             with contextlib.suppress(Exception):
                 rec.close("running")
 
-    # --- internals ------------------------------------------------------------------------
 
     @property
     def _file(self) -> RecordFile:

@@ -21,7 +21,8 @@ from recordkit.dtypes import (
     stored_nbytes,
     stored_spec,
 )
-from recordkit.errors import RecordClosedError, RecordkitWarning, SnapshotError
+from recordkit.errors import RecordClosedError, RecordkitWarning, SnapshotError, describe_error
+from recordkit.format.filters import dataset_options
 from recordkit.format.weights import (
     SnapshotStore,
     SnapshotTarget,
@@ -70,14 +71,13 @@ class Snapshots:
 
     def __init__(self, run: RunFile, store: SnapshotStore, *, background: bool,
                  max_pending_bytes: int | None, size_warning_bytes: int | None,
-                 durable: bool, compressed: bool) -> None:
+                 durable: bool) -> None:
         self._run = run
         self._store = store
         self._background = background
         self._max_pending_bytes = max_pending_bytes
         self._size_warning_bytes = size_warning_bytes
         self._durable = durable
-        self._compressed = compressed
         self._writer: SnapshotWriter | None = None
         self._pool: dict[str, np.ndarray] = {}  # written snapshot buffers, for reuse
         self._pool_lock = threading.Lock()
@@ -85,6 +85,26 @@ class Snapshots:
         self._size_checked = False
         self._specs: dict[str, TensorSpec] | None = None  # read from the file once
         self._last_epoch: int | None = None
+
+    @staticmethod
+    def store(*, checksum: bool, compression: str | None, compression_opts: Any,
+              chunk_bytes: Any) -> SnapshotStore:
+        """The store of a recorder's storage options, checked (see ``Recorder``)."""
+        filters = dataset_options(compression, compression_opts)
+        if not isinstance(chunk_bytes, int) or chunk_bytes < 1024:
+            raise ValueError(f"Recorder(chunk_bytes={chunk_bytes!r}): must be an int >= 1024")
+        return SnapshotStore(checksum=checksum, compression=filters.get("compression"),
+                             compression_opts=filters.get("compression_opts"),
+                             chunk_bytes=chunk_bytes)
+
+    @staticmethod
+    def check_bound(max_pending_bytes: Any) -> None:
+        """Refuse a *max_pending_bytes* that is not an int >= 0 or None."""
+        if max_pending_bytes is not None and (isinstance(max_pending_bytes, bool) or not
+                                              isinstance(max_pending_bytes, int)
+                                              or max_pending_bytes < 0):
+            raise ValueError(f"Recorder(max_pending_bytes={max_pending_bytes!r}): must be "
+                             "an int >= 0 or None (one snapshot at a time)")
 
     @property
     def writer(self) -> SnapshotWriter | None:
@@ -96,9 +116,12 @@ class Snapshots:
         self._planned = count
         self._size_checked = False
 
-    def forget(self) -> None:
-        """Read the tensors' specs from the file again (after a rewind or a failure)."""
-        self._specs = None
+    def rewind(self, epoch: int) -> None:
+        """Drop the snapshots of *epoch* and later (with the run's lock held, the writer
+        drained)."""
+        self._specs = None  # read from the file again
+        assert self._run.file is not None
+        SnapshotStore.drop_from(self._run.file, epoch)
 
     def tensor_names(self) -> list[str]:
         """Tensors that earlier snapshots hold; call with the run's lock held."""
@@ -193,6 +216,23 @@ class Snapshots:
             return None
         writer.stop()  # writes what is queued; without the lock, which it needs
         return self.drain()
+
+    def stop_for_close(self, error: BaseException | str | None
+                       ) -> tuple[BaseException | str | None, BaseException | None]:
+        """Stop the writer before the run closes. Returns the error to store in the run
+        and the writer's error to raise after closing: a snapshot that was not written is
+        stored as the run's error; when the run closes after a crash (*error* given) it
+        is added to that error and warned about instead of raised, so it does not hide
+        the crash."""
+        writer_error = self.stop()
+        if writer_error is None:
+            return error, None
+        lost = f"a snapshot was not written: {type(writer_error).__name__}: {writer_error}"
+        if error is None:
+            return lost, writer_error
+        warnings.warn(f"recordkit: {str(self._run.path)!r}: {lost}", RecordkitWarning,
+                      stacklevel=3)  # this, Recorder.close, its caller
+        return f"{describe_error(error)}; {lost}", None
 
     def release_buffers(self) -> None:
         with self._pool_lock:
@@ -295,7 +335,7 @@ class Snapshots:
         free = free_bytes(path.parent)
         about = (f"{planned} planned snapshot(s)" if planned is not None
                  else "one snapshot (call Recorder.plan(epochs=...) for a full estimate)")
-        compressed = " before compression" if self._compressed else ""
+        compressed = " before compression" if self._store.compressed else ""
         if free is not None and total > free:
             problem = f"only {size_text(free)} are free on the disk"
         elif (planned is not None and self._size_warning_bytes is not None

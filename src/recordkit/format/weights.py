@@ -99,6 +99,8 @@ class SnapshotStore:
                  compression_opts: Any = None,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
         self._checksum = checksum
+        #: Whether the weights are compressed (sizes are then estimates).
+        self.compressed = compression is not None
         self._compression = compression
         self._compression_opts = compression_opts
         self._chunk_bytes = chunk_bytes
