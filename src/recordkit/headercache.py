@@ -12,6 +12,7 @@ the reading code changes what a header holds).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -23,11 +24,12 @@ from typing import Any
 import numpy as np
 
 from recordkit.codec import dumps_json, loads_json
-from recordkit.format.layout import FORMAT_VERSION
+from recordkit.format.layout import FORMAT_VERSION, HISTORY_DTYPE, SNAPSHOT_DTYPE
+from recordkit.format.weights import StoredTensor
 
-__all__ = ["CACHE_FILES", "CACHE_LAYOUT", "HeaderCache", "cache_dir", "cache_enabled",
-           "cache_version", "json_exact", "prune", "table_columns", "table_from_columns",
-           "value_from_state", "value_state"]
+__all__ = ["CACHE_FILES", "CACHE_LAYOUT", "FullHeader", "HeaderCache", "cache_dir",
+           "cache_enabled", "cache_version", "full_header_from_state", "full_header_state",
+           "json_exact", "prune"]
 
 #: The shape of the cache's entries (and of ``Record.cache_state``).
 CACHE_LAYOUT = 3
@@ -168,24 +170,24 @@ def json_exact(value: Any) -> bool:
     return False
 
 
-def value_state(value: Any) -> dict[str, Any]:
+def _value_state(value: Any) -> dict[str, Any]:
     """A header value (system info, run facts) as JSON: as it is when json gives it back
     exactly, else as tagged JSON (:func:`recordkit.codec.dumps_json`)."""
     return {"value": value} if json_exact(value) else {"text": dumps_json(value)}
 
 
-def value_from_state(state: Mapping[str, Any]) -> Any:
-    """Invert :func:`value_state`."""
+def _value_from_state(state: Mapping[str, Any]) -> Any:
+    """Invert :func:`_value_state`."""
     return state["value"] if "value" in state else loads_json(state["text"])
 
 
-def table_columns(rows: np.ndarray) -> dict[str, list[Any]]:
+def _columns(rows: np.ndarray) -> dict[str, list[Any]]:
     """A table of structured rows as one list per field."""
     return {field: rows[field].tolist() for field in rows.dtype.names or ()}
 
 
-def table_from_columns(dtype: np.dtype, columns: Mapping[str, list[Any]]) -> np.ndarray:
-    """Invert :func:`table_columns`."""
+def _table(dtype: np.dtype, columns: Mapping[str, list[Any]]) -> np.ndarray:
+    """Invert :func:`_columns`."""
     fields = dtype.names or ()
     rows = np.empty(len(columns[fields[0]]) if fields else 0, dtype=dtype)
     for field in fields:
@@ -193,3 +195,58 @@ def table_from_columns(dtype: np.dtype, columns: Mapping[str, list[Any]]) -> np.
     return rows
 
 
+
+
+@dataclasses.dataclass
+class FullHeader:
+    """What a record read in full holds beyond its run fields and params (see
+    :meth:`recordkit.Record.cache_state`)."""
+
+    format_version: int
+    params_text: str
+    system: Any
+    info: Any
+    history: dict[str, np.ndarray]
+    snapshots: np.ndarray
+    tensors: dict[str, StoredTensor]
+    extra_keys: dict[str, str]
+
+
+def full_header_state(header: FullHeader) -> dict[str, Any] | None:
+    """*header* as JSON-able values; None when a tensor's dtype has no exact JSON form."""
+    if any(t.dtype.names or t.dtype.hasobject or np.dtype(t.dtype.str) != t.dtype
+           for t in header.tensors.values()):
+        return None
+    return {
+        "format_version": header.format_version,
+        "params_text": header.params_text,
+        "system": _value_state(header.system),
+        "info": _value_state(header.info),
+        "history": {name: _columns(rows) for name, rows in header.history.items()},
+        "snapshots": _columns(header.snapshots),
+        "tensors": {name: [t.key, t.stored_dtype, list(t.shape), t.dtype.str, t.first,
+                           t.count] for name, t in header.tensors.items()},
+        "extra_keys": dict(header.extra_keys),
+    }
+
+
+def full_header_from_state(state: Mapping[str, Any]) -> FullHeader:
+    """Invert :func:`full_header_state`.
+
+    Raises:
+        KeyError, TypeError, ValueError: *state* is not one it gives.
+    """
+    return FullHeader(
+        format_version=int(state["format_version"]),
+        params_text=str(state["params_text"]),
+        system=_value_from_state(state["system"]),
+        info=_value_from_state(state["info"]),
+        history={name: _table(HISTORY_DTYPE, columns)
+                 for name, columns in state["history"].items()},
+        snapshots=_table(SNAPSHOT_DTYPE, state["snapshots"]),
+        tensors={name: StoredTensor(str(key), str(stored), tuple(int(d) for d in shape),
+                                    np.dtype(dtype), int(first), int(count))
+                 for name, (key, stored, shape, dtype, first, count)
+                 in state["tensors"].items()},
+        extra_keys={str(k): str(v) for k, v in state["extra_keys"].items()},
+    )

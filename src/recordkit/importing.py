@@ -8,8 +8,7 @@ import dataclasses
 import datetime as _dt
 import json
 import os
-import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,7 @@ from recordkit.errors import ImportFormatError, RecordkitError, RecordNotFoundEr
 from recordkit.opening import read_info_alone
 from recordkit.paths import record_files
 
-__all__ = ["ImportReport", "imported_keys", "parse_time", "read_json", "read_text",
-           "with_progress"]
+__all__ = ["ImportReport", "imported_keys", "parse_time", "read_json", "read_text"]
 
 
 @dataclasses.dataclass
@@ -106,17 +104,3 @@ def _import_key(path: Path) -> str | None:
     if isinstance(origin, Mapping) and isinstance(origin.get("key"), str):
         return str(origin["key"])
     return None
-
-
-def with_progress(items: Iterable[Any], show: bool, what: str) -> Iterator[Any]:
-    """*items*, with a progress bar (tqdm, when installed) on stderr when *show*."""
-    if show:
-        try:
-            from tqdm import tqdm
-        except ModuleNotFoundError:
-            pass
-        else:
-            yield from tqdm(list(items), desc=f"importing {what}", unit="run",
-                            file=sys.stderr)
-            return
-    yield from items

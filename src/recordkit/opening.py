@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from recordkit.codec import loads_json
+from recordkit.codec import loads_json, params_hash
 from recordkit.errors import (
     NotARecordError,
     RecordBusyError,
@@ -28,7 +28,8 @@ from recordkit.locking import is_locked
 from recordkit.repair import damage_hint, has_hdf5_signature, open_with_patched_eof
 from recordkit.safety import check_dataset, check_root
 
-__all__ = ["open_record", "read_closed_summary", "read_consistently", "read_info_alone",
+__all__ = ["check_params_hash", "open_record", "read_closed_summary", "read_consistently",
+           "read_info_alone",
            "reading"]
 
 T = TypeVar("T")
@@ -114,6 +115,26 @@ def read_closed_summary(path: Path) -> dict[str, Any] | None:
         return None  # the full read says what is wrong
     finally:
         fid.close()
+
+
+def check_params_hash(path: Path, text: str, stored: str) -> None:
+    """The params text carries no HDF5 checksum; its hash in the root attribute
+    ``params_hash`` is one. A mismatch is damage, never params read as other values.
+
+    Raises:
+        RecordDamagedError: *text* does not have the hash *stored* (when there is one).
+    """
+    if not stored:  # a file that never had one: nothing to compare
+        return
+    try:
+        same = params_hash(text) == stored
+    except ValueError:  # not even JSON any more
+        same = False
+    if not same:
+        raise RecordDamagedError(
+            f"{str(path)!r} is damaged: its params (/params) do not match the "
+            f"params_hash {stored!r} written with them, so the stored bytes changed; "
+            f"run `recordkit verify` on it")
 
 
 def read_consistently(path: Path, read: Callable[[RecordFile], T]) -> T:

@@ -16,29 +16,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recordkit.codec import decode_params, flatten_params, loads_json, params_hash
-from recordkit.errors import NotARecordError, RecordDamagedError
+from recordkit.errors import NotARecordError
 from recordkit.format.attrs import is_record
-from recordkit.format.extras import extra_flags_at
 from recordkit.format.files import RecordFile, close, is_open
 from recordkit.format.header import read_format_version, read_header
 from recordkit.format.history import read_history
 from recordkit.format.layout import (
     FORMAT_VERSION,
-    HISTORY_DTYPE,
     RUN_FIELDS,
-    SNAPSHOT_DTYPE,
 )
 from recordkit.format.summary import metric_summary
 from recordkit.format.weights import StoredTensor, read_row, read_table, stored_tensors
-from recordkit.headercache import (
-    json_exact,
-    table_columns,
-    table_from_columns,
-    value_from_state,
-    value_state,
-)
+from recordkit.headercache import FullHeader, full_header_from_state, full_header_state, json_exact
 from recordkit.locking import is_locked
-from recordkit.opening import open_record, read_closed_summary, read_consistently, reading
+from recordkit.opening import (
+    check_params_hash,
+    open_record,
+    read_closed_summary,
+    read_consistently,
+    reading,
+)
 from recordkit.paths import resolve_path
 from recordkit.safety import check_file, check_layout
 from recordkit.views import Extras, History, TensorHistory
@@ -126,7 +123,7 @@ class Record:
         header = read_header(f)
         self._fields = header.fields
         self._format_version = version
-        self._check_params_hash(header.params_text, self._fields["params_hash"])
+        check_params_hash(self._path, header.params_text, self._fields["params_hash"])
         self._params_text = header.params_text
         self._params = decode_params(header.params_text)
         self._unserialisable = header.unserialisable
@@ -136,21 +133,6 @@ class Record:
         self._snapshots = read_table(f)
         self._tensors: dict[str, StoredTensor] = stored_tensors(f, len(self._snapshots))
         self._extra_keys = header.extra_keys
-
-    def _check_params_hash(self, text: str, stored: str) -> None:
-        """The params text carries no HDF5 checksum; its hash in the root attribute
-        ``params_hash`` is one. A mismatch is damage, never params read as other values."""
-        if not stored:  # a file that never had one: nothing to compare
-            return
-        try:
-            same = params_hash(text) == stored
-        except ValueError:  # not even JSON any more
-            same = False
-        if not same:
-            raise RecordDamagedError(
-                f"{str(self._path)!r} is damaged: its params (/params) do not match the "
-                f"params_hash {stored!r} written with them, so the stored bytes changed; "
-                f"run `recordkit verify` on it")
 
     # --- the header cache (recordkit.headercache) --------------------------------------------
 
@@ -172,21 +154,13 @@ class Record:
                 return None
             state["summary"] = self._summary
             return state
-        if any(t.dtype.names or t.dtype.hasobject or np.dtype(t.dtype.str) != t.dtype
-               for t in self._tensors.values()):
+        header = full_header_state(FullHeader(
+            self._format_version, self._params_text, self._system, self._info,
+            dict(self._history.rows_by_metric()), self._snapshots, self._tensors,
+            self._extra_keys))
+        if header is None:
             return None
-        state["header"] = {
-            "format_version": self._format_version,
-            "params_text": self._params_text,
-            "system": value_state(self._system),
-            "info": value_state(self._info),
-            "history": {name: table_columns(rows)
-                        for name, rows in self._history.rows_by_metric().items()},
-            "snapshots": table_columns(self._snapshots),
-            "tensors": {name: [t.key, t.stored_dtype, list(t.shape), t.dtype.str, t.first,
-                               t.count] for name, t in self._tensors.items()},
-            "extra_keys": dict(self._extra_keys),
-        }
+        state["header"] = header
         return state
 
     @classmethod
@@ -212,20 +186,16 @@ class Record:
                               else dict(params))
             record._summary = dict(summary)
             return record
-        header = state["header"]
-        record._params_text = str(header["params_text"])
-        record._params = decode_params(record._params_text) if params is None else dict(params)
-        record._format_version = int(header["format_version"])
-        record._system = value_from_state(header["system"])
-        record._info = value_from_state(header["info"])
-        record._history = History({name: table_from_columns(HISTORY_DTYPE, columns)
-                                   for name, columns in header["history"].items()})
-        record._snapshots = table_from_columns(SNAPSHOT_DTYPE, header["snapshots"])
-        record._tensors = {
-            name: StoredTensor(str(key), str(stored), tuple(int(d) for d in shape),
-                               np.dtype(dtype), int(first), int(count))
-            for name, (key, stored, shape, dtype, first, count) in header["tensors"].items()}
-        record._extra_keys = {str(k): str(v) for k, v in header["extra_keys"].items()}
+        header = full_header_from_state(state["header"])
+        record._params_text = header.params_text
+        record._params = decode_params(header.params_text) if params is None else dict(params)
+        record._format_version = header.format_version
+        record._system = header.system
+        record._info = header.info
+        record._history = History(header.history)
+        record._snapshots = header.snapshots
+        record._tensors = header.tensors
+        record._extra_keys = header.extra_keys
         return record
 
     # --- run fields -------------------------------------------------------------------------
@@ -423,15 +393,7 @@ class Record:
     def unserialisable_extras(self) -> dict[str, list[str]]:
         """Per extra: the keys inside it stored as their repr, not faithfully (extras
         stored faithfully are left out). ``Recorder.add`` warned about each."""
-        if not self._extra_keys:
-            return {}
-        out: dict[str, list[str]] = {}
-        with self._file() as f:
-            for name, key in self._extra_keys.items():
-                flagged = extra_flags_at(f, key)
-                if flagged:
-                    out[name] = flagged
-        return out
+        return Extras(self._extra_keys, self._file).flagged()
 
     @property
     def data(self) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from recordkit.errors import ImportFormatError, RecordkitWarning
-from recordkit.importing import ImportReport, imported_keys, parse_time, read_text, with_progress
+from recordkit.importing import ImportReport, imported_keys, parse_time, read_text
+from recordkit.progress import with_progress
 from recordkit.record import Record
 from recordkit.recorder import Recorder
 from recordkit.researcher import per_epoch
@@ -103,7 +104,7 @@ def import_record(source: str | os.PathLike[str], root: str | os.PathLike[str], 
     experiment = experiment or path.stem or "record"
     report = ImportReport()
     done = imported_keys(root)
-    for document in with_progress(documents, progress, "Record documents"):
+    for document in with_progress(documents, progress, "importing Record documents"):
         key = f"record:{document['_id']}"
         if key in done:
             report.skipped.append((str(document["_id"]), f"already imported ({key})"))

@@ -16,6 +16,7 @@ import numpy as np
 from recordkit.errors import RecordkitError, RecordkitWarning, RecordNotFoundError
 from recordkit.headercache import HeaderCache, cache_enabled
 from recordkit.paths import record_files
+from recordkit.progress import with_progress
 from recordkit.record import Record
 from recordkit.safety import check_fields
 from recordkit.views import require_pandas
@@ -394,7 +395,8 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
     caches: dict[Path, HeaderCache] = {}
     records, skipped = [], []
     files = record_files(base, experiment)
-    for path in _progress(files, progress):
+    for path in with_progress(files, progress and len(files) > 1, "reading records",
+                              leave=False):
         header_cache = None
         if use_cache:
             header_cache = caches.get(path.parent)
@@ -430,13 +432,3 @@ def _cached(header_cache: HeaderCache | None, path: Path) -> Record | None:
         return Record.from_cache_state(path, state)
     except Exception:
         return None
-
-
-def _progress(files: list[Path], show: bool) -> Iterable[Path]:
-    if show and len(files) > 1:
-        try:
-            from tqdm import tqdm
-        except ModuleNotFoundError:
-            return files
-        return tqdm(files, desc="reading records", unit="run", leave=False)
-    return files

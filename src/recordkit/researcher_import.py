@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from recordkit.errors import ImportFormatError, RecordkitWarning, RecordNotFoundError
-from recordkit.importing import ImportReport, imported_keys, parse_time, read_json, with_progress
+from recordkit.importing import ImportReport, imported_keys, parse_time, read_json
+from recordkit.progress import with_progress
 from recordkit.recorder import Recorder
 from recordkit.researcher import log_observations
 
@@ -103,7 +104,7 @@ def import_researcher(source: str | os.PathLike[str], root: str | os.PathLike[st
         experiment = experiment or source.resolve().parent.name or "researcher"
     report = ImportReport()
     done = imported_keys(root)
-    for path in with_progress(files, progress, "researcher files"):
+    for path in with_progress(files, progress, "importing researcher files"):
         try:
             data = read_researcher(path)
         except ImportFormatError as err:

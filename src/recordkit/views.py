@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recordkit.format.extras import read_extra_at
+from recordkit.format.extras import extra_flags_at, read_extra_at
 from recordkit.format.files import RecordFile
 from recordkit.format.layout import HISTORY_DTYPE
 from recordkit.format.weights import StoredTensor, no_rows, read_row, read_rows
@@ -174,6 +174,19 @@ class Extras(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def flagged(self) -> dict[str, list[str]]:
+        """Per extra: the keys inside it stored as their repr (extras stored faithfully
+        are left out)."""
+        if not self._keys:
+            return {}
+        out: dict[str, list[str]] = {}
+        with self._reading() as f:
+            for name, link in self._keys.items():
+                keys = extra_flags_at(f, link)
+                if keys:
+                    out[name] = keys
+        return out
 
 
 def require_pandas() -> Any:
