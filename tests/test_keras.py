@@ -59,6 +59,19 @@ def fit(model: Any, callbacks: list[Any], epochs: int = 3, **kwargs: Any) -> Any
                      **kwargs)
 
 
+def snapshot_epochs_once_written(path: str | None, expected: list[int],
+                                 timeout: float = 60.0) -> list[int]:
+    """The snapshot epochs of a record that is still open, once they are *expected* (or
+    at the deadline): the callback commits with wait=False, so the writer thread writes
+    the last epoch's snapshot after fit() raised, at its own pace on a busy machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        epochs = recordkit.load(path).snapshot_epochs
+        if epochs == expected or time.monotonic() > deadline:
+            return epochs
+        time.sleep(0.1)
+
+
 def assert_history_equal(record: recordkit.Record, history: dict[str, list[Any]],
                          epochs: list[int]) -> None:
     for key, values in history.items():
@@ -232,7 +245,7 @@ def test_crashed_fit_leaves_readable_record_then_reuse_starts_new(tmp_path: Path
     record = recordkit.load(crashed)
     assert record.status == "running"  # this process still holds it: not "completed"
     assert record.history.epochs("loss").tolist() == [0, 1]
-    assert record.snapshot_epochs == [0, 1]
+    assert snapshot_epochs_once_written(crashed, [0, 1]) == [0, 1]
     # the callback used again from epoch 0: the crashed record is closed, a new one begins
     hist = fit(model, [callback], epochs=2)
     assert callback.record_path != crashed
