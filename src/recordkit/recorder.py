@@ -24,9 +24,8 @@ import numpy as np
 
 from recordkit.codec import dumps_json, loads_json
 from recordkit.errors import RecordClosedError, RecordkitWarning, describe_error
-from recordkit.format.extras import prepare_extra, write_extra
 from recordkit.format.files import RecordFile
-from recordkit.format.header import write_end, write_info, write_params
+from recordkit.format.header import write_end
 from recordkit.format.layout import DEFAULT_CHUNK_BYTES, STATUSES
 from recordkit.params import RunParams, params_hash_of
 from recordkit.paths import check_experiment, check_name
@@ -242,9 +241,7 @@ class Recorder:
             self._check_open("extend")
             self._params.extend(args, "Recorder.extend")
             document = self._params.encode(self._path, stacklevel=2)
-            with self._run.as_write_error("write params"):
-                self._run.ensure_space(len(document.encode("utf-8")), "write params")
-                write_params(self._file, document, dumps_json(self._params.flagged))
+            self._run.write_params(document, self._params.flagged)
 
     def set_info(self, info: Mapping[str, Any]) -> None:
         """Merge facts about the run (trainer settings, optimizer, model size...) into
@@ -252,10 +249,7 @@ class Recorder:
         with self._lock:
             self._check_open("set_info")
             self._info.update(info)
-            with self._run.as_write_error("write info"):
-                text = dumps_json(self._info)
-                self._run.ensure_space(len(text.encode("utf-8")), "write info")
-                write_info(self._file, text)
+            self._run.write_info(self._info)
 
     def log(self, metrics: Mapping[str, Any], epoch: int | None = None,
             step: int | None = None) -> None:
@@ -350,13 +344,7 @@ class Recorder:
             raise TypeError(f"Recorder.add: key must be a str. Received: {key!r}")
         with self._lock:
             self._check_open("add")
-            with self._run.as_write_error(f"add {key!r}"):
-                extra = prepare_extra(key, value)
-                # Checked before HDF5 starts: a write that fails inside it can damage
-                # what earlier commits wrote.
-                self._run.ensure_space(extra.nbytes, f"add {key!r}")
-                flagged = write_extra(self._file, extra)
-            for name in flagged:
+            for name in self._run.write_extra(key, value):
                 warnings.warn(
                     f"recordkit: extra {key!r}: {name!r} cannot be stored faithfully; it is "
                     f"stored as its repr and flagged in {str(self._path)!r}",

@@ -23,6 +23,7 @@ from recordkit.codec import decode_params, dumps_json, loads_json
 from recordkit.diskspace import SpaceCheck, write_error
 from recordkit.errors import NotARecordError, RecordExistsError, RecordkitError, RecordWriteError
 from recordkit.format.attrs import attr_str, is_record
+from recordkit.format.extras import prepare_extra, write_extra
 from recordkit.format.files import (
     RecordFile,
     close,
@@ -34,7 +35,13 @@ from recordkit.format.files import (
     open_read_only,
     reopen,
 )
-from recordkit.format.header import read_header, write_new_run, write_reopened
+from recordkit.format.header import (
+    read_header,
+    write_info,
+    write_new_run,
+    write_params,
+    write_reopened,
+)
 from recordkit.format.history import read_history
 from recordkit.locking import RunLock
 from recordkit.params import RunParams
@@ -174,6 +181,32 @@ class RunFile:
         except Exception:
             fd, size = -1, 0
         self._space.ensure(nbytes, what, fd=fd, hdf5_size=size)
+
+    def write_params(self, document: str, flagged: list[str]) -> None:
+        """The params document and its flagged keys (``unserialisable``)."""
+        with self.as_write_error("write params"):
+            self.ensure_space(len(document.encode("utf-8")), "write params")
+            write_params(self._open_file(), document, dumps_json(flagged))
+
+    def write_info(self, info: Mapping[str, Any]) -> None:
+        """The run facts (``/info``)."""
+        with self.as_write_error("write info"):
+            text = dumps_json(info)
+            self.ensure_space(len(text.encode("utf-8")), "write info")
+            write_info(self._open_file(), text)
+
+    def write_extra(self, key: str, value: Any) -> list[str]:
+        """What ``Recorder.add`` stores under *key*; returns the keys inside it stored as
+        their repr. The space is checked before HDF5 starts: a write that fails inside it
+        can damage what earlier commits wrote."""
+        with self.as_write_error(f"add {key!r}"):
+            extra = prepare_extra(key, value)
+            self.ensure_space(extra.nbytes, f"add {key!r}")
+            return write_extra(self._open_file(), extra)
+
+    def _open_file(self) -> RecordFile:
+        assert self.file is not None
+        return self.file
 
     def flush(self, *, durable: bool) -> None:
         """Flush (and with *durable* fsync) what was written."""
