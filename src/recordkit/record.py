@@ -266,8 +266,11 @@ class Record:
             >>> rk.load(run_id, root=root).flat_params()
             {'opt.lr': 0.1, 'seed': 1}
         """
-        return {key: value if isinstance(value, _IMMUTABLE) else copy.deepcopy(value)
-                for key, value in flatten_params(self._params).items()}
+        flat = flatten_params(self._params)
+        for key, value in flat.items():
+            if not isinstance(value, _IMMUTABLE):
+                flat[key] = copy.deepcopy(value)
+        return flat
 
     @property
     def fields(self) -> Mapping[str, str]:
