@@ -359,16 +359,16 @@ def _gpus(notes: list[str]) -> list[dict[str, Any]]:
     return _driver_gpus(notes) or _framework_gpus(notes)
 
 
-def _plain(value: Any) -> Any:
+def _json_types(value: Any) -> Any:
     """The value as JSON's types only (a numpy scalar or a Path from a probe becomes one)."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _json_types(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [_json_types(v) for v in value]
     if hasattr(value, "item"):
-        return _plain(value.item())
+        return _json_types(value.item())
     return str(value)
 
 
@@ -403,7 +403,7 @@ def capture(record_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
 
     def probe(key: str, fn: Callable[[], Any], default: Any = None) -> None:
         try:
-            info[key] = _plain(fn())
+            info[key] = _json_types(fn())
         except Exception as err:
             notes.append(f"{key}: {type(err).__name__}: {err}")
             info[key] = default
