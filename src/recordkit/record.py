@@ -360,9 +360,7 @@ class Record:
             known = ", ".join(repr(k) for k in list(self._tensors)[:20]) or "none"
             raise KeyError(f"no tensor {name!r} in {str(self._path)!r}; tensors: {known}"
                            ) from None
-        epochs = (self._snapshots["epoch"][tensor.first:tensor.first + tensor.count]
-                  if tensor.count else np.zeros(0, np.int64))
-        return TensorHistory(name, tensor, np.asarray(epochs, dtype=np.int64), self._path,
+        return TensorHistory(name, tensor, tensor.epochs(self._snapshots), self._path,
                              self._file)
 
     def weights(self, epoch: int = -1) -> dict[str, np.ndarray]:
@@ -381,8 +379,9 @@ class Record:
         out: dict[str, np.ndarray] = {}
         with self._file() as f:
             for name, tensor in self._tensors.items():
-                if tensor.count and tensor.first <= index < tensor.first + tensor.count:
-                    out[name] = read_row(f, tensor, index - tensor.first, self._path)
+                row = tensor.row(index)
+                if row is not None:
+                    out[name] = read_row(f, tensor, row, self._path)
         return out
 
     # --- extras and plain data --------------------------------------------------------------

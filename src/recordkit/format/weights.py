@@ -256,6 +256,15 @@ class StoredTensor:
     #: written by a commit that did not finish.
     count: int
 
+    def row(self, index: int) -> int | None:
+        """The dataset row of snapshot *index* (a row of ``/snapshots``); None when that
+        snapshot does not hold this tensor."""
+        return index - self.first if self.first <= index < self.first + self.count else None
+
+    def epochs(self, table: np.ndarray) -> np.ndarray:
+        """The epoch of each of its snapshots, from the snapshot table."""
+        return np.asarray(table["epoch"][self.first:self.first + self.count], dtype=np.int64)
+
 
 def stored_tensors(f: h5py.File, table_rows: int) -> dict[str, StoredTensor]:
     """Every tensor of the record, by original name; *table_rows* is the length of the
@@ -309,6 +318,6 @@ def read_last_snapshot(f: h5py.File, path: Path) -> dict[str, np.ndarray]:
     n = int(f[SNAPSHOTS].shape[0]) if SNAPSHOTS in f else 0
     if not n:
         return {}
-    return {name: read_row(f, tensor, n - 1 - tensor.first, path)
-            for name, tensor in stored_tensors(f, n).items()
-            if tensor.first <= n - 1 < tensor.first + tensor.count}
+    rows = {name: (tensor, tensor.row(n - 1)) for name, tensor in stored_tensors(f, n).items()}
+    return {name: read_row(f, tensor, row, path) for name, (tensor, row) in rows.items()
+            if row is not None}
