@@ -738,3 +738,63 @@ def test_multi_worker_mirrored_strategy_only_the_chief_writes(tmp_path: Path) ->
     assert record.info["distribution"] == {"strategy": "MultiWorkerMirroredStrategy",
                                            "replicas": 2, "task_type": "worker",
                                            "task_id": 0}
+
+
+LAST_SNAPSHOT_FAILS = """
+import os, resource, signal, warnings
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+class LimitFileSize(keras.callbacks.Callback):
+    # placed before RecordCallback: from the last epoch on, the file may grow by 600 kB,
+    # room for history rows and the status but not for the 1.3 MB snapshot
+    def __init__(self, record_callback):
+        super().__init__()
+        self.record_callback = record_callback
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            rec = self.record_callback.recorder
+            rec.commit()
+            limit = os.path.getsize(rec.path) + 600_000
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(50_000), keras.layers.Dense(2)])
+model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+callback = RecordCallback(sys.argv[1], on_error=sys.argv[2])
+raised = None
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+        model.fit(x, y, batch_size=48, epochs=2, verbose=0,
+                  callbacks=[LimitFileSize(callback), callback])
+    except Exception as err:
+        raised = type(err).__name__
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+import recordkit
+record = recordkit.load(callback.record_path)
+print(json.dumps({"raised": raised, "status": record.stored_status, "error": record.error,
+                  "snapshots": record.snapshot_epochs,
+                  "warnings": [str(w.message) for w in caught if "recordkit" in str(w.message)]}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("on_error", ["raise", "warn"])
+def test_a_last_snapshot_that_fails_is_not_lost_at_the_end_of_fit(tmp_path: Path,
+                                                                   on_error: str) -> None:
+    """The last epoch's snapshot fails on the writer thread (the file may not grow by
+    its size): fit's end must say so as on_error asks, never close the run as completed."""
+    script = textwrap.dedent(SCRIPT_HEAD).format(setup="") + LAST_SNAPSHOT_FAILS
+    script = script.replace("sys.argv[2]", repr(on_error))
+    done = run_script(tmp_path, script)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["snapshots"] == [0]
+    if on_error == "raise":
+        assert result["raised"] == "RecordWriteError"
+        assert result["status"] == "running"  # reads as interrupted; resume continues it
+    else:
+        assert result["raised"] is None
+        assert result["status"] == "failed"
+        assert "recording stopped" in result["error"] and "RLIMIT_FSIZE" in result["error"]
+        assert any("could not close the record" in w for w in result["warnings"]), result

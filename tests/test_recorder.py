@@ -19,6 +19,7 @@ from recordkit.errors import (
     RecordkitWarning,
     RecordLockedError,
     RecordNotFoundError,
+    RecordWriteError,
     SnapshotError,
 )
 from tests.support import require
@@ -643,3 +644,67 @@ def test_secret_looking_params_are_masked(tmp_path: pathlib.Path) -> None:
     assert b"s3cr3t" not in rec.path.read_bytes()
     kept = rk.Recorder(tmp_path, system=False, params={"token": "t"}, mask_secrets=False)
     assert rk.load(kept.save(), root=tmp_path).params == {"token": "t"}
+
+
+def _warns_here(call: object, match: str) -> None:
+    """*call* warns (RecordkitWarning matching *match*) at a line of this file: the
+    user's call, not a frame inside recordkit or pytest."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()  # type: ignore[operator]
+    hits = [w for w in caught if issubclass(w.category, RecordkitWarning)
+            and match in str(w.message)]
+    assert hits, [str(w.message) for w in caught]
+    line = call.__code__.co_firstlineno  # type: ignore[attr-defined]
+    assert {(w.filename, w.lineno) for w in hits} == {(__file__, line)}, [
+        (w.filename, w.lineno) for w in hits]
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_warnings_point_at_the_users_call(tmp_path: pathlib.Path, background: bool) -> None:
+    rec = rk.Recorder(tmp_path, system=False, size_warning_bytes=100, background=background)
+    rec.plan(epochs=10)
+    _warns_here(lambda: rec.snapshot({"w": np.zeros(100)}, epoch=0), "will hold about")
+    _warns_here(lambda: rec.log({"loss": "high"}, epoch=0), "is not a number")
+    _warns_here(lambda: rec.extend({"act": max}), "cannot be stored faithfully")
+    _warns_here(lambda: rec.extend({"api_key": "k"}), "looks like a secret")
+    _warns_here(lambda: rec.add("model", {"f": max}), "cannot be stored faithfully")
+    rec.close("running")
+    _warns_here(lambda: rk.Recorder(tmp_path, system=False, params={"pool": print}),
+                "cannot be stored faithfully")
+    _warns_here(lambda: rk.Recorder(tmp_path, resume=rec.path, params={"token": "t"}),
+                "looks like a secret")
+
+
+def test_record_experiment_logs_observations_as_given(tmp_path: pathlib.Path) -> None:
+    """What is not a number is skipped by log() with a warning, the rest keeps its epoch;
+    the observations extra keeps everything as given."""
+    observations = {"acc": [0.5, "n/a", 0.3], "flag": True, "loss": [1.0, None]}
+    with pytest.warns(RecordkitWarning, match="is not a number"):
+        run_id = rk.record_experiment({"k": 1}, tmp_path, observations=observations)
+    record = rk.load(run_id, root=tmp_path)
+    assert record.history.epochs("acc").tolist() == [0, 2]
+    assert record.history["acc"].tolist() == [0.5, 0.3]
+    assert record.history["flag"].tolist() == [1.0]
+    assert record.history["loss"].tolist() == [1.0]
+    assert record.data["observations"] == observations
+
+
+def test_resume_reads_only_what_it_continues_and_a_failed_one_releases_the_run(
+        tmp_path: pathlib.Path) -> None:
+    with rk.Recorder(tmp_path, system=False, params={"lr": 0.1}) as rec:
+        rec.log({"loss": 1.0}, epoch=0)
+    rec.path.chmod(0o644)
+    with h5py.File(rec.path, "r+") as f:  # damage resume has no use for
+        del f["system"]
+        f.create_dataset("system", data="not json {", dtype=h5py.string_dtype("utf-8"))
+    with rk.Recorder(tmp_path, resume=rec.path) as resumed:
+        resumed.log({"loss": 0.5}, epoch=1)
+    assert h5py.File(rec.path, "r")["history"]["rows"].shape == (2,)
+    rec.path.chmod(0o644)
+    with h5py.File(rec.path, "r+") as f:  # damage it needs: the params document
+        del f["params"]
+        f.create_dataset("params", data="{not json", dtype=h5py.string_dtype("utf-8"))
+    for _ in range(2):  # the first failure released the file: the second fails the same way
+        with pytest.raises(RecordWriteError, match="reopen the run"):
+            rk.Recorder(tmp_path, resume=rec.path)

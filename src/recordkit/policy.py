@@ -16,9 +16,10 @@ import math
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from recordkit.dtypes import STORAGE_DTYPES
+from recordkit.dtypes import STORAGE_DTYPES, cast_for_storage
 
-__all__ = ["SnapshotPolicy"]
+# STORAGE_DTYPES and cast_for_storage live in recordkit.dtypes; importable from here too.
+__all__ = ["STORAGE_DTYPES", "SnapshotPolicy", "cast_for_storage"]
 
 def _patterns(value: str | Iterable[str] | None, what: str, where: str) -> tuple[str, ...] | None:
     if value is None:

@@ -144,7 +144,7 @@ def _write_record(document: Mapping[str, Any], path: Path, key: str,
             for field, value in model.items():
                 stored = _tensors(value) if field == "params" else value
                 rec.add(f"{_MODELS_PREFIX}{model_key}/{field}", stored)
-            losses = per_epoch(model.get("losses"))
+            losses = per_epoch(model.get("losses"), strict=True)
             for epoch, loss in enumerate(losses):
                 rec.log({f"{model_key}/loss": loss}, epoch=epoch)
     return rec.run_id

@@ -223,8 +223,12 @@ class Recorder:
     def last_snapshot(self) -> dict[str, np.ndarray]:
         """Every tensor of the last snapshot as it is in the file (queued snapshots are
         written first); ``{}`` before any."""
-        self._check_open("last_snapshot")
-        return self._snapshots.last()
+        writer_error = self._snapshots.drain()
+        if writer_error is not None:
+            raise writer_error
+        with self._lock:
+            self._check_open("last_snapshot")
+            return self._snapshots.read_last()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -435,12 +439,14 @@ class Recorder:
             if self._closed:
                 return
             self._closed = True
+            written = False
             try:
                 if self._run.open:
                     self._status = status
                     self._write_status(status, error)
-            finally:
-                self._run.close(read_only=status != "running")
+                written = True
+            finally:  # a run whose status could not be written stays writable
+                self._run.close(read_only=written and status != "running")
                 self._finalizer.detach()
                 self._snapshots.release_buffers()
 

@@ -149,7 +149,7 @@ def _write_researcher(data: Mapping[str, Any], path: Path, key: str,
         if isinstance(data.get("duration"), (int, float)):
             info["duration_seconds"] = float(data["duration"])
         rec.set_info(info)
-        log_observations(rec, observations)
+        log_observations(rec, observations, strict=True)
     return rec.run_id
 
 

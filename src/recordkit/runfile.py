@@ -36,7 +36,9 @@ from recordkit.format.files import (
     reopen,
 )
 from recordkit.format.header import (
-    read_header,
+    read_fields,
+    read_info,
+    read_params,
     write_info,
     write_new_run,
     write_params,
@@ -46,7 +48,7 @@ from recordkit.format.history import read_history
 from recordkit.locking import RunLock
 from recordkit.params import RunParams
 from recordkit.paths import record_files, resolve_path
-from recordkit.safety import check_file
+from recordkit.safety import check_file, check_layout
 
 __all__ = ["RunFile", "RunStart", "find_unfinished", "new_run_id", "resume_run", "start_run"]
 
@@ -273,6 +275,7 @@ def find_unfinished(root: str | os.PathLike[str], experiment: str, *, name: str 
         try:
             with open_read_only(path) as f:
                 check_file(f, path)
+                check_layout(f, path)  # run fields and tables as a load would check them
                 if not is_record(f) or attr_str(f, "status") == "completed":
                     continue
                 if attr_str(f, "params_hash") != params_hash or (
@@ -353,27 +356,33 @@ def resume_run(root: Path, resume: str | os.PathLike[str], experiment: str | Non
     running again, its params merged under *params*, the restart listed."""
     path = resolve_path(resume, root, experiment)
     run = RunFile.resume(path)
-    f = run.file
-    assert f is not None
-    header = read_header(f)
-    fields = header.fields
-    params.continue_from(decode_params(header.params_text), header.unserialisable)
-    history = read_history(f)
-    last_epoch = max((int(rows["epoch"][-1]) for rows in history.values() if len(rows)),
-                     default=-1)
-    restarts = loads_json(fields["restarts"] or "[]")
-    restarts.append({
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "previous_status": fields["status"],
-        "last_epoch": last_epoch,
-        "pid": os.getpid(),
-    })
-    name = name if name is not None else fields["name"]
-    document = params.encode(path, stacklevel=3)  # encode, resume_run, __init__
-    with run.as_write_error("reopen the run"):
-        write_reopened(f, name=name, restarts=dumps_json(restarts), params=document,
-                       unserialisable=dumps_json(params.flagged))
-        run.flush(durable=False)
-    return RunStart(run, fields["run_id"], fields["experiment"], name,
-                    _dt.datetime.fromisoformat(fields["created"]),
-                    (fields["status"], fields["error"]), dict(header.info), history)
+    try:
+        with run.as_write_error("reopen the run"):
+            f = run.file
+            assert f is not None
+            fields = read_fields(f)
+            params_text, flagged = read_params(f)
+            params.continue_from(decode_params(params_text), flagged)
+            info = dict(read_info(f))
+            history = read_history(f)
+            created = _dt.datetime.fromisoformat(fields["created"])
+        last_epoch = max((int(rows["epoch"][-1]) for rows in history.values() if len(rows)),
+                         default=-1)
+        restarts = loads_json(fields["restarts"] or "[]")
+        restarts.append({
+            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "previous_status": fields["status"],
+            "last_epoch": last_epoch,
+            "pid": os.getpid(),
+        })
+        name = name if name is not None else fields["name"]
+        document = params.encode(path, stacklevel=3)  # encode, resume_run, __init__
+        with run.as_write_error("reopen the run"):
+            write_reopened(f, name=name, restarts=dumps_json(restarts), params=document,
+                           unserialisable=dumps_json(params.flagged))
+            run.flush(durable=False)
+    except BaseException:
+        run.close(read_only=False)  # the lock too: the run can be resumed again
+        raise
+    return RunStart(run, fields["run_id"], fields["experiment"], name, created,
+                    (fields["status"], fields["error"]), info, history)

@@ -238,14 +238,11 @@ class Snapshots:
         with self._pool_lock:
             self._pool.clear()
 
-    def last(self) -> dict[str, np.ndarray]:
-        """Every tensor of the last snapshot as it is in the file (writer drained)."""
-        error = self.drain()
-        if error is not None:
-            raise error
-        with self._run.lock:
-            assert self._run.file is not None
-            return read_last_snapshot(self._run.file, self._run.path)
+    def read_last(self) -> dict[str, np.ndarray]:
+        """Every tensor of the last snapshot in the file (with the run's lock held, after
+        :meth:`drain`)."""
+        assert self._run.file is not None
+        return read_last_snapshot(self._run.file, self._run.path)
 
     # --- internals ----------------------------------------------------------------------
 
@@ -348,7 +345,7 @@ class Snapshots:
             f"weights ({about} of {size_text(snapshot_bytes)}), {problem}; snapshot less "
             "often (snapshot_every=N or 'best'), exclude tensors, store float16/bfloat16, "
             "or choose another root",
-            RecordkitWarning, stacklevel=5,  # _check_size, take, Recorder.snapshot, caller
+            RecordkitWarning, stacklevel=4,  # _check_size, take, Recorder.snapshot, caller
         )
 
     def _write(self, arrays: Mapping[str, np.ndarray], epoch: int, step: int) -> None:
@@ -373,6 +370,7 @@ class Snapshots:
                 raise RecordClosedError(f"snapshot of epoch {epoch}: {str(run.path)!r} "
                                         "was closed before the snapshot was written")
             with run.as_write_error(what):
+                self._store.check_missing(f, run.path, epoch, encoded)
                 # Checked before HDF5 starts: a write that fails inside it can damage
                 # what earlier commits wrote.
                 run.ensure_space(sum(int(a.nbytes) for a, _ in encoded.values()), what)

@@ -46,10 +46,17 @@ from recordkit.format.layout import (
 from recordkit.format.summary import build_summary, read_summary, summary_checksum_ok
 from recordkit.locking import is_locked
 from recordkit.record import Record
-from recordkit.repair import needs_repair, open_with_patched_eof
+from recordkit.repair import damage_hint, needs_repair, open_with_patched_eof, repair
 from recordkit.safety import check_file
 
-__all__ = ["VerifyReport", "main", "verify"]
+# Kept importable from here, where they were before recordkit.repair held them.
+__all__ = ["VerifyReport", "damage_hint", "main", "needs_repair", "open_interrupted", "repair",
+           "verify"]
+
+#: The name :func:`~recordkit.repair.open_with_patched_eof` had before: it opens a record
+#: whose end-of-file address a killed flush left short (nothing to do with the
+#: ``interrupted`` status).
+open_interrupted = open_with_patched_eof
 
 #: Problems reported per dataset before the rest of it is skipped.
 MAX_PROBLEMS_PER_DATASET = 5

@@ -15,12 +15,19 @@ paths lives in this package, one module per stored object.
 docs/FORMAT.md describes the layout for readers with plain h5py.
 """
 
+from recordkit.codec import decode_params, encode_params, flatten_params, params_hash
 from recordkit.format.layout import (
     FORMAT_NAME,
     FORMAT_VERSION,
     HISTORY_DTYPE,
     SNAPSHOT_DTYPE,
     STATUSES,
+    escape_name,
+    unescape_name,
 )
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "HISTORY_DTYPE", "SNAPSHOT_DTYPE", "STATUSES"]
+# The names ``recordkit.format`` exported when it was one module (the params codec is
+# recordkit.codec now).
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "HISTORY_DTYPE", "SNAPSHOT_DTYPE", "STATUSES",
+           "decode_params", "encode_params", "escape_name", "flatten_params", "params_hash",
+           "unescape_name"]

@@ -28,7 +28,8 @@ from recordkit.format.layout import (
 from recordkit.format.summary import drop_summary, write_summary
 from recordkit.format.weights import SnapshotStore
 
-__all__ = ["Header", "read_fields", "read_format_version", "read_header", "write_end",
+__all__ = ["Header", "read_fields", "read_format_version", "read_header", "read_info",
+           "read_params", "write_end",
            "write_info", "write_new_run", "write_params", "write_reopened"]
 
 
@@ -104,14 +105,27 @@ def read_format_version(f: h5py.File | h5py.h5f.FileID) -> int:
     return int(read_attr(f, VERSION_ATTR, 0))
 
 
+def read_params(f: h5py.File) -> tuple[str, list[Any]]:
+    """The params document and the keys it flags as stored by repr (``unserialisable``)."""
+    flagged = (list(loads_json(attr_str(f[PARAMS], UNSERIALISABLE_ATTR, "[]")))
+               if PARAMS in f else [])
+    return read_text(f, PARAMS) or "{}", flagged
+
+
+def read_info(f: h5py.File) -> dict[str, Any]:
+    """The run facts (``/info``)."""
+    info = loads_json(read_text(f, INFO) or "{}")
+    return info if isinstance(info, dict) else {}
+
+
 def read_header(f: h5py.File) -> Header:
     """The header of a record whose layout was checked."""
+    params_text, unserialisable = read_params(f)
     return Header(
         fields=read_fields(f),
         format_version=read_format_version(f),
-        params_text=read_text(f, PARAMS) or "{}",
-        unserialisable=list(loads_json(attr_str(f[PARAMS], UNSERIALISABLE_ATTR, "[]")))
-        if PARAMS in f else [],
+        params_text=params_text,
+        unserialisable=unserialisable,
         system=loads_json(read_text(f, SYSTEM) or "{}"),
         info=loads_json(read_text(f, INFO) or "{}"),
         extra_keys=extra_keys(f),

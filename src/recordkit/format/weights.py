@@ -125,29 +125,14 @@ class SnapshotStore:
 
     def prepare(self, f: h5py.File, path: Path, epoch: int, step: int,
                 encoded: dict[str, tuple[np.ndarray, str]]) -> SnapshotPlan:
-        """Check the snapshot against the file, make the datasets of new tensors and
-        grow the others by a row (a snapshot of the last epoch again replaces it).
+        """Make the datasets of new tensors and grow the others by a row (a snapshot of
+        the last epoch again replaces it), after :meth:`check_missing`.
 
         Raises:
-            SnapshotError: a tensor held earlier is missing, or one changed shape or
-                dtype, or one appears in a snapshot older than its first.
+            SnapshotError: a tensor changed shape or dtype, or one appears in a snapshot
+                older than its first.
         """
-        table = f[SNAPSHOTS]
-        n = table.shape[0]
-        replaces = bool(n) and int(table[n - 1]["epoch"]) == epoch
-        index = n - 1 if replaces else n
-        weights = f[WEIGHTS]
-        for key in weights:
-            ds = weights[key]
-            name = object_name(ds)
-            if name not in encoded and ds.shape[0] > index:
-                continue  # replacing a snapshot that did not hold this tensor either
-            if name not in encoded and ds.shape[0] + int(ds.attrs[FIRST_SNAPSHOT_ATTR]) > 0:
-                raise SnapshotError(
-                    f"snapshot at epoch {epoch}: tensor {name!r}, held in earlier "
-                    f"snapshots of {str(path)!r}, is missing; snapshot the same "
-                    "tensors each time (same include/exclude/frozen)"
-                )
+        index, replaces = self._index(f, epoch)
         targets = []
         for name, (array, stored_dtype) in encoded.items():
             ds = self._dataset(f, name, array, stored_dtype, index)
@@ -171,6 +156,33 @@ class SnapshotStore:
             if target.row >= ds.shape[0]:
                 ds.resize((target.row + 1, *ds.shape[1:]))
         return SnapshotPlan(epoch, step, index, replaces, targets)
+
+    @staticmethod
+    def _index(f: h5py.File, epoch: int) -> tuple[int, bool]:
+        """The table index a snapshot of *epoch* goes to, and whether it replaces the last
+        snapshot (a second snapshot of the same epoch)."""
+        table = f[SNAPSHOTS]
+        n = table.shape[0]
+        replaces = bool(n) and int(table[n - 1]["epoch"]) == epoch
+        return (n - 1 if replaces else n), replaces
+
+    def check_missing(self, f: h5py.File, path: Path, epoch: int,
+                      encoded: dict[str, tuple[np.ndarray, str]]) -> None:
+        """Raise SnapshotError when a tensor that earlier snapshots hold is not in the
+        snapshot (a replacement need not hold tensors the replaced one did not)."""
+        index, _ = self._index(f, epoch)
+        weights = f[WEIGHTS]
+        for key in weights:
+            ds = weights[key]
+            name = object_name(ds)
+            if name not in encoded and ds.shape[0] > index:
+                continue  # replacing a snapshot that did not hold this tensor either
+            if name not in encoded and ds.shape[0] + int(ds.attrs[FIRST_SNAPSHOT_ATTR]) > 0:
+                raise SnapshotError(
+                    f"snapshot at epoch {epoch}: tensor {name!r}, held in earlier "
+                    f"snapshots of {str(path)!r}, is missing; snapshot the same "
+                    "tensors each time (same include/exclude/frozen)"
+                )
 
     def _dataset(self, f: h5py.File, name: str, array: np.ndarray, stored_dtype: str,
                  first_snapshot: int) -> h5py.Dataset:

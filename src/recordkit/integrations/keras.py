@@ -295,8 +295,9 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
     def _weights_changed_since_snapshot(self, rec: Recorder) -> bool:
         """Whether the model's weights differ from the last snapshot (read back once at
         the end of fit: one read of the last snapshot, nothing per epoch)."""
+        rec.commit()  # the last snapshot is in the file; a writer error is raised here
         try:
-            stored = rec.last_snapshot()  # queued snapshots are written first
+            stored = rec.last_snapshot()
         except RecordkitError:
             return False
         return facts.weights_differ(self.model, stored)
