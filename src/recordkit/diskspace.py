@@ -10,6 +10,7 @@ import errno
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from recordkit.errors import RecordWriteError
@@ -57,10 +58,10 @@ class SpaceCheck:
         self._path = path
         self._reading: tuple[float, int | None, int] | None = None  # (when, free, used since)
 
-    def ensure(self, nbytes: int, what: str, *, fd: int, hdf5_size: int) -> None:
+    def ensure(self, nbytes: int, what: str, *, file_size: Callable[[], int]) -> None:
         """Raise :class:`RecordWriteError` (errno ENOSPC or EFBIG) when *nbytes* more do
-        not fit. *fd* and *hdf5_size* are the open file's descriptor and HDF5's idea of
-        its size (the larger of that and the file's size counts)."""
+        not fit. *file_size* gives the open file's size (asked only under a finite
+        RLIMIT_FSIZE)."""
         needed = nbytes + nbytes // 16 + SPACE_MARGIN  # chunk index, headers, heap
         free = self._free(needed)
         if free is not None and needed > free:
@@ -78,8 +79,8 @@ class SpaceCheck:
         if limit == resource.RLIM_INFINITY:
             return
         try:
-            size = max(os.fstat(fd).st_size, hdf5_size)
-        except OSError:
+            size = file_size()
+        except Exception:
             return
         if size + needed > limit:
             error = RecordWriteError(

@@ -175,14 +175,14 @@ class RunFile:
         """Refuse a write of *nbytes* the disk (or RLIMIT_FSIZE) cannot take, before HDF5
         starts it (see :mod:`recordkit.diskspace`)."""
         f = self.file
-        if not is_open(f):
+        if f is None:
             return
-        assert f is not None
-        try:
-            fd, size = file_handle(f), hdf5_size(f)
-        except Exception:
-            fd, size = -1, 0
-        self._space.ensure(nbytes, what, fd=fd, hdf5_size=size)
+
+        def file_size() -> int:  # on disk, or as HDF5 knows it when that is ahead
+            assert f is not None
+            return max(os.fstat(file_handle(f)).st_size, hdf5_size(f))
+
+        self._space.ensure(nbytes, what, file_size=file_size)
 
     def write_params(self, document: str, flagged: list[str]) -> None:
         """The params document and its flagged keys (``unserialisable``)."""
