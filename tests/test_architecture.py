@@ -24,9 +24,9 @@ WRITE_SIDE = {"recordkit.recorder", "recordkit.runfile", "recordkit.runhistory",
 READ_SIDE = {"recordkit.record", "recordkit.views", "recordkit.opening",
              "recordkit.recordset", "recordkit.headercache", "recordkit.cli",
              "recordkit.plot", "recordkit.verify", "recordkit.repair"}
-#: Outside the format package, only these inspect files with h5py: the structure checks
-#: made before anything is read, and verify, which reads every chunk.
-H5PY_CHECKERS = {"recordkit.safety", "recordkit.verify", "recordkit.repair"}
+#: Outside the format package, only these inspect files with h5py: verify, which reads
+#: every chunk of a record, and repair (raw bytes of the superblock).
+H5PY_CHECKERS = {"recordkit.verify", "recordkit.repair"}
 #: What an integration may import of recordkit: the recorder's public API and the pieces
 #: of the core that callbacks configure it with.
 INTEGRATION_API = {"recordkit.recorder", "recordkit.policy", "recordkit.paths",
@@ -135,7 +135,7 @@ def test_only_the_format_package_and_the_checkers_import_h5py() -> None:
     importers = {name for name in MODULES if "h5py" in EXTERNAL[name]}
     outside = {name for name in importers if not name.startswith("recordkit.format")}
     assert outside <= H5PY_CHECKERS, sorted(outside - H5PY_CHECKERS)
-    assert "recordkit.format.weights" in importers
+    assert {"recordkit.format.weights", "recordkit.format.safety"} <= importers
 
 
 @pytest.mark.parametrize("module", sorted(n for n in MODULES

@@ -21,7 +21,7 @@ import pytest
 import recordkit
 from recordkit.errors import RecordkitWarning, UnsafeRecordError
 from recordkit.format import layout
-from recordkit.safety import MAX_ATTR_BYTES
+from recordkit.format.safety import MAX_ATTR_BYTES
 from recordkit.verify import verify
 
 SRC = Path(recordkit.__file__).parent

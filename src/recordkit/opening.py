@@ -23,10 +23,10 @@ from recordkit.format.attrs import is_record, read_text
 from recordkit.format.files import RecordFile, is_open, open_id, open_read_only
 from recordkit.format.header import read_format_version
 from recordkit.format.layout import FORMAT_NAME, FORMAT_VERSION, INFO
+from recordkit.format.safety import check_dataset, check_root
 from recordkit.format.summary import read_summary
 from recordkit.locking import is_locked
 from recordkit.repair import damage_hint, has_hdf5_signature, open_with_patched_eof
-from recordkit.safety import check_dataset, check_root
 
 __all__ = ["check_params_hash", "open_record", "read_closed_summary", "read_consistently",
            "read_info_alone",

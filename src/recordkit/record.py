@@ -25,6 +25,7 @@ from recordkit.format.layout import (
     FORMAT_VERSION,
     RUN_FIELDS,
 )
+from recordkit.format.safety import check_file, check_layout
 from recordkit.format.summary import metric_summary
 from recordkit.format.weights import StoredTensor, read_row, read_table, stored_tensors
 from recordkit.headercache import FullHeader, full_header_from_state, full_header_state, json_exact
@@ -37,7 +38,6 @@ from recordkit.opening import (
     reading,
 )
 from recordkit.paths import resolve_path
-from recordkit.safety import check_file, check_layout
 from recordkit.views import Extras, History, TensorHistory
 
 if TYPE_CHECKING:

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 
 from recordkit.errors import RecordkitError, RecordkitWarning, RecordNotFoundError
+from recordkit.format.safety import check_fields
 from recordkit.headercache import HeaderCache, cache_enabled
 from recordkit.paths import record_files
 from recordkit.progress import with_progress
 from recordkit.record import Record
-from recordkit.safety import check_fields
 from recordkit.views import require_pandas
 
 if TYPE_CHECKING:

@@ -45,10 +45,10 @@ from recordkit.format.header import (
     write_reopened,
 )
 from recordkit.format.history import read_history
+from recordkit.format.safety import check_file, check_layout
 from recordkit.locking import RunLock
 from recordkit.params import RunParams
 from recordkit.paths import record_files, resolve_path
-from recordkit.safety import check_file, check_layout
 
 __all__ = ["RunFile", "RunStart", "find_unfinished", "new_run_id", "resume_run", "start_run"]
 

@@ -1,7 +1,7 @@
 """``recordkit verify``: read every byte of a record and say what is wrong with it.
 
 :func:`verify` checks, in order: that the file opens; that it is safe (no links or storage
-outside the file, no crafted sizes: :mod:`recordkit.safety`); that it is a record a
+outside the file, no crafted sizes: :mod:`recordkit.format.safety`); that it is a record a
 :class:`~recordkit.Record` can load; that every chunk of every dataset reads back (a chunk
 that fails its fletcher32 checksum, or lies past the end of a truncated file, is reported
 with its dataset and rows); and that the snapshot table and the weight datasets agree.
@@ -43,11 +43,11 @@ from recordkit.format.layout import (
     SUMMARY_ATTR,
     WEIGHTS,
 )
+from recordkit.format.safety import check_file
 from recordkit.format.summary import build_summary, read_summary, summary_checksum_ok
 from recordkit.locking import is_locked
 from recordkit.record import Record
 from recordkit.repair import damage_hint, needs_repair, open_with_patched_eof, repair
-from recordkit.safety import check_file
 
 # Kept importable from here, where they were before recordkit.repair held them.
 __all__ = ["VerifyReport", "damage_hint", "main", "needs_repair", "open_interrupted", "repair",

@@ -10,7 +10,8 @@ paths lives in this package, one module per stored object.
 - :mod:`.chunkread` and :mod:`.fletcher32`: reading a snapshot chunk by chunk;
 - :mod:`.extras`: what ``Recorder.add`` stores;
 - :mod:`.summary`: the one-attribute summary of a closed run;
-- :mod:`.filters`: compression filters (hdf5plugin).
+- :mod:`.filters`: compression filters (hdf5plugin);
+- :mod:`.safety`: what a file from a stranger is refused for, checked before any read.
 
 docs/FORMAT.md describes the layout for readers with plain h5py.
 """
