@@ -1,5 +1,8 @@
-"""Reading a snapshot straight from its chunks (recordkit.format.chunkread): the same values as
-HDF5 reads, the same refusal of damaged data, and HDF5's own read for every other layout.
+"""Reading a version-1 snapshot straight from its chunks (recordkit.format.chunkread): the
+same values as HDF5 reads, the same refusal of damaged data, and HDF5's own read for every
+other layout. Version 1 weights (fletcher32) are written here the way a v1 record gets
+new ones today: a real v1 record (tests/data/v1) resumed by this recordkit. Version 2
+(CRC32C) reads are tested in tests/test_checksums.py.
 
 Budget: ~3 s.
 """
@@ -7,6 +10,7 @@ Budget: ~3 s.
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 from pathlib import Path
 
 import h5py
@@ -18,6 +22,7 @@ from recordkit.errors import RecordDamagedError
 from recordkit.format import chunkread, fletcher32
 
 MiB = 1 << 20
+V1_RECORD = Path(__file__).parent / "data" / "v1" / "empty.h5"
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 6, 720, 721, 4099])
@@ -49,10 +54,20 @@ def test_pieces_combine_into_the_whole_checksum() -> None:
 
 def _record(tmp_path: Path, state: dict[str, np.ndarray], snapshots: int = 3, **options: object
             ) -> Path:
-    with recordkit.Recorder(tmp_path, system=False, **options) as rec:  # type: ignore[arg-type]
-        for epoch in range(snapshots):
-            rec.snapshot({k: v + epoch for k, v in state.items()}, epoch=epoch)
-    return rec.path
+    """A version-1 record holding *snapshots* snapshots of *state* (epochs 1, 2, ...),
+    made by resuming the v1 record of tests/data that has none yet."""
+    folder = tmp_path / "v1"
+    folder.mkdir(exist_ok=True)
+    path = folder / "r.h5"
+    shutil.copyfile(V1_RECORD, path)
+    path.chmod(0o644)
+    with recordkit.Recorder(tmp_path, system=False, resume=path,  # type: ignore[arg-type]
+                            **options) as rec:
+        for row in range(snapshots):
+            rec.snapshot({k: v + row for k, v in state.items()}, epoch=1 + row)
+    with h5py.File(path, "r", locking=False) as f:
+        assert f.attrs["format_version"] == 1  # a resumed v1 record stays v1
+    return path
 
 
 CASES = {
@@ -82,7 +97,7 @@ def test_direct_read_equals_hdf5_read(tmp_path: Path, case: str) -> None:
             assert np.array_equal(direct, state["w"] + index)
     record = recordkit.load(path)
     assert np.array_equal(record.weight("w")[-1], state["w"] + 2)
-    assert np.array_equal(record.weights(epoch=1)["w"], state["w"] + 1)
+    assert np.array_equal(record.weights(epoch=2)["w"], state["w"] + 1)
 
 
 @pytest.mark.parametrize("options", [

@@ -5,8 +5,10 @@ extra) in a child process, so a segfault or a hang of the HDF5 library is record
 failure of that variant instead of taking pytest down. Outcomes allowed: the record reads
 back with data equal to the original (damage that hit unused bytes or metadata that
 fails safe), or a RecordkitError naming the file. Damage inside stored data must be
-detected (fletcher32), never read back as different numbers, and `recordkit verify`
-must report it.
+detected (fletcher32, and in format v2 a CRC32C per weight chunk and extra chunk), never
+read back as different numbers, and `recordkit verify` must report it. Zeroed chunks,
+zeroed 4 KiB pages inside a chunk and zeroed checksums (what a crash or a sparse-file hole
+leaves, and what fletcher32 alone accepts) must be detected in every kind of dataset.
 
 Budget: ~10 s (one child reads all 70 variants, restarted after a crash).
 """
@@ -111,11 +113,11 @@ def read_in_children(paths: list[str]) -> list[dict[str, Any]]:
 
 
 def chunk_offsets(path: Path) -> list[tuple[str, int, int]]:
-    """(dataset, byte offset, size) of every stored chunk of a checksummed dataset."""
+    """(dataset, byte offset, size) of every stored chunk of a chunked dataset."""
     found: list[tuple[str, int, int]] = []
     with h5py.File(path, "r") as f:
         def visit(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset) and obj.fletcher32:
+            if isinstance(obj, h5py.Dataset) and obj.chunks is not None:
                 for i in range(obj.id.get_num_chunks()):
                     info = obj.id.get_chunk_info(i)
                     found.append((name, info.byte_offset, info.size))
@@ -138,12 +140,28 @@ def variants(original: Path, out: Path) -> list[tuple[str, str, Path]]:
     for cut in sorted({0, 8, 96, 512, 1024, 2048, 4096, size // 8, size // 4, size // 2,
                        3 * size // 4, size - 4096, size - 1024, size - 100, size - 1}):
         write("truncated", f"truncated to {cut} of {size} bytes", data[:cut])
-    for name, offset, length in chunk_offsets(original):
-        if name.startswith(("weights", "history", "extras")):
+    chunks = chunk_offsets(original)
+    assert {name.split("/")[0] for name, _, _ in chunks} == {
+        "weights", "checksums", "history", "snapshots", "extras"}
+    for name, offset, length in chunks:
+        # Not the names' heap references: a flip in an unused slot changes nothing read.
+        if name.startswith(("weights", "history", "extras")) and name != "history/metrics":
             at = offset + rng.randrange(length)
             flipped = bytearray(data)
             flipped[at] ^= 0xFF
             write("data", f"byte {at} flipped inside a chunk of /{name}", bytes(flipped))
+    for name, offset, length in chunks:  # zeroed checksums: the chunks of /checksums
+        zeroed = bytearray(data)
+        zeroed[offset:offset + length] = bytes(length)
+        write("zeroed", f"the whole chunk of /{name} at {offset} zeroed ({length} bytes)",
+              bytes(zeroed))
+        if length > 4096:
+            page = offset + 4096 - offset % 4096  # the first whole page inside the chunk
+            zeroed = bytearray(data)
+            zeroed[page:min(page + 4096, offset + length)] = bytes(min(4096, offset + length
+                                                                       - page))
+            write("zeroed", f"a 4 KiB page at {page} zeroed inside the chunk of /{name}",
+                  bytes(zeroed))
     # Stored without an HDF5 checksum: the params text (its hash is in params_hash), a
     # JSON extra and a 0-d extra (a sha256 attribute each), the summary (its own sha256).
     # A digit changed keeps them well-formed, so only the checksum can tell.
@@ -182,6 +200,20 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, P
 def test_at_least_40_variants(outcomes: list) -> None:
     assert len(outcomes) >= 40
     assert sum(k == "data" for k, *_ in outcomes) >= 10
+    assert sum(k == "zeroed" and "page" in w for k, w, *_ in outcomes) >= 2
+
+
+def test_zeroed_chunks_pages_and_checksums_are_detected(outcomes: list) -> None:
+    """fletcher32 passes a chunk whose data and checksum are all zeros; format v2 must
+    not: every zeroed chunk (weights, their checksums, history rows and names, the
+    snapshot table, extras) and zeroed page is a RecordDamagedError and fails verify."""
+    zeroed = [(w, r) for k, w, _, r in outcomes if k == "zeroed"]
+    kinds = {w.split("/")[1].split(" ")[0] for w, _ in zeroed}
+    assert {"weights", "checksums", "history", "snapshots", "extras"} <= kinds, kinds
+    for what, result in zeroed:
+        assert result["kind"] == "error" and result["cls"] == "RecordDamagedError", (
+            what, result)
+        assert not result["verify_ok"], what
 
 
 def test_never_a_crash_hang_or_raw_traceback(outcomes: list) -> None:
@@ -197,7 +229,7 @@ def test_errors_name_the_file(outcomes: list) -> None:
 
 def test_damage_in_stored_data_is_detected_not_read_as_wrong_numbers(outcomes: list) -> None:
     for kind, what, _, result in outcomes:
-        if kind in ("data", "params", "extra"):
+        if kind in ("data", "params", "extra", "zeroed"):
             assert result["kind"] == "error", (what, result)
             assert result["cls"] == "RecordDamagedError", (what, result)
             assert not result["verify_ok"], what
@@ -256,7 +288,8 @@ def test_recordkit_verify_command_reports_damage(outcomes: list, capsys: pytest.
     damaged = next(p for kind, _, p, _ in outcomes if kind == "data")
     assert main(["verify", str(damaged)]) == 1  # read in a child process
     out = capsys.readouterr().out
-    assert "DAMAGED" in out and "in a subprocess" in out and "fletcher32" in out
+    assert "DAMAGED" in out and "in a subprocess" in out
+    assert "fletcher32" in out or "CRC32C" in out
 
 
 @pytest.mark.parametrize(("script", "words"), [

@@ -559,7 +559,9 @@ def test_one_chunk_per_tensor_snapshot_and_large_tensors_split(tmp_path: pathlib
         assert f["weights/small"].chunks == (1, 8, 8)
         assert f["weights/large"].chunks == (1, 64, 256)  # 64 KiB
         assert f["weights/large"].maxshape == (None, 512, 256)
-        assert f["weights/large"].fletcher32
+        assert not f["weights/large"].fletcher32  # format v2: a CRC32C per chunk instead
+        assert f["checksums/large"].shape == (2, 8)  # 8 chunks of 64 rows per snapshot
+        assert f["checksums/small"].shape == (2, 1)
 
 
 def test_root_attributes_and_plain_h5py_layout(tmp_path: pathlib.Path) -> None:
@@ -567,7 +569,7 @@ def test_root_attributes_and_plain_h5py_layout(tmp_path: pathlib.Path) -> None:
         rec.log({"train/loss": 0.5}, epoch=0, step=10)
         rec.snapshot({"fc.weight": np.eye(2)}, epoch=0)
     with h5py.File(rec.path, "r") as f:
-        assert f.attrs["format"] == "recordkit" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "recordkit" and f.attrs["format_version"] == 2
         assert f.attrs["run_id"] == rec.run_id and f.attrs["experiment"] == "mnist"
         assert f.attrs["status"] == "completed"
         names = [n.decode() for n in f["history/metrics"][()]]

@@ -35,16 +35,21 @@ import h5py
 from recordkit.errors import RecordkitError, UnsafeRecordError
 from recordkit.format.attrs import is_record, object_name, read_attr
 from recordkit.format.extras import read_extra
+from recordkit.format.history import read_history
 from recordkit.format.layout import (
     CHECKSUM_ATTR,
+    CHECKSUMS,
+    CRC32C_ATTR,
     EXTRAS,
     FIRST_SNAPSHOT_ATTR,
     SNAPSHOTS,
     SUMMARY_ATTR,
+    WEIGHT_CHECKSUM_ATTR,
     WEIGHTS,
 )
 from recordkit.format.safety import check_file
 from recordkit.format.summary import build_summary, read_summary, summary_checksum_ok
+from recordkit.format.weights import check_checksummed_rows, read_table
 from recordkit.locking import is_locked
 from recordkit.record import Record
 from recordkit.repair import damage_hint, needs_repair, open_with_patched_eof, repair
@@ -256,7 +261,10 @@ def _read_dataset(ds: h5py.Dataset, where: str, file_size: int, report: VerifyRe
         return
     filters = ds.id.get_create_plist()
     codes = [filters.get_filter(i)[0] for i in range(filters.get_nfilters())]
-    if h5py.h5z.FILTER_FLETCHER32 not in codes and ds.size:
+    checked_elsewhere = (  # v2: CRC32C per chunk, checked in _check_tables / _check_extras
+        where.startswith(f"/{CHECKSUMS}/") or CRC32C_ATTR in ds.attrs
+        or read_attr(ds, WEIGHT_CHECKSUM_ATTR) == "crc32c")
+    if h5py.h5z.FILTER_FLETCHER32 not in codes and ds.size and not checked_elsewhere:
         report.notes.append(f"dataset {where} has no checksum: damage inside its data "
                             "cannot be detected")
     for region in ds.iter_chunks() if ds.size else ():
@@ -346,7 +354,14 @@ def _check_summary(f: h5py.File, report: VerifyReport) -> None:
 
 
 def _check_tables(f: h5py.File, report: VerifyReport) -> None:
-    """Snapshots listed in the table must exist in every tensor that holds them."""
+    """Snapshots listed in the table must exist in every tensor that holds them; in v2
+    each of their chunks must match its CRC32C, and no table row or metric name may be
+    zeroed."""
+    for what, read in (("the history", read_history), ("the snapshot table", read_table)):
+        try:
+            read(f)
+        except Exception as err:
+            report.problems.append(f"{what} cannot be read: {_why(err)}")
     try:
         table = f.get(SNAPSHOTS)
         weights = f.get(WEIGHTS)
@@ -367,6 +382,7 @@ def _check_tables(f: h5py.File, report: VerifyReport) -> None:
                 report.notes.append(
                     f"tensor {name!r} holds {rows - listed} snapshot row(s) past the table: "
                     "left by a run killed while writing a snapshot; readers ignore them")
+            report.problems.extend(check_checksummed_rows(f, key, listed))
             for row in range(min(rows, listed) if ds.size else 0):  # zero-size: no data
                 coord = (row,) + (0,) * (ds.ndim - 1)
                 if ds.chunks is not None and ds.id.get_chunk_info_by_coord(
@@ -391,8 +407,8 @@ def _check_extras(f: h5py.File, report: VerifyReport) -> None:
             obj = group[key]
             datasets = [obj] if isinstance(obj, h5py.Dataset) else [
                 obj[k] for k in obj if isinstance(obj[k], h5py.Dataset)]
-            if all(ds.fletcher32 for ds in datasets):
-                continue
+            if all(ds.fletcher32 and CRC32C_ATTR not in ds.attrs for ds in datasets):
+                continue  # fletcher32 alone (version 1): checked chunk by chunk above
             read_extra(obj)
         except Exception as err:
             text = _why(err)

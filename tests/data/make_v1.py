@@ -42,6 +42,10 @@ def make(folder: Path) -> None:
             rec.add("best", np.float64(0.8125))
             rec.add("folds", {"acc": [0.25, 0.5], "who": "me"})
         rec.path.rename(folder / "v1" / f"{name}.h5")
+    # No snapshot yet: resumed by tests to get version-1 weight datasets of any shape.
+    with recordkit.Recorder(folder, experiment="v1", name="empty", system=False) as rec:
+        rec.log({"loss": 1.0}, epoch=0)
+    rec.path.rename(folder / "v1" / "empty.h5")
     for lock in (folder / "v1").glob("*.lock"):
         lock.unlink()
 

@@ -30,9 +30,11 @@ import h5py.h5d
 import h5py.h5z
 import numpy as np
 
+from recordkit.format.checksums import chunk_grid, crc32c
 from recordkit.format.fletcher32 import combine, native, piece_sums, same
 
-__all__ = ["read_snapshot"]
+__all__ = ["ChunkChecksumError", "check_stored_chunks", "read_checked_row", "read_snapshot",
+           "stored_chunks"]
 
 #: Below this a tensor is read through HDF5: the saving is smaller than a thread hop.
 MIN_BYTES = 1 << 20
@@ -139,3 +141,158 @@ def read_snapshot(ds: h5py.Dataset, index: int) -> np.ndarray | None:
         for _, futures in pending:
             concurrent.futures.wait(futures)  # never free a buffer a thread still reads
     return out[:total].view(ds.dtype).reshape(ds.shape[1:])
+
+
+# --- format version 2: CRC32C per stored chunk ---------------------------------------------
+
+
+class ChunkChecksumError(ValueError):
+    """A stored chunk of a weight row is missing or fails its CRC32C."""
+
+    def __init__(self, offset: tuple[int, ...], problem: str) -> None:
+        super().__init__(f"the chunk at {list(offset)} {problem}")
+        self.offset = offset
+
+
+#: Pieces of a chunk read while the previous piece's CRC32C is computed on another thread.
+PIECE_BYTES = 1 << 20
+#: Below this a row is read and checked on the calling thread alone.
+MIN_PIPELINED_BYTES = 2 << 20
+_chain: concurrent.futures.ThreadPoolExecutor | None = None
+_chain_pid = 0
+
+
+def _chain_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """One thread that continues the CRC32C of a chunk piece by piece, in order."""
+    global _chain, _chain_pid
+    with _pool_lock:
+        if _chain is None or _chain_pid != os.getpid():
+            _chain = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="recordkit-crc32c")
+            _chain_pid = os.getpid()
+        return _chain
+
+
+def _file_descriptor(ds: h5py.Dataset) -> int | None:
+    """The OS file descriptor of a dataset's file (sec2 driver), else None."""
+    try:
+        if ds.file.driver != "sec2":
+            return None
+        fd = ds.file.id.get_vfd_handle()
+    except (OSError, RuntimeError, ValueError, TypeError, AttributeError):
+        return None
+    return fd if isinstance(fd, int) else None
+
+
+def stored_chunks(ds: h5py.Dataset) -> tuple[tuple[int, ...], int, bool]:
+    """(chunk shape over the tensor axes, bytes per stored chunk, whether a chunk is a
+    contiguous run of the row: split along the first tensor axis only)."""
+    assert ds.chunks is not None
+    chunks = tuple(ds.chunks[1:])
+    return chunks, ds.dtype.itemsize * math.prod(chunks), chunks[1:] == tuple(ds.shape[2:])
+
+
+def read_checked_row(ds: h5py.Dataset, index: int, expected: np.ndarray) -> np.ndarray | None:
+    """``ds[index]`` of an unfiltered (v2) weight dataset, each stored chunk checked
+    against its CRC32C in *expected* (a row of ``/checksums/<tensor>``); None when the
+    dataset has filters (then check with :func:`check_stored_chunks` and read through
+    HDF5).
+
+    The chunks are located through HDF5 (``H5Dget_chunk_info_by_coord``) and read with
+    ``preadv`` straight into the result, piece by piece, while another thread continues
+    each chunk's CRC32C over the pieces already read (both release the GIL).
+
+    Raises:
+        ChunkChecksumError: a chunk is missing, has the wrong size or fails its CRC32C.
+    """
+    if ds.id.get_create_plist().get_nfilters():
+        return None
+    shape = tuple(ds.shape[1:])
+    chunks, chunk_bytes, plain = stored_chunks(ds)
+    grid = list(chunk_grid(shape, chunks))
+    if len(grid) != len(expected):
+        raise ChunkChecksumError((index,), f"has {len(expected)} checksums for {len(grid)} "
+                                 "chunks")
+    fd = _file_descriptor(ds)
+    dsid = ds.id
+    if not plain or fd is None:
+        out = np.empty(shape, ds.dtype)
+        for k, offset in enumerate(grid):
+            _, stored = dsid.read_direct_chunk((index, *offset))
+            if len(stored) != chunk_bytes or crc32c(stored) != int(expected[k]):
+                raise ChunkChecksumError(offset, "fails its CRC32C checksum")
+            ends = [min(o + c, d) for o, c, d in zip(offset, chunks, shape)]
+            block = np.frombuffer(stored, ds.dtype).reshape(chunks)
+            out[tuple(slice(o, e) for o, e in zip(offset, ends))] = block[
+                tuple(slice(0, e - o) for o, e in zip(offset, ends))]
+        return out
+    total = ds.dtype.itemsize * math.prod(shape)
+    # Padded to whole chunks, so the edge chunk is read in place too.
+    buffer = np.empty(max(1, len(grid)) * chunk_bytes, np.uint8)
+    size = os.fstat(fd).st_size
+    places = []
+    for k, offset in enumerate(grid):
+        info = dsid.get_chunk_info_by_coord((index, *offset))
+        if info.byte_offset is None:
+            raise ChunkChecksumError(offset, "is missing (never written)")
+        if info.size != chunk_bytes or info.byte_offset + info.size > size:
+            raise ChunkChecksumError(offset, f"is stored as {info.size} bytes at "
+                                     f"{info.byte_offset}, past the file or not one chunk")
+        places.append((k, offset, int(info.byte_offset)))
+    if total < MIN_PIPELINED_BYTES:
+        for k, offset, at in places:
+            view = buffer[k * chunk_bytes:(k + 1) * chunk_bytes]
+            if os.preadv(fd, [view.data], at) != chunk_bytes or crc32c(view) != int(expected[k]):
+                raise ChunkChecksumError(offset, "fails its CRC32C checksum")
+    else:
+        _pipelined(fd, buffer, chunk_bytes, places, expected)
+    return buffer[:total].view(ds.dtype).reshape(shape)
+
+
+def _pipelined(fd: int, buffer: np.ndarray, chunk_bytes: int,
+               places: list[tuple[int, tuple[int, ...], int]], expected: np.ndarray) -> None:
+    """Read each chunk in pieces; a second thread continues its CRC32C piece by piece."""
+    chain = _chain_executor()
+    sums = [0] * len(expected)
+    futures: list[concurrent.futures.Future[None]] = []
+
+    def continue_crc(k: int, piece: np.ndarray) -> None:
+        sums[k] = crc32c(piece, sums[k])
+
+    try:
+        for k, offset, at in places:
+            base = k * chunk_bytes
+            for lo in range(0, chunk_bytes, PIECE_BYTES):
+                hi = min(chunk_bytes, lo + PIECE_BYTES)
+                piece = buffer[base + lo:base + hi]
+                if os.preadv(fd, [piece.data], at + lo) != hi - lo:
+                    raise ChunkChecksumError(offset, "is cut short by the end of the file")
+                futures.append(chain.submit(continue_crc, k, piece))
+    finally:
+        concurrent.futures.wait(futures)  # never free a buffer the thread still reads
+    for future in futures:
+        future.result()
+    for k, offset, _ in places:
+        if sums[k] != int(expected[k]):
+            raise ChunkChecksumError(offset, "fails its CRC32C checksum")
+
+
+def check_stored_chunks(ds: h5py.Dataset, index: int, expected: np.ndarray) -> None:
+    """Check every stored chunk of row *index* against its CRC32C (any filters: the
+    bytes as stored).
+
+    Raises:
+        ChunkChecksumError: a chunk is missing or fails its CRC32C.
+    """
+    chunks, _, _ = stored_chunks(ds)
+    grid = list(chunk_grid(tuple(ds.shape[1:]), chunks))
+    if len(grid) != len(expected):
+        raise ChunkChecksumError((index,), f"has {len(expected)} checksums for {len(grid)} "
+                                 "chunks")
+    for k, offset in enumerate(grid):
+        try:
+            _, stored = ds.id.read_direct_chunk((index, *offset))
+        except (OSError, RuntimeError, ValueError) as err:
+            raise ChunkChecksumError(offset, f"cannot be read ({err})") from None
+        if crc32c(stored) != int(expected[k]):
+            raise ChunkChecksumError(offset, "fails its CRC32C checksum")

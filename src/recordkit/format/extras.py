@@ -1,6 +1,8 @@
 """Extras: what ``Recorder.add`` stored under ``/extras``, a dataset, a group of datasets
-or tagged JSON per key, each checksummed (fletcher32 per chunk, or a SHA-256 attribute
-where HDF5 cannot checksum), so damage reads as an error, never as other values."""
+or tagged JSON per key, each checksummed (fletcher32 per chunk plus, since format
+version 2, a CRC32C per stored chunk in the ``crc32c`` attribute, since fletcher32 passes
+a zeroed chunk; a SHA-256 attribute where HDF5 cannot checksum), so damage reads as an
+error, never as other values."""
 
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ import numpy as np
 from recordkit.codec import encode_repr, encode_value, loads_json
 from recordkit.dtypes import BFLOAT16, BFloat16Bits, decode_tensor, encode_tensor
 from recordkit.format.attrs import attr_str, object_name, read_text, write_text
+from recordkit.format.checksums import CHECKSUM_DTYPE, chunk_grid, crc32c
 from recordkit.format.layout import (
     CHECKSUM_ATTR,
+    CRC32C_ATTR,
     DEFAULT_CHUNK_BYTES,
     DTYPE_ATTR,
     EXTRAS,
@@ -125,6 +129,36 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: Chunks an extra's ``crc32c`` attribute holds at most (64 KiB of attribute, the limit
+#: of HDF5's compact attribute storage): an extra array of more chunks (above 60 GiB)
+#: keeps fletcher32 alone.
+MAX_CRC_ATTR = 15_000
+
+
+def _stored_crcs(ds: h5py.Dataset) -> np.ndarray:
+    """The CRC32C of each stored chunk of *ds* (bytes as stored, fletcher32 trailer
+    included), in the C order of its chunk grid: fletcher32 passes a zeroed chunk."""
+    assert ds.chunks is not None
+    return np.array([crc32c(ds.id.read_direct_chunk(offset)[1])
+                     for offset in chunk_grid(ds.shape, ds.chunks)], CHECKSUM_DTYPE)
+
+
+def _check_crcs(ds: h5py.Dataset) -> None:
+    expected = ds.attrs.get(CRC32C_ATTR)
+    if expected is None or ds.chunks is None:
+        return  # written before format version 2
+    try:
+        found = _stored_crcs(ds)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise ValueError(f"{ds.name}: a chunk cannot be read ({err})") from None
+    expected = np.asarray(expected)
+    if found.shape != expected.shape or not np.array_equal(found, expected):
+        bad = ([int(i) for i in np.flatnonzero(found != expected)[:5]]
+               if found.shape == expected.shape else "their number")
+        raise ValueError(f"{ds.name}: chunks {bad} do not match their {CRC32C_ATTR} "
+                         "checksums")
+
+
 def _write_array(group: h5py.Group, key: str, stored: np.ndarray, stored_dtype: str,
                  name: str, kind: str) -> None:
     """One array dataset of an extra. Arrays with data are chunked with a fletcher32
@@ -133,6 +167,9 @@ def _write_array(group: h5py.Group, key: str, stored: np.ndarray, stored_dtype: 
         ds = group.create_dataset(
             key, data=stored, fletcher32=True,
             chunks=weight_chunks(stored.shape, stored.dtype.itemsize, DEFAULT_CHUNK_BYTES)[1:])
+        crcs = _stored_crcs(ds)
+        if len(crcs) <= MAX_CRC_ATTR:
+            ds.attrs[CRC32C_ATTR] = crcs
     else:
         ds = group.create_dataset(key, data=stored)
         if stored.size:
@@ -198,6 +235,7 @@ def _check_sha256(obj: h5py.HLObject, data: bytes) -> None:
 
 
 def read_array(ds: h5py.Dataset) -> np.ndarray:
+    _check_crcs(ds)
     data = ds[()]
     if CHECKSUM_ATTR in ds.attrs:
         _check_sha256(ds, np.ascontiguousarray(data).tobytes())

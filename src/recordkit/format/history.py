@@ -9,7 +9,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from recordkit.errors import RecordDamagedError
+from recordkit.format.attrs import read_attr
 from recordkit.format.layout import (
+    EMPTY_METRIC,
     HISTORY,
     HISTORY_CHUNK_ROWS,
     HISTORY_DTYPE,
@@ -17,11 +20,13 @@ from recordkit.format.layout import (
     HISTORY_ROW_DTYPE,
     HISTORY_TABLE,
     METRIC_NAME_CHUNK,
+    VERSION_ATTR,
     escape_metric,
     unescape_name,
 )
 
-__all__ = ["HistoryTable", "Row", "metric_names", "read_history", "split_history"]
+__all__ = ["HistoryTable", "Row", "check_rows", "metric_names", "read_history", "split_history",
+           "stored_metric_name"]
 
 #: One buffered row of a metric: (epoch, step, value, time).
 Row = tuple[int, int, float, float]
@@ -33,13 +38,53 @@ _ROW_MTYPE = h5py.h5t.py_create(HISTORY_ROW_DTYPE)
 _MEMORY_SPACES: dict[int, Any] = {}
 
 
+def stored_metric_name(name: str, version: int) -> str:
+    """How a metric name is stored in /history/metrics of a file of *version*: ``%`` and
+    NUL escaped; in v2 the empty name as ``%`` (a stored empty string is a zeroed chunk).
+
+    Example:
+        >>> stored_metric_name("", 2), stored_metric_name("100%", 2)
+        ('%', '100%25')
+    """
+    escaped = escape_metric(name)
+    return EMPTY_METRIC if version >= 2 and not escaped else escaped
+
+
 def metric_names(f: h5py.File) -> list[str]:
-    """The metric names in index order (the order they were first logged)."""
+    """The metric names in index order (the order they were first logged).
+
+    Raises:
+        RecordDamagedError: (v2) a stored name is empty: what a zeroed chunk reads as.
+    """
     group = f.get(HISTORY)
     if group is None or HISTORY_METRICS not in group:
         return []
-    return [unescape_name(n.decode("utf-8") if isinstance(n, bytes) else str(n))
-            for n in group[HISTORY_METRICS][()]]
+    stored = [n.decode("utf-8") if isinstance(n, bytes) else str(n)
+              for n in group[HISTORY_METRICS][()]]
+    if "" in stored and int(read_attr(f, VERSION_ATTR, 1)) >= 2:
+        raise RecordDamagedError(
+            f"{f.filename!r}: /{HISTORY}/{HISTORY_METRICS} holds an empty name at index "
+            f"{stored.index('')}, which format version 2 never writes (a zeroed chunk "
+            "reads so): the file is damaged (run `recordkit verify` on it)")
+    return [unescape_name(n) for n in stored]
+
+
+def check_rows(f: h5py.File, rows: np.ndarray, what: str) -> np.ndarray:
+    """*rows* (of a table with a ``time`` field), refused when one has time 0.0: format
+    version 2 writes ``time.time()`` into every row, so a zero is a zeroed page, whose
+    zero fletcher32 checksum HDF5 accepts.
+
+    Raises:
+        RecordDamagedError: (v2) a row has time 0.
+    """
+    if len(rows) and int(read_attr(f, VERSION_ATTR, 1)) >= 2:
+        zero = np.flatnonzero(rows["time"] == 0)
+        if len(zero):
+            raise RecordDamagedError(
+                f"{f.filename!r}: {what} rows {zero[:5].tolist()} are all zeros, which "
+                "format version 2 never writes (a zeroed page of the file reads so): "
+                "the file is damaged there (run `recordkit verify` on it)")
+    return rows
 
 
 def split_history(rows: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -68,7 +113,8 @@ def read_history(f: h5py.File) -> dict[str, np.ndarray]:
     group = f.get(HISTORY)
     if group is None or HISTORY_TABLE not in group:
         return {}
-    return split_history(group[HISTORY_TABLE][()], metric_names(f))
+    rows = check_rows(f, group[HISTORY_TABLE][()], f"/{HISTORY}/{HISTORY_TABLE}")
+    return split_history(rows, metric_names(f))
 
 
 class HistoryTable:
@@ -82,6 +128,7 @@ class HistoryTable:
     def __init__(self) -> None:
         self._file: h5py.File | None = None
         self._ids: dict[str, int] = {}
+        self._version = 1
         self._table: h5py.Dataset | None = None
         self._count: int | None = None  # rows in the table, when known
 
@@ -102,6 +149,7 @@ class HistoryTable:
         table = self._table
         if self._file is not f or table is None or not table.id.valid:
             self._file = f
+            self._version = int(read_attr(f, VERSION_ATTR, 1))
             self._ids = {name: i for i, name in enumerate(metric_names(f))}
             table = self._table = f[HISTORY][HISTORY_TABLE]
             self._count = None
@@ -129,7 +177,7 @@ class HistoryTable:
             names = f[HISTORY][HISTORY_METRICS]
             n = names.shape[0]
             names.resize((n + len(new),))
-            names[n:] = [escape_metric(name) for name in new]
+            names[n:] = [stored_metric_name(name, self._version) for name in new]
             for name in new:
                 self._ids[name] = len(self._ids)
         data = np.array([(self._ids[name], *row) for name, rows in pending for row in rows],

@@ -1,5 +1,6 @@
-"""Every path and attribute name inside a record file (format version 1), and the shapes
-of its tables. docs/FORMAT.md describes each object for readers who use plain h5py.
+"""Every path and attribute name inside a record file (format version 2; what version 1
+lacks is said where it is named), and the shapes of its tables. docs/FORMAT.md describes
+each object for readers who use plain h5py.
 
 Layout of ``<root>/<experiment>/<run_id>.h5``::
 
@@ -14,7 +15,9 @@ Layout of ``<root>/<experiment>/<run_id>.h5``::
     /history/rows           1-D compound (metric i4, epoch i8, step i8, value f8, time f8)
     /snapshots              1-D compound (epoch i8, step i8, time f8): one row per snapshot
     /weights/<tensor>       (n_snapshots, *tensor_shape), snapshot axis first, growing
-                            attrs: name, dtype, first_snapshot
+                            attrs: name, dtype, first_snapshot, checksum (v2)
+    /checksums/<tensor>     (v2) uint32 (n_snapshots, chunks per snapshot): the CRC32C of
+                            each stored chunk of the weight dataset of the same name
     /extras/<key>           what Recorder.add stored: a dataset, a group of datasets, or JSON
                             attrs: name, kind, dtype, sha256, unserialisable
 
@@ -34,7 +37,12 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "HISTORY_DTYPE", "SNAPSHOT_DTYPE", "
            "escape_metric", "escape_name", "unescape_name"]
 
 FORMAT_NAME = "recordkit"
-FORMAT_VERSION = 1
+#: The version new records are written in. Version 2 (2026-12): weight chunks are written
+#: whole, without HDF5's fletcher32 filter, and each has a CRC32C in /checksums; extras
+#: arrays carry per-chunk CRC32Cs; a zeroed table row or metric name is damage.
+FORMAT_VERSION = 2
+#: Every version a reader of this recordkit reads.
+READ_VERSIONS = (1, 2)
 
 #: Values of the root attribute ``status``. A reader treats ``running`` in a file that no
 #: process holds open as an interrupted run.
@@ -51,6 +59,8 @@ HISTORY_TABLE = "rows"
 HISTORY_METRICS = "metrics"
 SNAPSHOTS = "snapshots"
 WEIGHTS = "weights"
+#: (v2) The per-chunk CRC32Cs of each weight dataset, under the same link name.
+CHECKSUMS = "checksums"
 EXTRAS = "extras"
 
 # --- attributes ---------------------------------------------------------------------------
@@ -74,6 +84,15 @@ FIRST_SNAPSHOT_ATTR = "first_snapshot"
 KIND_ATTR = "kind"
 #: On an extra HDF5 cannot checksum (a 0-d array, JSON text): the SHA-256 of its bytes.
 CHECKSUM_ATTR = "sha256"
+#: (v2) On a weight dataset: how its chunks are checked, ``crc32c`` (/checksums holds one
+#: per chunk) or ``none`` (``Recorder(checksum=False)``).
+WEIGHT_CHECKSUM_ATTR = "checksum"
+#: (v2) On a chunked extra array: uint32 array, the CRC32C of each stored chunk in chunk
+#: order (C order of the chunk grid).
+CRC32C_ATTR = "crc32c"
+#: (v2) How an empty metric name is stored in /history/metrics: a stored empty string is
+#: what a zeroed chunk reads as, so it is damage. ``%`` alone never results from escaping.
+EMPTY_METRIC = "%"
 
 # --- tables -------------------------------------------------------------------------------
 

@@ -1,8 +1,13 @@
-"""The weights: one dataset per tensor (``/weights/<tensor>``, snapshot axis first) and
-the snapshot table (``/snapshots``) that says which epoch each snapshot index is.
+"""The weights: one dataset per tensor (``/weights/<tensor>``, snapshot axis first), in
+format version 2 the CRC32C of each of its chunks (``/checksums/<tensor>``), and the
+snapshot table (``/snapshots``) that says which epoch each snapshot index is.
 
-Crash safety rests on one order: a snapshot's tensors are written and flushed before
-its table row, and readers trust only the snapshots the table lists."""
+Crash safety rests on one order: a snapshot's tensors (and their checksums) are written
+and flushed before its table row, and readers trust only the snapshots the table lists.
+
+Version 2 writes each chunk whole with ``H5Dwrite_chunk`` straight from the snapshot's
+buffer (no HDF5 filter, so no copy), its CRC32C computed alongside; version 1 files
+(resumed by this writer) keep HDF5's fletcher32 filter, as they were written."""
 
 from __future__ import annotations
 
@@ -16,11 +21,25 @@ import h5py
 import numpy as np
 
 from recordkit.dtypes import decode_tensor
-from recordkit.errors import SnapshotError
+from recordkit.errors import RecordDamagedError, SnapshotError
 from recordkit.format.attrs import attr_str, members, object_name, read_attr
-from recordkit.format.chunkread import read_snapshot
+from recordkit.format.checksums import (
+    CHECKSUM_DTYPE,
+    checksum_chunk_rows,
+    chunk_grid,
+    crc32c,
+    grid_size,
+)
+from recordkit.format.chunkread import (
+    ChunkChecksumError,
+    check_stored_chunks,
+    read_checked_row,
+    read_snapshot,
+)
 from recordkit.format.filters import ensure_readable
+from recordkit.format.history import check_rows
 from recordkit.format.layout import (
+    CHECKSUMS,
     DEFAULT_CHUNK_BYTES,
     DTYPE_ATTR,
     FIRST_SNAPSHOT_ATTR,
@@ -28,32 +47,40 @@ from recordkit.format.layout import (
     SNAPSHOT_CHUNK_ROWS,
     SNAPSHOT_DTYPE,
     SNAPSHOTS,
+    VERSION_ATTR,
+    WEIGHT_CHECKSUM_ATTR,
     WEIGHTS,
     escape_metric,
     escape_name,
 )
 
 __all__ = ["SnapshotPlan", "SnapshotStore", "SnapshotTarget", "StoredTensor", "TensorSpec",
+           "check_checksummed_rows",
            "no_rows", "read_last_snapshot", "read_row", "read_rows", "read_table",
            "stored_tensors", "weight_chunks"]
 
 
 def weight_chunks(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
     """Chunk shape of a weight dataset: one snapshot per chunk, tensor axes split from the
-    first on until the chunk is at most *chunk_bytes*.
+    first on until the chunk is at most *chunk_bytes*, an axis split into equal parts (so
+    that the padded edge chunk wastes at most part of one row, not most of a chunk).
 
     Example:
         >>> weight_chunks((1000, 1000), 4, 4 * 1024 * 1024)
         (1, 1000, 1000)
         >>> weight_chunks((4096, 4096), 4, 4 * 1024 * 1024)
         (1, 256, 4096)
+        >>> weight_chunks((1000, 1100), 4, 4 * 1024 * 1024)
+        (1, 500, 1100)
     """
     chunk = [max(1, d) for d in shape]
     for axis in range(len(chunk)):
         rest = itemsize * math.prod(chunk[axis + 1 :])
         if rest * chunk[axis] <= chunk_bytes:
             break
-        chunk[axis] = max(1, chunk_bytes // rest)
+        most = max(1, chunk_bytes // rest)  # rows of this axis one chunk can hold
+        parts = -(-chunk[axis] // most)
+        chunk[axis] = -(-chunk[axis] // parts)
     return (1, *chunk)
 
 
@@ -77,6 +104,12 @@ class SnapshotTarget:
     array: np.ndarray
     #: The dataset's chunk shape (snapshot axis first), for writing in slices.
     chunks: tuple[int, ...] | None
+    #: (v2) The tensor's /checksums dataset and the CRC32C of each chunk of this row, in
+    #: chunk order, filled in as the chunks are written; None without checksums.
+    checksums: h5py.Dataset | None = None
+    crcs: np.ndarray | None = None
+    #: (v2, no compression) Chunks are written whole from the buffer (H5Dwrite_chunk).
+    direct: bool = False
 
 
 @dataclasses.dataclass
@@ -133,9 +166,10 @@ class SnapshotStore:
                 older than its first.
         """
         index, replaces = self._index(f, epoch)
+        version = int(read_attr(f, VERSION_ATTR, 1))
         targets = []
         for name, (array, stored_dtype) in encoded.items():
-            ds = self._dataset(f, name, array, stored_dtype, index)
+            ds = self._dataset(f, name, array, stored_dtype, index, version)
             if ds.shape[1:] != array.shape or ds.dtype != array.dtype or (
                     attr_str(ds, DTYPE_ATTR) != stored_dtype):
                 raise SnapshotError(
@@ -150,12 +184,25 @@ class SnapshotStore:
                     f"snapshot at epoch {epoch}: tensor {name!r} first appeared in a "
                     f"later snapshot of {str(path)!r}; it cannot be added to an earlier one"
                 )
-            targets.append(SnapshotTarget(ds, row, array, ds.chunks))
+            targets.append(self._target(f, ds, row, array, version))
         for target in targets:
             ds = target.dataset
             if target.row >= ds.shape[0]:
                 ds.resize((target.row + 1, *ds.shape[1:]))
+            sums = target.checksums
+            if sums is not None and target.row >= sums.shape[0]:
+                sums.resize((target.row + 1, sums.shape[1]))
         return SnapshotPlan(epoch, step, index, replaces, targets)
+
+    @staticmethod
+    def _target(f: h5py.File, ds: h5py.Dataset, row: int, array: np.ndarray,
+                version: int) -> SnapshotTarget:
+        if version < 2 or attr_str(ds, WEIGHT_CHECKSUM_ATTR) != "crc32c":
+            return SnapshotTarget(ds, row, array, ds.chunks)
+        sums = f[CHECKSUMS].get(ds.name.rsplit("/", 1)[1]) if CHECKSUMS in f else None
+        crcs = None if sums is None else np.zeros(sums.shape[1], CHECKSUM_DTYPE)
+        direct = ds.id.get_create_plist().get_nfilters() == 0
+        return SnapshotTarget(ds, row, array, ds.chunks, sums, crcs, direct)
 
     @staticmethod
     def _index(f: h5py.File, epoch: int) -> tuple[int, bool]:
@@ -185,13 +232,15 @@ class SnapshotStore:
                 )
 
     def _dataset(self, f: h5py.File, name: str, array: np.ndarray, stored_dtype: str,
-                 first_snapshot: int) -> h5py.Dataset:
-        """The dataset of one tensor, created on its first snapshot."""
+                 first_snapshot: int, version: int) -> h5py.Dataset:
+        """The dataset of one tensor (and in v2 its checksums), made on its first
+        snapshot."""
         group = f[WEIGHTS]
         key = escape_name(name)
         if key in group:
             return group[key]
         shape = tuple(int(d) for d in array.shape)
+        chunks = weight_chunks(shape, array.dtype.itemsize, self._chunk_bytes)
         ds = group.create_dataset(
             key,
             shape=(0, *shape),
@@ -199,30 +248,47 @@ class SnapshotStore:
             # than a fixed axis: a zero-length axis is left unlimited (it never grows).
             maxshape=(None, *(d if d else None for d in shape)),
             dtype=array.dtype,
-            chunks=weight_chunks(shape, array.dtype.itemsize, self._chunk_bytes),
-            fletcher32=self._checksum,
+            chunks=chunks,
+            fletcher32=self._checksum and version < 2,
             compression=self._compression,
             compression_opts=self._compression_opts,
         )
         ds.attrs[NAME_ATTR] = escape_metric(name)
         ds.attrs[DTYPE_ATTR] = stored_dtype
         ds.attrs[FIRST_SNAPSHOT_ATTR] = first_snapshot
+        if version >= 2:
+            per_row = grid_size(shape, chunks[1:])
+            checked = self._checksum and per_row > 0
+            ds.attrs[WEIGHT_CHECKSUM_ATTR] = "crc32c" if checked else "none"
+            if checked:
+                f.require_group(CHECKSUMS).create_dataset(
+                    key, shape=(0, per_row), maxshape=(None, per_row), dtype=CHECKSUM_DTYPE,
+                    chunks=(checksum_chunk_rows(per_row), per_row))
         return ds
 
     @staticmethod
     def write(target: SnapshotTarget, part: slice | None) -> None:
-        """Write one tensor's row of a snapshot, or the slice *part* of its first axis."""
+        """Write one tensor's row of a snapshot, or the slice *part* of its first axis
+        (whole chunks of it), with the CRC32C of each chunk in v2."""
+        if target.direct:
+            _write_chunks(target, part)
+            return
         if part is None:
             target.dataset[target.row] = target.array
         else:
             target.dataset[target.row, part] = target.array[part]
+        if target.crcs is not None:  # filtered (compressed): the stored chunks, read back
+            _read_back_crcs(target, part)
 
     @staticmethod
     def finish(f: h5py.File, plan: SnapshotPlan) -> None:
-        """List the snapshot in the table, after its tensors reached the file: one flush
-        does not order its writes, and a kill inside it could leave a listed snapshot
-        unwritten (benchmarks/crash_kills.py found it). Flushed on its own, so it is
-        committed whether or not ``commit()`` waits for it."""
+        """List the snapshot in the table, after its tensors (and their checksums) reached
+        the file: one flush does not order its writes, and a kill inside it could leave a
+        listed snapshot unwritten (benchmarks/crash_kills.py found it). Flushed on its
+        own, so it is committed whether or not ``commit()`` waits for it."""
+        for target in plan.targets:
+            if target.checksums is not None and target.crcs is not None:
+                target.checksums[target.row] = target.crcs
         f.flush()
         table = f[SNAPSHOTS]
         if not plan.replaces:
@@ -240,18 +306,73 @@ class SnapshotStore:
             return
         first = int(stale[0])
         table.resize((first,))
-        for _, ds in members(f[WEIGHTS]):
+        sums = f.get(CHECKSUMS)
+        for key, ds in members(f[WEIGHTS]):
             rows = max(0, first - int(ds.attrs[FIRST_SNAPSHOT_ATTR]))
             if ds.shape[0] > rows:
                 ds.resize((rows, *ds.shape[1:]))
+            crcs = sums.get(key) if sums is not None else None
+            if crcs is not None and crcs.shape[0] > rows:
+                crcs.resize((rows, crcs.shape[1]))
+
+
+def _chunk_ranges(target: SnapshotTarget, part: slice | None
+                  ) -> list[tuple[int, tuple[int, ...]]]:
+    """(checksum index, chunk offset along the tensor axes) of the chunks of *part*."""
+    assert target.chunks is not None
+    shape, chunks = target.array.shape, target.chunks[1:]
+    out = []
+    for k, offset in enumerate(chunk_grid(shape, chunks)):
+        if part is None or (offset and part.start <= offset[0] < part.stop):
+            out.append((k, offset))
+    return out
+
+
+def _write_chunks(target: SnapshotTarget, part: slice | None) -> None:
+    """Write the chunks of *part* whole with ``H5Dwrite_chunk``, from the buffer itself
+    where a chunk is a contiguous run of it (a full chunk of a tensor split along its
+    first axis only), else from a padded copy of the chunk (an edge chunk)."""
+    assert target.chunks is not None
+    array = np.require(target.array, requirements='C')  # (ascontiguousarray makes 0-d 1-d)
+    shape, chunks = array.shape, target.chunks[1:]
+    plain = tuple(chunks[1:]) == tuple(shape[1:])
+    dsid = target.dataset.id
+    crcs = target.crcs
+    for k, offset in _chunk_ranges(target, part):
+        ends = [min(o + c, d) for o, c, d in zip(offset, chunks, shape)]
+        if plain and (not shape or ends[0] - offset[0] == chunks[0]):
+            data = array[offset[0]:ends[0]] if shape else array
+        else:  # an edge chunk: HDF5 stores it padded to the full chunk shape
+            data = np.zeros(chunks, array.dtype)
+            data[tuple(slice(0, e - o) for o, e in zip(offset, ends))] = array[
+                tuple(slice(o, e) for o, e in zip(offset, ends))]
+        raw = data.reshape(-1).view(np.uint8)  # a view: the bytes as they are stored
+        if crcs is not None:
+            crcs[k] = crc32c(raw)
+        dsid.write_direct_chunk((target.row, *offset), raw, filter_mask=0)
+
+
+def _read_back_crcs(target: SnapshotTarget, part: slice | None) -> None:
+    """The CRC32C of each stored (filtered) chunk of *part*, read back from the file."""
+    assert target.crcs is not None
+    dsid = target.dataset.id
+    for k, offset in _chunk_ranges(target, part):
+        _, stored = dsid.read_direct_chunk((target.row, *offset))
+        target.crcs[k] = crc32c(stored)
 
 
 # --- reading ------------------------------------------------------------------------------
 
 
 def read_table(f: h5py.File) -> np.ndarray:
-    """The snapshot table (SNAPSHOT_DTYPE rows); empty when the file has none."""
-    return f[SNAPSHOTS][()] if SNAPSHOTS in f else np.zeros(0, SNAPSHOT_DTYPE)
+    """The snapshot table (SNAPSHOT_DTYPE rows); empty when the file has none.
+
+    Raises:
+        RecordDamagedError: (v2) a row is zeroed (see :func:`.history.check_rows`).
+    """
+    if SNAPSHOTS not in f:
+        return np.zeros(0, SNAPSHOT_DTYPE)
+    return check_rows(f, f[SNAPSHOTS][()], f"/{SNAPSHOTS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,12 +420,51 @@ def _dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
     return ds
 
 
+def _expected_crcs(f: h5py.File, ds: h5py.Dataset, key: str, row: int,
+                   path: Path) -> np.ndarray | None:
+    """(v2) The CRC32Cs of row *row* of a weight dataset, or None when it has none
+    (``checksum=False``, or a version 1 dataset)."""
+    kind = ds.attrs.get(WEIGHT_CHECKSUM_ATTR)
+    if kind is None:
+        return None  # version 1: fletcher32 (or nothing), checked by HDF5 / chunkread
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if kind == "none":
+        return None
+    sums = f[CHECKSUMS].get(key) if kind == "crc32c" and CHECKSUMS in f else None
+    if sums is None or sums.ndim != 2 or sums.dtype != CHECKSUM_DTYPE or row >= sums.shape[0]:
+        raise RecordDamagedError(
+            f"{str(path)!r}: tensor {object_name(ds)!r} says its chunks are checked by "
+            f"{kind!r} but /{CHECKSUMS}/{key} has no row {row}: the file is damaged "
+            "(run `recordkit verify` on it)")
+    return np.asarray(sums[row])
+
+
+def _damaged_chunk(path: Path, ds: h5py.Dataset, row: int, err: ChunkChecksumError
+                   ) -> RecordDamagedError:
+    return RecordDamagedError(
+        f"{str(path)!r}: tensor {object_name(ds)!r}, dataset row {row}: {err}; the file "
+        "is damaged there (run `recordkit verify` on it); other snapshots and tensors may "
+        "still read")
+
+
 def read_row(f: h5py.File, tensor: StoredTensor, row: int, path: Path) -> np.ndarray:
-    """One snapshot of a tensor (its dataset row), decoded: straight from its chunks when
-    it has the plain layout (checksums verified by :mod:`.chunkread`), else through HDF5."""
+    """One snapshot of a tensor (its dataset row), decoded and verified: v2 chunks
+    against their CRC32C (read straight into the result when unfiltered), v1 chunks
+    straight from the file when they have the plain layout (fletcher32 checked by
+    :mod:`.chunkread`), else through HDF5."""
     ds = _dataset(f, tensor.key, path)
-    data = read_snapshot(ds, row)
-    return decode_tensor(ds[row] if data is None else data, tensor.stored_dtype)
+    expected = _expected_crcs(f, ds, tensor.key, row, path)
+    if expected is None:
+        data = read_snapshot(ds, row)
+        return decode_tensor(ds[row] if data is None else data, tensor.stored_dtype)
+    try:
+        data = read_checked_row(ds, row, expected)
+        if data is None:  # filtered: check the stored chunks, then let HDF5 decode them
+            check_stored_chunks(ds, row, expected)
+            data = ds[row]
+    except ChunkChecksumError as err:
+        raise _damaged_chunk(path, ds, row, err) from None
+    return decode_tensor(data, tensor.stored_dtype)
 
 
 def no_rows(tensor: StoredTensor) -> np.ndarray:
@@ -316,10 +476,12 @@ def no_rows(tensor: StoredTensor) -> np.ndarray:
 
 def read_rows(f: h5py.File, tensor: StoredTensor, rows: range, path: Path) -> np.ndarray:
     """Several snapshots of a tensor (dataset rows), stacked along the first axis,
-    decoded."""
+    decoded (and in v2 each row verified)."""
     if not rows:
         return no_rows(tensor)
     ds = _dataset(f, tensor.key, path)
+    if WEIGHT_CHECKSUM_ATTR in ds.attrs and attr_str(ds, WEIGHT_CHECKSUM_ATTR) != "none":
+        return np.stack([read_row(f, tensor, i, path) for i in rows])
     data = (ds[rows.start:rows.stop:rows.step] if rows.step > 0
             else np.stack([ds[i] for i in rows]))
     return decode_tensor(data, tensor.stored_dtype)
@@ -333,3 +495,32 @@ def read_last_snapshot(f: h5py.File, path: Path) -> dict[str, np.ndarray]:
     rows = {name: (tensor, tensor.row(n - 1)) for name, tensor in stored_tensors(f, n).items()}
     return {name: read_row(f, tensor, row, path) for name, (tensor, row) in rows.items()
             if row is not None}
+
+
+def check_checksummed_rows(f: h5py.File, key: str, listed: int) -> list[str]:
+    """(v2) Check every stored chunk of the first *listed* rows of ``/weights/<key>``
+    against ``/checksums/<key>``; the problems found (empty when all verify, or when the
+    dataset is not checked by CRC32C). At most 5 problems are listed per tensor."""
+    ds = f[WEIGHTS][key]
+    if attr_str(ds, WEIGHT_CHECKSUM_ATTR) != "crc32c" or not ds.size:
+        return []
+    name = object_name(ds)
+    sums = f[CHECKSUMS].get(key) if CHECKSUMS in f else None
+    if sums is None:
+        return [f"tensor {name!r} is checked by crc32c but /{CHECKSUMS}/{key} is missing"]
+    problems = []
+    rows = min(listed, int(ds.shape[0]))
+    if sums.shape[0] < rows:
+        problems.append(f"tensor {name!r}: /{CHECKSUMS}/{key} holds {sums.shape[0]} rows, "
+                        f"the table lists {rows}")
+        rows = int(sums.shape[0])
+    table = sums[:rows]
+    for row in range(rows):
+        try:
+            check_stored_chunks(ds, row, table[row])
+        except ChunkChecksumError as err:
+            problems.append(f"tensor {name!r}, dataset row {row}: {err} (the stored bytes "
+                            "changed)")
+            if len(problems) >= 5:
+                break
+    return problems
