@@ -296,3 +296,13 @@ def test_chunk_grid_order_is_c_order() -> None:
     grid = list(checksums.chunk_grid((5, 6), (2, 4)))
     assert grid == list(itertools.product((0, 2, 4), (0, 4)))
     assert checksums.grid_size((5, 6), (2, 4)) == 6 and checksums.grid_size((0, 3), (1, 3)) == 0
+
+
+def test_a_version_1_summary_is_trusted_like_a_version_2_one(tmp_path: Path) -> None:
+    """Tables of many runs read one attribute per closed run: v1 records keep that."""
+    from recordkit.record import Record
+
+    path = _copy("checked.h5", tmp_path)
+    lazy = Record(path, lazy=True)
+    assert lazy._summary is not None and lazy._summary["format_version"] == 1
+    assert lazy.params == {"lr": 0.01}

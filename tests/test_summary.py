@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import recordkit as rk
+from recordkit.format.layout import FORMAT_VERSION
 from recordkit.record import Record
 from tests.support import require
 from tests.support import signed_summary as signed
@@ -198,7 +199,8 @@ def test_oversized_or_odd_summary_is_read_in_full(tmp_path: pathlib.Path, case: 
     with h5py.File(rec.path, "r+", locking=False) as f:
         f.attrs["summary"] = FORGED_SUMMARIES[case]
     lazy = Record(rec.path, lazy=True)
-    assert lazy._summary is None and "_history" in vars(lazy)
+    # opened from its root (as load() opens it): the rest on first use, with its checks
+    assert lazy._summary is None and "_format_version" in vars(lazy)
     assert lazy.metric_summaries()["loss"]["final"] == 1.5
     records = rk.load_all(tmp_path, cache=False)
     assert len(records) == 1 and not records.skipped
@@ -235,7 +237,7 @@ def test_verify_reports_a_summary_that_disagrees_with_the_data(
     assert any("summary" in p and "metrics" in p for p in report.problems), report.problems
     _rewrite_summary(rec.path, lambda s: s["metrics"]["loss"].update(final=1.5))
     assert verify(rec.path, isolate=False).ok
-    _rewrite_summary(rec.path, lambda s: s.update(format_version=2))
+    _rewrite_summary(rec.path, lambda s: s.update(format_version=FORMAT_VERSION + 1))
     report = verify(rec.path, isolate=False)
     assert any("format_version" in p for p in report.problems), report.problems
     _rewrite_summary(rec.path, lambda s: [s.pop("format"), s.pop("format_version")])
@@ -255,7 +257,7 @@ def test_summary_repeats_the_format(tmp_path: pathlib.Path) -> None:
     with h5py.File(rec.path, "r", locking=False) as f:
         summary = json.loads(f.attrs["summary"])
         assert (summary["format"], summary["format_version"]) == (
-            f.attrs["format"], f.attrs["format_version"]) == ("recordkit", 1)
+            f.attrs["format"], f.attrs["format_version"]) == ("recordkit", FORMAT_VERSION)
 
 
 def test_summary_without_the_format_reads_the_root_attributes(
@@ -275,11 +277,11 @@ def test_summary_without_the_format_reads_the_root_attributes(
 def test_summary_of_a_newer_format_is_not_trusted(tmp_path: pathlib.Path) -> None:
     rec = make_run(tmp_path, lr=0.1)
     rec.save()
-    _rewrite_summary(rec.path, lambda s: s.update(format_version=2))
-    lazy = Record(rec.path, lazy=True)  # the root says 1: read in full, and it is fine
+    _rewrite_summary(rec.path, lambda s: s.update(format_version=FORMAT_VERSION + 1))
+    lazy = Record(rec.path, lazy=True)  # the root says this version: read in full, fine
     assert lazy._summary is None and lazy.history["loss"][-1] == 1.5
     with h5py.File(rec.path, "r+", locking=False) as f:
-        f.attrs["format_version"] = 2
+        f.attrs["format_version"] = FORMAT_VERSION + 1
     with pytest.raises(rk.errors.NotARecordError, match="upgrade recordkit"):
         Record(rec.path, lazy=True)
 

@@ -121,7 +121,7 @@ class Snapshots:
         drained)."""
         self._specs = None  # read from the file again
         assert self._run.file is not None
-        SnapshotStore.drop_from(self._run.file, epoch)
+        self._store.drop_from(self._run.file, epoch)
 
     def tensor_names(self) -> list[str]:
         """Tensors that earlier snapshots hold; call with the run's lock held."""
@@ -176,7 +176,11 @@ class Snapshots:
     def queue(self, arrays: Mapping[str, np.ndarray], dtype: str, epoch: int, step: int,
               nbytes: int) -> None:
         """Copy a checked snapshot (without the run's lock) and queue it for the writer;
-        waits while the writer is *max_pending_bytes* behind."""
+        waits while the writer is *max_pending_bytes* behind.
+
+        The job is queued before the copies are made and each copy is handed over as it
+        is made, so the writer writes the first tensors while the next are copied: the
+        copy and the write of one snapshot overlap instead of following each other."""
         writer = self._writer
         assert writer is not None
         try:
@@ -185,17 +189,19 @@ class Snapshots:
             with self._run.lock:
                 self._specs = None  # this snapshot was checked but is not queued
             raise
+        specs = {name: (tuple(a.shape), *stored_spec(a, dtype)) for name, a in arrays.items()}
+        job = SnapshotJob({}, epoch, step, nbytes, specs=specs)
+        writer.submit(job)
         try:
-            # The next training step may change the tensors: copy now. A cast is a copy.
-            copies = {name: (self._host_copy(name, a) if dtype == "keep"
-                             else cast_for_storage(a, dtype))
-                      for name, a in arrays.items()}
-        except BaseException:
-            writer.release(nbytes)
+            for name, a in arrays.items():
+                # The next training step may change the tensors: copy now. A cast is a copy.
+                job.add(name, self._host_copy(name, a) if dtype == "keep"
+                        else cast_for_storage(a, dtype))
+        except BaseException as err:
+            job.abort(err)  # the writer drops it and releases its reservation
             with self._run.lock:
                 self._specs = None
             raise
-        writer.submit(SnapshotJob(copies, epoch, step, nbytes))
 
     def drain(self) -> BaseException | None:
         """Wait until the queued snapshots are written; return the writer's error, if any.
@@ -278,7 +284,7 @@ class Snapshots:
 
     def _write_job(self, job: SnapshotJob) -> None:
         try:
-            self._write(job.arrays, job.epoch, job.step)
+            self._write(job.arrays, job.epoch, job.step, job)
         except BaseException:
             with self._run.lock:
                 self._specs = None  # re-read from the file on the next call
@@ -348,20 +354,27 @@ class Snapshots:
             RecordkitWarning, stacklevel=4,  # _check_size, take, Recorder.snapshot, caller
         )
 
-    def _write(self, arrays: Mapping[str, np.ndarray], epoch: int, step: int) -> None:
+    def _write(self, arrays: Mapping[str, np.ndarray], epoch: int, step: int,
+               job: SnapshotJob | None = None) -> None:
         """Write one snapshot: on the writer thread, or on the caller's in sync mode.
 
         The run's lock is held for the metadata steps and for each slice of data, not
         for the whole snapshot. The table row goes last: readers trust only snapshots the
-        table lists, so a crash mid-snapshot leaves the previous snapshots intact.
+        table lists, so a crash mid-snapshot leaves the previous snapshots intact. A
+        streamed *job* gives each tensor's copy when it is made (:meth:`SnapshotJob.take`,
+        waited for without the lock); until then the datasets are made from its specs.
         """
-        encoded = {}
-        for name, array in arrays.items():
-            try:
-                encoded[name] = encode_tensor(np.asarray(array) if not isinstance(
-                    array, BFloat16Bits) else array)
-            except TypeError as err:
-                raise SnapshotError(f"snapshot: tensor {name!r}: {err}") from None
+        if job is not None and job.specs is not None:
+            encoded = {name: (_placeholder(shape, stored), name_)
+                       for name, (shape, stored, name_) in job.specs.items()}
+        else:
+            encoded = {}
+            for name, array in arrays.items():
+                try:
+                    encoded[name] = encode_tensor(np.asarray(array) if not isinstance(
+                        array, BFloat16Bits) else array)
+                except TypeError as err:
+                    raise SnapshotError(f"snapshot: tensor {name!r}: {err}") from None
         run = self._run
         what = f"write the snapshot of epoch {epoch}"
         with run.lock:
@@ -375,13 +388,36 @@ class Snapshots:
                 # what earlier commits wrote.
                 run.ensure_space(sum(int(a.nbytes) for a, _ in encoded.values()), what)
                 plan = self._store.prepare(f, run.path, epoch, step, encoded)
-        for target in plan.targets:
+        names = list(encoded)
+        for name, target in zip(names, plan.targets):
+            if job is not None and job.specs is not None:
+                target.array = _stored(name, job.take(name), target.array)
             for part in slices(target):
                 with run.lock, run.as_write_error(what):
                     SnapshotStore.write(target, part)
         with run.lock, run.as_write_error(what):
-            SnapshotStore.finish(f, plan)
+            self._store.finish(f, plan)
             fd = run.fsync_handle() if self._durable else None
         if fd is not None:  # without the lock: log() need not wait for the disk
             with run.as_write_error(what):
                 os.fsync(fd)
+
+
+def _placeholder(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An array of *shape* and *dtype* that holds no memory: what a streamed snapshot's
+    datasets are made from before its copies exist."""
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, (0,) * len(shape))
+
+
+def _stored(name: str, copy: Any, placeholder: np.ndarray) -> np.ndarray:
+    """The stored form of a streamed tensor's copy, which must match its spec."""
+    try:
+        array, _ = encode_tensor(np.asarray(copy) if not isinstance(copy, BFloat16Bits)
+                                 else copy)
+    except TypeError as err:
+        raise SnapshotError(f"snapshot: tensor {name!r}: {err}") from None
+    if array.shape != placeholder.shape or array.dtype != placeholder.dtype:
+        raise SnapshotError(f"snapshot: tensor {name!r} changed while it was copied: "
+                            f"{array.dtype}{list(array.shape)}, expected "
+                            f"{placeholder.dtype}{list(placeholder.shape)}")
+    return array

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["WRITER_NICENESS", "SnapshotJob", "SnapshotWriter"]
+__all__ = ["WRITER_NICENESS", "JobAborted", "SnapshotJob", "SnapshotWriter"]
 
 #: How much lower than the training threads' priority the writer thread runs (Linux gives
 #: each thread a nice value of its own). On a machine whose cores the training threads
@@ -43,12 +43,51 @@ WRITER_NICENESS = 10
 
 @dataclass
 class SnapshotJob:
-    """One queued snapshot: the host copies of its tensors and where they go."""
+    """One queued snapshot: the host copies of its tensors and where they go.
+
+    A job may be queued before its copies are made (*streamed*): the caller then adds
+    each copy with :meth:`add` as soon as it is made, and the writer, which waits for
+    each tensor with :meth:`take`, writes the first tensors while the next are copied.
+    """
 
     arrays: dict[str, Any]
     epoch: int
     step: int
     nbytes: int
+    #: For a streamed job: the tensor names to come, in order, with (shape, dtype, stored
+    #: dtype name) of their copies; None when *arrays* holds every copy already.
+    specs: dict[str, tuple[tuple[int, ...], Any, str]] | None = None
+    #: Set when the caller gave up making the copies (its error was raised to it).
+    aborted: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self._ready = threading.Condition()
+
+    def add(self, name: str, copy: Any) -> None:
+        """Hand over the copy of one tensor of a streamed job."""
+        with self._ready:
+            self.arrays[name] = copy
+            self._ready.notify_all()
+
+    def abort(self, error: BaseException) -> None:
+        """The caller's copies failed: the writer drops the job without writing its row."""
+        with self._ready:
+            self.aborted = error
+            self._ready.notify_all()
+
+    def take(self, name: str) -> Any:
+        """The copy of *name*, waiting until it is made; raises :class:`JobAborted` when
+        the caller gave up."""
+        with self._ready:
+            while name not in self.arrays and self.aborted is None:
+                self._ready.wait()
+            if name not in self.arrays:
+                raise JobAborted(f"the snapshot of epoch {self.epoch} was not copied")
+            return self.arrays[name]
+
+
+class JobAborted(Exception):
+    """A streamed job whose copies were not all made; the caller saw the error."""
 
 
 class SnapshotWriter:
@@ -183,6 +222,8 @@ class SnapshotWriter:
                         self._dropped += 1
                 else:
                     self._write(job)
+            except JobAborted:
+                pass  # the caller's copy failed and raised there: nothing to keep
             except BaseException as err:  # kept for the caller: never lost, never raised here
                 with self._cond:
                     if self._error is None:

@@ -57,7 +57,7 @@ from recordkit.format.layout import (
 __all__ = ["SnapshotPlan", "SnapshotStore", "SnapshotTarget", "StoredTensor", "TensorSpec",
            "check_checksummed_rows",
            "no_rows", "read_last_snapshot", "read_row", "read_rows", "read_table",
-           "stored_tensors", "weight_chunks"]
+           "stored_tensor", "stored_tensors", "weight_chunks"]
 
 
 def weight_chunks(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
@@ -124,6 +124,40 @@ class SnapshotPlan:
     targets: list[SnapshotTarget]
 
 
+@dataclasses.dataclass
+class _Known:
+    """What the writer keeps of one tensor of the open file between snapshots."""
+
+    dataset: h5py.Dataset
+    checksums: h5py.Dataset | None
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    stored_dtype: str
+    first: int
+    rows: int
+    chunks: tuple[int, ...] | None
+    per_row: int
+    direct: bool
+
+    @classmethod
+    def of(cls, ds: h5py.Dataset, key: str, sums_group: h5py.Group | None,
+           version: int) -> _Known:
+        checked = version >= 2 and attr_str(ds, WEIGHT_CHECKSUM_ATTR) == "crc32c"
+        sums = sums_group.get(key) if checked and sums_group is not None else None
+        direct = checked and ds.id.get_create_plist().get_nfilters() == 0
+        return cls(ds, sums, tuple(ds.shape[1:]), ds.dtype, attr_str(ds, DTYPE_ATTR),
+                   int(read_attr(ds, FIRST_SNAPSHOT_ATTR, 0)), int(ds.shape[0]), ds.chunks,
+                   int(sums.shape[1]) if sums is not None else 0, direct)
+
+    def grow(self, rows: int) -> None:
+        """Make room for *rows* rows (dataset and checksums), with h5py's checks skipped."""
+        if rows > self.rows:
+            self.dataset.id.set_extent((rows, *self.shape))
+            if self.checksums is not None:
+                self.checksums.id.set_extent((rows, self.per_row))
+            self.rows = rows
+
+
 class SnapshotStore:
     """Writes snapshots into one open record: datasets made on a tensor's first snapshot
     with the recorder's storage options, rows added, the table row last."""
@@ -137,6 +171,10 @@ class SnapshotStore:
         self._compression = compression
         self._compression_opts = compression_opts
         self._chunk_bytes = chunk_bytes
+        self._file: h5py.File | None = None
+        self._known: dict[str, _Known] | None = None
+        self._version = 1
+        self._table: tuple[int, int | None] = (0, None)  # (rows, last epoch)
 
     @staticmethod
     def create(f: h5py.File, *, checksum: bool) -> None:
@@ -156,6 +194,23 @@ class SnapshotStore:
         table = f[SNAPSHOTS]
         return specs, (int(table[-1]["epoch"]) if len(table) else None)
 
+    def _bind(self, f: h5py.File) -> dict[str, _Known]:
+        """What the store knows of *f*'s tensors, read from the file once per file: asking
+        HDF5 for each tensor's attributes, shape and checksums on every snapshot cost as
+        much as writing the snapshot's bytes (docs/BENCHMARKS.md)."""
+        known = self._known
+        if known is not None and f.id.valid and self._file is f:
+            return known
+        version = int(read_attr(f, VERSION_ATTR, 1))
+        sums = f.get(CHECKSUMS)
+        known = {object_name(ds): _Known.of(ds, key, sums, version)
+                 for key, ds in members(f.get(WEIGHTS))}
+        table = f[SNAPSHOTS]
+        n = int(table.shape[0])
+        self._file, self._known, self._version = f, known, version
+        self._table = (n, int(table[n - 1]["epoch"]) if n else None)
+        return known
+
     def prepare(self, f: h5py.File, path: Path, epoch: int, step: int,
                 encoded: dict[str, tuple[np.ndarray, str]]) -> SnapshotPlan:
         """Make the datasets of new tensors and grow the others by a row (a snapshot of
@@ -165,66 +220,54 @@ class SnapshotStore:
             SnapshotError: a tensor changed shape or dtype, or one appears in a snapshot
                 older than its first.
         """
+        known = self._bind(f)
         index, replaces = self._index(f, epoch)
-        version = int(read_attr(f, VERSION_ATTR, 1))
         targets = []
         for name, (array, stored_dtype) in encoded.items():
-            ds = self._dataset(f, name, array, stored_dtype, index, version)
-            if ds.shape[1:] != array.shape or ds.dtype != array.dtype or (
-                    attr_str(ds, DTYPE_ATTR) != stored_dtype):
+            tensor = known.get(name)
+            if tensor is None:
+                tensor = known[name] = self._dataset(f, name, array, stored_dtype, index)
+            if tensor.shape != array.shape or tensor.dtype != array.dtype or (
+                    tensor.stored_dtype != stored_dtype):
                 raise SnapshotError(
                     f"snapshot at epoch {epoch}: tensor {name!r} is {stored_dtype}"
                     f"{list(array.shape)} but earlier snapshots in {str(path)!r} hold "
-                    f"{attr_str(ds, DTYPE_ATTR)}{list(ds.shape[1:])}; a tensor must keep "
+                    f"{tensor.stored_dtype}{list(tensor.shape)}; a tensor must keep "
                     "its shape and dtype across snapshots"
                 )
-            row = index - int(ds.attrs[FIRST_SNAPSHOT_ATTR])
+            row = index - tensor.first
             if row < 0:
                 raise SnapshotError(
                     f"snapshot at epoch {epoch}: tensor {name!r} first appeared in a "
                     f"later snapshot of {str(path)!r}; it cannot be added to an earlier one"
                 )
-            targets.append(self._target(f, ds, row, array, version))
-        for target in targets:
-            ds = target.dataset
-            if target.row >= ds.shape[0]:
-                ds.resize((target.row + 1, *ds.shape[1:]))
-            sums = target.checksums
-            if sums is not None and target.row >= sums.shape[0]:
-                sums.resize((target.row + 1, sums.shape[1]))
+            targets.append(SnapshotTarget(
+                tensor.dataset, row, array, tensor.chunks, tensor.checksums,
+                None if tensor.checksums is None else np.zeros(tensor.per_row,
+                                                                CHECKSUM_DTYPE),
+                tensor.direct))
+        for name, target in zip(encoded, targets):
+            known[name].grow(target.row + 1)
         return SnapshotPlan(epoch, step, index, replaces, targets)
 
-    @staticmethod
-    def _target(f: h5py.File, ds: h5py.Dataset, row: int, array: np.ndarray,
-                version: int) -> SnapshotTarget:
-        if version < 2 or attr_str(ds, WEIGHT_CHECKSUM_ATTR) != "crc32c":
-            return SnapshotTarget(ds, row, array, ds.chunks)
-        sums = f[CHECKSUMS].get(ds.name.rsplit("/", 1)[1]) if CHECKSUMS in f else None
-        crcs = None if sums is None else np.zeros(sums.shape[1], CHECKSUM_DTYPE)
-        direct = ds.id.get_create_plist().get_nfilters() == 0
-        return SnapshotTarget(ds, row, array, ds.chunks, sums, crcs, direct)
-
-    @staticmethod
-    def _index(f: h5py.File, epoch: int) -> tuple[int, bool]:
+    def _index(self, f: h5py.File, epoch: int) -> tuple[int, bool]:
         """The table index a snapshot of *epoch* goes to, and whether it replaces the last
         snapshot (a second snapshot of the same epoch)."""
-        table = f[SNAPSHOTS]
-        n = table.shape[0]
-        replaces = bool(n) and int(table[n - 1]["epoch"]) == epoch
+        self._bind(f)
+        n, last = self._table
+        replaces = bool(n) and last == epoch
         return (n - 1 if replaces else n), replaces
 
     def check_missing(self, f: h5py.File, path: Path, epoch: int,
                       encoded: dict[str, tuple[np.ndarray, str]]) -> None:
         """Raise SnapshotError when a tensor that earlier snapshots hold is not in the
         snapshot (a replacement need not hold tensors the replaced one did not)."""
+        known = self._bind(f)
         index, _ = self._index(f, epoch)
-        weights = f[WEIGHTS]
-        for key in weights:
-            ds = weights[key]
-            name = object_name(ds)
-            if name not in encoded and ds.shape[0] > index:
+        for name, tensor in known.items():
+            if name not in encoded and tensor.rows > index:
                 continue  # replacing a snapshot that did not hold this tensor either
-            if name not in encoded and ds.shape[0] + int(ds.attrs[FIRST_SNAPSHOT_ATTR]) > 0:
+            if name not in encoded and tensor.rows + tensor.first > 0:
                 raise SnapshotError(
                     f"snapshot at epoch {epoch}: tensor {name!r}, held in earlier "
                     f"snapshots of {str(path)!r}, is missing; snapshot the same "
@@ -232,13 +275,14 @@ class SnapshotStore:
                 )
 
     def _dataset(self, f: h5py.File, name: str, array: np.ndarray, stored_dtype: str,
-                 first_snapshot: int, version: int) -> h5py.Dataset:
+                 first_snapshot: int) -> _Known:
         """The dataset of one tensor (and in v2 its checksums), made on its first
         snapshot."""
         group = f[WEIGHTS]
         key = escape_name(name)
-        if key in group:
-            return group[key]
+        version = self._version
+        if key in group:  # pragma: no cover - the store knows every tensor of the file
+            return _Known.of(group[key], key, f.get(CHECKSUMS), version)
         shape = tuple(int(d) for d in array.shape)
         chunks = weight_chunks(shape, array.dtype.itemsize, self._chunk_bytes)
         ds = group.create_dataset(
@@ -264,7 +308,7 @@ class SnapshotStore:
                 f.require_group(CHECKSUMS).create_dataset(
                     key, shape=(0, per_row), maxshape=(None, per_row), dtype=CHECKSUM_DTYPE,
                     chunks=(checksum_chunk_rows(per_row), per_row))
-        return ds
+        return _Known.of(ds, key, f.get(CHECKSUMS), version)
 
     @staticmethod
     def write(target: SnapshotTarget, part: slice | None) -> None:
@@ -280,8 +324,7 @@ class SnapshotStore:
         if target.crcs is not None:  # filtered (compressed): the stored chunks, read back
             _read_back_crcs(target, part)
 
-    @staticmethod
-    def finish(f: h5py.File, plan: SnapshotPlan) -> None:
+    def finish(self, f: h5py.File, plan: SnapshotPlan) -> None:
         """List the snapshot in the table, after its tensors (and their checksums) reached
         the file: one flush does not order its writes, and a kill inside it could leave a
         listed snapshot unwritten (benchmarks/crash_kills.py found it). Flushed on its
@@ -294,11 +337,13 @@ class SnapshotStore:
         if not plan.replaces:
             table.resize((plan.index + 1,))
         table[plan.index] = (plan.epoch, plan.step, time.time())
+        if self._file is f:
+            self._table = (plan.index + 1, plan.epoch)
         f.flush()
 
-    @staticmethod
-    def drop_from(f: h5py.File, epoch: int) -> None:
+    def drop_from(self, f: h5py.File, epoch: int) -> None:
         """Drop the snapshots of *epoch* and later (the table rows, then tensor rows)."""
+        self._known = None  # read from the file again
         table = f[SNAPSHOTS]
         epochs = table["epoch"][:] if len(table) else np.zeros(0, np.int64)
         stale = np.nonzero(epochs >= epoch)[0]
@@ -402,15 +447,20 @@ class StoredTensor:
 def stored_tensors(f: h5py.File, table_rows: int) -> dict[str, StoredTensor]:
     """Every tensor of the record, by original name; *table_rows* is the length of the
     snapshot table."""
-    out: dict[str, StoredTensor] = {}
     weights = f.get(WEIGHTS)
-    for key in weights if weights is not None else []:
-        ds = weights[key]
-        first = int(read_attr(ds, FIRST_SNAPSHOT_ATTR, 0))
-        out[object_name(ds)] = StoredTensor(
-            key, attr_str(ds, DTYPE_ATTR, ds.dtype.name), tuple(ds.shape[1:]), ds.dtype,
-            first, max(0, min(ds.shape[0], table_rows - first)))
-    return out
+    return dict(stored_tensor(weights, key, table_rows)
+                for key in (weights if weights is not None else []))
+
+
+def stored_tensor(weights: h5py.Group, key: str, table_rows: int
+                  ) -> tuple[str, StoredTensor]:
+    """The tensor under link name *key* of *weights* (``/weights``): its original name and
+    what a reader needs of it (one tensor, without listing the others)."""
+    ds = weights[key]
+    first = int(read_attr(ds, FIRST_SNAPSHOT_ATTR, 0))
+    return object_name(ds), StoredTensor(
+        key, attr_str(ds, DTYPE_ATTR, ds.dtype.name), tuple(ds.shape[1:]), ds.dtype,
+        first, max(0, min(ds.shape[0], table_rows - first)))
 
 
 def _dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
