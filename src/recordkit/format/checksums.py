@@ -15,6 +15,7 @@ edge chunk. A reader with plain h5py verifies one chunk in a few lines (docs/FOR
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ except ImportError:  # pragma: no cover - a core dependency; said clearly if mis
     _crc32c = None
 
 __all__ = ["CHECKSUM_DTYPE", "ChecksumMissingError", "checksum_chunk_rows", "chunk_grid",
-           "crc32c", "grid_size"]
+           "crc32c", "crc32c_combine", "grid_size"]
 
 #: The stored type of one checksum.
 CHECKSUM_DTYPE = np.dtype("<u4")
@@ -85,3 +86,66 @@ def check_zero_crc(nbytes: int) -> bool:
     """Whether the CRC32C of *nbytes* zero bytes differs from 0 (a zeroed chunk with a
     zeroed checksum must not verify): true for every size up to 64 MiB (tested)."""
     return crc32c(bytes(nbytes)) != 0
+
+
+# --- combining the CRC32Cs of two pieces (zlib's crc32_combine, for the Castagnoli
+# polynomial): a chunk is checked in two halves on two threads ------------------------------
+
+_POLY = 0x82F63B78  # CRC32C, reflected
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a * b modulo the CRC polynomial (reflected bit order, as in zlib)."""
+    m = 1 << 31
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if not a & (m - 1):
+                break
+        m >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+    return p
+
+
+def _x2n_table() -> list[int]:
+    table = [1 << 30]  # x^1
+    for _ in range(31):
+        table.append(_multmodp(table[-1], table[-1]))
+    return table
+
+
+_X2N = _x2n_table()
+
+
+@functools.lru_cache(maxsize=64)
+def _shift(nbytes: int) -> tuple[int, ...]:
+    """Multiplying by x^(8 * nbytes) (what appending *nbytes* bytes does to a CRC) is
+    linear: the image of each of the 32 bits, so a combine is a few XORs."""
+    p = 1 << 31  # x^0
+    k = 3
+    n = nbytes
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return tuple(_multmodp(p, 1 << bit) for bit in range(32))
+
+
+def crc32c_combine(first: int, second: int, second_bytes: int) -> int:
+    """The CRC32C of A + B from the CRC32C of A, of B and B's length.
+
+    Example:
+        >>> crc32c_combine(crc32c(b"12345"), crc32c(b"6789"), 4) == crc32c(b"123456789")
+        True
+    """
+    images = _shift(second_bytes)
+    out = second
+    bit = 0
+    while first:
+        if first & 1:
+            out ^= images[bit]
+        first >>= 1
+        bit += 1
+    return out

@@ -30,7 +30,7 @@ import h5py.h5d
 import h5py.h5z
 import numpy as np
 
-from recordkit.format.checksums import chunk_grid, crc32c
+from recordkit.format.checksums import chunk_grid, crc32c, crc32c_combine
 from recordkit.format.fletcher32 import combine, native, piece_sums, same
 
 __all__ = ["ChunkChecksumError", "check_stored_chunks", "read_checked_row", "read_snapshot",
@@ -154,23 +154,22 @@ class ChunkChecksumError(ValueError):
         self.offset = offset
 
 
-#: Pieces of a chunk read while the previous piece's CRC32C is computed on another thread.
-PIECE_BYTES = 1 << 20
-#: Below this a row is read and checked on the calling thread alone.
+#: Below this a row is read and checked on the calling thread alone: a thread hop costs
+#: more than it saves.
 MIN_PIPELINED_BYTES = 2 << 20
-_chain: concurrent.futures.ThreadPoolExecutor | None = None
-_chain_pid = 0
+_helper: concurrent.futures.ThreadPoolExecutor | None = None
+_helper_pid = 0
 
 
-def _chain_executor() -> concurrent.futures.ThreadPoolExecutor:
-    """One thread that continues the CRC32C of a chunk piece by piece, in order."""
-    global _chain, _chain_pid
+def _helper_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """One thread that reads and checks half of a row while the caller does the other."""
+    global _helper, _helper_pid
     with _pool_lock:
-        if _chain is None or _chain_pid != os.getpid():
-            _chain = concurrent.futures.ThreadPoolExecutor(
+        if _helper is None or _helper_pid != os.getpid():
+            _helper = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix="recordkit-crc32c")
-            _chain_pid = os.getpid()
-        return _chain
+            _helper_pid = os.getpid()
+        return _helper
 
 
 def _file_descriptor(ds: h5py.Dataset) -> int | None:
@@ -199,8 +198,8 @@ def read_checked_row(ds: h5py.Dataset, index: int, expected: np.ndarray) -> np.n
     HDF5).
 
     The chunks are located through HDF5 (``H5Dget_chunk_info_by_coord``) and read with
-    ``preadv`` straight into the result, piece by piece, while another thread continues
-    each chunk's CRC32C over the pieces already read (both release the GIL).
+    ``preadv`` straight into the result, half of them (half of a single chunk) on a second
+    thread, each piece's CRC32C computed as it lands (both release the GIL).
 
     Raises:
         ChunkChecksumError: a chunk is missing, has the wrong size or fails its CRC32C.
@@ -249,29 +248,50 @@ def read_checked_row(ds: h5py.Dataset, index: int, expected: np.ndarray) -> np.n
     return buffer[:total].view(ds.dtype).reshape(shape)
 
 
+#: One piece of a row: (chunk index, its offset, first byte in the chunk, end byte).
+_Piece = tuple[int, tuple[int, ...], int, int]
+
+
+def _read_pieces(fd: int, buffer: np.ndarray, chunk_bytes: int,
+                 starts: dict[int, int], pieces: list[_Piece]) -> list[int]:
+    """Read each piece into its place in *buffer*; the CRC32C of each."""
+    crcs = []
+    for k, offset, lo, hi in pieces:
+        view = buffer[k * chunk_bytes + lo:k * chunk_bytes + hi]
+        if os.preadv(fd, [view.data], starts[k] + lo) != hi - lo:
+            raise ChunkChecksumError(offset, "is cut short by the end of the file")
+        crcs.append(crc32c(view))
+    return crcs
+
+
 def _pipelined(fd: int, buffer: np.ndarray, chunk_bytes: int,
                places: list[tuple[int, tuple[int, ...], int]], expected: np.ndarray) -> None:
-    """Read each chunk in pieces; a second thread continues its CRC32C piece by piece."""
-    chain = _chain_executor()
-    sums = [0] * len(expected)
-    futures: list[concurrent.futures.Future[None]] = []
-
-    def continue_crc(k: int, piece: np.ndarray) -> None:
-        sums[k] = crc32c(piece, sums[k])
-
+    """Read and check a row on two threads: the row's pieces (its chunks, a single chunk
+    cut in two) are shared out in two halves, one read and checked here, one by a helper
+    thread (``preadv`` and ``crc32c`` both release the GIL); a chunk cut in two is checked
+    by combining its halves' CRCs. One hand-over per row; when the helper has not started
+    by the time this thread is done (a busy machine), this thread does its half too."""
+    pieces: list[_Piece] = []
+    for k, offset, _ in places:
+        if len(places) == 1:  # one chunk: two halves, on whole pages
+            half = (chunk_bytes // 2) & ~4095 or chunk_bytes // 2
+            pieces += [(k, offset, 0, half), (k, offset, half, chunk_bytes)]
+        else:
+            pieces.append((k, offset, 0, chunk_bytes))
+    starts = {k: at for k, _, at in places}
+    mine, theirs = pieces[len(pieces) // 2:], pieces[:len(pieces) // 2]
+    future = _helper_executor().submit(_read_pieces, fd, buffer, chunk_bytes, starts, theirs)
     try:
-        for k, offset, at in places:
-            base = k * chunk_bytes
-            for lo in range(0, chunk_bytes, PIECE_BYTES):
-                hi = min(chunk_bytes, lo + PIECE_BYTES)
-                piece = buffer[base + lo:base + hi]
-                if os.preadv(fd, [piece.data], at + lo) != hi - lo:
-                    raise ChunkChecksumError(offset, "is cut short by the end of the file")
-                futures.append(chain.submit(continue_crc, k, piece))
+        mine_crcs = _read_pieces(fd, buffer, chunk_bytes, starts, mine)
     finally:
-        concurrent.futures.wait(futures)  # never free a buffer the thread still reads
-    for future in futures:
-        future.result()
+        stolen = future.cancel()  # not started yet: do it here rather than wait
+        if not stolen:
+            concurrent.futures.wait([future])  # never free a buffer the thread still reads
+    their_crcs = (_read_pieces(fd, buffer, chunk_bytes, starts, theirs) if stolen
+                  else future.result())
+    sums: dict[int, int] = {}
+    for (k, _, lo, hi), crc in zip(theirs + mine, their_crcs + mine_crcs):
+        sums[k] = crc if lo == 0 else crc32c_combine(sums[k], crc, hi - lo)
     for k, offset, _ in places:
         if sums[k] != int(expected[k]):
             raise ChunkChecksumError(offset, "fails its CRC32C checksum")
