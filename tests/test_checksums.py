@@ -306,3 +306,13 @@ def test_a_version_1_summary_is_trusted_like_a_version_2_one(tmp_path: Path) -> 
     lazy = Record(path, lazy=True)
     assert lazy._summary is not None and lazy._summary["format_version"] == 1
     assert lazy.params == {"lr": 0.01}
+
+
+@pytest.mark.parametrize(("first", "second"), [(0, 5), (1, 1), (3, 4096), (MiB, MiB + 3),
+                                               (2 * MiB, 2 * MiB), (7, 0)])
+def test_crc32c_combine_equals_the_crc_of_the_concatenation(first: int, second: int) -> None:
+    rng = np.random.default_rng(first + second)
+    a = rng.integers(0, 256, first, dtype=np.uint8).tobytes()
+    b = rng.integers(0, 256, second, dtype=np.uint8).tobytes()
+    assert checksums.crc32c_combine(checksums.crc32c(a), checksums.crc32c(b), second) == (
+        checksums.crc32c(a + b))
