@@ -178,10 +178,15 @@ class SnapshotStore:
 
     @staticmethod
     def create(f: h5py.File, *, checksum: bool) -> None:
-        """The empty snapshot table and weights group of a new record."""
+        """The empty snapshot table, weights group and (v2) checksums group of a new record.
+        Every group is made here, with the file: adding a link to the root group later
+        (at the first snapshot) would widen the window in which a kill can leave the root's
+        symbol table half written."""
         f.create_dataset(SNAPSHOTS, shape=(0,), maxshape=(None,), dtype=SNAPSHOT_DTYPE,
                          chunks=(SNAPSHOT_CHUNK_ROWS,), fletcher32=checksum)
         f.require_group(WEIGHTS)
+        if int(read_attr(f, VERSION_ATTR, 1)) >= 2 and checksum:
+            f.require_group(CHECKSUMS)
 
     @staticmethod
     def specs(f: h5py.File) -> tuple[dict[str, TensorSpec], int | None]:
