@@ -110,29 +110,59 @@ def long_attribute_on_dataset(f: h5py.File, tmp: Path) -> None:
     ds.attrs["kind"] = np.frombuffer(b"y" * (3 * MAX_ATTR_BYTES), dtype=f"S{3 * MAX_ATTR_BYTES}")[0]
 
 
-HOSTILE: dict[str, tuple[Callable[[h5py.File, Path], None], str]] = {
-    "external link": (external_link, "external link"),
-    "external link to /etc/passwd": (external_link_at_root, "/etc/passwd"),
-    "soft link": (soft_link, "soft link"),
-    "external storage": (external_storage, "external storage"),
-    "external storage of a history table": (external_storage_of_history, "external storage"),
-    "virtual dataset": (virtual_dataset, "virtual dataset"),
-    "huge history": (huge_history, "claims"),
-    "huge weight": (huge_weight, "claims"),
-    "huge extra": (huge_extra, "claims"),
-    "huge snapshot table": (huge_snapshot_table, "claims"),
-    "long attribute": (long_attribute, "attribute 'name'"),
-    "long attribute on a dataset": (long_attribute_on_dataset, "attribute 'kind'"),
+def _history(r: recordkit.Record) -> object:
+    return r.history
+
+
+def _extras(r: recordkit.Record) -> object:
+    return r.extras
+
+
+def _tensors(r: recordkit.Record) -> object:
+    return r.tensor_names
+
+
+def _snapshots(r: recordkit.Record) -> object:
+    return r.snapshot_epochs
+
+
+#: case: (how the file is made, words of the refusal, the first use that refuses it: None
+#: for load itself). load() checks the root and the params; each other part is checked,
+#: everything under it, when it is first read.
+HOSTILE: dict[str, tuple[Callable[[h5py.File, Path], None], str,
+                         Callable[[recordkit.Record], object] | None]] = {
+    "external link": (external_link, "external link", _history),
+    "external link to /etc/passwd": (external_link_at_root, "/etc/passwd", _extras),
+    "soft link": (soft_link, "soft link", _extras),
+    "external storage": (external_storage, "external storage", _extras),
+    "external storage of a history table": (external_storage_of_history,
+                                            "external storage", _history),
+    "virtual dataset": (virtual_dataset, "virtual dataset", _extras),
+    "huge history": (huge_history, "claims", _history),
+    "huge weight": (huge_weight, "claims", _tensors),
+    "huge extra": (huge_extra, "claims", _extras),
+    "huge snapshot table": (huge_snapshot_table, "claims", _snapshots),
+    "long attribute": (long_attribute, "attribute 'name'", None),
+    "long attribute on a dataset": (long_attribute_on_dataset, "attribute 'kind'", _extras),
 }
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_record_is_refused_unread(record: Path, tmp_path: Path, case: str) -> None:
-    make, words = HOSTILE[case]
+    make, words, use = HOSTILE[case]
     with h5py.File(record, "r+") as f:
         make(f, tmp_path)
-    with pytest.raises(UnsafeRecordError, match=words) as info:
-        recordkit.load(record)
+    if use is None:
+        with pytest.raises(UnsafeRecordError, match=words) as info:
+            recordkit.load(record)
+    else:
+        loaded = recordkit.load(record)  # the root and the params only
+        with pytest.raises(UnsafeRecordError, match=words) as info:
+            use(loaded)
+        with pytest.raises(UnsafeRecordError, match=words):
+            use(loaded)  # refused again, not read on a second try
+        with pytest.raises(UnsafeRecordError, match=words):
+            _read_everything(recordkit.load(record))
     assert str(record) in str(info.value)
     report = verify(record, isolate=False)
     assert not report.ok and "unsafe" in report.problems[0]
@@ -142,23 +172,33 @@ def test_hostile_record_is_refused_unread(record: Path, tmp_path: Path, case: st
     if len(records):
         # Opened from its summary attribute (no link followed, no dataset read): the
         # rest of the file is refused when it is first needed.
+        # (what load() refuses, the first read of anything the summary lacks refuses)
         assert all(path != record for path, _ in records.skipped)
         with pytest.raises(UnsafeRecordError, match=words):
-            records[0].history  # noqa: B018
+            (use or _history)(records[0])
     else:
         assert "refused" in records.skipped[0][1]
 
 
+def _read_everything(r: recordkit.Record) -> None:
+    """Every part of a record, as a user reading it all would."""
+    r.params, r.system, r.info, r.history, r.snapshot_epochs  # noqa: B018
+    for name in r.tensor_names:
+        r.weight(name)[:]
+    for key in r.extras:
+        r.extras[key]
+
+
 def test_huge_claim_is_refused_without_allocating(record: Path, tmp_path: Path) -> None:
-    """Under a 2 GiB address-space limit, loading a file that claims 36 TB is refused with
-    UnsafeRecordError (not a MemoryError, not an OOM kill)."""
+    """Under a 2 GiB address-space limit, reading the history of a file that claims 36 TB
+    of it is refused with UnsafeRecordError (not a MemoryError, not an OOM kill)."""
     with h5py.File(record, "r+") as f:
         huge_history(f, tmp_path)
     code = (
         "import resource, recordkit\n"
         f"resource.setrlimit(resource.RLIMIT_AS, ({2 << 30}, {2 << 30}))\n"
         "try:\n"
-        f"    recordkit.load({str(record)!r})\n"
+        f"    recordkit.load({str(record)!r}).history\n"
         "except recordkit.errors.UnsafeRecordError as err:\n"
         "    print('refused', err)\n"
     )

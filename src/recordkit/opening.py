@@ -1,13 +1,16 @@
 """Opening a record read-only, and turning every failure into the right RecordkitError:
 not found, a folder, not HDF5, busy (a live writer), damaged (with a repair or verify
-hint)."""
+hint); what a record reads when it is opened (:func:`read_opened`: the root and the
+params, whatever else the file holds) and each part it reads on first use
+(:func:`read_parts`), each after the safety checks of that part."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,18 +22,50 @@ from recordkit.errors import (
     RecordkitError,
     RecordNotFoundError,
 )
-from recordkit.format.attrs import is_record, read_text
+from recordkit.format.attrs import is_record, read_attr, read_text
+from recordkit.format.extras import extra_keys
 from recordkit.format.files import RecordFile, is_open, open_id, open_read_only
-from recordkit.format.header import read_format_version
-from recordkit.format.layout import FORMAT_NAME, FORMAT_VERSION, INFO
-from recordkit.format.safety import check_dataset, check_root
+from recordkit.format.header import read_format_version, read_params
+from recordkit.format.history import read_history
+from recordkit.format.layout import (
+    EXTRAS,
+    FORMAT_ATTR,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HISTORY,
+    INFO,
+    PARAMS,
+    READ_VERSIONS,
+    RUN_FIELDS,
+    SNAPSHOTS,
+    SYSTEM,
+    VERSION_ATTR,
+    WEIGHTS,
+    escape_name,
+)
+from recordkit.format.safety import (
+    MAX_OBJECTS,
+    RECORD_OBJECTS,
+    WEIGHT_OBJECTS,
+    check_dataset,
+    check_header,
+    check_history_layout,
+    check_member,
+    check_object,
+    check_root,
+    check_root_links,
+    check_snapshots_layout,
+    check_weights_layout,
+    read_root_attrs,
+)
 from recordkit.format.summary import read_summary
+from recordkit.format.weights import read_table, stored_tensor, stored_tensors
 from recordkit.locking import is_locked
 from recordkit.repair import damage_hint, has_hdf5_signature, open_with_patched_eof
 
-__all__ = ["check_params_hash", "open_record", "read_closed_summary", "read_consistently",
-           "read_info_alone",
-           "reading"]
+__all__ = ["PARTS", "Opened", "check_params_hash", "open_record", "read_closed_summary",
+           "read_consistently", "read_info_alone", "read_lazily", "read_opened", "read_parts",
+           "read_tensor", "reading"]
 
 T = TypeVar("T")
 
@@ -108,7 +143,11 @@ def read_closed_summary(path: Path) -> dict[str, Any] | None:
             known = (summary["format"], summary.get("format_version"))
         else:
             known = (FORMAT_NAME if is_record(fid) else "", read_format_version(fid))
-        return summary if known == (FORMAT_NAME, FORMAT_VERSION) else None
+        # A version this recordkit reads, and the root's own: a v1 record's v1 summary
+        # is as good as a v2 one's.
+        trusted = (known[0] == FORMAT_NAME and known[1] in READ_VERSIONS
+                   and known[1] == read_format_version(fid))
+        return summary if trusted else None
     except RecordkitError:
         raise
     except Exception:
@@ -135,6 +174,124 @@ def check_params_hash(path: Path, text: str, stored: str) -> None:
             f"{str(path)!r} is damaged: its params (/params) do not match the "
             f"params_hash {stored!r} written with them, so the stored bytes changed; "
             f"run `recordkit verify` on it")
+
+
+def _text(value: object) -> str:
+    """A root attribute as text, as :func:`recordkit.format.attrs.attr_str` gives it."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclasses.dataclass
+class Opened:
+    """What a record reads when it is opened (:func:`read_opened`)."""
+
+    #: The run fields (:data:`~recordkit.format.layout.RUN_FIELDS`) as text; "" if missing.
+    fields: dict[str, str]
+    format_version: int
+    params_text: str
+    unserialisable: list[Any]
+    #: The links the safety checks walked so far (all parts together are bounded).
+    walked: int
+
+
+def read_opened(f: RecordFile, path: Path) -> Opened:
+    """What opening a record reads, whatever else the file holds: the root group's links
+    (hard links only) and attributes (their sizes, then their values, once), the format
+    and run fields, any root object recordkit does not write (checked in full: nothing
+    reads it, and no check of a part would reach it), and the params (their hash
+    compared). Every other part is checked when :func:`read_parts` first reads it.
+
+    Raises:
+        UnsafeRecordError: the root, the params or an object unknown to recordkit
+            reaches outside the file or claims more than it could hold.
+        NotARecordError: the file is not a record, or of a newer format version.
+        RecordDamagedError: the run fields or the params are damaged.
+    """
+    names = check_root_links(f, path)
+    attrs = read_root_attrs(f, path)
+    for key in (FORMAT_ATTR, VERSION_ATTR, *RUN_FIELDS):
+        if key not in attrs:  # absent, or its read failed: by name, which says why
+            value = read_attr(f, key)
+            if value is not None:
+                attrs[key] = value
+    version = check_header(attrs, path)
+    if version is None:
+        raise NotARecordError(
+            f"{str(path)!r} is an HDF5 file but not a recordkit record "
+            "(no root attribute format='recordkit')"
+        )
+    if version > FORMAT_VERSION:
+        raise NotARecordError(
+            f"{str(path)!r} is a record of format version {version}; this "
+            f"recordkit reads up to version {FORMAT_VERSION}: upgrade recordkit"
+        )
+    walked = len(names)
+    for name in names:
+        if name not in RECORD_OBJECTS:
+            walked += check_object(f, name, path, limit=MAX_OBJECTS - walked)
+    walked += check_object(f, PARAMS, path, limit=MAX_OBJECTS - walked)
+    fields = {key: _text(attrs.get(key, "")) for key in RUN_FIELDS}
+    params_text, unserialisable = read_params(f)
+    check_params_hash(path, params_text, fields["params_hash"])
+    return Opened(fields, version, params_text, unserialisable, walked)
+
+
+#: The parts of a record read on first use (:func:`read_parts`), in the order they are
+#: read together: the tensors need the snapshot table.
+PARTS = ("system", "info", "history", "snapshots", "tensors", "extras")
+
+
+def read_parts(f: RecordFile, path: Path, parts: Iterable[str], *, snapshots: Any = None,
+               walked: int = 0) -> tuple[dict[str, Any], int]:
+    """Each of *parts* (names of :data:`PARTS`), each after the safety checks of its
+    objects (:func:`~recordkit.format.safety.check_object`: links, attribute and
+    dataset headers, of everything under it) and of its layout: ``system`` and ``info``
+    (decoded JSON), ``history`` (rows per metric), ``snapshots`` (the table), ``tensors``
+    (:class:`~recordkit.format.weights.StoredTensor` by name; the snapshot table is
+    *snapshots*, read here first when None), ``extras`` (link name by extra name).
+
+    *walked* is the number of links the checks made before this call walked (of the root
+    and of other parts): all of them together stay under
+    :data:`~recordkit.format.safety.MAX_OBJECTS`, as the walk of the whole file did.
+
+    Returns:
+        The value of each part read (``snapshots`` too when the tensors needed it), and
+        the links walked in all.
+
+    Raises:
+        UnsafeRecordError: a part reaches outside the file or claims more than it holds.
+        RecordDamagedError: a part lost its layout.
+    """
+    wanted = set(parts)
+    if "tensors" in wanted and snapshots is None:
+        wanted.add("snapshots")
+    out: dict[str, Any] = {}
+    for part in PARTS:
+        if part not in wanted:
+            continue
+        if part in ("system", "info"):
+            name = SYSTEM if part == "system" else INFO
+            walked += check_object(f, name, path, limit=MAX_OBJECTS - walked)
+            out[part] = loads_json(read_text(f, name) or "{}")
+        elif part == "history":
+            walked += check_object(f, HISTORY, path, limit=MAX_OBJECTS - walked)
+            check_history_layout(f, path)
+            out[part] = read_history(f)
+        elif part == "snapshots":
+            walked += check_object(f, SNAPSHOTS, path, limit=MAX_OBJECTS - walked)
+            check_snapshots_layout(f, path)
+            out[part] = snapshots = read_table(f)
+        elif part == "tensors":
+            rows = len(snapshots)
+            for name in WEIGHT_OBJECTS:
+                walked += check_object(f, name, path, table_rows=rows,
+                                       limit=MAX_OBJECTS - walked)
+            check_weights_layout(f, path)
+            out[part] = stored_tensors(f, rows)
+        elif part == "extras":
+            walked += check_object(f, EXTRAS, path, limit=MAX_OBJECTS - walked)
+            out[part] = extra_keys(f)
+    return out, walked
 
 
 def read_consistently(path: Path, read: Callable[[RecordFile], T]) -> T:
@@ -192,6 +349,66 @@ def reading(path: Path, held: RecordFile | None = None) -> Iterator[RecordFile]:
             f"{str(path)!r} is damaged: reading it failed with "
             f"{type(err).__name__}: {err}; {damage_hint(path, err)}"
         ) from None
+
+
+def read_tensor(f: RecordFile, path: Path, name: str, *, snapshots: Any = None,
+                walked: int = 0) -> tuple[Any, Any, int]:
+    """One tensor, by its original name, without listing the others: the member of
+    ``/weights`` (and of what format version 2 keeps beside it) that recordkit names
+    after it (:func:`~recordkit.format.layout.escape_name`), after the safety checks of
+    that member (:func:`~recordkit.format.safety.check_member`), the layout of its
+    dataset, and those of the snapshot table (read here first when *snapshots* is None).
+
+    Returns:
+        The :class:`~recordkit.format.weights.StoredTensor`, or None when the file holds
+        no such member or it has another name (the full listing of :func:`read_parts`
+        then says what there is); the snapshot table; the links walked in all.
+
+    Raises:
+        UnsafeRecordError: the member, or the table, reaches outside the file or claims
+            more than it holds.
+        RecordDamagedError: the table or the dataset lost its layout.
+    """
+    if snapshots is None:
+        values, walked = read_parts(f, path, ("snapshots",), walked=walked)
+        snapshots = values["snapshots"]
+    key = escape_name(name)
+    rows = len(snapshots)
+    for group in WEIGHT_OBJECTS:
+        checked = check_member(f, group, key, path, table_rows=rows,
+                               limit=MAX_OBJECTS - walked)
+        if group == WEIGHTS and checked is None:
+            return None, snapshots, walked  # not there: the full listing says what is
+        walked += checked or 0
+    check_weights_layout(f, path, (key,))
+    stored, tensor = stored_tensor(f[WEIGHTS], key, rows)
+    return (tensor if stored == name else None), snapshots, walked
+
+
+def read_lazily(path: Path, held: RecordFile | None, read: Callable[[RecordFile], T]) -> T:
+    """``read(file)`` for a part of a record read on first use: on *held* when it is open
+    (a ``with record:`` block), else on the record opened for this read, with the
+    attempts of :func:`read_consistently` (a live writer's write may get in the way). A
+    failure of *read* on *held* while a live writer holds the run is read again, opened
+    anew; any other failure is damage.
+
+    Raises:
+        RecordkitError: what *read* or the open raised, or RecordDamagedError for
+            another exception of *read*.
+    """
+    if is_open(held):
+        assert held is not None
+        try:
+            return read(held)
+        except RecordkitError:
+            raise
+        except Exception as err:
+            if not is_locked(path):
+                raise RecordDamagedError(
+                    f"{str(path)!r} is damaged: {type(err).__name__}: {err}; "
+                    f"{damage_hint(path, err)}"
+                ) from None
+    return read_consistently(path, read)
 
 
 def read_info_alone(path: str | os.PathLike[str]) -> Any:

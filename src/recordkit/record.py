@@ -16,25 +16,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recordkit.codec import decode_params, flatten_params, loads_json, params_hash
-from recordkit.errors import NotARecordError
-from recordkit.format.attrs import is_record
+from recordkit.errors import RecordkitError
 from recordkit.format.files import RecordFile, close, is_open
-from recordkit.format.header import read_format_version, read_header
-from recordkit.format.history import read_history
-from recordkit.format.layout import (
-    FORMAT_VERSION,
-    RUN_FIELDS,
-)
-from recordkit.format.safety import check_file, check_layout
+from recordkit.format.layout import RUN_FIELDS
 from recordkit.format.summary import metric_summary
-from recordkit.format.weights import StoredTensor, read_row, read_table, stored_tensors
+from recordkit.format.weights import StoredTensor, read_row
 from recordkit.headercache import FullHeader, full_header_from_state, full_header_state, json_exact
 from recordkit.locking import is_locked
 from recordkit.opening import (
-    check_params_hash,
+    PARTS,
     open_record,
     read_closed_summary,
     read_consistently,
+    read_lazily,
+    read_opened,
+    read_parts,
+    read_tensor,
     reading,
 )
 from recordkit.paths import resolve_path
@@ -49,22 +46,44 @@ __all__ = ["Record", "load"]
 _IMMUTABLE = (str, int, float, bool, type(None), np.generic)
 
 
+#: The attribute of a Record that holds each part read on first use
+#: (:data:`recordkit.opening.PARTS`).
+_PART_ATTRS = {"system": "_system", "info": "_info", "history": "_history",
+               "snapshots": "_snapshots", "tensors": "_tensors", "extras": "_extra_keys"}
+_ATTR_PARTS = {attr: part for part, attr in _PART_ATTRS.items()}
+
+
 class Record:
-    """An immutable view of one run file. Small parts are read at once; weights and
-    extras are read when asked for.
+    """An immutable view of one run file. Opening one reads its run fields and params
+    only, whatever else it holds; each other part (system info, run facts, history,
+    snapshot table, tensors, extras) is read, after the safety checks of that part, when
+    first asked for, and weights and extras themselves when asked for.
 
     Use :func:`recordkit.load` to get one. Each lazy read opens the file for that read;
     inside ``with record:`` the file stays open for the block (faster for many reads).
     """
 
-    #: What the full header holds; a record opened from its summary reads it on first use.
-    _HEADER_FIELDS = frozenset({"_system", "_info", "_history", "_snapshots", "_tensors",
-                                "_extra_keys", "_format_version", "_params_text"})
+    #: What a read of the file's root sets; a record opened from its summary (or from
+    #: the header cache of one) reads it on first use of anything the summary lacks.
+    _ROOT_FIELDS = frozenset({"_format_version", "_params_text"})
+
+    # Set when read (the root by _read_full, each part by _read_parts, all by
+    # from_cache_state); until then __getattr__ reads them on first use.
+    _format_version: int
+    _params_text: str
+    _walked: int
+    _system: Any
+    _info: Any
+    _history: History
+    _snapshots: np.ndarray
+    _tensors: dict[str, StoredTensor]
+    _extra_keys: dict[str, str]
 
     def __init__(self, path: str | os.PathLike[str], *, lazy: bool = False) -> None:
-        """Open a record. With *lazy*, a closed run is opened from its one-attribute
-        summary (run fields, params, metric summaries) and the rest is read on first use:
-        what ``load_all`` does to stay fast on thousands of runs."""
+        """Open a record: its root (run fields, format) and params, with the safety
+        checks of those; the rest on first use. With *lazy*, a closed run is opened from
+        its one-attribute summary (run fields, params, metric summaries) instead: what
+        ``load_all`` does to stay fast on thousands of runs."""
         self._path = Path(path)
         self._h5: RecordFile | None = None
         self._summary: dict[str, Any] | None = None
@@ -96,43 +115,46 @@ class Record:
         return True
 
     def __getattr__(self, name: str) -> Any:
-        # Called only for attributes not set: the header of a record opened lazily.
-        if name in Record._HEADER_FIELDS and "_path" in self.__dict__:
-            self._read_full()
-            return self.__dict__[name]
+        # Called only for attributes not set: a part not read yet, or the root of a
+        # record opened from its summary.
+        if "_path" in self.__dict__:
+            if name in Record._ROOT_FIELDS:
+                self._read_full()
+                return self.__dict__[name]
+            part = _ATTR_PARTS.get(name)
+            if part is not None:
+                self._read_parts((part,))
+                return self.__dict__[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _read_full(self) -> None:
-        read_consistently(self._path, self._read_header)
+        """Read the root of the file (run fields, format) and the params, with their
+        safety checks; what the summary said is superseded."""
+        opened = read_consistently(self._path, lambda f: read_opened(f, self._path))
+        self._summary = None
+        self._fields = opened.fields
+        self._format_version = opened.format_version
+        self._params_text = opened.params_text
+        self._params = decode_params(opened.params_text)
+        self._unserialisable = opened.unserialisable
+        self._walked = opened.walked
 
-    def _read_header(self, f: RecordFile) -> None:
-        self._summary = None  # the full header supersedes it
-        check_file(f, self._path)  # refuses links outside the file, crafted sizes
-        check_layout(f, self._path)
-        if not is_record(f):
-            raise NotARecordError(
-                f"{str(self._path)!r} is an HDF5 file but not a recordkit record "
-                "(no root attribute format='recordkit')"
-            )
-        version = read_format_version(f)
-        if version > FORMAT_VERSION:
-            raise NotARecordError(
-                f"{str(self._path)!r} is a record of format version {version}; this "
-                f"recordkit reads up to version {FORMAT_VERSION}: upgrade recordkit"
-            )
-        header = read_header(f)
-        self._fields = header.fields
-        self._format_version = version
-        check_params_hash(self._path, header.params_text, self._fields["params_hash"])
-        self._params_text = header.params_text
-        self._params = decode_params(header.params_text)
-        self._unserialisable = header.unserialisable
-        self._system = header.system
-        self._info = header.info
-        self._history = History(read_history(f))
-        self._snapshots = read_table(f)
-        self._tensors: dict[str, StoredTensor] = stored_tensors(f, len(self._snapshots))
-        self._extra_keys = header.extra_keys
+    def _read_parts(self, parts: tuple[str, ...]) -> None:
+        """Read the parts not read yet among *parts* (and the snapshot table the tensors
+        need), in one open of the file, each after its safety checks."""
+        if "_format_version" not in self.__dict__:  # opened from its summary
+            self._read_full()
+        missing = tuple(p for p in parts if _PART_ATTRS[p] not in self.__dict__)
+        if not missing:
+            return
+        snapshots = self.__dict__.get("_snapshots")
+        values, walked = read_lazily(self._path, self._h5, lambda f: read_parts(
+            f, self._path, missing, snapshots=snapshots, walked=self._walked))
+        self._walked = walked
+        for part, value in values.items():
+            if _PART_ATTRS[part] not in self.__dict__:
+                setattr(self, _PART_ATTRS[part], History(value) if part == "history"
+                        else value)
 
     # --- the header cache (recordkit.headercache) --------------------------------------------
 
@@ -154,6 +176,7 @@ class Record:
                 return None
             state["summary"] = self._summary
             return state
+        self._read_parts(PARTS)  # every part, each with its checks
         header = full_header_state(FullHeader(
             self._format_version, self._params_text, self._system, self._info,
             dict(self._history.rows_by_metric()), self._snapshots, self._tensors,
@@ -196,6 +219,7 @@ class Record:
         record._snapshots = header.snapshots
         record._tensors = header.tensors
         record._extra_keys = header.extra_keys
+        record._walked = 0  # every part is here: nothing more is checked
         return record
 
     # --- run fields -------------------------------------------------------------------------
@@ -353,15 +377,38 @@ class Record:
         return [name for name, tensor in self._tensors.items() if tensor.count]
 
     def weight(self, name: str) -> TensorHistory:
-        """All snapshots of one tensor, read lazily."""
-        try:
-            tensor = self._tensors[name]
-        except KeyError:
-            known = ", ".join(repr(k) for k in list(self._tensors)[:20]) or "none"
-            raise KeyError(f"no tensor {name!r} in {str(self._path)!r}; tensors: {known}"
-                           ) from None
+        """All snapshots of one tensor, read lazily (the first use of a tensor reads and
+        checks that one, not the list of every tensor)."""
+        tensor = self._one_tensor(name)
+        if tensor is None:
+            try:
+                tensor = self._tensors[name]
+            except KeyError:
+                known = ", ".join(repr(k) for k in list(self._tensors)[:20]) or "none"
+                raise KeyError(f"no tensor {name!r} in {str(self._path)!r}; tensors: "
+                               f"{known}") from None
         return TensorHistory(name, tensor, tensor.epochs(self._snapshots), self._path,
                              self._file)
+
+    def _one_tensor(self, name: str) -> StoredTensor | None:
+        """The tensor *name* when the list of every tensor was not read: that one read
+        and checked alone (kept for the next use); None when the list was read, or the
+        file does not name it as recordkit does (the list then says what there is)."""
+        if "_tensors" in self.__dict__:
+            return None
+        known = self.__dict__.setdefault("_tensor_of", {})
+        if name in known:
+            return known[name]
+        if "_format_version" not in self.__dict__:  # opened from its summary
+            self._read_full()
+        snapshots = self.__dict__.get("_snapshots")
+        tensor, table, walked = read_lazily(self._path, self._h5, lambda f: read_tensor(
+            f, self._path, name, snapshots=snapshots, walked=self._walked))
+        self._walked = walked
+        self.__dict__.setdefault("_snapshots", table)
+        if tensor is not None:
+            known[name] = tensor
+        return tensor
 
     def weights(self, epoch: int = -1) -> dict[str, np.ndarray]:
         """Every tensor of one snapshot: ``epoch=-1`` is the last snapshot, otherwise the
@@ -377,8 +424,9 @@ class Record:
             raise KeyError(f"no snapshot at epoch {epoch} in {str(self._path)!r}; "
                            f"snapshot epochs: {epochs}")
         out: dict[str, np.ndarray] = {}
+        tensors = self._tensors  # read (and checked) before the file is opened for the rows
         with self._file() as f:
-            for name, tensor in self._tensors.items():
+            for name, tensor in tensors.items():
                 row = tensor.row(index)
                 if row is not None:
                     out[name] = read_row(f, tensor, row, self._path)
@@ -449,10 +497,14 @@ class Record:
             pass
 
     def __repr__(self) -> str:
-        snapshots = (self._summary.get("snapshots", "?") if self._summary is not None
-                     else len(self._snapshots))
+        try:
+            snapshots: object = (self._summary.get("snapshots", "?")
+                                 if self._summary is not None else len(self._snapshots))
+            epochs: object = self.epoch_count
+        except RecordkitError:  # a damaged or refused part: said when it is asked for
+            snapshots = epochs = "?"
         return (f"<recordkit.Record {self.name!r} run_id={self.run_id} status={self.status} "
-                f"epochs={self.epoch_count} snapshots={snapshots} "
+                f"epochs={epochs} snapshots={snapshots} "
                 f"at {str(self._path)!r}>")
 
     @property

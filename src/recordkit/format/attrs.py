@@ -108,11 +108,37 @@ def write_text(group: h5py.Group, key: str, text: str) -> None:
 
 
 def read_text(group: h5py.Group, key: str) -> str | None:
-    """A scalar string dataset as text; None when absent."""
-    if key not in group:
-        return None
-    value = group[key][()]
+    """A scalar string dataset as text; None when absent.
+
+    recordkit's own (one variable-length string) are read with h5py's low-level calls:
+    building h5py's Dataset costs more than reading the text, and opening a record reads
+    its params so."""
+    value = _scalar_text(group, key)
+    if value is _OTHER:  # absent, or not one of recordkit's: as h5py reads it
+        if key not in group:
+            return None
+        value = group[key][()]
     if isinstance(value, bytes):
         return value.decode("utf-8")
     return str(value)
+
+
+#: What :func:`_scalar_text` gives for a dataset it does not read.
+_OTHER = object()
+
+
+def _scalar_text(group: h5py.Group, key: str) -> Any:
+    """The value h5py's ``group[key][()]`` gives for a scalar variable-length string
+    dataset (bytes), read with low-level calls; :data:`_OTHER` for anything else."""
+    try:
+        dsid = h5py.h5d.open(group.id, key.encode("utf-8", "surrogateescape"))
+    except Exception:
+        return _OTHER  # absent, not a dataset or damaged: the general path says which
+    stored = dsid.get_type()
+    if not (isinstance(stored, h5py.h5t.TypeStringID) and stored.is_variable_str()
+            and dsid.get_space().get_simple_extent_type() == h5py.h5s.SCALAR):
+        return _OTHER
+    text = np.empty((), dtype=object)
+    dsid.read(h5py.h5s.ALL, h5py.h5s.ALL, text, mtype=_VLEN_STR)
+    return text[()]
 

@@ -107,9 +107,12 @@ def read_format_version(f: h5py.File | h5py.h5f.FileID) -> int:
 
 def read_params(f: h5py.File) -> tuple[str, list[Any]]:
     """The params document and the keys it flags as stored by repr (``unserialisable``)."""
-    flagged = (list(loads_json(attr_str(f[PARAMS], UNSERIALISABLE_ATTR, "[]")))
-               if PARAMS in f else [])
-    return read_text(f, PARAMS) or "{}", flagged
+    text = read_text(f, PARAMS)
+    if text is None:
+        return "{}", []
+    # its attribute read through the low-level object: h5py's Dataset costs more
+    params = h5py.h5o.open(f.id, PARAMS.encode())
+    return text or "{}", list(loads_json(attr_str(params, UNSERIALISABLE_ATTR, "[]")))
 
 
 def read_info(f: h5py.File) -> dict[str, Any]:

@@ -2,9 +2,8 @@
 
 A record may come from a stranger. HDF5 was not designed to parse hostile files (its
 SECURITY.md says so), and a few of its features reach outside the file or allocate what
-the file claims. Before :class:`~recordkit.Record` reads a byte of data, :func:`check_file`
-walks every link and dataset header (metadata only) and refuses, with
-:class:`~recordkit.errors.UnsafeRecordError`:
+the file claims. :func:`check_file` walks every link and dataset header of a file
+(metadata only) and refuses, with :class:`~recordkit.errors.UnsafeRecordError`:
 
 - external links, soft links and user-defined links (recordkit writes hard links only);
 - datasets with external storage (``Dataset.external``: raw data in another file, which
@@ -12,7 +11,16 @@ walks every link and dataset header (metadata only) and refuses, with
 - virtual datasets whose sources are in another file;
 - datasets whose one read (a whole dataset, or one snapshot of a weight) claims more bytes
   than the file could hold (:func:`read_limit`), so a crafted shape is never allocated;
-- attributes longer than :data:`MAX_ATTR_BYTES`.
+- attributes longer than :data:`MAX_ATTR_BYTES`;
+- more than :data:`MAX_OBJECTS` links.
+
+:class:`~recordkit.Record` makes the same checks object by object, each before the
+object is first touched, so that opening a record costs the same whatever it holds: when
+it opens the file, the root group (:func:`check_root_links`, :func:`read_root_attrs`,
+:func:`check_header`) and every root object recordkit does not write; then each of
+:data:`RECORD_OBJECTS` with everything under it (:func:`check_object`) and its layout
+(:func:`check_history_layout`, :func:`check_snapshots_layout`,
+:func:`check_weights_layout`) on the first read of that part.
 
 What cannot be checked from metadata is left to the callers: a crafted file can still
 crash the HDF5 parser itself, which is why ``recordkit verify`` reads in a subprocess.
@@ -23,7 +31,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import h5py
@@ -31,24 +39,34 @@ import numpy as np
 
 from recordkit.codec import loads_json
 from recordkit.errors import NotARecordError, RecordDamagedError, UnsafeRecordError
-from recordkit.format.attrs import is_record, read_attr
+from recordkit.format.attrs import read_attr
 from recordkit.format.layout import (
+    CHECKSUMS,
+    EXTRAS,
     FIRST_SNAPSHOT_ATTR,
+    FORMAT_ATTR,
+    FORMAT_NAME,
     FORMAT_VERSION,
     HISTORY,
     HISTORY_METRICS,
     HISTORY_ROW_DTYPE,
     HISTORY_TABLE,
+    INFO,
+    PARAMS,
     RUN_FIELDS,
     SNAPSHOT_DTYPE,
     SNAPSHOTS,
     STATUSES,
+    SYSTEM,
     VERSION_ATTR,
     WEIGHTS,
 )
 
-__all__ = ["MAX_ATTR_BYTES", "MAX_OBJECTS", "check_dataset", "check_fields",
-           "check_file", "check_layout", "check_links", "check_root", "read_limit"]
+__all__ = ["MAX_ATTR_BYTES", "MAX_OBJECTS", "RECORD_OBJECTS", "WEIGHT_OBJECTS",
+           "check_dataset", "check_fields", "check_file", "check_header",
+           "check_history_layout", "check_layout", "check_links", "check_member",
+           "check_object", "check_root", "check_root_links", "check_snapshots_layout",
+           "check_weights_layout", "read_limit", "read_root_attrs"]
 
 #: An attribute longer than this is refused (recordkit's own stay under 64 KiB; the
 #: ``restarts`` list of a run resumed a thousand times is about 100 KiB).
@@ -56,12 +74,32 @@ MAX_ATTR_BYTES = 1 << 20
 #: A record with more links than this is refused instead of walked (a file can hold
 #: millions of empty groups that each cost a little to visit).
 MAX_OBJECTS = 200_000
+#: The root objects that hold the weights: ``/weights`` and, in format version 2, the
+#: CRC32Cs of their chunks (``/checksums``).
+WEIGHT_OBJECTS = (WEIGHTS, CHECKSUMS)
+#: The root objects recordkit writes (a new one goes here, and into the part of
+#: :func:`recordkit.opening.read_parts` that reads it, or every load walks it). A
+#: record checks each with everything under it
+#: (:func:`check_object`) when it first reads it; any other object at the root is
+#: checked when the file is opened.
+RECORD_OBJECTS = (PARAMS, SYSTEM, INFO, HISTORY, SNAPSHOTS, *WEIGHT_OBJECTS, EXTRAS)
 #: Reads below this size are always allowed: a slack for chunks left unallocated by a
 #: killed writer and for tiny files.
 SMALL_READ = 16 << 20
 #: gzip's best case is about 1032:1; a compressed dataset claiming more than this ratio
 #: over the whole file is a decompression bomb.
 MAX_COMPRESSION_RATIO = 1100
+
+
+def _as_path(path: str | os.PathLike[str]) -> Path:
+    return path if isinstance(path, Path) else Path(path)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _unsafe(path: Path, what: str) -> UnsafeRecordError:
@@ -119,18 +157,23 @@ def _attr_sizes(oid: h5py.h5o.ObjectID) -> list[tuple[str, int]]:
 
 
 def _check_attrs(path: Path, where: str, obj: h5py.HLObject | h5py.h5o.ObjectID,
-                 read_strings: bool) -> None:
-    """Sizes of attributes from their headers; their text too with *read_strings* (the
-    root's, which a Record keeps: a variable-length string lives in the file's global
+                 read_strings: bool) -> dict[str, object]:
+    """Sizes of attributes from their headers; with *read_strings* their values are read
+    too (after every size was checked) and returned, and the length of their text checked
+    (the root's, which a Record keeps: a variable-length string lives in the file's global
     heap and its header says nothing of its length; reading every object's would cost
-    more than the rest of opening a file)."""
+    more than the rest of opening a file). An attribute that cannot be read is left out
+    (the reads that need it say what is wrong)."""
     oid = obj.id if isinstance(obj, h5py.HLObject) else obj
-    for key, size in _attr_sizes(oid):
+    sizes = _attr_sizes(oid)
+    for key, size in sizes:
         if size > MAX_ATTR_BYTES:
             raise _unsafe(path, f"attribute {key!r} of {where} claims {size} bytes "
                                 f"(limit {MAX_ATTR_BYTES})")
-        if not read_strings:
-            continue
+    read: dict[str, object] = {}
+    if not read_strings:
+        return read
+    for key, _ in sizes:
         try:  # the read is bounded by the file's size
             value = read_attr(oid, key)
         except Exception:
@@ -140,6 +183,8 @@ def _check_attrs(path: Path, where: str, obj: h5py.HLObject | h5py.h5o.ObjectID,
         if size > MAX_ATTR_BYTES:
             raise _unsafe(path, f"attribute {key!r} of {where} holds {size} characters "
                                 f"(limit {MAX_ATTR_BYTES})")
+        read[key] = value
+    return read
 
 
 def _first_snapshot(dsid: h5py.h5d.DatasetID) -> int | None:
@@ -188,33 +233,190 @@ def _compresses(plist: h5py.h5p.PropDCID) -> bool:
     return any(code not in (2, 3) for code in _filters(plist))
 
 
+def _link_refused(f: h5py.File, name: str, path: Path) -> UnsafeRecordError:
+    """The refusal of the link at /*name*, which is not a hard link (its header is read,
+    its target is not)."""
+    link = f.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        return _unsafe(path, f"link /{name} points to {link.path!r} in the file "
+                             f"{link.filename!r} (an external link)")
+    if isinstance(link, h5py.SoftLink):
+        return _unsafe(path, f"link /{name} is a soft link to {link.path!r}")
+    return _unsafe(path, f"link /{name} is a {type(link).__name__}")
+
+
+def _check_links_under(f: h5py.File, group: h5py.h5g.GroupID, prefix: str, path: Path,
+                       limit: int) -> int:
+    """Every link under *group* (at /*prefix*, "" for the root), recursively: hard links
+    only, at most *limit* of them. Reads link headers only; returns how many there are."""
+    found: list[tuple[bytes, int]] = []
+
+    def collect(name: bytes, info: h5py.h5l.LinkInfo) -> bool | None:
+        found.append((name, info.type))
+        return True if len(found) > limit else None
+
+    group.links.visit(collect, info=True)  # link headers only: never follows a link out
+    if len(found) > limit:
+        raise _unsafe(path, f"it holds more than {MAX_OBJECTS} objects")
+    for raw_name, kind in found:
+        if kind != h5py.h5l.TYPE_HARD:
+            raise _link_refused(f, prefix + raw_name.decode("utf-8", "surrogateescape"),
+                                path)
+    return len(found)
+
+
 def check_links(f: h5py.File, path: str | os.PathLike[str]) -> None:
-    """Refuse external and soft links (and more than :data:`MAX_OBJECTS` objects). Reads
-    link headers only.
+    """Refuse external and soft links (and more than :data:`MAX_OBJECTS` objects) in the
+    whole file. Reads link headers only.
 
     Raises:
         UnsafeRecordError: the first link that points outside the file.
     """
-    file_path = Path(path)
+    _check_links_under(f, f.id, "", Path(path), MAX_OBJECTS)
+
+
+def check_root_links(f: h5py.File, path: str | os.PathLike[str]) -> list[str]:
+    """The names of the root group's own links, refused unless each is a hard link (what
+    a record checks when it is opened; what is under each is checked by
+    :func:`check_object` when it is first read).
+
+    Raises:
+        UnsafeRecordError: a link of the root that is not a hard link, or more than
+            :data:`MAX_OBJECTS` of them.
+    """
+    file_path = _as_path(path)
     found: list[tuple[bytes, int]] = []
 
     def collect(name: bytes, info: h5py.h5l.LinkInfo) -> bool | None:
         found.append((name, info.type))
         return True if len(found) > MAX_OBJECTS else None
 
-    f.id.links.visit(collect, info=True)  # link headers only: never follows a link out
+    f.id.links.iterate(collect, info=True)  # this group's links only, headers only
     if len(found) > MAX_OBJECTS:
         raise _unsafe(file_path, f"it holds more than {MAX_OBJECTS} objects")
-    for raw_name, kind in found:
+    names = [raw.decode("utf-8", "surrogateescape") for raw, _ in found]
+    for name, (_, kind) in zip(names, found):
         if kind != h5py.h5l.TYPE_HARD:
-            name = raw_name.decode("utf-8", "surrogateescape")
-            link = f.get(name, getlink=True)
-            if isinstance(link, h5py.ExternalLink):
-                raise _unsafe(file_path, f"link /{name} points to {link.path!r} in the file "
-                                         f"{link.filename!r} (an external link)")
-            if isinstance(link, h5py.SoftLink):
-                raise _unsafe(file_path, f"link /{name} is a soft link to {link.path!r}")
-            raise _unsafe(file_path, f"link /{name} is a {type(link).__name__}")
+            raise _link_refused(f, name, file_path)
+    return names
+
+
+def check_object(f: h5py.File, name: str, path: str | os.PathLike[str], *,
+                 table_rows: int | None = None, limit: int = MAX_OBJECTS) -> int:
+    """The root object /*name* and everything under it, before any of it is read: what
+    :func:`check_file` checks of the whole file (links, attribute headers, dataset
+    headers), for that part only. Nothing when the root has no such link.
+
+    Args:
+        f: the open file (the root's links were checked: :func:`check_root_links`).
+        name: a link of the root group.
+        path: the file's path, for messages and its size.
+        table_rows: the rows of the snapshot table, when known: a weight dataset whose
+            first snapshot is not among them (a killed writer's leftover) is never read,
+            so its size is no reason to refuse the file.
+        limit: at most this many links under it.
+
+    Returns:
+        The number of links walked (the object's own included), for a caller that
+        bounds the objects of several parts together.
+
+    Raises:
+        UnsafeRecordError: what was found and where.
+    """
+    file_path = _as_path(path)
+    raw = name.encode("utf-8", "surrogateescape")
+    if not f.id.links.exists(raw):
+        return 0
+    if f.id.links.get_info(raw).type != h5py.h5l.TYPE_HARD:
+        raise _link_refused(f, name, file_path)
+    try:
+        oid = h5py.h5o.open(f.id, raw)
+    except Exception:
+        return 1  # a damaged header: the read that needs it says so
+    walked = 1
+    if isinstance(oid, h5py.h5g.GroupID):
+        walked += _check_links_under(f, oid, f"{name}/", file_path, max(0, limit - 1))
+    _check_objects(file_path, oid, name, table_rows)
+    return walked
+
+
+def check_member(f: h5py.File, name: str, key: str, path: str | os.PathLike[str], *,
+                 table_rows: int | None = None, limit: int = MAX_OBJECTS) -> int | None:
+    """The member *key* of the root group /*name* with everything under it, and the
+    attributes of /*name* itself, before any of it is read; nothing else of /*name* (one
+    tensor read without listing the others). The same checks as :func:`check_object`.
+
+    Returns:
+        The links walked; None when there is no such member, or /*name* is not a group
+        or cannot be opened (:func:`check_object` of the whole part then says why).
+
+    Raises:
+        UnsafeRecordError: what was found and where.
+    """
+    file_path = _as_path(path)
+    raw = name.encode("utf-8", "surrogateescape")
+    if not f.id.links.exists(raw):
+        return None
+    if f.id.links.get_info(raw).type != h5py.h5l.TYPE_HARD:
+        raise _link_refused(f, name, file_path)
+    try:
+        group = h5py.h5o.open(f.id, raw)
+        if not isinstance(group, h5py.h5g.GroupID):
+            return None
+        if h5py.h5o.get_info(group).num_attrs:
+            _check_attrs(file_path, f"/{name}", group, read_strings=False)
+        member = key.encode("utf-8", "surrogateescape")
+        if not group.links.exists(member):
+            return None
+        kind = group.links.get_info(member).type
+    except UnsafeRecordError:
+        raise
+    except Exception:
+        return None  # a damaged header: the check of the whole part says so
+    if kind != h5py.h5l.TYPE_HARD:
+        raise _link_refused(f, f"{name}/{key}", file_path)
+    try:
+        oid = h5py.h5o.open(group, member)
+    except Exception:
+        return None
+    walked = 2
+    if isinstance(oid, h5py.h5g.GroupID):
+        walked += _check_links_under(f, oid, f"{name}/{key}/", file_path, max(0, limit - 2))
+    _check_objects(file_path, oid, f"{name}/{key}", table_rows)
+    return walked
+
+
+def _check_objects(path: Path, start: h5py.h5o.ObjectID, prefix: str,
+                   table_rows: int | None) -> None:
+    """The attribute and dataset headers of *start*, the object at /*prefix* (but not
+    the root's attributes, "" prefix: the caller reads those), and of every object under
+    it, reached by the hard links that :func:`_check_links_under` allowed."""
+    objects: list[tuple[str, h5py.h5o.ObjectID | bytes, int, int]] = []
+    if prefix:  # h5py's visit leaves out the object it starts from
+        info = h5py.h5o.get_info(start)
+        objects.append((prefix, start, info.type, info.num_attrs))
+
+    def collect(name: bytes, info: h5py.h5o.ObjInfo) -> None:
+        if name != b".":
+            relative = name.decode("utf-8", "surrogateescape")
+            objects.append((f"{prefix}/{relative}" if prefix else relative, name,
+                            info.type, info.num_attrs))
+
+    h5py.h5o.visit(start, collect, info=True)  # hard links only: checked before
+    file_size = None
+    for name, obj, kind, attributes in objects:
+        if isinstance(obj, bytes):
+            try:
+                obj = h5py.h5o.open(start, obj)
+            except Exception:
+                continue  # a damaged header: the reads that need it say so
+        if attributes:
+            _check_attrs(path, f"/{name}", obj, read_strings=False)
+        if kind == h5py.h5o.TYPE_DATASET:
+            assert isinstance(obj, h5py.h5d.DatasetID)
+            if file_size is None:
+                file_size = _file_size(path)
+            _check_dataset(path, name, obj, file_size, table_rows)
 
 
 def check_dataset(f: h5py.File, name: str, path: str | os.PathLike[str]) -> h5py.Dataset:
@@ -255,10 +457,24 @@ def check_root(f: h5py.File | h5py.h5f.FileID, path: str | os.PathLike[str]) -> 
     _check_attrs(Path(path), "the root group", f, read_strings=False)
 
 
+def read_root_attrs(f: h5py.File | h5py.h5f.FileID, path: str | os.PathLike[str]
+                    ) -> dict[str, object]:
+    """Every root attribute, each read once after the sizes of all were checked from
+    their headers, and the length of its text checked: what a record keeps of the root,
+    for :func:`check_header` and the run fields. An attribute that cannot be read is
+    left out (read it by name to learn what is wrong).
+
+    Raises:
+        UnsafeRecordError: an attribute claims or holds more than :data:`MAX_ATTR_BYTES`.
+    """
+    return _check_attrs(_as_path(path), "the root group", f, read_strings=True)
+
+
 def check_file(f: h5py.File, path: str | os.PathLike[str]) -> None:
     """Refuse a file that reaches outside itself or claims sizes it cannot hold.
 
-    Reads metadata only (links, dataset headers, attribute headers), never data.
+    Reads metadata only (links, dataset headers, attribute headers), never data: every
+    link, the root's attributes (their text too), then every object.
 
     Args:
         f: the open file.
@@ -280,34 +496,13 @@ def check_file(f: h5py.File, path: str | os.PathLike[str]) -> None:
         recordkit.errors.UnsafeRecordError: ... link /b points to '/' in the file '/etc/passwd' ...
     """
     file_path = Path(path)
-    try:
-        file_size = os.stat(file_path).st_size
-    except OSError:
-        file_size = 0
     check_links(f, file_path)
-    _check_attrs(file_path, "the root group", f, read_strings=True)
+    read_root_attrs(f, file_path)
     table = f.get(SNAPSHOTS, getclass=True)
     table_rows = None
     if table is h5py.Dataset:
         table_rows = int(f[SNAPSHOTS].shape[0]) if f[SNAPSHOTS].shape else None
-    objects: list[tuple[bytes, int, int]] = []
-
-    def collect(name: bytes, info: h5py.h5o.ObjInfo) -> None:
-        if name != b".":
-            objects.append((name, info.type, info.num_attrs))
-
-    h5py.h5o.visit(f.id, collect, info=True)  # hard links only: checked just above
-    for raw_name, kind, attributes in objects:
-        name = raw_name.decode("utf-8", "surrogateescape")
-        try:
-            obj = h5py.h5o.open(f.id, raw_name)
-        except Exception:
-            continue  # a damaged header: the reads that need it say so
-        if attributes:
-            _check_attrs(file_path, f"/{name}", obj, read_strings=False)
-        if kind == h5py.h5o.TYPE_DATASET:
-            assert isinstance(obj, h5py.h5d.DatasetID)
-            _check_dataset(file_path, name, obj, file_size, table_rows)
+    _check_objects(file_path, f.id, "", table_rows)
 
 
 def _fields_ok(ds: object, dtype: np.dtype) -> bool:
@@ -364,67 +559,119 @@ def check_fields(fields: Mapping[str, str], path: str | os.PathLike[str]) -> Non
         raise damaged("restarts", f"is {restarts[:60]!r}, not a JSON list")
 
 
-def _check_header(f: h5py.File, path: str | os.PathLike[str]) -> None:
-    """The root attributes of a file that says it is a record (``format='recordkit'``) of
-    a version this reader knows; other files are left to the caller's checks."""
-    if not is_record(f):
-        return  # not a record: the reader says so
-    version = read_attr(f, VERSION_ATTR)
+def check_header(attrs: Mapping[str, object], path: str | os.PathLike[str]) -> int | None:
+    """The root attributes of a file (*attrs*, as :func:`read_root_attrs` gives them: a
+    missing one is absent) that says it is a record (``format='recordkit'``): its format
+    version, and its run fields (:func:`check_fields`) when this reader knows the version.
+    None for a file that does not say it is a record (the reader says so).
+
+    Raises:
+        NotARecordError: the file says it is a record but has no ``format_version``.
+        RecordDamagedError: ``format_version`` is not an integer, or a run field is
+            missing or malformed.
+    """
+    name = attrs.get(FORMAT_ATTR)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    if name != FORMAT_NAME:
+        return None  # not a record: the reader says so
+    version = attrs.get(VERSION_ATTR)
     if version is None:
         raise NotARecordError(
             f"{str(path)!r} is marked format='recordkit' but has no root attribute "
             "'format_version': it was not written by recordkit, or its header is lost")
     try:
-        number = int(version)
+        number = int(version)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         raise RecordDamagedError(
             f"{str(path)!r} is damaged: its root attribute 'format_version' is "
             f"{str(version)[:60]!r}, not an integer; run `recordkit verify` on it") from None
     if number > FORMAT_VERSION:
-        return  # a newer format: the reader asks for an upgrade
-    fields = {key: read_attr(f, key) for key in RUN_FIELDS}
+        return number  # a newer format: the reader asks for an upgrade
     check_fields({key: value.decode("utf-8", "replace") if isinstance(value, bytes)
-                  else str(value) for key, value in fields.items() if value is not None},
+                  else str(value) for key in RUN_FIELDS
+                  if (value := attrs.get(key)) is not None}, path)
+    return number
+
+
+def _check_header(f: h5py.File, path: str | os.PathLike[str]) -> None:
+    """:func:`check_header` of the root attributes of *f*, read by name."""
+    keys = (FORMAT_ATTR, VERSION_ATTR, *RUN_FIELDS)
+    check_header({key: value for key in keys if (value := read_attr(f, key)) is not None},
                  path)
 
 
+def _damaged(path: str | os.PathLike[str], what: str) -> RecordDamagedError:
+    return RecordDamagedError(f"{str(path)!r} is damaged: {what}; run "
+                              "`recordkit verify` on it")
+
+
+def check_snapshots_layout(f: h5py.File, path: str | os.PathLike[str]) -> None:
+    """Refuse a snapshot table (``/snapshots``) that lost its layout (not a 1-D table of
+    the snapshot fields), so that it is reported as damage, not as a ``ValueError``
+    later. Nothing when there is none.
+
+    Raises:
+        RecordDamagedError: what is malformed.
+    """
+    table = f.get(SNAPSHOTS)
+    if table is not None and not _fields_ok(table, SNAPSHOT_DTYPE):
+        raise _damaged(path, f"/{SNAPSHOTS} is not the snapshot table "
+                             f"({getattr(table, 'dtype', type(table).__name__)})")
+
+
+def check_history_layout(f: h5py.File, path: str | os.PathLike[str]) -> None:
+    """Refuse a ``/history`` that lost its layout: not a group, its table not a 1-D
+    table of the row fields, its names not a 1-D list of strings.
+
+    Raises:
+        RecordDamagedError: what is malformed.
+    """
+    history = f.get(HISTORY)
+    if history is None:
+        return
+    if not isinstance(history, h5py.Group):
+        raise _damaged(path, f"/{HISTORY} is not a group")
+    rows = history.get(HISTORY_TABLE)
+    if rows is not None and not _fields_ok(rows, HISTORY_ROW_DTYPE):
+        raise _damaged(path, f"/{HISTORY}/{HISTORY_TABLE} is not the history table")
+    names = history.get(HISTORY_METRICS)
+    if names is not None and not (isinstance(names, h5py.Dataset) and names.ndim == 1
+                                  and h5py.check_string_dtype(names.dtype)):
+        raise _damaged(path, f"/{HISTORY}/{HISTORY_METRICS} is not a list of names")
+
+
+def check_weights_layout(f: h5py.File, path: str | os.PathLike[str],
+                         keys: Iterable[str] | None = None) -> None:
+    """Refuse a ``/weights`` that is not a group of numeric datasets with a snapshot
+    axis (of those members only, with *keys*: their link names).
+
+    Raises:
+        RecordDamagedError: what is malformed.
+    """
+    group = f.get(WEIGHTS)
+    if group is None:
+        return
+    if not isinstance(group, h5py.Group):
+        raise _damaged(path, f"/{WEIGHTS} is not a group")
+    for key in group if keys is None else keys:
+        ds = group[key]
+        if not (isinstance(ds, h5py.Dataset) and ds.ndim >= 1
+                and ds.dtype.kind in "biufc"):
+            raise _damaged(path, f"/{WEIGHTS}/{key} is not a weight dataset")
+
+
 def check_layout(f: h5py.File, path: str | os.PathLike[str]) -> None:
-    """Refuse a record whose header (:func:`check_fields`) or tables do not have the
+    """Refuse a record whose header (:func:`check_header`) or tables do not have the
     layout of format version 1, so that a damaged header is reported when the file is
-    opened, not as a ``ValueError`` later.
+    opened, not as a ``ValueError`` later: every check a record makes on first use of
+    each part, at once.
 
     Raises:
         NotARecordError: the file says it is a record but has no ``format_version``.
         RecordDamagedError: which attribute or object is malformed.
     """
-    def damaged(what: str) -> RecordDamagedError:
-        return RecordDamagedError(f"{str(path)!r} is damaged: {what}; run "
-                                  "`recordkit verify` on it")
-
     _check_header(f, path)
-    table = f.get(SNAPSHOTS)
-    if table is not None and not _fields_ok(table, SNAPSHOT_DTYPE):
-        raise damaged(f"/{SNAPSHOTS} is not the snapshot table "
-                      f"({getattr(table, 'dtype', type(table).__name__)})")
-    history = f.get(HISTORY)
-    if history is not None:
-        if not isinstance(history, h5py.Group):
-            raise damaged(f"/{HISTORY} is not a group")
-        rows = history.get(HISTORY_TABLE)
-        if rows is not None and not _fields_ok(rows, HISTORY_ROW_DTYPE):
-            raise damaged(f"/{HISTORY}/{HISTORY_TABLE} is not the history table")
-        names = history.get(HISTORY_METRICS)
-        if names is not None and not (isinstance(names, h5py.Dataset) and names.ndim == 1
-                                      and h5py.check_string_dtype(names.dtype)):
-            raise damaged(f"/{HISTORY}/{HISTORY_METRICS} is not a list of names")
-    for group_name in (WEIGHTS,):
-        group = f.get(group_name)
-        if group is None:
-            continue
-        if not isinstance(group, h5py.Group):
-            raise damaged(f"/{group_name} is not a group")
-        for key in group:
-            ds = group[key]
-            if not (isinstance(ds, h5py.Dataset) and ds.ndim >= 1
-                    and ds.dtype.kind in "biufc"):
-                raise damaged(f"/{group_name}/{key} is not a weight dataset")
+    check_snapshots_layout(f, path)
+    check_history_layout(f, path)
+    check_weights_layout(f, path)
