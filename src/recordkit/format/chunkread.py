@@ -34,7 +34,7 @@ from recordkit.format.checksums import chunk_grid, crc32c, crc32c_combine
 from recordkit.format.fletcher32 import combine, native, piece_sums, same
 
 __all__ = ["ChunkChecksumError", "check_stored_chunks", "read_checked_row", "read_snapshot",
-           "stored_chunks"]
+           "stored_chunks", "stored_fd"]
 
 #: Below this a tensor is read through HDF5: the saving is smaller than a thread hop.
 MIN_BYTES = 1 << 20
@@ -172,7 +172,7 @@ def _helper_executor() -> concurrent.futures.ThreadPoolExecutor:
         return _helper
 
 
-def _file_descriptor(ds: h5py.Dataset) -> int | None:
+def stored_fd(ds: h5py.Dataset) -> int | None:
     """The OS file descriptor of a dataset's file (sec2 driver), else None."""
     try:
         if ds.file.driver != "sec2":
@@ -191,7 +191,8 @@ def stored_chunks(ds: h5py.Dataset) -> tuple[tuple[int, ...], int, bool]:
     return chunks, ds.dtype.itemsize * math.prod(chunks), chunks[1:] == tuple(ds.shape[2:])
 
 
-def read_checked_row(ds: h5py.Dataset, index: int, expected: np.ndarray) -> np.ndarray | None:
+def read_checked_row(ds: h5py.Dataset, index: int, expected: np.ndarray, *,
+                     fd: int | None = -1) -> np.ndarray | None:
     """``ds[index]`` of an unfiltered (v2) weight dataset, each stored chunk checked
     against its CRC32C in *expected* (a row of ``/checksums/<tensor>``); None when the
     dataset has filters (then check with :func:`check_stored_chunks` and read through
@@ -200,6 +201,13 @@ def read_checked_row(ds: h5py.Dataset, index: int, expected: np.ndarray) -> np.n
     The chunks are located through HDF5 (``H5Dget_chunk_info_by_coord``) and read with
     ``preadv`` straight into the result, half of them (half of a single chunk) on a second
     thread, each piece's CRC32C computed as it lands (both release the GIL).
+
+    Args:
+        ds: an unfiltered v2 weight dataset.
+        index: the dataset row.
+        expected: that row of its checksums.
+        fd: the file's descriptor (:func:`stored_fd`, None when it has none); asked for
+            when not given.
 
     Raises:
         ChunkChecksumError: a chunk is missing, has the wrong size or fails its CRC32C.
@@ -212,7 +220,8 @@ def read_checked_row(ds: h5py.Dataset, index: int, expected: np.ndarray) -> np.n
     if len(grid) != len(expected):
         raise ChunkChecksumError((index,), f"has {len(expected)} checksums for {len(grid)} "
                                  "chunks")
-    fd = _file_descriptor(ds)
+    if fd == -1:
+        fd = stored_fd(ds)
     dsid = ds.id
     if not plain or fd is None:
         out = np.empty(shape, ds.dtype)

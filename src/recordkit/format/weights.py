@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from recordkit.format.chunkread import (
     check_stored_chunks,
     read_checked_row,
     read_snapshot,
+    stored_fd,
 )
 from recordkit.format.filters import ensure_readable
 from recordkit.format.history import check_rows
@@ -475,23 +478,63 @@ def _dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
     return ds
 
 
-def _expected_crcs(f: h5py.File, ds: h5py.Dataset, key: str, row: int,
-                   path: Path) -> np.ndarray | None:
+@dataclasses.dataclass
+class _Reader:
+    """What reading a tensor of an open file needs, kept while that file object lives
+    (a ``with record:`` block reads many snapshots through one): opening the dataset, its
+    checksums and their attributes through h5py cost more than reading 4 MiB."""
+
+    dataset: h5py.Dataset
+    kind: str | None  # "crc32c", "none", or None for a version 1 dataset
+    sums: h5py.Dataset | None
+    fd: int | None
+    table: np.ndarray | None = None  # the checksums read so far (all rows at once)
+
+
+_READERS: weakref.WeakKeyDictionary[Any, dict[str, _Reader]] = weakref.WeakKeyDictionary()
+_READERS_LOCK = threading.Lock()
+
+
+def _reader(f: h5py.File, key: str, path: Path) -> _Reader:
+    with _READERS_LOCK:
+        cache = _READERS.get(f)
+        if cache is None:
+            cache = _READERS[f] = {}
+        reader = cache.get(key)
+    if reader is not None and reader.dataset.id.valid:
+        return reader
+    ds = _dataset(f, key, path)
+    kind = read_attr(ds, WEIGHT_CHECKSUM_ATTR)
+    if isinstance(kind, bytes):
+        kind = kind.decode("utf-8", "replace")
+    sums = None
+    if kind == "crc32c":
+        group = f.get(CHECKSUMS)
+        sums = group.get(key) if isinstance(group, h5py.Group) else None
+    reader = _Reader(ds, None if kind is None else str(kind), sums, stored_fd(ds))
+    with _READERS_LOCK:
+        cache[key] = reader
+    return reader
+
+
+def _expected_crcs(reader: _Reader, key: str, row: int, path: Path) -> np.ndarray | None:
     """(v2) The CRC32Cs of row *row* of a weight dataset, or None when it has none
     (``checksum=False``, or a version 1 dataset)."""
-    kind = ds.attrs.get(WEIGHT_CHECKSUM_ATTR)
-    if kind is None:
+    kind = reader.kind
+    if kind is None or kind == "none":
         return None  # version 1: fletcher32 (or nothing), checked by HDF5 / chunkread
-    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-    if kind == "none":
-        return None
-    sums = f[CHECKSUMS].get(key) if kind == "crc32c" and CHECKSUMS in f else None
-    if sums is None or sums.ndim != 2 or sums.dtype != CHECKSUM_DTYPE or row >= sums.shape[0]:
+    table = reader.table
+    if table is None or row >= len(table):
+        sums = reader.sums
+        if (sums is not None and sums.ndim == 2 and sums.dtype == CHECKSUM_DTYPE
+                and row < sums.shape[0]):
+            table = reader.table = sums[()]
+    if table is None or row >= len(table):
         raise RecordDamagedError(
-            f"{str(path)!r}: tensor {object_name(ds)!r} says its chunks are checked by "
-            f"{kind!r} but /{CHECKSUMS}/{key} has no row {row}: the file is damaged "
-            "(run `recordkit verify` on it)")
-    return np.asarray(sums[row])
+            f"{str(path)!r}: tensor {object_name(reader.dataset)!r} says its chunks are "
+            f"checked by {kind!r} but /{CHECKSUMS}/{key} has no row {row}: the file is "
+            "damaged (run `recordkit verify` on it)")
+    return table[row]
 
 
 def _damaged_chunk(path: Path, ds: h5py.Dataset, row: int, err: ChunkChecksumError
@@ -507,13 +550,14 @@ def read_row(f: h5py.File, tensor: StoredTensor, row: int, path: Path) -> np.nda
     against their CRC32C (read straight into the result when unfiltered), v1 chunks
     straight from the file when they have the plain layout (fletcher32 checked by
     :mod:`.chunkread`), else through HDF5."""
-    ds = _dataset(f, tensor.key, path)
-    expected = _expected_crcs(f, ds, tensor.key, row, path)
+    reader = _reader(f, tensor.key, path)
+    ds = reader.dataset
+    expected = _expected_crcs(reader, tensor.key, row, path)
     if expected is None:
         data = read_snapshot(ds, row)
         return decode_tensor(ds[row] if data is None else data, tensor.stored_dtype)
     try:
-        data = read_checked_row(ds, row, expected)
+        data = read_checked_row(ds, row, expected, fd=reader.fd)
         if data is None:  # filtered: check the stored chunks, then let HDF5 decode them
             check_stored_chunks(ds, row, expected)
             data = ds[row]
@@ -534,8 +578,9 @@ def read_rows(f: h5py.File, tensor: StoredTensor, rows: range, path: Path) -> np
     decoded (and in v2 each row verified)."""
     if not rows:
         return no_rows(tensor)
-    ds = _dataset(f, tensor.key, path)
-    if WEIGHT_CHECKSUM_ATTR in ds.attrs and attr_str(ds, WEIGHT_CHECKSUM_ATTR) != "none":
+    reader = _reader(f, tensor.key, path)
+    ds = reader.dataset
+    if reader.kind is not None and reader.kind != "none":
         return np.stack([read_row(f, tensor, i, path) for i in rows])
     data = (ds[rows.start:rows.stop:rows.step] if rows.step > 0
             else np.stack([ds[i] for i in rows]))
