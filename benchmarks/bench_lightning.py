@@ -1,23 +1,40 @@
-"""Speed of a Lightning fit with RecordCallback (issue 3's target).
+"""Speed of a Lightning fit with RecordCallback (issue 3's and issue 13's targets).
 
-A model of about 5M parameters is fitted three ways, in the same process, alternating so
-that machine noise hits each alike:
+Two cases, each fitted several ways in the same process, alternating so that machine
+noise hits each alike:
+
+``long`` (issue 3): a model of about 5M parameters, 60 batches of 64 per epoch, fitted
 
 - ``none``: no callback, no logger, no checkpoints (the baseline);
 - ``recordkit``: ``RecordCallback`` snapshotting every epoch (the full state_dict);
 - ``checkpoint+csv``: ``ModelCheckpoint(save_top_k=-1, every_n_epochs=1)`` + ``CSVLogger``.
 
-Target: ``recordkit`` <= 1.10 x ``none`` and <= ``checkpoint+csv``. Prints the minimum and
-median wall time of ``trainer.fit`` per setup and the ratios of both (on a shared
-machine the minimum is the run least disturbed by other processes).
+Targets: ``recordkit`` <= 1.10 x ``none`` and <= ``checkpoint+csv`` (issue 3, the minimum of
+the repeats), and <= 1.03 x ``none`` (issue 13, the median of the paired ratios).
 
-    python benchmarks/bench_lightning.py            # ~3 minutes on 2 busy cores
-    python benchmarks/bench_lightning.py --quick    # ~1 minute
+``short`` (issue 13, item 5): 3 Linear layers 1536 wide (4.7M parameters, 19 MB of
+float32), 8 batches of 64 per epoch, 6 epochs, fitted ``none``, ``recordkit``
+(``RecordCallback`` with its defaults: a snapshot every epoch, system info),
+``recordkit(snapshot_every=None)`` (history only: the fixed per-run costs) and
+``checkpoint+csv``. In each repeat the physical floor is measured too: copying the
+state_dict's bytes into reused buffers (``np.copyto``) and writing them raw (``tofile``,
+a file per snapshot, no fsync: the callback's defaults do not fsync either) on one
+thread, times the number of snapshots. Targets: the wall time the callback adds
+(``recordkit`` - ``none``, paired) <= 1.2 x that floor, and the fit <= 1.25 x ``none``
+(medians of the paired per-repeat figures).
+
+Prints the minimum and median wall time of ``trainer.fit`` per setup and the ratios.
+
+    python benchmarks/bench_lightning.py                 # both cases, ~4 minutes
+    python benchmarks/bench_lightning.py --case short    # the 8-batch case only, ~1 minute
+    python benchmarks/bench_lightning.py --quick         # fewer epochs and repeats
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import statistics
 import tempfile
 import time
@@ -26,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as lp
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -72,44 +90,91 @@ class Wide(lp.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
+class Short(Wide):
+    """1536 -> 1536 -> 1536 -> 10: 4.74M parameters (19 MB of float32)."""
+
+    def __init__(self) -> None:
+        lp.LightningModule.__init__(self)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(1536, 1536), torch.nn.ReLU(),
+            torch.nn.Linear(1536, 1536), torch.nn.ReLU(),
+            torch.nn.Linear(1536, 10),
+        )
+
+
 CPU_SECONDS: dict[str, list[float]] = {}
+HOOK_SECONDS: dict[str, float] = {}
 
 
-def fit_once(setup: str, epochs: int, loader: DataLoader, folder: Path) -> float:
+def fit_once(setup: str, epochs: int, loader: DataLoader, folder: Path,
+             model_class: type[lp.LightningModule] = Wide) -> float:
     callbacks: list[Any] = []
     logger: Any = False
     checkpointing = False
-    if setup == "recordkit":
+    if setup == "recordkit" and model_class is Wide:  # the long case, as in issue 3
         callbacks.append(TimedRecordCallback(folder / "records", experiment="bench",
                                              snapshot_every=1, system=False))
+    elif setup == "recordkit":  # the callback's defaults
+        callbacks.append(TimedRecordCallback(folder / "records", experiment="bench"))
+    elif setup == "recordkit(snapshot_every=None)":
+        callbacks.append(TimedRecordCallback(folder / "records", experiment="bench",
+                                             snapshot_every=None))
     elif setup == "checkpoint+csv":
         callbacks.append(lp.callbacks.ModelCheckpoint(folder / "ckpt", save_top_k=-1,
                                                       every_n_epochs=1))
         logger = lp.loggers.CSVLogger(folder / "csv")
         checkpointing = True
     torch.manual_seed(0)
-    model = Wide()
+    model = model_class()
     trainer = lp.Trainer(max_epochs=epochs, callbacks=callbacks, logger=logger,
                          enable_checkpointing=checkpointing, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu",
                          num_sanity_val_steps=0)
+    hooks = TimedRecordCallback.hook_seconds
     start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(model, loader)
     elapsed = time.perf_counter() - start
     CPU_SECONDS.setdefault(setup, []).append(time.process_time() - cpu)
+    HOOK_SECONDS[setup] = (HOOK_SECONDS.get(setup, 0.0)
+                           + TimedRecordCallback.hook_seconds - hooks)
     if setup == "recordkit":  # the record is complete: every epoch has its snapshot
         record = load(callbacks[0].record_path)
         assert record.snapshot_epochs == list(range(epochs)), record.snapshot_epochs
     return elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer epochs and repeats")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batches", type=int, help="batches per epoch")
-    parser.add_argument("--repeats", type=int)
-    args = parser.parse_args()
+def floor_seconds(state: dict[str, np.ndarray], buffers: dict[str, np.ndarray],
+                  snapshots: int, folder: Path) -> float:
+    """Seconds to copy *state* into the reused *buffers* (np.copyto) and write the copies
+    raw (tofile, one file per snapshot, no fsync), *snapshots* times, on this thread."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"floor-{i}.bin" for i in range(snapshots)]
+    start = time.perf_counter()
+    for path in paths:
+        for name, value in state.items():
+            np.copyto(buffers[name], value)
+        with open(path, "wb") as fh:
+            for name in state:
+                buffers[name].tofile(fh)
+    elapsed = time.perf_counter() - start
+    for path in paths:
+        os.unlink(path)
+    return elapsed
+
+
+def paired_median(a: list[float], b: list[float]) -> float:
+    """Median over repeats of a[i] / b[i] (both measured in the same repeat)."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def print_setups(times: dict[str, list[float]]) -> None:
+    for setup, runs in times.items():
+        print(f"{setup:>31}: min {min(runs):.3f} s, median {statistics.median(runs):.3f} s  "
+              f"(runs: {', '.join(f'{t:.2f}' for t in runs)})")
+
+
+def run_long(args: argparse.Namespace, tmp: Path) -> None:
+    """The 60-batch case of issue 3 (5.26M parameters, 5 epochs)."""
     epochs = args.epochs or (3 if args.quick else 5)
     batches = args.batches or (30 if args.quick else 60)
     repeats = args.repeats or (3 if args.quick else 5)
@@ -119,20 +184,18 @@ def main() -> None:
                          torch.randint(0, 10, (batches * 64,), generator=generator))
     loader = DataLoader(data, batch_size=64)
     params = sum(p.numel() for p in Wide().parameters())
-    print(f"model: {params / 1e6:.2f}M parameters; {epochs} epochs x {batches} batches of 64; "
-          f"{repeats} repeats; torch threads {torch.get_num_threads()}")
+    print(f"\n--- long case: {params / 1e6:.2f}M parameters; {epochs} epochs x {batches} "
+          f"batches of 64; {repeats} repeats; torch threads {torch.get_num_threads()}")
 
     setups = ["none", "recordkit", "checkpoint+csv"]
     times: dict[str, list[float]] = {s: [] for s in setups}
-    warnings.filterwarnings("ignore")
-    with tempfile.TemporaryDirectory() as tmp:
-        fit_once("none", 1, loader, Path(tmp) / "warmup")
-        CPU_SECONDS.clear()  # the 1-epoch warm-up is no baseline (it was, until 2026-11-30)
-        for repeat in range(repeats):
-            for setup in setups if repeat % 2 == 0 else reversed(setups):
-                times[setup].append(fit_once(setup, epochs, loader,
-                                             Path(tmp) / f"{setup}-{repeat}"))
-    hooks = TimedRecordCallback.hook_seconds / (repeats * epochs)
+    fit_once("none", 1, loader, tmp / "warmup")
+    CPU_SECONDS.clear()  # the 1-epoch warm-up is no baseline (it was, until 2026-11-30)
+    HOOK_SECONDS.clear()
+    for repeat in range(repeats):
+        for setup in setups if repeat % 2 == 0 else reversed(setups):
+            times[setup].append(fit_once(setup, epochs, loader, tmp / f"{setup}-{repeat}"))
+    hooks = HOOK_SECONDS["recordkit"] / (repeats * epochs)
     print(f"[info] training thread inside RecordCallback hooks: {hooks * 1000:.1f} ms per "
           f"epoch (snapshot copy, metrics, commit, final close), "
           f"{hooks / (min(times['none']) / epochs):.1%} of an undisturbed epoch without it; "
@@ -142,12 +205,9 @@ def main() -> None:
           f"{repeats}: " + ", ".join(f"{s} {cpu[s]:.2f} s" for s in setups)
           + f"; recordkit / none = {cpu['recordkit'] / cpu['none']:.3f}, recordkit / "
           f"checkpoint+csv = {cpu['recordkit'] / cpu['checkpoint+csv']:.3f}")
-    for setup in setups:
-        print(f"{setup:>15}: min {min(times[setup]):.3f} s, median "
-              f"{statistics.median(times[setup]):.3f} s  "
-              f"(runs: {', '.join(f'{t:.2f}' for t in times[setup])})")
-    # The verdict uses the minimum, the run least disturbed by other processes; the median
-    # ratios are printed beside it. --quick runs are too short for a verdict.
+    print_setups(times)
+    # Issue 3's verdicts use the minimum, the run least disturbed by other processes; the
+    # median ratios are printed beside it. --quick runs are too short for a verdict.
     for stat in (min, statistics.median):
         value = {s: stat(t) for s, t in times.items()}
         for other, target in (("none", 1.10), ("checkpoint+csv", 1.00)):
@@ -156,6 +216,95 @@ def main() -> None:
                    else "PASS" if ratio <= target else "FAIL")
             print(f"[{tag}] fit with RecordCallback / fit with {other} ({stat.__name__} of "
                   f"{repeats}): {ratio:.3f} (target <= {target:.2f})")
+    # Issue 13's: the median of the ratios paired within a repeat.
+    ratio = paired_median(times["recordkit"], times["none"])
+    tag = "info" if args.quick else "PASS" if ratio <= 1.03 else "FAIL"
+    print(f"[{tag}] long case: fit with RecordCallback / fit with none (median of {repeats} "
+          f"paired; none median {statistics.median(times['none']):.2f} s): {ratio:.3f} "
+          "(target <= 1.03, issue 13)")
+
+
+def run_short(args: argparse.Namespace, tmp: Path) -> None:
+    """Issue 13's 8-batch case: the callback's cost against copying and writing the bytes."""
+    epochs = 6
+    batches = 8
+    repeats = args.short_repeats or (3 if args.quick else 7)
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(batches * 64, 1536, generator=generator),
+                         torch.randint(0, 10, (batches * 64,), generator=generator))
+    loader = DataLoader(data, batch_size=64)
+    state = {k: v.detach().numpy() for k, v in Short().state_dict().items()}
+    nbytes = sum(v.nbytes for v in state.values())
+    buffers = {k: v.copy() for k, v in state.items()}  # reused, so already paged in
+    params = sum(p.numel() for p in Short().parameters())
+    print(f"\n--- short case: {params / 1e6:.2f}M parameters ({nbytes / 2**20:.1f} MiB per "
+          f"snapshot); {epochs} epochs x {batches} batches of 64, a snapshot every epoch; "
+          f"{repeats} repeats; torch threads {torch.get_num_threads()}")
+
+    setups = ["none", "recordkit", "recordkit(snapshot_every=None)", "checkpoint+csv",
+              "floor"]
+    times: dict[str, list[float]] = {s: [] for s in setups}
+    fit_once("none", 1, loader, tmp / "warmup-short", Short)
+    fit_once("recordkit", 1, loader, tmp / "warmup-short-rk", Short)
+    floor_seconds(state, buffers, 1, tmp / "warmup-floor")
+    CPU_SECONDS.clear()
+    HOOK_SECONDS.clear()
+    for repeat in range(repeats):
+        for setup in setups if repeat % 2 == 0 else reversed(setups):
+            folder = tmp / f"short-{setup}-{repeat}"
+            times[setup].append(floor_seconds(state, buffers, epochs, folder)
+                                if setup == "floor"
+                                else fit_once(setup, epochs, loader, folder, Short))
+    floor = statistics.median(times["floor"])
+    print_setups(times)
+    print(f"[info] floor: copy + tofile of {epochs} x {nbytes / 2**20:.1f} MiB on one thread, "
+          f"median {floor * 1000:.0f} ms ({epochs * nbytes / 2**20 / floor:.0f} MiB/s)")
+    hooks = HOOK_SECONDS["recordkit"] / (repeats * epochs)
+    print(f"[info] short case: training thread inside RecordCallback hooks: "
+          f"{hooks * 1000:.1f} ms per epoch; with snapshot_every=None "
+          f"{HOOK_SECONDS['recordkit(snapshot_every=None)'] / (repeats * epochs) * 1000:.1f} ms")
+    cpu = {s: statistics.median(CPU_SECONDS[s]) for s in setups if s != "floor"}
+    print("[info] short case: process CPU seconds, median: "
+          + ", ".join(f"{s} {c:.2f}" for s, c in cpu.items()))
+    added = statistics.median((r - n) / f for r, n, f in zip(
+        times["recordkit"], times["none"], times["floor"]))
+    added_s = statistics.median(r - n for r, n in zip(times["recordkit"], times["none"]))
+    tag = "info" if args.quick else "PASS" if added <= 1.2 else "FAIL"
+    print(f"[{tag}] short case: wall time RecordCallback adds / floor (median of {repeats} "
+          f"paired: adds {added_s * 1000:.0f} ms, floor {floor * 1000:.0f} ms at "
+          f"{epochs * nbytes / 2**20 / floor:.0f} MiB/s): {added:.3f} (target <= 1.20)")
+    for other, target in (("none", 1.25), ("checkpoint+csv", None)):
+        ratio = paired_median(times["recordkit"], times[other])
+        tag = ("info" if args.quick or target is None
+               else "PASS" if ratio <= target else "FAIL")
+        print(f"[{tag}] short case: fit with RecordCallback / fit with {other} (median of "
+              f"{repeats} paired; {other} median {statistics.median(times[other]):.2f} s): "
+              f"{ratio:.3f} (target {'<= 1.25' if target else 'none'})")
+    ratio = paired_median(times["recordkit(snapshot_every=None)"], times["none"])
+    print(f"[info] short case: fit with RecordCallback(snapshot_every=None) / fit with none "
+          f"(median of {repeats} paired): {ratio:.3f} (no target; the fixed per-run costs)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and repeats")
+    parser.add_argument("--case", choices=("short", "long", "both"), default="both",
+                        help="short: issue 13's 8-batch case; long: issue 3's 60-batch case")
+    parser.add_argument("--epochs", type=int, help="long case: epochs")
+    parser.add_argument("--batches", type=int, help="long case: batches per epoch")
+    parser.add_argument("--repeats", type=int, help="long case: repeats")
+    parser.add_argument("--short-repeats", type=int, help="short case: repeats")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch.utilities.rank_zero",  # "GPU available", tips, ...
+                 "lightning.fabric.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero",
+                 "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.case in ("short", "both"):
+            run_short(args, Path(tmp))
+        if args.case in ("long", "both"):
+            run_long(args, Path(tmp))
 
 
 if __name__ == "__main__":

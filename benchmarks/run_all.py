@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-#: Order: the cheap ones first; benchmarks written for other issues run when present.
+#: Order: the cheap ones first; benchmarks written for other issues run when present
+#: (bench_peers.py: recordkit beside raw, safetensors and torch.save, issue 13).
 ORDER = ["bench_history.py", "bench_memory.py", "bench_snapshot.py", "bench_tensor_read.py",
          "bench_read.py",
-         "bench_alternatives.py", "bench_lightning.py", "bench_keras.py"]
+         "bench_alternatives.py", "bench_peers.py", "bench_lightning.py", "bench_keras.py"]
 
 
 def main() -> int:
