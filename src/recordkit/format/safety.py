@@ -218,6 +218,8 @@ def _check_dataset(path: Path, name: str, dsid: h5py.h5d.DatasetID, file_size: i
     # variable-length strings count 0: their read is bounded by the file itself
     unit_bytes = 0 if dtype.kind == "O" else math.prod(_read_unit(name, shape)) * (
         dtype.itemsize)
+    if unit_bytes <= read_limit(file_size, compressed=False):
+        return  # what the file could hold, compressed or not: nothing more to learn
     if name.startswith(WEIGHTS + "/") and table_rows is not None:
         first = _first_snapshot(dsid)
         if first is not None and first >= table_rows:
@@ -655,8 +657,9 @@ def check_weights_layout(f: h5py.File, path: str | os.PathLike[str],
     if not isinstance(group, h5py.Group):
         raise _damaged(path, f"/{WEIGHTS} is not a group")
     for key in group if keys is None else keys:
-        ds = group[key]
-        if not (isinstance(ds, h5py.Dataset) and ds.ndim >= 1
+        # low-level: h5py's Dataset costs more than the check, once per tensor
+        ds = h5py.h5o.open(group.id, key.encode("utf-8", "surrogateescape"))
+        if not (isinstance(ds, h5py.h5d.DatasetID) and ds.rank >= 1
                 and ds.dtype.kind in "biufc"):
             raise _damaged(path, f"/{WEIGHTS}/{key} is not a weight dataset")
 
