@@ -40,7 +40,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -55,12 +55,15 @@ class TimedRecordCallback(RecordCallback):
     """RecordCallback that adds up the time the training thread spends in its hooks."""
 
     hook_seconds = 0.0
+    by_hook: ClassVar[dict[str, float]] = {}  # seconds per hook name, all fits
 
     def _timed(name: str) -> Any:  # type: ignore[misc]
         def hook(self: TimedRecordCallback, *args: Any, **kwargs: Any) -> None:
             start = time.perf_counter()
             getattr(RecordCallback, name)(self, *args, **kwargs)
-            TimedRecordCallback.hook_seconds += time.perf_counter() - start
+            took = time.perf_counter() - start
+            TimedRecordCallback.hook_seconds += took
+            TimedRecordCallback.by_hook[name] = TimedRecordCallback.by_hook.get(name, 0.0) + took
         return hook
 
     for _name in ("on_train_begin", "on_epoch_begin", "on_epoch_end", "on_train_end"):
@@ -97,6 +100,7 @@ def short() -> keras.Model:
 
 
 HOOK_SECONDS: dict[str, float] = {}
+BY_HOOK: dict[str, dict[str, float]] = {}  # setup -> hook -> seconds, all its fits
 
 
 def fit_once(setup: str, epochs: int, x: np.ndarray, y: np.ndarray,
@@ -119,12 +123,15 @@ def fit_once(setup: str, epochs: int, x: np.ndarray, y: np.ndarray,
         callbacks.append(keras.callbacks.CSVLogger(str(folder / "log.csv")))
     model = make_model()
     model.fit(x[:64], y[:64], batch_size=64, epochs=1, verbose=0)  # trace before timing
-    hooks = TimedRecordCallback.hook_seconds
+    hooks, by_hook = TimedRecordCallback.hook_seconds, dict(TimedRecordCallback.by_hook)
     start, cpu_start = time.perf_counter(), time.process_time()
     model.fit(x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=callbacks)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     HOOK_SECONDS[setup] = (HOOK_SECONDS.get(setup, 0.0)
                            + TimedRecordCallback.hook_seconds - hooks)
+    for hook, seconds in TimedRecordCallback.by_hook.items():
+        mine = BY_HOOK.setdefault(setup, {})
+        mine[hook] = mine.get(hook, 0.0) + seconds - by_hook.get(hook, 0.0)
     if setup == "recordkit":  # the record is complete: every epoch has its snapshot
         record = load(callbacks[0].record_path)
         assert record.snapshot_epochs == list(range(epochs)), record.snapshot_epochs
@@ -179,6 +186,7 @@ def run_long(args: argparse.Namespace, tmp: Path) -> None:
     cpu: dict[str, list[float]] = {s: [] for s in setups}
     fit_once("none", 1, x, y, tmp / "warmup")
     HOOK_SECONDS.clear()
+    BY_HOOK.clear()
     for repeat in range(repeats):
         for setup in setups if repeat % 2 == 0 else reversed(setups):
             wall, used = fit_once(setup, epochs, x, y, tmp / f"{setup}-{repeat}")
@@ -240,6 +248,7 @@ def run_short(args: argparse.Namespace, tmp: Path) -> None:
     fit_once("recordkit", 1, x, y, tmp / "warmup-short-rk", short)
     floor_seconds(state, buffers, 1, tmp / "warmup-floor")
     HOOK_SECONDS.clear()
+    BY_HOOK.clear()
     for repeat in range(repeats):
         for setup in setups if repeat % 2 == 0 else reversed(setups):
             folder = tmp / f"short-{setup}-{repeat}"
@@ -253,10 +262,10 @@ def run_short(args: argparse.Namespace, tmp: Path) -> None:
     print_setups(times)
     print(f"[info] floor: copy + tofile of {epochs} x {nbytes / 2**20:.1f} MiB on one thread, "
           f"median {floor * 1000:.0f} ms ({epochs * nbytes / 2**20 / floor:.0f} MiB/s)")
-    hooks = HOOK_SECONDS["recordkit"] / (repeats * epochs)
-    print(f"[info] short case: training thread inside RecordCallback hooks: "
-          f"{hooks * 1000:.1f} ms per epoch; with snapshot_every=None "
-          f"{HOOK_SECONDS['recordkit(snapshot_every=None)'] / (repeats * epochs) * 1000:.1f} ms")
+    for setup in ("recordkit", "recordkit(snapshot_every=None)"):
+        per = {h: s * 1000 / repeats for h, s in BY_HOOK.get(setup, {}).items() if s}
+        print(f"[info] short case: training thread inside the hooks of {setup}, ms per fit: "
+              f"{sum(per.values()):.0f} = " + ", ".join(f"{h} {ms:.1f}" for h, ms in per.items()))
     print("[info] short case: process CPU seconds, median: "
           + ", ".join(f"{s} {statistics.median(c):.2f}" for s, c in cpu.items() if c))
     added = statistics.median((r - n) / f for r, n, f in zip(

@@ -40,7 +40,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as lp
 import numpy as np
@@ -55,12 +55,15 @@ class TimedRecordCallback(RecordCallback):
     """RecordCallback that adds up the time the training thread spends in its hooks."""
 
     hook_seconds = 0.0
+    by_hook: ClassVar[dict[str, float]] = {}  # seconds per hook name, all fits
 
     def _timed(name: str) -> Any:  # type: ignore[misc]
         def hook(self: TimedRecordCallback, *args: Any, **kwargs: Any) -> None:
             start = time.perf_counter()
             getattr(RecordCallback, name)(self, *args, **kwargs)
-            TimedRecordCallback.hook_seconds += time.perf_counter() - start
+            took = time.perf_counter() - start
+            TimedRecordCallback.hook_seconds += took
+            TimedRecordCallback.by_hook[name] = TimedRecordCallback.by_hook.get(name, 0.0) + took
         return hook
 
     for _name in ("on_fit_start", "on_train_start", "on_train_epoch_start",
@@ -104,6 +107,7 @@ class Short(Wide):
 
 CPU_SECONDS: dict[str, list[float]] = {}
 HOOK_SECONDS: dict[str, float] = {}
+BY_HOOK: dict[str, dict[str, float]] = {}  # setup -> hook -> seconds, all its fits
 
 
 def fit_once(setup: str, epochs: int, loader: DataLoader, folder: Path,
@@ -130,13 +134,16 @@ def fit_once(setup: str, epochs: int, loader: DataLoader, folder: Path,
                          enable_checkpointing=checkpointing, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu",
                          num_sanity_val_steps=0)
-    hooks = TimedRecordCallback.hook_seconds
+    hooks, by_hook = TimedRecordCallback.hook_seconds, dict(TimedRecordCallback.by_hook)
     start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(model, loader)
     elapsed = time.perf_counter() - start
     CPU_SECONDS.setdefault(setup, []).append(time.process_time() - cpu)
     HOOK_SECONDS[setup] = (HOOK_SECONDS.get(setup, 0.0)
                            + TimedRecordCallback.hook_seconds - hooks)
+    for hook, seconds in TimedRecordCallback.by_hook.items():
+        mine = BY_HOOK.setdefault(setup, {})
+        mine[hook] = mine.get(hook, 0.0) + seconds - by_hook.get(hook, 0.0)
     if setup == "recordkit":  # the record is complete: every epoch has its snapshot
         record = load(callbacks[0].record_path)
         assert record.snapshot_epochs == list(range(epochs)), record.snapshot_epochs
@@ -192,6 +199,7 @@ def run_long(args: argparse.Namespace, tmp: Path) -> None:
     fit_once("none", 1, loader, tmp / "warmup")
     CPU_SECONDS.clear()  # the 1-epoch warm-up is no baseline (it was, until 2026-11-30)
     HOOK_SECONDS.clear()
+    BY_HOOK.clear()
     for repeat in range(repeats):
         for setup in setups if repeat % 2 == 0 else reversed(setups):
             times[setup].append(fit_once(setup, epochs, loader, tmp / f"{setup}-{repeat}"))
@@ -249,6 +257,7 @@ def run_short(args: argparse.Namespace, tmp: Path) -> None:
     floor_seconds(state, buffers, 1, tmp / "warmup-floor")
     CPU_SECONDS.clear()
     HOOK_SECONDS.clear()
+    BY_HOOK.clear()
     for repeat in range(repeats):
         for setup in setups if repeat % 2 == 0 else reversed(setups):
             folder = tmp / f"short-{setup}-{repeat}"
@@ -259,10 +268,10 @@ def run_short(args: argparse.Namespace, tmp: Path) -> None:
     print_setups(times)
     print(f"[info] floor: copy + tofile of {epochs} x {nbytes / 2**20:.1f} MiB on one thread, "
           f"median {floor * 1000:.0f} ms ({epochs * nbytes / 2**20 / floor:.0f} MiB/s)")
-    hooks = HOOK_SECONDS["recordkit"] / (repeats * epochs)
-    print(f"[info] short case: training thread inside RecordCallback hooks: "
-          f"{hooks * 1000:.1f} ms per epoch; with snapshot_every=None "
-          f"{HOOK_SECONDS['recordkit(snapshot_every=None)'] / (repeats * epochs) * 1000:.1f} ms")
+    for setup in ("recordkit", "recordkit(snapshot_every=None)"):
+        per = {h: s * 1000 / repeats for h, s in BY_HOOK.get(setup, {}).items() if s}
+        print(f"[info] short case: training thread inside the hooks of {setup}, ms per fit: "
+              f"{sum(per.values()):.0f} = " + ", ".join(f"{h} {ms:.1f}" for h, ms in per.items()))
     cpu = {s: statistics.median(CPU_SECONDS[s]) for s in setups if s != "floor"}
     print("[info] short case: process CPU seconds, median: "
           + ", ".join(f"{s} {c:.2f}" for s, c in cpu.items()))
