@@ -196,12 +196,12 @@ def test_the_plain_h5py_check_in_format_md_runs(tmp_path: Path) -> None:
     value = np.random.default_rng(9).standard_normal((2048, 1024)).astype(np.float32)
     path = _record(tmp_path, {"fc.weight": value}, snapshots=4)
     scope: dict[str, object] = {"path": str(path)}
-    exec(snippet.group(1), scope)  # noqa: S102 - our own documentation
+    exec(snippet.group(1), scope)  # our own documentation
     assert np.array_equal(scope["weights"], value + 3)
-    at, size = _chunk(path, "weights/fc.weight", (3, 512, 0))
+    at, _ = _chunk(path, "weights/fc.weight", (3, 512, 0))
     _overwrite(path, at + 100, b"\x01")
     with pytest.raises(AssertionError, match="is damaged"):
-        exec(snippet.group(1), {"path": str(path)})  # noqa: S102
+        exec(snippet.group(1), {"path": str(path)})
 
 
 def _copy(name: str, tmp_path: Path) -> Path:
