@@ -259,17 +259,21 @@ def test_a_resumed_version_1_record_stays_version_1(tmp_path: Path) -> None:
     assert verify(path, isolate=False).ok
 
 
-def test_a_resumed_version_2_record_keeps_its_checksums(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["w", "enc/fc.weight"])  # a link name that is escaped
+def test_a_resumed_version_2_record_keeps_its_checksums(tmp_path: Path, name: str) -> None:
     value = np.ones((300, 300), np.float32)
-    path = _record(tmp_path, {"w": value}, snapshots=2)
+    path = _record(tmp_path, {name: value}, snapshots=3)
     path.chmod(0o644)
     with recordkit.Recorder(tmp_path, resume=path, system=False) as rec:
-        rec.snapshot({"w": value * 7}, epoch=1)  # replaces the snapshot of epoch 1
-        rec.snapshot({"w": value * 9}, epoch=2)
+        rec.rewind(2)  # drops the snapshot of epoch 2 (and its checksums)
+        rec.snapshot({name: value * 7}, epoch=1)  # replaces the snapshot of epoch 1
+        rec.snapshot({name: value * 9}, epoch=2)
+        rec.snapshot({name: value * 11}, epoch=3)
+    key = name.replace("/", "%2F")
     with h5py.File(path, "r", locking=False) as f:
-        assert f["checksums/w"].shape == (3, 1)
+        assert f[f"checksums/{key}"].shape == (4, 1) == f[f"weights/{key}"].shape[:1] + (1,)
     record = recordkit.load(path)
-    assert [float(record.weight("w")[i][0, 0]) for i in range(3)] == [1.0, 7.0, 9.0]
+    assert [float(record.weight(name)[i][0, 0]) for i in range(4)] == [1.0, 7.0, 9.0, 11.0]
     assert verify(path, isolate=False).ok
 
 

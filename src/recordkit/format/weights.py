@@ -211,8 +211,11 @@ class SnapshotStore:
             return known
         version = int(read_attr(f, VERSION_ATTR, 1))
         sums = f.get(CHECKSUMS)
-        known = {object_name(ds): _Known.of(ds, key, sums, version)
-                 for key, ds in members(f.get(WEIGHTS))}
+        weights = f.get(WEIGHTS)
+        known = {}
+        for key in weights if weights is not None else ():  # link names: /checksums's too
+            ds = weights[key]
+            known[object_name(ds)] = _Known.of(ds, key, sums, version)
         table = f[SNAPSHOTS]
         n = int(table.shape[0])
         self._file, self._known, self._version = f, known, version
@@ -360,7 +363,9 @@ class SnapshotStore:
         first = int(stale[0])
         table.resize((first,))
         sums = f.get(CHECKSUMS)
-        for key, ds in members(f[WEIGHTS]):
+        weights = f[WEIGHTS]
+        for key in weights:  # link names, which /checksums shares
+            ds = weights[key]
             rows = max(0, first - int(ds.attrs[FIRST_SNAPSHOT_ATTR]))
             if ds.shape[0] > rows:
                 ds.resize((rows, *ds.shape[1:]))
