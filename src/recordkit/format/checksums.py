@@ -16,6 +16,7 @@ edge chunk. A reader with plain h5py verifies one chunk in a few lines (docs/FOR
 from __future__ import annotations
 
 import functools
+import importlib
 import itertools
 import math
 from collections.abc import Iterator
@@ -23,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+_crc32c: Any
 try:
-    import crc32c as _crc32c
+    _crc32c = importlib.import_module("crc32c")
 except ImportError:  # pragma: no cover - a core dependency; said clearly if missing
     _crc32c = None
 
