@@ -6,10 +6,12 @@ import json
 import os
 import pathlib
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
-from importlib.metadata import version
+import textwrap
+from importlib.metadata import PackageNotFoundError, version
 
 import psutil
 import pytest
@@ -110,6 +112,44 @@ def test_packages_versions_come_from_metadata() -> None:
     for name in ("numpy", "h5py", "psutil"):
         assert packages[name] == version(name)
     assert isinstance(packages["recordkit"], str) and packages["recordkit"]
+    for name in system._PACKAGES:  # read from the Version header: what metadata says
+        try:
+            expected = version(name)
+        except PackageNotFoundError:
+            assert name not in packages or name == "recordkit"
+            continue
+        assert packages[name] == expected, name
+
+
+ODD = "whatever importlib.metadata makes of it"
+
+
+@pytest.mark.parametrize(("metadata", "expected"), [
+    ("Metadata-Version: 2.1\nName: rk-probe-dist\nVersion: 1.2.3rc1+local.7\n\n"
+     "Version: 9.9 in the long description\n", "1.2.3rc1+local.7"),
+    ("Metadata-Version: 2.1\nName: rk-probe-dist\nversion: \t 0.4.post2\n", "0.4.post2"),
+    ("Metadata-Version: 2.1\nName: rk-probe-dist\nVersion: 0.5  \n", "0.5  "),  # kept so
+    ("Metadata-Version: 2.1\r\nName: rk-probe-dist\r\nVersion: 3.1\r\n\r\nbody\r\n", "3.1"),
+    # not a plain version: importlib.metadata decides, however odd its answer
+    ("Metadata-Version: 2.1\nName: rk-probe-dist\nVersion: 1.0 (beta)\n", "1.0 (beta)"),
+    ("Metadata-Version: 2.1\nName: rk-probe-dist\nSummary: no version here\n\n"
+     "Version: 2.0\n", None),
+    ("Metadata-Version: 2.1\nName: rk-probe-dist\nnot a header\nVersion: 2.0\n", None),
+    ("Metadata-Version: 2.1\nName: rk-probe-dist\nVersion: 2.0\n  continued\n", ODD),
+    ("Metadata-Version: 2.1\nSummary: one\n  two\nName: rk-probe-dist\nVersion: 7\n", "7"),
+    ("Metadata-Version: 2.1\nName: rk-probe-dist\nVersion: 8", "8"),  # no newline at the end
+    ("Metadata-Version: 2.1\nName: rk-probe-dist\nVersion: 1 (odd)\nVersion: 2\n", ODD),
+])
+def test_package_version_is_what_importlib_metadata_says(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, metadata: str,
+        expected: str | None) -> None:
+    info = tmp_path / "rk_probe_dist-1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_bytes(metadata.encode())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    if expected is not ODD:
+        assert version("rk-probe-dist") == expected
+    assert system._version("rk-probe-dist") == version("rk-probe-dist")
 
 
 def test_frameworks_are_not_imported_to_find_versions() -> None:
@@ -152,6 +192,111 @@ def test_git_of_the_script_folder(repo: pathlib.Path, tmp_path: pathlib.Path,
     git = system.capture()["git"]
     assert git is not None
     assert git["commit"] == _git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def git_calls(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    """A ``git`` first on PATH that logs each call to a file and runs the real git; with
+    RK_OLD_GIT set it refuses porcelain v2 as git older than 2.17 does (usage, exit 129)."""
+    real = shutil.which("git")
+    assert real is not None
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    log = tmp_path / "git-calls.txt"
+    wrapper = folder / "git"
+    wrapper.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        echo "$*" >> {shlex.quote(str(log))}
+        if [ -n "$RK_OLD_GIT" ]; then
+            case "$*" in *porcelain=v2*) echo "error: unknown option" >&2; exit 129;; esac
+        fi
+        exec {shlex.quote(real)} "$@"
+        """))
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    log.write_text("")
+    return log
+
+
+def _calls(log: pathlib.Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line]
+
+
+@needs_git
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell script stands in for git")
+@pytest.mark.parametrize("old_git", [False, True])
+def test_git_state_in_one_call_and_with_an_older_git(
+        repo: pathlib.Path, git_calls: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+        old_git: bool) -> None:
+    """One ``git status`` answers commit, branch and dirty; a git that refuses porcelain
+    v2 gets the four calls of before, with the same answers."""
+    if old_git:
+        monkeypatch.setenv("RK_OLD_GIT", "1")
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    head = _git(repo, "rev-parse", "HEAD")
+    (repo / "train.py").write_text("print(2)\n")
+    (repo / "untracked.py").write_text("print(3)\n")  # untracked files are not dirt
+    git_calls.write_text("")
+    assert system.capture()["git"] == {"commit": head, "dirty": True, "branch": "main"}
+    assert len(_calls(git_calls)) == (5 if old_git else 1), _calls(git_calls)
+    _git(repo, "checkout", "-q", "train.py")
+    _git(repo, "checkout", "-q", "--detach")
+    assert system.capture()["git"] == {"commit": head, "dirty": False, "branch": None}
+    _git(repo, "checkout", "-q", "-b", "(detached)")  # a branch may bear that name
+    assert system.capture()["git"] == {"commit": head, "dirty": False,
+                                       "branch": "(detached)"}
+
+
+@needs_git
+def test_git_branch_is_named_when_a_tag_has_its_name(repo: pathlib.Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _git(repo, "tag", "main")
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    assert system.capture()["git"]["branch"] == "main"  # not git's short "heads/main"
+
+
+@needs_git
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell script stands in for git")
+@pytest.mark.parametrize("old_git", [False, True])
+def test_git_before_the_first_commit(tmp_path: pathlib.Path, git_calls: pathlib.Path,
+                                     monkeypatch: pytest.MonkeyPatch, old_git: bool) -> None:
+    if old_git:
+        monkeypatch.setenv("RK_OLD_GIT", "1")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    _git(fresh, "init", "-q", "-b", "trunk")
+    monkeypatch.chdir(fresh)
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    assert system.capture()["git"] == {"commit": None, "dirty": False, "branch": "trunk"}
+    (fresh / "a.py").write_text("1\n")
+    _git(fresh, "add", "a.py")
+    assert system.capture()["git"]["dirty"] is True
+
+
+@needs_git
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell script stands in for git")
+def test_outside_a_work_tree_git_runs_once_per_folder(
+        tmp_path: pathlib.Path, git_calls: pathlib.Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    monkeypatch.setenv("LANG", "de_DE.UTF-8")  # git's messages are read in its C locale
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    assert system.capture()["git"] is None
+    assert len(_calls(git_calls)) == 1, _calls(git_calls)
+
+
+def test_without_git_no_call_is_made(monkeypatch: pytest.MonkeyPatch,
+                                     tmp_path: pathlib.Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no git on PATH
+    info = system.capture()
+    assert info["git"] is None
+    assert not any(note.startswith("git:") for note in info["notes"])
 
 
 @needs_git
