@@ -216,6 +216,80 @@ def test_final_snapshot_is_not_rewritten_when_nothing_changed_the_weights(
     assert "final_weights" not in recordkit.load(callback.record_path).info
 
 
+def test_final_weights_restored_are_found_in_a_float16_record(tmp_path: Path) -> None:
+    """The last epoch's copies are compared in the model's own dtype, so weights restored
+    in on_train_end are found even when the record stores them as float16."""
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path, dtype="float16")
+    stop = keras.callbacks.EarlyStopping(monitor="loss", min_delta=100.0, patience=2,
+                                         restore_best_weights=True)
+    fit(model, [stop, callback], epochs=10)
+    record = recordkit.load(callback.record_path)
+    assert record.snapshot_epochs == [0, 1, 2]
+    assert "final_weights" in record.info
+    final, first = record.weights(), record.weights(epoch=0)
+    for variable in model.weights:
+        assert final[variable.path].dtype == np.float16
+        np.testing.assert_array_equal(
+            final[variable.path], keras.ops.convert_to_numpy(variable).astype(np.float16))
+        np.testing.assert_array_equal(first[variable.path], final[variable.path])
+
+
+class ChangeAtTrainEnd(keras.callbacks.Callback):
+    """Adds 1 to the weights whose path contains *part* in on_train_end (placed before
+    RecordCallback, as EarlyStopping's restore would be)."""
+
+    def __init__(self, part: str) -> None:
+        super().__init__()
+        self.part = part
+
+    def on_train_end(self, logs: Any = None) -> None:
+        for variable in self.model.weights:
+            if self.part in variable.path:
+                variable.assign(variable + 1.0)
+
+
+@pytest.mark.parametrize("snapshot_every", [1, None])
+def test_final_weights_compare_only_the_tensors_a_snapshot_holds(
+        tmp_path: Path, snapshot_every: int | None) -> None:
+    """A change at the end of fit to a tensor the snapshots leave out (exclude=) is not a
+    change of the snapshot; a change to one they hold is, and replaces it."""
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path / "excluded", exclude="*/bias",
+                              snapshot_every=snapshot_every)
+    fit(model, [ChangeAtTrainEnd("bias"), callback], epochs=2)
+    record = recordkit.load(callback.record_path)
+    assert "final_weights" not in record.info
+    assert record.tensor_names and not any("bias" in n for n in record.tensor_names)
+
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path / "held", exclude="*/bias",
+                              snapshot_every=snapshot_every)
+    fit(model, [ChangeAtTrainEnd("kernel"), callback], epochs=2)
+    record = recordkit.load(callback.record_path)
+    assert "final_weights" in record.info
+    assert record.snapshot_epochs[-1] == 1
+    kernels = [v for v in model.weights if "kernel" in v.path]
+    assert kernels and set(record.tensor_names) == {v.path for v in kernels}
+    for variable in kernels:
+        np.testing.assert_array_equal(record.weights()[variable.path],
+                                      keras.ops.convert_to_numpy(variable))
+
+
+def test_host_copies_do_not_follow_the_variables() -> None:
+    from recordkit.integrations import _keras_facts
+
+    model = tiny_model(batchnorm=False)
+    variables = {v.path: v for v in model.weights}
+    copies = _keras_facts.host_copies(variables)
+    values = {name: keras.ops.convert_to_numpy(v).copy() for name, v in variables.items()}
+    for variable in model.weights:
+        variable.assign(variable + 1.0)
+    for name, copy in copies.items():
+        assert copy.flags.owndata
+        np.testing.assert_array_equal(copy, values[name])
+
+
 def test_skip_frozen_leaves_out_frozen_layers(tmp_path: Path) -> None:
     model = tiny_model()  # Dense, BatchNorm, Dense
     model.layers[0].trainable = False
@@ -798,3 +872,39 @@ def test_a_last_snapshot_that_fails_is_not_lost_at_the_end_of_fit(tmp_path: Path
         assert result["status"] == "failed"
         assert "recording stopped" in result["error"] and "RLIMIT_FSIZE" in result["error"]
         assert any("could not close the record" in w for w in result["warnings"]), result
+
+
+KILLED_AFTER_EPOCH_END = """
+import os, signal
+
+class Kill(keras.callbacks.Callback):
+    # after RecordCallback: its epoch-end hook has run, the snapshot may still be queued
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == KILL_AT:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+model = build()
+callback = RecordCallback(sys.argv[1], snapshot_every=1)
+model.fit(x, y, batch_size=16, epochs=5, verbose=0, callbacks=[callback, Kill()])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", [0, 2])
+def test_sigkill_after_the_epoch_end_hook_keeps_that_epochs_rows(tmp_path: Path,
+                                                                 kill_at: int) -> None:
+    """The epoch's rows are committed in RecordCallback's own hook, before its snapshot
+    is queued: a process killed right after that hook keeps them, and every snapshot the
+    record lists reads back."""
+    script = (textwrap.dedent(SCRIPT_HEAD).format(setup="")
+              + KILLED_AFTER_EPOCH_END.replace("KILL_AT", str(kill_at)))
+    done = run_script(tmp_path, script, check=False)
+    assert done.returncode == -9, done.stderr[-3000:]
+    [path] = (tmp_path / "records").rglob("*.h5")
+    record = recordkit.load(path)
+    assert record.status == "interrupted"
+    assert record.history.epochs("loss").tolist() == list(range(kill_at + 1))
+    assert set(record.snapshot_epochs) <= set(range(kill_at + 1))
+    assert record.snapshot_epochs == sorted(record.snapshot_epochs)
+    for epoch in record.snapshot_epochs:
+        assert set(record.weights(epoch=epoch)) == set(record.tensor_names)

@@ -5,6 +5,7 @@ Budget: about 30 s of fits on this 2-core box, plus the DDP subprocess test (slo
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -585,3 +586,137 @@ def test_system_info_is_recorded_once(tmp_path: Path) -> None:
     assert system["cpu_count_logical"] >= 1
     assert all(note.startswith("gpus:") for note in system["notes"])  # no driver here
     assert system["gpus"] == [] or all("name" in g for g in system["gpus"])
+
+
+LAST_SNAPSHOT_FAILS = """
+import json, os, resource, signal, sys, warnings
+import torch, lightning.pytorch as lp
+from recordkit.integrations.lightning import RecordCallback
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+class Wide(lp.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 100_000)  # 1.6 MB of weights
+    def training_step(self, batch, i):
+        loss = self.layer(batch[0]).pow(2).mean()
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        return loss
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+class LimitFileSize(lp.Callback):
+    # placed before RecordCallback: from the last epoch on, the file may grow by 600 kB,
+    # room for history rows and the status but not for the 1.6 MB snapshot
+    def __init__(self, record_callback):
+        self.record_callback = record_callback
+    def on_train_epoch_end(self, trainer, module):
+        if trainer.current_epoch == 1:
+            rec = self.record_callback.recorder
+            rec.commit()
+            limit = os.path.getsize(rec.path) + 600_000
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+g = torch.Generator().manual_seed(0)
+data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=g))
+callback = RecordCallback(sys.argv[1], snapshot_every=1, system=False, on_error=sys.argv[2])
+trainer = lp.Trainer(max_epochs=2, callbacks=[LimitFileSize(callback), callback],
+                     logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                     enable_model_summary=False, accelerator="cpu")
+raised = None
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+        trainer.fit(Wide(), torch.utils.data.DataLoader(data, batch_size=4))
+    except Exception as err:
+        raised = type(err).__name__
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+import recordkit
+record = recordkit.load(callback.record_path)
+print(json.dumps({"raised": raised, "status": record.stored_status, "error": record.error,
+                  "snapshots": record.snapshot_epochs,
+                  "epochs": record.history.epochs("train/loss").tolist(),
+                  "warnings": [str(w.message) for w in caught if "recordkit" in str(w.message)]}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("on_error", ["raise", "warn"])
+def test_a_last_snapshot_that_fails_is_not_closed_as_completed(tmp_path: Path,
+                                                               on_error: str) -> None:
+    """The last epoch's snapshot fails on the writer thread (the file may not grow by its
+    size): teardown waits for it before closing, so the run ends as on_error says, with
+    every epoch's rows, never as completed."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(LAST_SNAPSHOT_FAILS))
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "records"), on_error],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["snapshots"] == [0]
+    assert result["epochs"] == [0, 1]  # the last epoch's rows are committed all the same
+    assert "RLIMIT_FSIZE" in result["error"]
+    if on_error == "raise":
+        assert result["raised"] == "RecordWriteError"
+        assert result["status"] == "failed"  # closed by on_exception, with the error
+    else:
+        assert result["raised"] is None
+        assert result["status"] == "failed"
+        assert "recording stopped" in result["error"]
+        assert any("could not close the record" in w for w in result["warnings"]), result
+
+
+KILLED_AFTER_EPOCH_END = """
+import os, signal, sys
+import torch, lightning.pytorch as lp
+from recordkit.integrations.lightning import RecordCallback
+
+class M(lp.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 20_000)
+    def training_step(self, batch, i):
+        loss = self.layer(batch[0]).pow(2).mean()
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        return loss
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+class Kill(lp.Callback):
+    # after RecordCallback: its epoch-end hook has run, the snapshot may still be queued
+    def on_train_epoch_end(self, trainer, module):
+        if trainer.current_epoch == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+g = torch.Generator().manual_seed(0)
+data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=g))
+callback = RecordCallback(sys.argv[1], snapshot_every=1, system=False)
+trainer = lp.Trainer(max_epochs=5, callbacks=[callback, Kill()], logger=False,
+                     enable_progress_bar=False, enable_checkpointing=False,
+                     enable_model_summary=False, accelerator="cpu")
+trainer.fit(M(), torch.utils.data.DataLoader(data, batch_size=4))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", [0, 2])
+def test_sigkill_after_the_epoch_end_hook_keeps_that_epochs_rows(tmp_path: Path,
+                                                                 kill_at: int) -> None:
+    """The epoch's rows are committed in RecordCallback's own hook, before its snapshot
+    is queued: a process killed right after that hook keeps them, and every snapshot the
+    record lists reads back."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(KILLED_AFTER_EPOCH_END))
+    root = tmp_path / "records"
+    done = subprocess.run([sys.executable, str(script), str(root), str(kill_at)],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    [path] = root.rglob("*.h5")
+    record = load(path)
+    assert record.status == "interrupted"
+    assert record.history.epochs("train/loss").tolist() == list(range(kill_at + 1))
+    assert set(record.snapshot_epochs) <= set(range(kill_at + 1))
+    assert record.snapshot_epochs == sorted(record.snapshot_epochs)
+    for epoch in record.snapshot_epochs:
+        weights = record.weights(epoch=epoch)
+        assert weights["layer.weight"].shape == (20_000, 3)

@@ -184,13 +184,16 @@ class RecordingCallback:
             rec.plan(snapshot_epochs=self._policy.planned_snapshots(epochs - start))
 
     def _snapshot(self, rec: Recorder, tensors: Any, epoch: int, *,
-                  frozen_now: Callable[[], Iterable[str]], step: int | None = None) -> None:
+                  frozen_now: Callable[[], Iterable[str]], step: int | None = None
+                  ) -> set[str]:
         """Snapshot *tensors*; with ``skip_frozen``, leave out those frozen now that no
-        earlier snapshot of the record holds (*frozen_now* names the frozen ones)."""
+        earlier snapshot of the record holds (*frozen_now* names the frozen ones).
+        Returns the names left out as frozen."""
         frozen = set(frozen_now()) - set(rec.tensor_names) if self.skip_frozen else set()
         # Recorder.snapshot copies every tensor to host memory before it returns.
         rec.snapshot(tensors, epoch=epoch, step=step, policy=self._policy, frozen=frozen)
         self._fit.snapshotted = epoch
+        return frozen
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:

@@ -103,6 +103,9 @@ class _KerasFit(FitState):
     saw_validation: bool = False
     first_epoch: int | None = None
     call_args: dict[str, Any] = field(default_factory=dict)  # read from the fit() call
+    #: (epoch, {path: host copy}) of the snapshot of an epoch known to be the last one,
+    #: which on_train_end compares the final weights with instead of reading it back
+    final: tuple[int, dict[str, Any]] | None = None
 
 
 class RecordCallback(RecordingCallback, keras.callbacks.Callback):
@@ -236,9 +239,12 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
             if first_validation:  # known from the first epoch that validates
                 fit.saw_validation = True
                 rec.set_info({"fit": self._fit_facts()})
+            # The rows are committed before the snapshot is queued: the writer holds the
+            # run's lock while it writes a slice, and a commit made after queueing waited
+            # for it. The writer commits the snapshot; training goes on meanwhile.
+            rec.commit(wait=False)
             if self._policy.due(epoch, metrics, last=last):
-                self._snapshot_model(rec, epoch)
-            rec.commit(wait=False)  # training goes on while the snapshot is written
+                self._snapshot_model(rec, epoch, keep=last)
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         rec = self._recorder
@@ -259,6 +265,7 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
                     "on_train_end, e.g. EarlyStopping(restore_best_weights=True)); the "
                     f"snapshot of epoch {epoch} holds them")})
             rec.set_info({"fit": self._fit_facts()})
+            rec.commit()  # waits for the last snapshot; a writer error is raised here
             rec.close("completed")
         self._recorder = None
 
@@ -288,13 +295,28 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
                          initial_epoch=self._fit.first_epoch,
                          validation=self._fit.saw_validation, fit_args=self.fit_args)
 
-    def _snapshot_model(self, rec: Recorder, epoch: int) -> None:
-        weights = {facts.variable_name(v): v for v in self.model.weights}
-        self._snapshot(rec, weights, epoch, frozen_now=lambda: facts.frozen_paths(self.model))
+    def _snapshot_model(self, rec: Recorder, epoch: int, *, keep: bool = False) -> None:
+        """Snapshot the model's weights; with *keep* (an epoch known to be the last),
+        keep the host copies given to the recorder for on_train_end to compare with."""
+        self._fit.final = None
+        weights: dict[str, Any] = {facts.variable_name(v): v for v in self.model.weights}
+        if keep:
+            weights = facts.host_copies(weights)
+        frozen = self._snapshot(rec, weights, epoch,
+                                frozen_now=lambda: facts.frozen_paths(self.model))
+        if keep:  # only the tensors the snapshot holds (not frozen or excluded ones)
+            self._fit.final = (epoch, {name: weights[name]
+                                       for name in self._policy.select(weights, frozen)})
 
     def _weights_changed_since_snapshot(self, rec: Recorder) -> bool:
-        """Whether the model's weights differ from the last snapshot (read back once at
-        the end of fit: one read of the last snapshot, nothing per epoch)."""
+        """Whether the model's weights differ from those of the last snapshot, in the
+        tensors it holds. Compared with the copies kept when the epoch was known to be the
+        last, while the writer is still writing them (no wait, no read); else read back
+        once from the file (one read of the last snapshot at the end of fit, nothing per
+        epoch)."""
+        final, self._fit.final = self._fit.final, None
+        if final is not None and final[0] == self._fit.snapshotted:
+            return facts.weights_differ(self.model, final[1])
         rec.commit()  # the last snapshot is in the file; a writer error is raised here
         try:
             stored = rec.last_snapshot()

@@ -263,6 +263,10 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             return
         with self._guard("close the record"):
             self._finish_epoch(trainer, pl_module)
+            # Waits for the last snapshot (close would wait as long) and raises the
+            # writer's error before the run is closed: a failed last snapshot stops the
+            # run as on_error says instead of closing it as completed.
+            rec.commit()
             rec.close("completed")
         self._recorder = None
 
@@ -343,9 +347,13 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             self._write_steps(rec)
             rec.log(metrics, epoch=epoch)
             fit.logged, fit.open_epoch = set(metrics), epoch
+            # The rows are committed before the snapshot is queued: the writer holds the
+            # run's lock while it writes a slice, and a commit made after queueing waited
+            # for it (a whole tensor's slice at the last epoch). The writer commits the
+            # snapshot itself; training goes on while it is written.
+            rec.commit(wait=False)
             if self._policy.due(epoch, metrics, last=facts.is_last_epoch(trainer)):
                 self._snapshot_module(rec, trainer, pl_module, epoch)
-            rec.commit(wait=False)  # training goes on while the snapshot is written
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._finish_epoch(trainer, pl_module)
@@ -401,11 +409,11 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         epoch = self._fit.open_epoch
         if rec is None or epoch is None:
             return
-        self._log_late_metrics(trainer)
+        self._log_late_metrics(trainer)  # commits what it logs
         with self._guard(f"snapshot the last epoch {epoch}"):
             if self._fit.snapshotted != epoch:
+                # committed by the writer; its error is raised by teardown's commit
                 self._snapshot_module(rec, trainer, pl_module, epoch)
-            rec.commit(wait=False)
 
     def _log_late_metrics(self, trainer: Any, now: Mapping[str, Any] | None = None) -> None:
         """Metrics logged in ``LightningModule.on_train_epoch_end`` come after this
