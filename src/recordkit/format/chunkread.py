@@ -31,6 +31,7 @@ import h5py.h5z
 import numpy as np
 
 from recordkit.format.checksums import chunk_grid, crc32c, crc32c_combine
+from recordkit.format.chunks import read_chunk
 from recordkit.format.fletcher32 import combine, native, piece_sums, same
 
 __all__ = ["ChunkChecksumError", "check_stored_chunks", "read_checked_row", "read_snapshot",
@@ -115,8 +116,8 @@ def read_snapshot(ds: h5py.Dataset, index: int) -> np.ndarray | None:
             start = chunk * row_bytes * rows_per_chunk
             partial = start + chunk_bytes > total
             target = np.empty(chunk_bytes + 4, np.uint8) if partial else out[start:]
-            mask, stored = dsid.read_direct_chunk((index, chunk * rows_per_chunk,
-                                                   *offsets_tail), out=target)
+            mask, stored = read_chunk(dsid, (index, chunk * rows_per_chunk, *offsets_tail),
+                                      out=target)
             if mask != 0 or len(stored) != chunk_bytes + 4:
                 return None
             expected = int.from_bytes(bytes(target[chunk_bytes:chunk_bytes + 4]), "little")
@@ -226,7 +227,7 @@ def read_checked_row(ds: h5py.Dataset, index: int, expected: np.ndarray, *,
     if not plain or fd is None:
         out = np.empty(shape, ds.dtype)
         for k, offset in enumerate(grid):
-            _, stored = dsid.read_direct_chunk((index, *offset))
+            _, stored = read_chunk(dsid, (index, *offset))
             if len(stored) != chunk_bytes or crc32c(stored) != int(expected[k]):
                 raise ChunkChecksumError(offset, "fails its CRC32C checksum")
             ends = [min(o + c, d) for o, c, d in zip(offset, chunks, shape)]
@@ -320,7 +321,7 @@ def check_stored_chunks(ds: h5py.Dataset, index: int, expected: np.ndarray) -> N
                                  "chunks")
     for k, offset in enumerate(grid):
         try:
-            _, stored = ds.id.read_direct_chunk((index, *offset))
+            _, stored = read_chunk(ds.id, (index, *offset))
         except (OSError, RuntimeError, ValueError) as err:
             raise ChunkChecksumError(offset, f"cannot be read ({err})") from None
         if crc32c(stored) != int(expected[k]):

@@ -19,6 +19,7 @@ from recordkit.codec import encode_repr, encode_value, loads_json
 from recordkit.dtypes import BFLOAT16, BFloat16Bits, decode_tensor, encode_tensor
 from recordkit.format.attrs import attr_str, object_name, read_text, write_text
 from recordkit.format.checksums import CHECKSUM_DTYPE, chunk_grid, crc32c
+from recordkit.format.chunks import read_chunk
 from recordkit.format.layout import (
     CHECKSUM_ATTR,
     CRC32C_ATTR,
@@ -139,7 +140,7 @@ def _stored_crcs(ds: h5py.Dataset) -> np.ndarray:
     """The CRC32C of each stored chunk of *ds* (bytes as stored, fletcher32 trailer
     included), in the C order of its chunk grid: fletcher32 passes a zeroed chunk."""
     assert ds.chunks is not None
-    return np.array([crc32c(ds.id.read_direct_chunk(offset)[1])
+    return np.array([crc32c(read_chunk(ds.id, offset)[1])
                      for offset in chunk_grid(ds.shape, ds.chunks)], CHECKSUM_DTYPE)
 
 

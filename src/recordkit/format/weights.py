@@ -39,6 +39,7 @@ from recordkit.format.chunkread import (
     read_snapshot,
     stored_fd,
 )
+from recordkit.format.chunks import read_chunk, write_chunk
 from recordkit.format.filters import ensure_readable
 from recordkit.format.history import check_rows
 from recordkit.format.layout import (
@@ -407,7 +408,7 @@ def _write_chunks(target: SnapshotTarget, part: slice | None) -> None:
         raw = data.reshape(-1).view(np.uint8)  # a view: the bytes as they are stored
         if crcs is not None:
             crcs[k] = crc32c(raw)
-        dsid.write_direct_chunk((target.row, *offset), raw, filter_mask=0)
+        write_chunk(dsid, (target.row, *offset), raw)
 
 
 def _read_back_crcs(target: SnapshotTarget, part: slice | None) -> None:
@@ -415,7 +416,7 @@ def _read_back_crcs(target: SnapshotTarget, part: slice | None) -> None:
     assert target.crcs is not None
     dsid = target.dataset.id
     for k, offset in _chunk_ranges(target, part):
-        _, stored = dsid.read_direct_chunk((target.row, *offset))
+        _, stored = read_chunk(dsid, (target.row, *offset))
         target.crcs[k] = crc32c(stored)
 
 
