@@ -378,3 +378,45 @@ def test_recorders_in_threads_write_and_read_chunks_at_once(tmp_path: Path) -> N
                            str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["checked", "3"]
+
+
+def _zero_page_inside(path: Path, dataset: str, chunk: tuple[int, ...]) -> None:
+    at, size = _chunk(path, dataset, chunk)
+    page = at + 4096 - at % 4096
+    assert page + 4096 <= at + size, (at, size)  # a whole page inside the chunk
+    _overwrite(path, page, bytes(4096))
+
+
+def test_a_zeroed_page_over_all_ones_words_is_refused(tmp_path: Path) -> None:
+    """Issue 17 item 4: fletcher32 sums 16-bit words modulo 65535, so a word 0xFFFF counts
+    as 0 and a page of them zeroed keeps the checksum (int -1, uint8 255, all-ones NaN
+    payloads). CRC32C in v2 refuses it in weights and extras."""
+    ones = np.full((64, 1024), -1, np.int16)  # 128 KiB of 0xFFFF words
+    with recordkit.Recorder(tmp_path, system=False) as rec:
+        for epoch in range(2):
+            rec.snapshot({"w": ones}, epoch=epoch)
+            rec.commit()
+        rec.add("mask", ones)
+    path = rec.path
+    _zero_page_inside(path, "weights/w", (1, 0, 0))
+    _zero_page_inside(path, "extras/mask", (0, 0))
+    with pytest.raises(RecordDamagedError, match="fails its CRC32C"):
+        recordkit.load(path).weight("w")[1]
+    assert np.array_equal(recordkit.load(path).weight("w")[0], ones)  # the other row
+    with pytest.raises(RecordDamagedError):
+        recordkit.load(path).extras["mask"]
+    report = verify(path, isolate=False)
+    assert not report.ok and any("CRC32C" in p for p in report.problems), report
+
+
+def test_fletcher32_alone_passes_that_page(tmp_path: Path) -> None:
+    """Why v1 cannot be trusted there (docs/RELIABILITY.md): the same damage in a
+    fletcher32 chunk reads back as zeros without an error, through HDF5 itself."""
+    path = tmp_path / "f32.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("d", data=np.full((64, 1024), -1, np.int16), chunks=(64, 1024),
+                         fletcher32=True)
+    _zero_page_inside(path, "d", (0, 0))
+    with h5py.File(path, "r") as f:
+        back = f["d"][()]
+    assert (back == 0).sum() == 2048 and (back == -1).sum() == 64 * 1024 - 2048
