@@ -12,8 +12,12 @@ from typing import Any
 
 from recordkit.integrations._common import jsonable
 
-__all__ = ["hparams", "is_last_epoch", "learning_rates", "no_epoch_left", "run_info",
-           "torch_scalar"]
+__all__ = ["data_facts", "hparams", "is_last_epoch", "learning_rates", "no_epoch_left",
+           "run_info", "torch_scalar"]
+
+#: Keys Lightning itself adds to ``hparams``: not hyperparameters (LightningCLI's
+#: instantiator, with which ``load_from_checkpoint`` rebuilds the module).
+_INTERNAL_HPARAMS = ("_instantiator", "_class_path")
 
 
 def torch_scalar(value: Any) -> float | None:
@@ -44,11 +48,47 @@ def hparams(pl_module: Any, trainer: Any) -> dict[str, Any]:
     params = dict(getattr(pl_module, "hparams", None) or {})
     datamodule = getattr(trainer, "datamodule", None)
     for key, value in dict(getattr(datamodule, "hparams", None) or {}).items():
+        if key in _INTERNAL_HPARAMS:
+            continue
         if key in params and _differs(params[key], value):
             params[f"datamodule.{key}"] = value  # both kept when module and data disagree
         else:
             params[key] = value
+    for key in _INTERNAL_HPARAMS:
+        params.pop(key, None)
     return params
+
+
+def data_facts(trainer: Any) -> dict[str, Any]:
+    """``Record.info["data"]``: the train DataLoader's batch size and batches per epoch,
+    once the fit loop has set it up (``on_train_start``); a loader of several (Lightning's
+    ``CombinedLoader``) gives one batch size per name when they differ."""
+    loader = getattr(trainer, "train_dataloader", None)
+    if loader is None:
+        return {}
+    iterables = getattr(loader, "iterables", None)  # CombinedLoader
+    if isinstance(iterables, dict):
+        sizes: Any = {str(k): _batch_size(v) for k, v in iterables.items()}
+    elif isinstance(iterables, (list, tuple)):
+        sizes = [_batch_size(v) for v in iterables]
+    else:
+        sizes = _batch_size(loader)
+    if isinstance(sizes, (dict, list)):
+        values = list(sizes.values()) if isinstance(sizes, dict) else sizes
+        if values and all(v == values[0] for v in values):
+            sizes = values[0]
+    facts: dict[str, Any] = {"batch_size": sizes}
+    batches = getattr(trainer, "num_training_batches", None)
+    if isinstance(batches, int):
+        facts["batches_per_epoch"] = batches
+    return jsonable(facts)
+
+
+def _batch_size(loader: Any) -> int | None:
+    size = getattr(loader, "batch_size", None)
+    if size is None:  # a batch_sampler of the user's: its own batch_size, if it has one
+        size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 def _differs(a: Any, b: Any) -> bool:

@@ -242,6 +242,9 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             if self._fit.resumed:
                 rec.rewind(start)  # the epochs from here on are trained again
             self._plan_snapshots(rec, trainer.max_epochs, start)
+            data = facts.data_facts(trainer)  # the loaders exist from this hook on
+            if data:
+                rec.set_info({"data": data})
 
     def state_dict(self) -> dict[str, Any]:
         if not self._record_path:
