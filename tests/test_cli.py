@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -10,10 +11,12 @@ import subprocess
 import sys
 
 import h5py
+import numpy as np
 import pytest
 
 import recordkit as rk
 from recordkit import cli
+from recordkit.format import header
 from recordkit.record import Record
 from recordkit.recordset import RecordSet
 from tests.support import require, signed_summary
@@ -345,3 +348,124 @@ def test_help_on_every_command(command, capsys):
         cli.main([*command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: recordkit" in capsys.readouterr().out
+
+
+# --- a stranger's record: terminal and spreadsheet injection (issue 17 item 8) ------------
+
+#: Clears the screen, colours, fakes a table row with a newline and a carriage return,
+#: rings the bell, reverses what follows (bidi override and isolate), a C1 CSI and DEL.
+HOSTILE = ("evil\x1b[2J\x1b[31mred\x1b[0m\nfake-run  completed  99\r\x07"
+           "\u202egnp.exe\u2066\x9b31m\x7f")
+UNSAFE = ["\x1b", "\r", "\x07", "\u202e", "\u2066", "\x9b", "\x7f"]
+
+
+def _hostile_run(root):
+    """A run whose name, param name and value, metric and tensor names are all HOSTILE."""
+    with rk.Recorder(root, experiment="x", name=HOSTILE, system=False,
+                     params={f"k{HOSTILE}": HOSTILE, "lr": 0.1}) as rec:
+        rec.log({f"loss{HOSTILE}": 1.0}, epoch=0)
+        rec.snapshot({f"w{HOSTILE}": np.zeros(2)}, epoch=0)
+    return rec.path
+
+
+def _safe(text, *escapes):
+    """No control or bidi character in *text*; each of *escapes* shown instead."""
+    assert not [c for c in UNSAFE if c in text], repr(text)
+    assert all(e in text for e in escapes), (escapes, text)
+
+
+def test_ls_and_show_escape_a_strangers_names(tmp_path, capsys):
+    root = tmp_path / "records"
+    path = _hostile_run(root)
+    assert cli.main(["ls", str(root)]) == 0
+    captured = capsys.readouterr()
+    _safe(captured.out, "\\x1b[2J", "\\x0afake-run")  # cells are cut at 24 characters
+    assert len(captured.out.splitlines()) == 2  # the header and one row: no fake row
+    assert captured.out.splitlines()[1].startswith(path.stem + "  ")
+    assert cli.main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    _safe(out)
+    lines = out.splitlines()
+    assert ("name       evil\\x1b[2J\\x1b[31mred\\x1b[0m\\x0afake-run  completed  99\\x0d\\x07"
+            "\\u202egnp.exe\\u2066\\x9b31m\\x7f") in lines
+    assert any(line.startswith("  k" + "evil\\x1b[2J") for line in lines)  # a param name
+    assert any(line.startswith("  loss" + "evil\\x1b[2J") for line in lines)  # a metric
+    assert any(line.startswith("  w" + "evil\\x1b[2J") for line in lines)  # a tensor
+    assert not any(line.startswith("fake-run") for line in lines)
+
+
+def _forge_run_id(path, run_id):
+    """Give a finished record another run id, in its root attribute and its summary (and
+    its header checksum, where the format has one)."""
+    path.chmod(0o644)
+    with h5py.File(path, "r+") as f:
+        f.attrs["run_id"] = run_id
+        summary = json.loads(f.attrs["summary"])
+        summary["fields"]["run_id"] = run_id
+        f.attrs["summary"] = signed_summary(summary)
+        sign = getattr(header, "sign_header", None)
+        if sign is not None:
+            sign(f)
+
+
+@pytest.mark.parametrize("forged", ["../../x", "../../x\x1b[2J", "a/b"])
+def test_a_run_id_that_is_not_one_is_shown_escaped_and_marked(root, capsys, forged):
+    path = sorted((root / "sweep").glob("*.h5"))[0]
+    _forge_run_id(path, forged)
+    assert rk.load(path).run_id == forged  # loaded all the same: a user may rename files
+    assert cli.main(["ls", str(root)]) == 0
+    captured = capsys.readouterr()
+    rows = captured.out.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == [path.stem + "!", rows[1].split()[0]]
+    assert "../" not in captured.out and "\x1b" not in captured.out + captured.err
+    note = captured.err.strip()
+    assert len(note.splitlines()) == 1 and str(path) in note, note
+    assert f"its run id '{forged.replace(chr(27), '[ESC]')}'".replace("[ESC]", "\\x1b") in note
+    assert "is not a run id recordkit writes" in note
+    assert cli.main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    run_line = out.splitlines()[0]
+    assert run_line.startswith("run        '") and "! this run id is not a run id" in run_line
+    assert "\x1b" not in out
+
+
+def test_a_renamed_record_says_its_run_id_is_not_its_file_name(root, capsys):
+    first, second = sorted((root / "sweep").glob("*.h5"))
+    renamed = first.rename(first.with_name("best.h5"))
+    assert cli.main(["ls", str(root)]) == 0
+    captured = capsys.readouterr()
+    cells = [row.split()[0] for row in captured.out.splitlines()[1:]]
+    assert cells == ["best!", second.stem]
+    assert f"its run id '{first.stem}' does not match the file name 'best.h5'" in captured.err
+    assert cli.main(["show", str(renamed)]) == 0
+    assert (f"run        '{first.stem}'  ! this run id does not match the file name 'best.h5'"
+            in capsys.readouterr().out)
+    assert cli.main(["show", str(second)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"run        {second.stem}"
+
+
+def test_export_escapes_formulas_and_keeps_numbers(tmp_path, pd):
+    root = tmp_path / "records"
+    formulas = {"eq": "=1+2", "plus": "+1+2", "at": "@SUM(A1:A2)", "tab": "\t=1",
+                "cr": "\r=1", "dash": "-2+3", "cmd": "=cmd|' /C calc'!A0"}
+    numbers = {"neg": -5, "negf": -0.5, "negtext": "-5", "exp": "-1e-3", "plain": "adam"}
+    params = {**formulas, **numbers, '=HYPERLINK("http://x")': 1, "mixed": -8}
+    for name, given in (("=2+3", params), ("plain", {"mixed": "=x"})):
+        with rk.Recorder(root, name=name, params=given, system=False) as rec:
+            rec.log({"loss": -1.5}, epoch=0)
+    out = tmp_path / "runs.csv"
+    assert cli.main(["export", str(root), "-o", str(out)]) == 0
+    with out.open(newline="", encoding="utf-8") as handle:
+        head, first, second = list(csv.reader(handle))
+    cells = dict(zip(head, first))
+    for key, value in formulas.items():
+        assert cells[key] == "'" + value, key
+    assert cells["name"] == "'=2+3" and dict(zip(head, second))["name"] == "plain"
+    assert "'=HYPERLINK(\"http://x\")" in head  # a column name is a cell too
+    # the second run has none of these: -5 is in a float column
+    assert [cells[k] for k in ("neg", "negf", "negtext", "exp", "plain")] == [
+        "-5.0", "-0.5", "-5", "-1e-3", "adam"]
+    assert cells["mixed"] == "-8" and dict(zip(head, second))["mixed"] == "'=x"
+    assert cells["loss.final"] == "-1.5"  # a negative number is a number, not a formula
+    frame = pd.read_csv(out)
+    assert frame["neg"].iloc[0] == -5 and frame["loss.final"].tolist() == [-1.5, -1.5]

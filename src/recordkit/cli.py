@@ -1,8 +1,13 @@
-"""The ``recordkit`` command line."""
+"""The ``recordkit`` command line.
+
+Everything printed that comes from a file (names, run ids, params, metric and tensor names,
+error texts) goes through :func:`recordkit.display.printable`: a stranger's record cannot
+send control characters to the terminal. CSV cells are escaped against formulas."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import math
 import os
@@ -14,12 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from recordkit.display import csv_safe_frame, printable
 from recordkit.errors import (
     NotARecordError,
     RecordkitError,
     RecordkitWarning,
     RecordNotFoundError,
 )
+from recordkit.paths import run_id_problem
 from recordkit.record import Record, load
 from recordkit.recordset import RecordSet, load_all
 from recordkit.repair import repair
@@ -36,8 +43,23 @@ def _table(rows: list[list[str]]) -> str:
 def _short(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    text = str(value)
-    return text if len(text) <= 24 else text[:21] + "..."
+    return printable(value, limit=24)
+
+
+#: Longest run id, column name or path shown whole (a hostile file may hold megabytes).
+_LONG = 64
+
+
+def _run_cell(r: Record) -> tuple[str, str | None]:
+    """The id column of a run and, when its run id is not well formed or not its file
+    name, a note for stderr: such a run is listed by its file name, marked ``!``."""
+    problem = run_id_problem(r.run_id, r.path)
+    if problem is None:
+        return r.run_id, None
+    return (printable(r.path.stem, limit=_LONG) + "!",
+            f"recordkit: '{printable(r.path, limit=4 * _LONG)}': its run id "
+            f"'{printable(r.run_id, limit=_LONG)}' {problem}; listed by its file name, "
+            "marked !")
 
 
 def _load_all(args: argparse.Namespace) -> RecordSet:
@@ -48,7 +70,7 @@ def _load_all(args: argparse.Namespace) -> RecordSet:
         records = load_all(args.root, experiment=getattr(args, "experiment", None),
                            progress=_progress_wanted())
     for path, reason in records.skipped:
-        print(f"recordkit: skipped {str(path)!r}: {reason}", file=sys.stderr)
+        print(f"recordkit: skipped {str(path)!r}: {printable(reason)}", file=sys.stderr)
     if not len(records):
         where = str(args.root) + (f"/{args.experiment}" if getattr(args, "experiment", None)
                                   else "")
@@ -110,39 +132,51 @@ def cmd_ls(args: argparse.Namespace) -> int:
     summaries = [r.metric_summaries() for r in records]
     keys = _key_params(records)
     metrics = _key_metrics(summaries, args.metrics)
-    rows = [["id", "name", "status", "epochs", *keys, *metrics]]
+    rows = [["id", "name", "status", "epochs", *(printable(k, limit=_LONG) for k in keys),
+             *(printable(m, limit=_LONG) for m in metrics)]]
+    notes = []
     for r, summary in zip(records, summaries):
         flat = r.flat_params()
-        rows.append([r.run_id, _short(r.name), r.status, str(r.epoch_count),
+        cell, note = _run_cell(r)
+        if note is not None:
+            notes.append(note)
+        rows.append([cell, _short(r.name), printable(r.status), str(r.epoch_count),
                      *(_short(flat.get(k, "")) for k in keys),
                      *(_final(summary.get(m)) for m in metrics)])
     print(_table(rows))
+    for note in notes:
+        print(note, file=sys.stderr)
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     r: Record = load(args.run, root=args.root)
-    fields = {"run": r.run_id, "name": r.name, "experiment": r.experiment,
-              "status": r.status + (f"  ({r.error})" if r.error else ""),
-              "created": r.created.isoformat(), "path": str(r.path)}
+    problem = run_id_problem(r.run_id, r.path)
+    run = r.run_id if problem is None else (
+        f"'{printable(r.run_id, limit=_LONG)}'  ! this run id {problem}")
+    fields = {"run": run, "name": printable(r.name),
+              "experiment": printable(r.experiment),
+              "status": printable(r.status) + (f"  ({printable(r.error)})" if r.error else ""),
+              "created": r.created.isoformat(), "path": printable(str(r.path))}
     for label, value in fields.items():
         print(f"{label:<11}{value}")
     print("params")
     for key, value in r.flat_params().items():
-        print(f"  {key} = {value!r}")
+        print(f"  {printable(key)} = {printable(repr(value))}")
     print("system")
     for key in ("python", "os_name", "machine", "cpu_model", "memory", "hostname", "gpus"):
         if key in r.system:
-            print(f"  {key} = {r.system[key]!r}")
+            print(f"  {key} = {printable(repr(r.system[key]))}")
     print("history")
     for metric in r.history:
         values = r.history[metric]
-        print(f"  {metric}: {len(values)} values, final {_short(r.history.final(metric))}")
+        print(f"  {printable(metric)}: {len(values)} values, "
+              f"final {_short(r.history.final(metric))}")
     print(f"snapshots {len(r.snapshot_epochs)} (epochs {r.snapshot_epochs[:10]}"
           f"{' ...' if len(r.snapshot_epochs) > 10 else ''})")
     for name in r.tensor_names:
         t = r.weight(name)
-        print(f"  {name}: {t.dtype_name}{list(t.shape)}")
+        print(f"  {printable(name)}: {printable(t.dtype_name)}{list(t.shape)}")
     r.close()
     return 0
 
@@ -152,11 +186,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     damaged = 0
     for path in args.paths:
         report = verify(path, isolate=not args.in_process, timeout=args.timeout)
-        print(report, flush=True)
+        print(_shown_report(report), flush=True)
         damaged += not report.ok
     if len(args.paths) > 1:
         print(f"{len(args.paths) - damaged} intact, {damaged} damaged")
     return 1 if damaged else 0
+
+
+def _shown_report(report: Any) -> str:
+    """A verify report to print: each problem and note one escaped line (a damaged
+    file's names are in them)."""
+    return str(dataclasses.replace(
+        report, path=printable(str(report.path)),
+        problems=[printable(p) for p in report.problems],
+        notes=[printable(n) for n in report.notes]))
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
@@ -166,12 +209,12 @@ def cmd_repair(args: argparse.Namespace) -> int:
         try:
             done = repair(path)
         except (RecordNotFoundError, NotARecordError) as err:  # the other paths go on
-            print(f"recordkit: {err}", file=sys.stderr)
+            print(f"recordkit: {printable(err)}", file=sys.stderr)
             damaged += 1
             continue
-        print(done, flush=True)
+        print(printable(done), flush=True)
         report = verify(path)
-        print(report, flush=True)
+        print(_shown_report(report), flush=True)
         damaged += not report.ok
     return 1 if damaged else 0
 
@@ -210,8 +253,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                            ".parquet")
     frame = _load_all(args).to_dataframe()
     try:
-        if suffix == ".csv":
-            frame.to_csv(args.output, index=False)
+        if suffix == ".csv":  # text cells escaped: a spreadsheet runs none as a formula;
+            # CRLF rows (RFC 4180), so that a cell holding a CR is quoted, not a row break
+            csv_safe_frame(frame).to_csv(args.output, index=False, lineterminator="\r\n")
         else:
             _to_parquet(frame, args.output)
     except OSError as err:
@@ -249,7 +293,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     report = reader(args.source, args.root, experiment=args.experiment,
                     progress=_progress_wanted())
     for source, reason in report.failed:
-        print(f"recordkit: not imported {source!r}: {reason}", file=sys.stderr)
+        print(f"recordkit: not imported {source!r}: {printable(reason)}", file=sys.stderr)
     print(f"imported {len(report.imported)} run(s) into {str(args.root)!r}"
           + (f"; skipped {len(report.skipped)} already imported" if report.skipped else ""))
     return 1 if report.failed else 0
@@ -342,11 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(arguments)
     try:
         return int(args.func(args))
-    except RecordkitError as err:
-        print(f"recordkit: {err}", file=sys.stderr)
+    except RecordkitError as err:  # its text may quote a file's names: escaped
+        print(f"recordkit: {printable(err)}", file=sys.stderr)
         return 1
     except (ModuleNotFoundError, KeyError) as err:  # a missing extra; an unknown metric
-        print(f"recordkit: {err.args[0] if err.args else err}", file=sys.stderr)
+        print(f"recordkit: {printable(err.args[0] if err.args else err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -356,8 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     except Exception as err:  # a bug, or a file no check foresaw: still no traceback
         message = str(err).splitlines()[0] if str(err) else ""
-        print(f"recordkit: `recordkit {shlex.join(arguments)}` failed unexpectedly, please "
-              f"report it ({type(err).__name__}: {message})", file=sys.stderr)
+        print(f"recordkit: `recordkit {printable(shlex.join(arguments))}` failed "
+              f"unexpectedly, please report it ({type(err).__name__}: {printable(message)})",
+              file=sys.stderr)
         return 1
 
 

@@ -1,5 +1,6 @@
-"""Hyperparameters as a run stores them: names made str, secret-looking values masked,
-values that cannot be stored faithfully flagged, and the params hash of a configuration."""
+"""Hyperparameters as a run stores them: names made str, secret-looking values masked
+(by name and by shape, :mod:`recordkit.masking`), values that cannot be stored faithfully
+flagged, and the params hash of a configuration."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from recordkit.codec import encode_params, params_hash
 from recordkit.errors import RecordkitWarning
-from recordkit.system import MASK, is_secret_name
+from recordkit.masking import MASK, SecretMask, is_secret_name
 
 __all__ = ["RunParams", "masked_copy", "params_hash_of", "params_of", "secret_keys"]
 
@@ -28,6 +29,11 @@ def params_hash_of(params: Mapping[str, Any] | argparse.Namespace | None, *,
     plain = params_of(params, "params_hash_of", {})
     masked = secret_keys(plain, "") if mask_secrets else []
     document, _ = encode_params(masked_copy(plain) if masked else plain, warn=False)
+    if mask_secrets:  # as RunParams.encode stores it, without its warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RecordkitWarning)
+            document = SecretMask(enabled=True).document(document, "hyperparameter", "",
+                                                         stacklevel=1)
     return params_hash(document)
 
 
@@ -125,6 +131,7 @@ class RunParams:
         self.values: dict[str, Any] = params_of(params, "Recorder(params=...)", self._renamed)
         self._mask_secrets = mask_secrets
         self._masked: list[str] = []
+        self._shapes = SecretMask(enabled=mask_secrets)  # values shaped like secrets
         self._carried: list[str] = []  # flagged in the file a resumed run continues
         #: Keys stored as their repr or renamed (the ``unserialisable`` list).
         self.flagged: list[str] = []
@@ -148,8 +155,9 @@ class RunParams:
         self.flagged = list(self._carried)  # warned about when they were first stored
 
     def encode(self, path: Path, stacklevel: int) -> str:
-        """The params document; warn once per key stored as its repr or renamed, and
-        once per secret-looking key (``api_key``, ``password``...) stored as ``***``."""
+        """The params document; warn once per key stored as its repr or renamed, once
+        per secret-looking key (``api_key``, ``password``...) stored as ``***``, and once
+        per key whose value holds a secret's shape (a URL's password, a token)."""
         masked = secret_keys(self.values, "") if self._mask_secrets else []
         for key in masked:
             if key not in self._masked:
@@ -161,6 +169,8 @@ class RunParams:
                 )
         document, flagged = encode_params(
             masked_copy(self.values) if masked else self.values, warn=False)
+        document = self._shapes.document(document, "hyperparameter", path,
+                                         stacklevel=stacklevel + 1)
         renamed = [key for key in self._renamed if key in self.values]
         news = [(key, f"hyperparameter name {self._renamed[key]} is not a str; it is "
                       f"stored as {key!r}") for key in renamed]

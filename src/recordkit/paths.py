@@ -4,16 +4,42 @@ id, and the record files of a folder. No HDF5: both sides (writing and reading) 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from recordkit.errors import RecordNotFoundError
 
-__all__ = ["DEFAULT_EXPERIMENT", "check_experiment", "check_name", "record_files",
-           "resolve_path"]
+__all__ = ["DEFAULT_EXPERIMENT", "RUN_ID", "check_experiment", "check_name", "record_files",
+           "resolve_path", "run_id_problem"]
 
 #: The experiment of a run created without one.
 DEFAULT_EXPERIMENT = "default"
+
+#: A run id as recordkit writes it (``runfile.new_run_id``): UTC creation time to the
+#: microsecond and 6 random hex digits, ``20261201-153149-343941-fe435b``.
+RUN_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9]{6}-[0-9a-f]{6}")
+
+
+def run_id_problem(run_id: str, path: str | os.PathLike[str]) -> str | None:
+    """What is wrong with the run id a record holds, or None: a run id recordkit did not
+    write (``../../x``, a name holding control characters), or one that is not the
+    record's file name (``<run_id>.h5``; a renamed or copied file). A record says so
+    when shown; it is loaded all the same, and its run id never builds a path.
+
+    Example:
+        >>> run_id_problem("20261201-153149-343941-fe435b", "r/20261201-153149-343941-fe435b.h5")
+        >>> run_id_problem("../../x", "r/20261201-153149-343941-fe435b.h5")
+        'is not a run id recordkit writes (YYYYmmdd-HHMMSS-ffffff-hhhhhh)'
+        >>> run_id_problem("20261201-153149-343941-fe435b", "r/best.h5")
+        "does not match the file name 'best.h5'"
+    """
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        return "is not a run id recordkit writes (YYYYmmdd-HHMMSS-ffffff-hhhhhh)"
+    name = Path(path).name
+    if name != f"{run_id}.h5":
+        return f"does not match the file name {name!r}"
+    return None
 
 
 def resolve_path(path_or_run_id: str | os.PathLike[str], root: str | os.PathLike[str] | None,

@@ -4,7 +4,8 @@ Every probe is guarded on its own: a probe that fails leaves its key ``None`` (`
 ``gpus``) and a line in ``notes``, never an exception. Frameworks are never imported to
 learn their versions (importing tensorflow takes seconds) and their devices are listed only
 when the program already imported them. Environment variables are never stored (they hold
-secrets), and secret-looking command-line values are masked.
+secrets), secret-looking command-line values are masked, and every string is masked by
+shape (:mod:`recordkit.masking`).
 """
 
 from __future__ import annotations
@@ -26,26 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["capture", "is_secret_name", "mask_secrets"]
+from recordkit import masking
+from recordkit.masking import MASK
 
-MASK = "***"
-
-#: A name holding one of these words names a secret wherever the word stands
-#: (``--db-password``, ``CLIENT_SECRET``).
-_SECRET_WORDS = frozenset({
-    "secret", "secrets", "password", "passwords", "passwd", "passphrase", "pwd",
-    "credential", "credentials", "authorization", "cookie",
-})
-#: These name a secret only as the last word (``--api-key``, ``--hf-token``, ``--auth``), so
-#: that model sizes such as ``--key-dim`` or ``--max-tokens`` stay readable.
-_SECRET_LAST_WORDS = frozenset({"key", "token", "auth"})
-#: Glued compounds ending in these (``--apikey``, ``--authtoken``) count as a last word too.
-_SECRET_SUFFIXES = ("key", "token")
-#: ``scheme://user:password@host``: the password of a URL's user info (greedy up to the last
-#: ``@``, so a password holding ``@`` or ``/`` is masked whole).
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(\S+)(@)")
-_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
-_NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+__all__ = ["MASK", "capture", "is_secret_name", "mask_secrets"]
 
 #: Distributions whose versions are recorded when installed (names as pip knows them).
 _PACKAGES = ("numpy", "h5py", "psutil", "recordkit", "torch", "pytorch-lightning",
@@ -55,34 +40,14 @@ _GPU_TIMEOUT = 10.0  # seconds for the driver probe (nvidia-smi can hang on a si
 
 
 def is_secret_name(name: str) -> bool:
-    """Whether an option or parameter name looks like it holds a secret.
+    """Whether an option or parameter name looks like it holds a secret
+    (:func:`recordkit.masking.is_secret_name`).
 
     Example:
         >>> [is_secret_name(n) for n in ("api_key", "hf_token", "key_dim", "max_tokens")]
         [True, True, False, False]
     """
-    return _is_secret_name(name)
-
-
-def _is_secret_name(name: str) -> bool:
-    words = [w for w in re.split(r"[^a-z0-9]+", _CAMEL.sub(r"\1_\2", name).lower()) if w]
-    if not words:
-        return False
-    last = words[-1]
-    return (any(w in _SECRET_WORDS for w in words) or last in _SECRET_LAST_WORDS
-            or last.endswith(_SECRET_SUFFIXES))
-
-
-def _is_option(arg: str) -> bool:
-    return arg.startswith("-") and len(arg) > 1 and not _NUMBER.fullmatch(arg)
-
-
-def _looks_like_next_option(arg: str) -> bool:
-    """Whether the word after a secret option is another option rather than its value.
-
-    Only ``--name`` and ``-x`` count: a value such as ``-5`` or ``-Xy7!`` is masked.
-    """
-    return (arg.startswith("--") and len(arg) > 2) or bool(re.fullmatch(r"-[A-Za-z]", arg))
+    return masking.is_secret_name(name)
 
 
 def mask_secrets(argv: Sequence[str]) -> list[str]:
@@ -91,7 +56,9 @@ def mask_secrets(argv: Sequence[str]) -> list[str]:
     An option or ``NAME=value`` pair is secret when its name holds a word such as password,
     passwd, pwd, secret or credential, or ends in key, token or auth (``--api-key``,
     ``--hf_token``, ``API_KEY``, ``--apiKey``). Both ``--name=value`` and ``--name value``
-    are masked; the names stay. The password of a URL with user info is masked too.
+    are masked; the names stay. ``-p VALUE`` is masked unless the value is a number. Every
+    word is masked by shape too (:func:`recordkit.masking.mask_text`): the password of a
+    URL, tokens (GitHub, Hugging Face, OpenAI, Slack...), AWS key ids, JWTs.
     Sizes named like ``--key-dim`` or ``--max-tokens`` are kept.
 
     Args:
@@ -105,26 +72,10 @@ def mask_secrets(argv: Sequence[str]) -> list[str]:
         ['train.py', '--api-key=***', '--password', '***', '--lr', '0.1']
         >>> mask_secrets(["HF_TOKEN=xyz", "--max-tokens", "512", "--token", "--epochs=3"])
         ['HF_TOKEN=***', '--max-tokens', '512', '--token', '--epochs=3']
-        >>> mask_secrets(["--db=postgres://me:pw@db/x"])
-        ['--db=postgres://me:***@db/x']
+        >>> mask_secrets(["--db=postgres://me:pw@db/x", "-p", "hunter2"])
+        ['--db=postgres://me:***@db/x', '-p', '***']
     """
-    masked: list[str] = []
-    mask_next = False
-    for raw in argv:
-        arg = _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", str(raw))
-        if mask_next and not _looks_like_next_option(arg):  # a bare flag masks nothing
-            masked.append(MASK)
-            mask_next = False
-            continue
-        mask_next = False
-        name, equals, _ = arg.partition("=")
-        if equals and _is_secret_name(name):
-            masked.append(f"{name}={MASK}")
-            continue
-        if not equals and _is_option(arg) and _is_secret_name(arg):
-            mask_next = True
-        masked.append(arg)
-    return masked
+    return masking.mask_argv(argv)
 
 
 def _user() -> str:
@@ -517,4 +468,16 @@ def capture(record_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     probe("gpus", lambda: _gpus(notes), [])
     info["notes"] = notes
     info["captured"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-    return info
+    return _masked_by_shape(info)
+
+
+def _masked_by_shape(info: dict[str, Any]) -> dict[str, Any]:
+    """Every string of *info* masked by shape (a token in a folder name, a URL with a
+    password in a probe's error note); never an exception: unmasked on a masking bug,
+    with a note saying so."""
+    try:
+        masked = masking.mask_tree(info, "", [], names=None)
+    except Exception as err:  # system info must never stop a run
+        info["notes"].append(f"masking: {type(err).__name__}: {err}")
+        return info
+    return masked if isinstance(masked, dict) else info
