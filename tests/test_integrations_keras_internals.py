@@ -127,3 +127,14 @@ def test_strategy_name_falls_back_to_the_class_name() -> None:
     assert strategy_name(Exported()) == "ExportedStrategy"
     assert strategy_name(Subclass()) == "Subclass"
     assert strategy_name(Garbled()) == "Garbled"
+
+
+def test_the_seed_of_set_random_seed_is_read() -> None:
+    import keras
+
+    from recordkit.integrations._keras_internals import random_seed
+
+    keras.utils.set_random_seed(1234)
+    assert random_seed() == 1234
+    keras.utils.set_random_seed(7)
+    assert random_seed() == 7

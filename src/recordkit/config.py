@@ -159,6 +159,7 @@ def _keras(info: Mapping[str, Any]) -> dict[str, Any]:
         "precision": _keras_precision(model.get("config")),
         "strategy": distribution.get("strategy"),
         "world_size": distribution.get("replicas"),
+        "seed": info.get("seed"),
     }
     for key, value in config.items():
         if key not in _OPTIMIZER_BOOKKEEPING and value is not None:

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from recordkit.integrations._common import jsonable
-from recordkit.integrations._keras_internals import HIDDEN_FIT_ARGS, strategy_name
+from recordkit.integrations._keras_internals import HIDDEN_FIT_ARGS, random_seed, strategy_name
 
 __all__ = ["cluster_resolver", "fit_facts", "frozen_paths", "host_copies", "keras_scalar",
            "learning_rate", "run_info", "variable_name", "weights_differ"]
@@ -229,4 +229,5 @@ def run_info(model: Any) -> dict[str, Any]:
         "optimizer": _optimizer_facts(getattr(model, "optimizer", None)),
         "compile": compile_facts,
         "distribution": jsonable(distribution),
+        "seed": random_seed(),
     }

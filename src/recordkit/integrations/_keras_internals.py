@@ -1,9 +1,10 @@
-"""The two facts only Keras' and TensorFlow's internals give: the arguments of the running
-``model.fit`` call and the name users write for a ``tf.distribute`` strategy.
+"""The facts only Keras' and TensorFlow's internals give: the arguments of the running
+``model.fit`` call, the name users write for a ``tf.distribute`` strategy and the seed
+of ``keras.utils.set_random_seed``.
 
 No public API gives either, so each is read here and nowhere else, with a fallback that
-never stops training: no fit() arguments (they are listed as ``not_visible``), and the
-class name of the strategy. ``tests/test_integrations_keras_internals.py`` runs a real
+never stops training: no fit() arguments (they are listed as ``not_visible``), the
+class name of the strategy, and no seed. ``tests/test_integrations_keras_internals.py`` runs a real
 ``model.fit`` on each installed backend and real strategies, and fails when a release
 changes what is read.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 from recordkit.integrations._common import jsonable
 
-__all__ = ["HIDDEN_FIT_ARGS", "fit_call_arguments", "strategy_name"]
+__all__ = ["HIDDEN_FIT_ARGS", "fit_call_arguments", "random_seed", "strategy_name"]
 
 #: fit() arguments Keras does not pass to callbacks (read from fit's frame, or fit_args).
 HIDDEN_FIT_ARGS = ("batch_size", "shuffle", "validation_split", "class_weight",
@@ -87,3 +88,16 @@ def strategy_name(strategy: Any) -> str:
     except Exception:  # a strange class: its name is still right
         pass
     return type(strategy).__name__
+
+
+def random_seed() -> int | None:
+    """The seed given to ``keras.utils.set_random_seed``, which Keras keeps in its global
+    state (``keras.src.utils.rng_utils.get_random_seed``); None when none was set or this
+    Keras keeps it elsewhere."""
+    try:
+        from keras.src.utils import rng_utils
+
+        seed = rng_utils.get_random_seed()
+    except Exception:  # another Keras: no seed, never a failed fit
+        return None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
