@@ -6,11 +6,12 @@ failure of that variant instead of taking pytest down. Outcomes allowed: the rec
 back with data equal to the original (damage that hit unused bytes or metadata that
 fails safe), or a RecordkitError naming the file. Damage inside stored data must be
 detected (fletcher32, and in format v2 a CRC32C per weight chunk and extra chunk), never
-read back as different numbers, and `recordkit verify` must report it. Zeroed chunks,
+read back as different numbers, and `recordkit verify` must report it; so must a changed
+byte in a name (metric, tensor, extra, run id, experiment, status: v2's identity CRCs). Zeroed chunks,
 zeroed 4 KiB pages inside a chunk and zeroed checksums (what a crash or a sparse-file hole
 leaves, and what fletcher32 alone accepts) must be detected in every kind of dataset.
 
-Budget: ~10 s (one child reads all 70 variants, restarted after a crash).
+Budget: ~10 s (one child reads all 80 variants, restarted after a crash).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -146,7 +148,8 @@ def variants(original: Path, out: Path) -> list[tuple[str, str, Path]]:
     for name, offset, length in chunks:
         # Not the names' heap references: a flip in an unused slot changes nothing read.
         if name.startswith(("weights", "history", "extras")) and name != "history/metrics":
-            at = offset + rng.randrange(length)
+            # the names' CRCs: within those of the record's two names (the rest unused)
+            at = offset + rng.randrange(8 if name == "history/metrics_crc32c" else length)
             flipped = bytearray(data)
             flipped[at] ^= 0xFF
             write("data", f"byte {at} flipped inside a chunk of /{name}", bytes(flipped))
@@ -177,6 +180,17 @@ def variants(original: Path, out: Path) -> list[tuple[str, str, Path]]:
         flipped[at] = ord("7") if kind != "extra " else flipped[at] ^ 0x01
         write(kind.strip(), f"byte {at} changed in the {kind.strip()} ({text!r})",
               bytes(flipped))
+    # Names, in HDF5's global heap (no HDF5 checksum; each object follows its 8-byte
+    # length): its last byte changed, in every copy (the run's name is its run id).
+    for text in ("loss", "fc.weight", "curve", "dmg", "completed", original.stem):
+        raw = text.encode()
+        found = [m.start() for m in re.finditer(re.escape(raw), data)
+                 if data[m.start() - 8:m.start()] == len(raw).to_bytes(8, "little")]
+        assert found, text
+        flipped = bytearray(data)
+        for at in found:
+            flipped[at + len(raw) - 1] ^= 0x01
+        write("name", f"last byte of the name {text!r} changed", bytes(flipped))
     for at in [*range(0, 96, 8), *(rng.randrange(size) for _ in range(30))]:
         flipped = bytearray(data)
         flipped[at] ^= 1 << rng.randrange(8)
@@ -201,6 +215,7 @@ def test_at_least_40_variants(outcomes: list) -> None:
     assert len(outcomes) >= 40
     assert sum(k == "data" for k, *_ in outcomes) >= 10
     assert sum(k == "zeroed" and "page" in w for k, w, *_ in outcomes) >= 2
+    assert sum(k == "name" for k, *_ in outcomes) == 6
 
 
 def test_zeroed_chunks_pages_and_checksums_are_detected(outcomes: list) -> None:
@@ -229,7 +244,7 @@ def test_errors_name_the_file(outcomes: list) -> None:
 
 def test_damage_in_stored_data_is_detected_not_read_as_wrong_numbers(outcomes: list) -> None:
     for kind, what, _, result in outcomes:
-        if kind in ("data", "params", "extra", "zeroed"):
+        if kind in ("data", "params", "extra", "zeroed", "name"):
             assert result["kind"] == "error", (what, result)
             assert result["cls"] == "RecordDamagedError", (what, result)
             assert not result["verify_ok"], what

@@ -34,7 +34,8 @@ import h5py
 
 from recordkit.errors import RecordkitError, UnsafeRecordError
 from recordkit.format.attrs import is_record, object_name, read_attr
-from recordkit.format.extras import read_extra
+from recordkit.format.extras import extra_keys, read_extra
+from recordkit.format.header import check_header_crcs
 from recordkit.format.history import read_history
 from recordkit.format.layout import (
     CHECKSUM_ATTR,
@@ -42,6 +43,7 @@ from recordkit.format.layout import (
     CRC32C_ATTR,
     EXTRAS,
     FIRST_SNAPSHOT_ATTR,
+    HEADER_CRC_FIELDS,
     SNAPSHOTS,
     SUMMARY_ATTR,
     WEIGHT_CHECKSUM_ATTR,
@@ -49,7 +51,7 @@ from recordkit.format.layout import (
 )
 from recordkit.format.safety import check_file
 from recordkit.format.summary import build_summary, read_summary, summary_checksum_ok
-from recordkit.format.weights import check_checksummed_rows, read_table
+from recordkit.format.weights import check_checksummed_rows, check_object_name, read_table
 from recordkit.locking import is_locked
 from recordkit.record import Record
 from recordkit.repair import damage_hint, needs_repair, open_with_patched_eof, repair
@@ -199,6 +201,7 @@ def _verify_into(path: Path, report: VerifyReport) -> VerifyReport:
                                    "(no root attribute format='recordkit')")
             return report
         _read_everything(f, path, report)
+        _check_header(f, report)
         _check_tables(f, report)
         _check_extras(f, report)
         _check_summary(f, report)
@@ -353,6 +356,27 @@ def _check_summary(f: h5py.File, report: VerifyReport) -> None:
             "many runs show wrong values for this run; recordkit.load reads the data itself")
 
 
+def _damage(err: BaseException) -> str:
+    """A RecordDamagedError's message without the file's path (the report names it)."""
+    return str(err).split(" is damaged: ", 1)[-1]
+
+
+def _check_header(f: h5py.File, report: VerifyReport) -> None:
+    """(v2) Every root attribute and text the root's ``header_crc32c`` covers."""
+    try:
+        check_header_crcs(f, ())  # the attribute itself: there (v2), and intact
+    except RecordkitError as err:
+        report.problems.append(_damage(err))
+        return
+    for key in HEADER_CRC_FIELDS:
+        try:
+            check_header_crcs(f, (key,))
+        except RecordkitError as err:
+            report.problems.append(_damage(err))
+        except Exception as err:
+            report.problems.append(f"{key} cannot be checked: {_why(err)}")
+
+
 def _check_tables(f: h5py.File, report: VerifyReport) -> None:
     """Snapshots listed in the table must exist in every tensor that holds them; in v2
     each of their chunks must match its CRC32C, and no table row or metric name may be
@@ -382,6 +406,11 @@ def _check_tables(f: h5py.File, report: VerifyReport) -> None:
                 report.notes.append(
                     f"tensor {name!r} holds {rows - listed} snapshot row(s) past the table: "
                     "left by a run killed while writing a snapshot; readers ignore them")
+            if min(rows, listed) > 0:  # (a tensor the table does not list is never read)
+                try:
+                    check_object_name(ds, key, name)
+                except RecordkitError as err:
+                    report.problems.append(_damage(err))
             report.problems.extend(check_checksummed_rows(f, key, listed))
             for row in range(min(rows, listed) if ds.size else 0):  # zero-size: no data
                 coord = (row,) + (0,) * (ds.ndim - 1)
@@ -402,6 +431,10 @@ def _check_extras(f: h5py.File, report: VerifyReport) -> None:
     group = f.get(EXTRAS)
     if not isinstance(group, h5py.Group):
         return
+    try:
+        extra_keys(f)  # their names (v2: against their CRCs and link names)
+    except Exception as err:
+        report.problems.append(f"the names of the extras: {_why(err)}")
     for key in group:
         try:
             obj = group[key]

@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - a core dependency; said clearly if mis
     _crc32c = None
 
 __all__ = ["CHECKSUM_DTYPE", "ChecksumMissingError", "checksum_chunk_rows", "chunk_grid",
-           "crc32c", "crc32c_combine", "grid_size"]
+           "crc32c", "crc32c_combine", "grid_size", "identity_crc"]
 
 #: The stored type of one checksum.
 CHECKSUM_DTYPE = np.dtype("<u4")
@@ -56,6 +56,26 @@ def crc32c(data: Any, value: int = 0) -> int:
             "recordkit: format version 2 records checksum weights with CRC32C, which needs "
             "the 'crc32c' package: pip install crc32c (it is a dependency of recordkit)")
     return int(_crc32c.crc32c(data, value))
+
+
+def identity_crc(*texts: str) -> int:
+    """(v2) The CRC32C that covers strings naming data (run fields, metric and tensor
+    names, the /system and /info text): for each text its UTF-8 bytes followed by their
+    length as an 8-byte little-endian integer, all in one CRC32C. The length makes the
+    CRC of an empty text 0x8C28B28A, not 0, so a zeroed text with a zeroed CRC never
+    verifies (HDF5 strings live in the global heap, which has no checksum of its own).
+
+    Example:
+        >>> hex(identity_crc(""))
+        '0x8c28b28a'
+        >>> identity_crc("val/loss") == crc32c(b"val/loss" + (8).to_bytes(8, "little"))
+        True
+    """
+    value = 0
+    for text in texts:
+        data = text.encode("utf-8", "surrogateescape")
+        value = crc32c(data + len(data).to_bytes(8, "little"), value)
+    return value
 
 
 def chunk_grid(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[tuple[int, ...]]:

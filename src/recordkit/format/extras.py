@@ -17,7 +17,7 @@ import numpy as np
 
 from recordkit.codec import encode_repr, encode_value, loads_json
 from recordkit.dtypes import BFLOAT16, BFloat16Bits, decode_tensor, encode_tensor
-from recordkit.format.attrs import attr_str, object_name, read_text, write_text
+from recordkit.format.attrs import attr_str, object_name, read_attr, read_text, write_text
 from recordkit.format.checksums import CHECKSUM_DTYPE, chunk_grid, crc32c
 from recordkit.format.chunks import read_chunk
 from recordkit.format.layout import (
@@ -27,12 +27,11 @@ from recordkit.format.layout import (
     DTYPE_ATTR,
     EXTRAS,
     KIND_ATTR,
-    NAME_ATTR,
     UNSERIALISABLE_ATTR,
-    escape_metric,
+    VERSION_ATTR,
     escape_name,
 )
-from recordkit.format.weights import weight_chunks
+from recordkit.format.weights import check_object_name, weight_chunks, write_name
 from recordkit.tensors import to_arrays
 
 __all__ = ["PreparedExtra", "extra_flags", "extra_keys", "prepare_extra", "read_extra",
@@ -161,7 +160,7 @@ def _check_crcs(ds: h5py.Dataset) -> None:
 
 
 def _write_array(group: h5py.Group, key: str, stored: np.ndarray, stored_dtype: str,
-                 name: str, kind: str) -> None:
+                 name: str, kind: str, version: int) -> None:
     """One array dataset of an extra. Arrays with data are chunked with a fletcher32
     checksum per chunk; a 0-d array (HDF5 cannot chunk it) gets a SHA-256 attribute."""
     if stored.ndim and stored.size:
@@ -175,9 +174,9 @@ def _write_array(group: h5py.Group, key: str, stored: np.ndarray, stored_dtype: 
         ds = group.create_dataset(key, data=stored)
         if stored.size:
             ds.attrs[CHECKSUM_ATTR] = _sha256(np.ascontiguousarray(stored).tobytes())
-    ds.attrs[NAME_ATTR] = escape_metric(name)
     ds.attrs[KIND_ATTR] = kind
     ds.attrs[DTYPE_ATTR] = stored_dtype
+    write_name(ds, name, version)
 
 
 def write_extra(f: h5py.File, key: str | PreparedExtra, value: Any = None) -> list[str]:
@@ -198,29 +197,30 @@ def write_extra(f: h5py.File, key: str | PreparedExtra, value: Any = None) -> li
         value: the value, when *key* is a name.
     """
     extra = key if isinstance(key, PreparedExtra) else prepare_extra(key, value)
+    version = int(read_attr(f, VERSION_ATTR, 1))
     group = f.require_group(EXTRAS)
     escaped = escape_name(extra.key)
     if escaped in group:
         del group[escaped]
     if extra.kind in ("array", "list"):
         _, _, stored, stored_dtype = extra.arrays[0]
-        _write_array(group, escaped, stored, stored_dtype, extra.key, extra.kind)
+        _write_array(group, escaped, stored, stored_dtype, extra.key, extra.kind, version)
         return []
     if extra.kind in ("arrays", "dict"):
         sub = group.create_group(escaped)
-        sub.attrs[NAME_ATTR] = escape_metric(extra.key)
         sub.attrs[KIND_ATTR] = extra.kind
         for link, name, stored, stored_dtype in extra.arrays:
-            _write_array(sub, link, stored, stored_dtype, name, "array")
+            _write_array(sub, link, stored, stored_dtype, name, "array", version)
+        write_name(sub, extra.key, version)  # last: the extra is whole once it has it
         return []
     assert extra.text is not None
     write_text(group, escaped, extra.text)
     ds = group[escaped]
-    ds.attrs[NAME_ATTR] = escape_metric(extra.key)
     ds.attrs[KIND_ATTR] = "json"
     ds.attrs[CHECKSUM_ATTR] = _sha256(extra.text.encode("utf-8"))
     if extra.flagged:
         ds.attrs[UNSERIALISABLE_ATTR] = json.dumps(extra.flagged, ensure_ascii=False)
+    write_name(ds, extra.key, version)
     return list(extra.flagged)
 
 
@@ -263,7 +263,13 @@ def read_extra(obj: h5py.HLObject) -> Any:
     if kind == "arrays":
         return [read_array(obj[k]) for k in sorted(obj, key=int)]
     if kind == "dict":
-        return {object_name(obj[k]): read_array(obj[k]) for k in obj}
+        out = {}
+        for k in obj:
+            member = obj[k]
+            name = object_name(member)
+            check_object_name(member, k, name, required=False)
+            out[name] = read_array(member)
+        return out
     arr = read_array(obj)
     if kind == "list":
         return arr.tolist()
@@ -271,9 +277,22 @@ def read_extra(obj: h5py.HLObject) -> Any:
 
 
 def extra_keys(f: h5py.File) -> dict[str, str]:
-    """``{original name: link name}`` of every extra."""
+    """``{original name: link name}`` of every extra, each name checked (v2:
+    :func:`~.weights.check_object_name` against its CRC and its link name).
+
+    Raises:
+        RecordDamagedError: (v2) a name does not match its CRC or its link name.
+    """
     group = f.get(EXTRAS)
-    return {} if group is None else {object_name(group[k]): k for k in group}
+    if group is None:
+        return {}
+    out = {}
+    for k in group:
+        obj = group[k]
+        name = object_name(obj)
+        check_object_name(obj, k, name, required=False)
+        out[name] = k
+    return out
 
 
 def read_extra_at(f: h5py.File, key: str) -> Any:

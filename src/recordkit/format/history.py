@@ -10,12 +10,14 @@ import h5py
 import numpy as np
 
 from recordkit.errors import RecordDamagedError
-from recordkit.format.attrs import read_attr
+from recordkit.format.attrs import attr_str, read_attr
+from recordkit.format.checksums import CHECKSUM_DTYPE, identity_crc
 from recordkit.format.layout import (
     EMPTY_METRIC,
     HISTORY,
     HISTORY_CHUNK_ROWS,
     HISTORY_DTYPE,
+    HISTORY_METRIC_CRCS,
     HISTORY_METRICS,
     HISTORY_ROW_DTYPE,
     HISTORY_TABLE,
@@ -51,22 +53,57 @@ def stored_metric_name(name: str, version: int) -> str:
 
 
 def metric_names(f: h5py.File) -> list[str]:
-    """The metric names in index order (the order they were first logged).
+    """The metric names in index order (the order they were first logged); in version 2
+    each checked against its CRC in /history/metrics_crc32c. Names past the CRCs are a
+    commit a kill cut short while the run is ``running`` (left out, as the rows that use
+    them are), damage in a closed run.
 
     Raises:
-        RecordDamagedError: (v2) a stored name is empty: what a zeroed chunk reads as.
+        RecordDamagedError: (v2) a stored name is empty (what a zeroed chunk reads as),
+            does not match its CRC, or has none in a closed run.
     """
     group = f.get(HISTORY)
     if group is None or HISTORY_METRICS not in group:
         return []
-    stored = [n.decode("utf-8") if isinstance(n, bytes) else str(n)
+    checked = int(read_attr(f, VERSION_ATTR, 1)) >= 2
+    # (v2: a damaged byte is reported by its CRC, with the name as read)
+    errors = "surrogateescape" if checked else "strict"
+    stored = [n.decode("utf-8", errors) if isinstance(n, bytes) else str(n)
               for n in group[HISTORY_METRICS][()]]
-    if "" in stored and int(read_attr(f, VERSION_ATTR, 1)) >= 2:
-        raise RecordDamagedError(
-            f"{f.filename!r}: /{HISTORY}/{HISTORY_METRICS} holds an empty name at index "
-            f"{stored.index('')}, which format version 2 never writes (a zeroed chunk "
-            "reads so): the file is damaged (run `recordkit verify` on it)")
+    if checked:
+        if "" in stored:
+            raise _damaged_names(f, f"holds an empty name at index {stored.index('')}, "
+                                    "which format version 2 never writes (a zeroed chunk "
+                                    "reads so)")
+        stored = _checked_names(f, group, stored)
     return [unescape_name(n) for n in stored]
+
+
+def _damaged_names(f: h5py.File, what: str) -> RecordDamagedError:
+    return RecordDamagedError(f"{f.filename!r}: /{HISTORY}/{HISTORY_METRICS} {what}: the "
+                              "file is damaged (run `recordkit verify` on it)")
+
+
+def _checked_names(f: h5py.File, group: h5py.Group, stored: list[str]) -> list[str]:
+    """(v2) *stored* (the names as stored), each checked against its identity CRC, the
+    names a cut commit left without one dropped (see :func:`metric_names`)."""
+    sums = group.get(HISTORY_METRIC_CRCS)
+    if not (isinstance(sums, h5py.Dataset) and sums.ndim == 1 and sums.dtype.kind == "u"):
+        raise _damaged_names(f, f"has no list of CRCs /{HISTORY}/{HISTORY_METRIC_CRCS} "
+                                "(format version 2 writes one)")
+    crcs = sums[()]
+    for i, name in enumerate(stored[:len(crcs)]):
+        if identity_crc(name) != int(crcs[i]):
+            raise _damaged_names(f, f"name {i} ({name[:80]!r} as read) does not match its "
+                                    f"CRC32C in /{HISTORY}/{HISTORY_METRIC_CRCS} (the "
+                                    "stored bytes changed)")
+    if len(stored) > len(crcs):
+        if attr_str(f, "status") != "running":
+            raise _damaged_names(f, f"holds {len(stored)} names but "
+                                    f"/{HISTORY}/{HISTORY_METRIC_CRCS} {len(crcs)} CRCs "
+                                    "in a run that was closed")
+        stored = stored[:len(crcs)]  # written by a commit a kill cut: not committed
+    return stored
 
 
 def check_rows(f: h5py.File, rows: np.ndarray, what: str) -> np.ndarray:
@@ -144,6 +181,9 @@ class HistoryTable:
             HISTORY_METRICS, shape=(0,), maxshape=(None,),
             dtype=h5py.string_dtype("utf-8"), chunks=(METRIC_NAME_CHUNK,),
         )
+        if int(read_attr(f, VERSION_ATTR, 1)) >= 2:
+            group.create_dataset(HISTORY_METRIC_CRCS, shape=(0,), maxshape=(None,),
+                                 dtype=CHECKSUM_DTYPE, chunks=(METRIC_NAME_CHUNK,))
 
     def _bind(self, f: h5py.File) -> h5py.Dataset:
         table = self._table
@@ -153,7 +193,25 @@ class HistoryTable:
             self._ids = {name: i for i, name in enumerate(metric_names(f))}
             table = self._table = f[HISTORY][HISTORY_TABLE]
             self._count = None
+            if self._version >= 2:
+                self._drop_cut_names(f, table)
         return table
+
+    def _drop_cut_names(self, f: h5py.File, table: h5py.Dataset) -> None:
+        """(v2) Names a kill left without their CRC (read as not committed) are dropped
+        from the file with the rows that use them, before anything is appended: a new
+        name takes their index."""
+        names = f[HISTORY][HISTORY_METRICS]
+        kept = len(self._ids)
+        if names.shape[0] <= kept:
+            return
+        names.resize((kept,))
+        rows = table[()]
+        if len(rows) and (rows["metric"] >= kept).any():
+            rows = rows[rows["metric"] < kept]
+            table.resize((len(rows),))
+            if len(rows):
+                table[:] = rows
 
     def names(self, f: h5py.File) -> list[str]:
         """The metric names in index order."""
@@ -176,8 +234,13 @@ class HistoryTable:
         if new:
             names = f[HISTORY][HISTORY_METRICS]
             n = names.shape[0]
+            stored = [stored_metric_name(name, self._version) for name in new]
             names.resize((n + len(new),))
-            names[n:] = [stored_metric_name(name, self._version) for name in new]
+            names[n:] = stored
+            if self._version >= 2:  # written in the commit's one flush, as the names
+                sums = f[HISTORY][HISTORY_METRIC_CRCS]
+                sums.resize((n + len(new),))
+                sums[n:] = [identity_crc(text) for text in stored]
             for name in new:
                 self._ids[name] = len(self._ids)
         data = np.array([(self._ids[name], *row) for name, rows in pending for row in rows],

@@ -6,20 +6,24 @@ Layout of ``<root>/<experiment>/<run_id>.h5``::
 
     /                       attrs: format, format_version, run_id, name, experiment,
                                    status, created, ended, error, params_hash,
-                                   recordkit_version, restarts, summary (closed runs)
+                                   recordkit_version, restarts, summary (closed runs),
+                                   header_crc32c (v2)
     /params                 scalar UTF-8 string: the params as tagged JSON
                             attrs: unserialisable (JSON list of keys stored as repr)
     /system                 scalar UTF-8 string: system info as JSON
     /info                   scalar UTF-8 string: facts about the run (trainer, optimizer, ...)
     /history/metrics        1-D UTF-8 strings: metric names, in the order first logged
+    /history/metrics_crc32c (v2) uint32, one per metric name: its identity CRC
     /history/rows           1-D compound (metric i4, epoch i8, step i8, value f8, time f8)
     /snapshots              1-D compound (epoch i8, step i8, time f8): one row per snapshot
     /weights/<tensor>       (n_snapshots, *tensor_shape), snapshot axis first, growing
-                            attrs: name, dtype, first_snapshot, checksum (v2)
+                            attrs: name, dtype, first_snapshot, checksum (v2),
+                                   name_crc32c (v2)
     /checksums/<tensor>     (v2) uint32 (n_snapshots, chunks per snapshot): the CRC32C of
                             each stored chunk of the weight dataset of the same name
     /extras/<key>           what Recorder.add stored: a dataset, a group of datasets, or JSON
-                            attrs: name, kind, dtype, sha256, unserialisable
+                            attrs: name, kind, dtype, sha256, unserialisable,
+                                   name_crc32c (v2)
 
 Names of tensors and extras are escaped (see :func:`escape_name`) and the original
 name is kept in the ``name`` attribute of each object.
@@ -39,7 +43,8 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "HISTORY_DTYPE", "SNAPSHOT_DTYPE", "
 FORMAT_NAME = "recordkit"
 #: The version new records are written in. Version 2 (2026-12): weight chunks are written
 #: whole, without HDF5's fletcher32 filter, and each has a CRC32C in /checksums; extras
-#: arrays carry per-chunk CRC32Cs; a zeroed table row or metric name is damage.
+#: arrays carry per-chunk CRC32Cs; a zeroed table row or metric name is damage; every
+#: string that names data has an identity CRC (header_crc32c, metrics_crc32c, name_crc32c).
 FORMAT_VERSION = 2
 #: Every version a reader of this recordkit reads.
 READ_VERSIONS = (1, 2)
@@ -57,6 +62,9 @@ HISTORY = "history"
 #: Inside /history: the one table of every metric's rows, and the metric names.
 HISTORY_TABLE = "rows"
 HISTORY_METRICS = "metrics"
+#: (v2) Inside /history: the identity CRC (:func:`.checksums.identity_crc`) of each stored
+#: metric name, in the order of /history/metrics, appended with them.
+HISTORY_METRIC_CRCS = "metrics_crc32c"
 SNAPSHOTS = "snapshots"
 WEIGHTS = "weights"
 #: (v2) The per-chunk CRC32Cs of each weight dataset, under the same link name.
@@ -93,6 +101,19 @@ CRC32C_ATTR = "crc32c"
 #: (v2) How an empty metric name is stored in /history/metrics: a stored empty string is
 #: what a zeroed chunk reads as, so it is damage. ``%`` alone never results from escaping.
 EMPTY_METRIC = "%"
+#: (v2) On a weight dataset and on each object of an extra: uint32, the identity CRC of
+#: its ``name`` attribute (as stored).
+NAME_CRC_ATTR = "name_crc32c"
+#: (v2) Root attribute: uint32 array of ``2 * len(HEADER_CRC_FIELDS) + 1``: the identity
+#: CRC of each of :data:`HEADER_CRC_FIELDS` now, the same before the last change of the
+#: header (a kill between the two leaves each value one or the other), and the CRC32C of
+#: those little-endian bytes.
+HEADER_CRC_ATTR = "header_crc32c"
+#: (v2) What :data:`HEADER_CRC_ATTR` covers, in its order: root attributes (as text; a
+#: missing one is ""), and the text of /system and /info (named with their slash).
+HEADER_CRC_FIELDS = ("format", "format_version", "run_id", "name", "experiment", "status",
+                     "created", "ended", "error", "params_hash", "recordkit_version",
+                     "restarts", "/system", "/info")
 
 # --- tables -------------------------------------------------------------------------------
 

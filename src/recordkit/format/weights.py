@@ -31,6 +31,7 @@ from recordkit.format.checksums import (
     chunk_grid,
     crc32c,
     grid_size,
+    identity_crc,
 )
 from recordkit.format.chunkread import (
     ChunkChecksumError,
@@ -48,6 +49,7 @@ from recordkit.format.layout import (
     DTYPE_ATTR,
     FIRST_SNAPSHOT_ATTR,
     NAME_ATTR,
+    NAME_CRC_ATTR,
     SNAPSHOT_CHUNK_ROWS,
     SNAPSHOT_DTYPE,
     SNAPSHOTS,
@@ -59,9 +61,55 @@ from recordkit.format.layout import (
 )
 
 __all__ = ["SnapshotPlan", "SnapshotStore", "SnapshotTarget", "StoredTensor", "TensorSpec",
-           "check_checksummed_rows",
-           "no_rows", "read_last_snapshot", "read_row", "read_rows", "read_table",
-           "stored_tensor", "stored_tensors", "weight_chunks"]
+           "check_checksummed_rows", "check_object_name", "no_rows", "read_last_snapshot",
+           "read_row", "read_rows", "read_table", "stored_tensor", "stored_tensors",
+           "weight_chunks", "write_name"]
+
+
+def write_name(obj: h5py.HLObject, name: str, version: int) -> None:
+    """The ``name`` attribute of a tensor or an extra (escaped for NUL and %) and, in
+    version 2, its identity CRC (``name_crc32c``): a string in the global heap has no
+    HDF5 checksum, and one changed byte read as another name."""
+    stored = escape_metric(name)
+    obj.attrs[NAME_ATTR] = stored
+    if version >= 2:
+        obj.attrs[NAME_CRC_ATTR] = np.uint32(identity_crc(stored))
+
+
+def check_object_name(obj: h5py.HLObject, key: str, name: str, *,
+                      required: bool = True) -> None:
+    """(v2) The ``name`` attribute of a tensor or an extra against its ``name_crc32c``,
+    and its link name *key* against that name (*name*, as read: two copies of the name
+    in different places of the file); nothing for a version 1 file. Without *required*
+    (extras: a group of them may hold objects recordkit did not write), an object with
+    no ``name_crc32c`` has its link name compared alone, when it has a ``name``.
+
+    Raises:
+        RecordDamagedError: either does not match, or a version 2 object has no CRC.
+    """
+    crc = read_attr(obj, NAME_CRC_ATTR)
+    stored = read_attr(obj, NAME_ATTR)
+    if crc is None and (required or stored is not None) and int(read_attr(
+            h5py.h5i.get_file_id(obj.id), VERSION_ATTR, 1)) < 2:
+        return  # version 1: no CRC (docs/FORMAT.md)
+    if crc is None and required:
+        what = f"has no {NAME_CRC_ATTR!r} attribute, which format version 2 writes"
+    else:
+        text = (stored.decode("utf-8", "surrogateescape") if isinstance(stored, bytes)
+                else "" if stored is None else str(stored))
+        try:
+            same = crc is None or identity_crc(text) == int(crc)
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            what = (f"has the name {text[:80]!r}, which does not match its CRC32C "
+                    f"({NAME_CRC_ATTR!r}: the stored bytes changed)")
+        elif stored is not None and escape_name(name) != key:
+            what = f"is named {name[:80]!r}, which its link name does not match"
+        else:
+            return
+    raise RecordDamagedError(f"{obj.file.filename!r} is damaged: {obj.name!r} {what}; run "
+                             "`recordkit verify` on it")
 
 
 def weight_chunks(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
@@ -309,9 +357,9 @@ class SnapshotStore:
             compression=self._compression,
             compression_opts=self._compression_opts,
         )
-        ds.attrs[NAME_ATTR] = escape_metric(name)
         ds.attrs[DTYPE_ATTR] = stored_dtype
         ds.attrs[FIRST_SNAPSHOT_ATTR] = first_snapshot
+        write_name(ds, name, version)
         if version >= 2:
             per_row = grid_size(shape, chunks[1:])
             checked = self._checksum and per_row > 0
@@ -469,12 +517,22 @@ def stored_tensors(f: h5py.File, table_rows: int) -> dict[str, StoredTensor]:
 def stored_tensor(weights: h5py.Group, key: str, table_rows: int
                   ) -> tuple[str, StoredTensor]:
     """The tensor under link name *key* of *weights* (``/weights``): its original name and
-    what a reader needs of it (one tensor, without listing the others)."""
+    what a reader needs of it (one tensor, without listing the others). In version 2 the
+    name of a tensor the table lists is checked (:func:`check_object_name`); one it does
+    not list (a kill cut its first snapshot) is never read.
+
+    Raises:
+        RecordDamagedError: (v2) its name does not match its CRC or its link name.
+    """
     ds = weights[key]
     first = int(read_attr(ds, FIRST_SNAPSHOT_ATTR, 0))
-    return object_name(ds), StoredTensor(
+    name = object_name(ds)
+    count = max(0, min(ds.shape[0], table_rows - first))
+    if count:
+        check_object_name(ds, key, name)
+    return name, StoredTensor(
         key, attr_str(ds, DTYPE_ATTR, ds.dtype.name), tuple(ds.shape[1:]), ds.dtype,
-        first, max(0, min(ds.shape[0], table_rows - first)))
+        first, count)
 
 
 def _dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
