@@ -396,6 +396,20 @@ class SecretMask:
         self._report(found, what, path, stacklevel + 1)
         return out
 
+    def text(self, text: str, what: str, path: os.PathLike[str] | str, *,
+             stacklevel: int) -> str:
+        """One stored text (a failed run's ``error``) with secret shapes masked."""
+        if not self.enabled:
+            return text
+        try:
+            masked, kinds = mask_text(text)
+        except Exception as err:  # never lose the text: store it as given
+            self._failed(what, path, err, stacklevel + 1)
+            return text
+        self._report([(what, kind) for kind in dict.fromkeys(kinds)], "the", path,
+                     stacklevel + 1)
+        return masked
+
     def info(self, info: Mapping[str, Any], path: os.PathLike[str] | str, *,
              stacklevel: int) -> dict[str, Any]:
         """The run facts (``Recorder.set_info``) with secrets masked."""

@@ -30,7 +30,7 @@ from typing import Any
 from recordkit import masking
 from recordkit.masking import MASK
 
-__all__ = ["MASK", "capture", "is_secret_name", "mask_secrets"]
+__all__ = ["MASK", "capture", "is_secret_name", "mask_secrets", "masked_by_shape"]
 
 #: Distributions whose versions are recorded when installed (names as pip knows them).
 _PACKAGES = ("numpy", "h5py", "psutil", "recordkit", "torch", "pytorch-lightning",
@@ -468,16 +468,23 @@ def capture(record_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     probe("gpus", lambda: _gpus(notes), [])
     info["notes"] = notes
     info["captured"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-    return _masked_by_shape(info)
+    return masked_by_shape(info)
 
 
-def _masked_by_shape(info: dict[str, Any]) -> dict[str, Any]:
-    """Every string of *info* masked by shape (a token in a folder name, a URL with a
-    password in a probe's error note); never an exception: unmasked on a masking bug,
-    with a note saying so."""
+def masked_by_shape(info: Mapping[str, Any]) -> dict[str, Any]:
+    """System info with every string masked by shape (a token in a folder name, a URL
+    with a password in a probe's error note; :func:`recordkit.masking.mask_text`), as
+    :func:`capture` returns it; for system info given as a mapping too (importers).
+    Never an exception: unmasked on a masking bug, with a note saying so.
+
+    Example:
+        >>> masked_by_shape({"cwd": "/ci/postgres://u:pw@h/db", "notes": []})
+        {'cwd': '/ci/postgres://u:***@h/db', 'notes': []}
+    """
     try:
-        masked = masking.mask_tree(info, "", [], names=None)
+        masked = masking.mask_tree(dict(info), "", [], names=None)
     except Exception as err:  # system info must never stop a run
-        info["notes"].append(f"masking: {type(err).__name__}: {err}")
-        return info
-    return masked if isinstance(masked, dict) else info
+        notes = info.get("notes")
+        return {**info, "notes": [*(notes if isinstance(notes, list) else []),
+                                  f"masking: {type(err).__name__}: {err}"]}
+    return masked if isinstance(masked, dict) else dict(info)
