@@ -650,6 +650,25 @@ def test_uncaught_exception_closes_record_as_failed(tmp_path: Path) -> None:
     assert record.snapshot_epochs == [0, 1]
 
 
+@pytest.mark.slow
+def test_a_keras_error_is_stored_without_its_terminal_codes(tmp_path: Path) -> None:
+    """Keras writes the heart of an error in bold (ESC[1m ... ESC[0m): the record's error is
+    plain text, for `recordkit show` and for tables."""
+    body = (textwrap.dedent(SCRIPT_HEAD).format(setup="")
+            + textwrap.dedent("""
+        callback = RecordCallback(sys.argv[1])
+        print(json.dumps({"path": None}), flush=True)
+        build().fit(x[:, :5], y, batch_size=16, epochs=2, verbose=0, callbacks=[callback])
+    """))
+    done = run_script(tmp_path, body, check=False)
+    assert done.returncode == 1 and "\x1b[1m" in done.stderr  # Keras' own bold text
+    [path] = (tmp_path / "records").rglob("*.h5")
+    record = recordkit.load(path)
+    assert record.status == "failed"
+    assert "is incompatible with the layer" in record.error
+    assert "\x1b" not in record.error and record.error.startswith("ValueError: ")
+
+
 IPYTHON_SESSION = '''
 import json, sys
 from IPython.core.interactiveshell import InteractiveShell

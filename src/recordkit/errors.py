@@ -6,6 +6,8 @@ Catch :class:`RecordkitError` to catch them all.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "FilterUnavailableError",
     "ImportFormatError",
@@ -22,6 +24,7 @@ __all__ = [
     "SnapshotError",
     "UnsafeRecordError",
     "describe_error",
+    "strip_terminal_codes",
 ]
 
 
@@ -93,6 +96,24 @@ def describe_error(error: BaseException | str) -> str:
         ('ValueError: bad lr', 'KeyboardInterrupt')
     """
     if not isinstance(error, BaseException):
-        return str(error)
-    message = str(error)
+        return strip_terminal_codes(str(error))
+    message = strip_terminal_codes(str(error))
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+# ANSI/VT escape sequences: CSI (colours, cursor moves), OSC (titles, links) ended by BEL
+# or ST, and the short ones (ESC, intermediate bytes, one final character: ESC c...).
+_TERMINAL_CODES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x9b[0-?]*[ -/]*[@-~]"
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]*[0-~]")
+
+
+def strip_terminal_codes(text: str) -> str:
+    """*text* without terminal escape sequences (Keras' bold and coloured error messages
+    stored as plain text).
+
+    Example:
+        >>> strip_terminal_codes("\x1b[1mValueError\x1b[0m: bad shape")
+        'ValueError: bad shape'
+    """
+    return _TERMINAL_CODES.sub("", text) if "\x1b" in text or "\x9b" in text else text
