@@ -83,10 +83,10 @@ def test_planted_secrets_are_nowhere_in_the_file(tmp_path: Path) -> None:
 #: unique, so that finding it in the file names the shape that leaked.
 _GHP = "ghp_" + "R4nd0mGitHubT0kenAbCdEfGhIjKlMnOpQrS"  # 4 + 36
 _PAT = "github_pat_" + "11ABCDEFG0aBcDeFgHiJkL" + "_" + "Zz9" * 19 + "Zz"  # 22 + 1 + 59
-_HF = "hf_" + "QwErTyUiOpAsDfGhJkLzXcVbNmQwErTyUi"  # 3 + 34 letters
-_OPENAI = "sk-" + "Ab1Cd2Ef3Gh4Ij5Kl6Mn7Op8Qr9St0Uv1Wx2Yz3Ab4Cd5Ef6"  # legacy: 3 + 48
-_PROJ = "sk-proj-" + "Pr0jKeyAbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-xyZ"
-_ANTHROPIC = "sk-ant-api03-" + "An7hr0picKeyAbCdEfGhIjKlMnOpQrStUvWxYz-0123456789AA"
+_HF = "hf_" + "HAZtxslXTTIQrhbpyVAqGZuORUziJdiYmj"  # 3 + 34 random letters
+_OPENAI = "sk-" + "4TIJZ9RnvIh4TOetAfG82EOMjRZA0G6vbBxKd5WVwd9ExLXa"  # legacy: 3 + 48
+_PROJ = "sk-proj-" + "ZEoBFUhIiJyqGNSOvQmIQbgSc7I8gzNHj_crZ_YxzGtoBgNO"
+_ANTHROPIC = "sk-ant-api03-" + "Ogu1lNGZ9jkECHuLg_Y_C04j6BD9OyUd2gQvDOVwBM3T5lnbyw-AA"
 _SLACK_BOT = "xoxb-123456789012-1234567890123-SlAcKbOtT0kEnAbCdEfGhIj"
 _SLACK_USER = "xoxp-223456789012-2234567890123-2234567890123-0123456789abcdef0123"
 _AKIA = "AKIAQ3EGTL4WXJ2MZ5NB"
@@ -154,7 +154,9 @@ NEAR_MISSES: list[str] = [
     "meta-llama/Llama-2-7b-hf", "sentence-transformers/all-MiniLM-L6-v2", "gpt2",
     "hf_bertbaseuncasedfinetunedonsst2x", "hf_transformers_cache", "ghp_baseline",
     "adam-relu-lr1e-3", "xoxo-run", "xoxb-bot", "AKIA", "ASIANFOODDATASET2020V1",
-    "AKIA-exp-2024", "max_tokens=512,key_dim=64", "tokenizer=bert-base;lr=1e-3",
+    "AKIA-exp-2024", "ASIANLANGUAGESCORPUS", "hf_ModelNameBertBaseUncasedFineTunedSst",
+    "sk-ResNet50ImageNetBaseline2024RunFinal", "sk-ab12-short-2024",
+    "max_tokens=512,key_dim=64", "tokenizer=bert-base;lr=1e-3",
     "num_keys=8 tokens=512", "eyJhbGciOiJIUzI1NiJ9", "v1.eyJ.final",
     "-----BEGIN CERTIFICATE-----\nMIIBcertBODY\n-----END CERTIFICATE-----",
     "-----BEGIN PUBLIC KEY-----\nMIIBpublicBODY\n-----END PUBLIC KEY-----",

@@ -7,12 +7,14 @@ command line. What is not secret stays: a URL keeps its host, only its password 
 
 Each shape is written for few false positives on what ML runs hold (paths, run names, git
 commit hashes, model names such as ``sk-learn``): a token needs its prefix, its length and,
-where a prefix alone is a common word, the mix of cases and digits that a random token
-has and a name does not. No HDF5 and no warnings here: callers warn, naming the record.
+where a prefix alone is a common word, the mix of cases (and digits) that a random token
+has and a name, CamelCase included, does not. No HDF5 and no warnings here: callers warn,
+naming the record.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -70,16 +72,29 @@ def is_secret_field(name: str) -> bool:
     return name.strip().lower() != "key" and is_secret_name(name)
 
 
-def _mixed(text: str) -> bool:
-    """Upper case, lower case and a digit: what a random token of 20+ characters has and
-    a name (``sk-learn-pipeline``, ``hf_bertbaseuncased``) has not."""
-    return (any(c.isupper() for c in text) and any(c.islower() for c in text)
-            and any(c.isdigit() for c in text))
+def _random_case(text: str) -> bool:
+    """Upper and lower case each a fifth of the characters or more, and upper case letters
+    side by side at least twice: what a random token has (each case about 40%, and a
+    quarter of its neighbours both upper case) and a name has not, CamelCase included
+    (``hf_ModelNameBertBase...``: no two capitals side by side).
+
+    Example:
+        >>> _random_case("QwErTYuiOPasDfGhJkLzXcVbNmQwErTyUi"), _random_case("ModelNameBertBase")
+        (True, False)
+    """
+    upper = sum(c.isupper() for c in text)
+    lower = sum(c.islower() for c in text)
+    pairs = sum(a.isupper() and b.isupper() for a, b in itertools.pairwise(text))
+    return min(upper, lower) * 5 >= len(text) and pairs >= 2
 
 
-def _cased(text: str) -> bool:
-    """Both cases (Hugging Face tokens are letters; random ones have both)."""
-    return any(c.isupper() for c in text) and any(c.islower() for c in text)
+def _random_with_digit(text: str) -> bool:
+    """:func:`_random_case` and a digit (``sk-`` keys are base62 or base64url)."""
+    return _random_case(text) and any(c.isdigit() for c in text)
+
+
+def _has_digit(text: str) -> bool:
+    return any(c.isdigit() for c in text)
 
 
 #: Around a token: not inside a longer word (``risk-...`` holds no ``sk-`` key); ``_`` and
@@ -101,15 +116,18 @@ _SHAPES: list[tuple[str, re.Pattern[str], int, Callable[[str], bool] | None]] = 
     ("a GitHub token", re.compile(rf"{_B}gh[pousr]_[A-Za-z0-9]{{36,251}}{_E}"), 0, None),
     ("a GitHub token", re.compile(rf"{_B}github_pat_[A-Za-z0-9_]{{22,244}}{_E}"), 0, None),
     ("a GitLab token", re.compile(rf"{_B}glpat-[A-Za-z0-9_-]{{20,50}}{_E}"), 0, None),
-    ("a Hugging Face token", re.compile(rf"{_B}(?:hf|api_org)_[A-Za-z0-9]{{30,64}}{_E}"),
-     0, _cased),
-    ("an API key (sk-)", re.compile(rf"{_B}sk-[A-Za-z0-9_-]{{20,200}}{_E}"), 0, _mixed),
+    ("a Hugging Face token", re.compile(rf"{_B}(?:hf|api_org)_[A-Za-z0-9]{{34,40}}{_E}"),
+     0, _random_case),
+    ("an API key (sk-)", re.compile(rf"{_B}sk-[A-Za-z0-9_-]{{32,200}}{_E}"), 0,
+     _random_with_digit),
     ("a Stripe key", re.compile(rf"{_B}[sr]k_(?:live|test)_[A-Za-z0-9]{{16,200}}{_E}"),
      0, None),
     ("a Slack token", re.compile(rf"{_B}xox[abeoprs]-[0-9]+-[A-Za-z0-9-]{{8,200}}{_E}"),
      0, None),
+    # 16 of base32's A-Z2-7, a digit among them (an all-letter one, 1 in 28, is left to
+    # the name rule: ASIANLANGUAGESCORPUS is a name)
     ("an AWS access key id", re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z2-7]{16}"
-                                        r"(?![A-Za-z0-9])"), 0, None),
+                                        r"(?![A-Za-z0-9])"), 0, _has_digit),
     ("a Google API key", re.compile(rf"{_B}AIza[A-Za-z0-9_-]{{35}}{_E}"), 0, None),
     ("an npm token", re.compile(rf"{_B}npm_[A-Za-z0-9]{{36}}{_E}"), 0, None),
     ("a PyPI token", re.compile(rf"{_B}pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{{50,}}{_E}"),
