@@ -14,6 +14,7 @@ naming the record.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -42,6 +43,7 @@ _SECRET_LAST_WORDS = frozenset({"key", "token", "auth"})
 #: Glued compounds ending in these (``--apikey``, ``--authtoken``) count as a last word too.
 _SECRET_SUFFIXES = ("key", "token")
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
+_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -52,7 +54,12 @@ def is_secret_name(name: str) -> bool:
         >>> [is_secret_name(n) for n in ("api_key", "hf_token", "key_dim", "max_tokens")]
         [True, True, False, False]
     """
-    words = [w for w in re.split(r"[^a-z0-9]+", _CAMEL.sub(r"\1_\2", name).lower()) if w]
+    return _is_secret_name(name) if isinstance(name, str) else False
+
+
+@functools.lru_cache(maxsize=8192)  # the same names come again with every extend()
+def _is_secret_name(name: str) -> bool:
+    words = [w for w in _WORD_SPLIT.split(_CAMEL.sub(r"\1_\2", name).lower()) if w]
     if not words:
         return False
     last = words[-1]
@@ -168,6 +175,9 @@ def mask_text(text: str) -> tuple[str, list[str]]:
         ('sk-learn-pipeline-with-feature-selection', [])
     """
     found: list[str] = []
+    if not _TRIGGER.search(text) and "=" not in text and not (
+            "-" in text and _SPACE.search(text)):
+        return text, found  # most text: one search
     for kind, pattern, group, check in _SHAPES:
         if not _could_hold(kind, text):
             continue
@@ -243,6 +253,11 @@ _PREFIXES = {
     "a PEM private key": ("PRIVATE KEY",), "a URL password": ("://",),
     "a Slack webhook": ("hooks.slack.com",), "a bearer token": ("earer",),
 }
+
+
+#: Any of :data:`_PREFIXES` (``gh`` only as a token starts it: ``high`` holds ``gh``).
+_TRIGGER = re.compile(r"://|hooks\.slack\.com|gh[pousr]_|github_pat_|glpat-|hf_|api_org_|sk-"
+                      r"|k_live_|k_test_|xox|AKIA|ASIA|AIza|npm_|pypi-|eyJ|PRIVATE KEY|earer")
 
 
 def _could_hold(kind: str, text: str) -> bool:
