@@ -7,9 +7,10 @@ back with data equal to the original (damage that hit unused bytes or metadata t
 fails safe), or a RecordkitError naming the file. Damage inside stored data must be
 detected (fletcher32, and in format v2 a CRC32C per weight chunk and extra chunk), never
 read back as different numbers, and `recordkit verify` must report it; so must a changed
-byte in a name (metric, tensor, extra, run id, experiment, status: v2's identity CRCs). Zeroed chunks,
-zeroed 4 KiB pages inside a chunk and zeroed checksums (what a crash or a sparse-file hole
-leaves, and what fletcher32 alone accepts) must be detected in every kind of dataset.
+byte in a name (metric, tensor, extra, run id, experiment, status: v2's identity CRCs).
+Zeroed chunks, zeroed 4 KiB pages inside a chunk and zeroed checksums (what a crash or a
+sparse-file hole leaves, and what fletcher32 alone accepts) must be detected in every kind
+of dataset.
 
 Budget: ~10 s (one child reads all 80 variants, restarted after a crash).
 """

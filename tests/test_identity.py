@@ -47,10 +47,12 @@ def make_record(root: Path, *, status: str = "completed") -> Path:
         for epoch in range(3):
             rec.log({"train/acc": epoch / 10, "val/loss": 1.0 / (epoch + 1)}, epoch=epoch)
             rec.snapshot({"encoder/fc.weight": np.full((4, 3), epoch, np.float32),
-                          "fc.bias": np.arange(3.0) + epoch}, epoch=epoch)
+                          "fc.bias": np.arange(3.0) + epoch,
+                          "steps": np.arange(4, dtype=np.int16)}, epoch=epoch)
             rec.commit()
         rec.add("curve-xyz", np.linspace(0, 1, 20))
         rec.add("layers", {"alpha-member": np.ones(3), "b": np.zeros(2)})
+        rec.add("notes", {"who": "me"})  # kind json
         if status != "completed":
             rec.close(status, error="ValueError: boom-xyz")
     return rec.path
@@ -112,6 +114,16 @@ def change_last_byte(text: str, copies: int = 1) -> Callable[[bytearray], None]:
     return change
 
 
+def change_unique_text(text: str) -> Callable[[bytearray], None]:
+    """Change the last byte of *text*, stored once in the file (a text dataset: in the
+    global heap, or its raw data when it is a fixed-length string)."""
+    def change(data: bytearray) -> None:
+        raw = text.encode()
+        assert bytes(data).count(raw) == 1, text
+        data[bytes(data).index(raw) + len(raw) - 1] ^= 0x01
+    return change
+
+
 def assert_refused(path: Path, use: Callable[[recordkit.Record], Any], words: str) -> None:
     with pytest.raises(RecordDamagedError) as info:
         use(recordkit.load(path))
@@ -127,7 +139,9 @@ IDENTITY: dict[str, tuple[str, Callable[[recordkit.Record], Any], str, str]] = {
                     "/weights/encoder%2Ffc.weight", "completed"),
     "tensor name, read alone": ("encoder/fc.weight", lambda r: r.weight("encoder/fc.weight"),
                                 "/weights/encoder%2Ffc.weight", "completed"),
+    "tensor dtype": ("int16", lambda r: r.tensor_names, "/weights/steps", "completed"),
     "extra name": ("curve-xyz", lambda r: list(r.extras), "/extras/curve-xyz", "completed"),
+    "extra kind": ("json", lambda r: list(r.extras), "/extras/notes", "completed"),
     "member name of an extra": ("alpha-member", lambda r: r.extras["layers"],
                                 "/extras/layers/alpha-member", "completed"),
     "run name": ("my-run", lambda r: r, "'name'", "completed"),
@@ -160,7 +174,7 @@ def test_a_changed_byte_in_system_or_info_text_is_refused_by_verify(
     with h5py.File(original, "r") as f:
         text = f[key][()].decode()
     assert all(value in text for value in document.values())
-    path = damaged_copy(original, tmp_path, change_last_byte(text))
+    path = damaged_copy(original, tmp_path, change_unique_text(text))
     report = verify(path, isolate=False)
     assert not report.ok and any(f"the text of {key}" in p for p in report.problems), (
         report.problems)
@@ -176,7 +190,7 @@ def test_a_changed_byte_in_system_or_info_text_is_refused_by_load(
     original = records["completed"]
     with h5py.File(original, "r") as f:
         text = f[key][()].decode()
-    path = damaged_copy(original, tmp_path, change_last_byte(text))
+    path = damaged_copy(original, tmp_path, change_unique_text(text))
     with pytest.raises(RecordDamagedError, match=key):
         getattr(recordkit.load(path), key.lstrip("/"))
 
@@ -192,12 +206,12 @@ def _header_crc_at(data: bytes, path: Path) -> int:
 
 
 def _name_crc_at(data: bytes, path: Path, where: str) -> int:
-    """The 4 bytes of the name_crc32c attribute of *where*: its value, found after the
+    """The 4 bytes of the attrs_crc32c attribute of *where*: its value, found after the
     attribute's name in the object's header."""
     with h5py.File(path, "r") as f:
-        raw = np.uint32(f[where].attrs["name_crc32c"]).tobytes()
+        raw = np.uint32(f[where].attrs["attrs_crc32c"]).tobytes()
     found = [m.start() for m in re.finditer(re.escape(raw), data)
-             if b"name_crc32c" in data[max(0, m.start() - 120):m.start()]]
+             if b"attrs_crc32c" in data[max(0, m.start() - 120):m.start()]]
     assert len(found) == 1, found
     return found[0]
 
@@ -218,9 +232,9 @@ CRCS: dict[str, tuple[str, tuple[int, int], Callable[[recordkit.Record], Any], s
     "metric names: val/loss's CRC": ("metrics", (4 * 1 + 1, 1), lambda r: r.history,
                                      "metrics_crc32c"),
     "metric names: zeroed": ("metrics", (0, 8), lambda r: r.history, "metrics_crc32c"),
-    "tensor name's CRC": ("tensor", (0, 1), lambda r: r.tensor_names, "name_crc32c"),
-    "tensor name's CRC zeroed": ("tensor", (0, 4), lambda r: r.tensor_names, "name_crc32c"),
-    "extra name's CRC": ("extra", (3, 1), lambda r: list(r.extras), "name_crc32c"),
+    "tensor name's CRC": ("tensor", (0, 1), lambda r: r.tensor_names, "attrs_crc32c"),
+    "tensor name's CRC zeroed": ("tensor", (0, 4), lambda r: r.tensor_names, "attrs_crc32c"),
+    "extra name's CRC": ("extra", (3, 1), lambda r: list(r.extras), "attrs_crc32c"),
 }
 
 
@@ -257,7 +271,9 @@ def test_intact_records_load_and_verify(records: dict[str, Path], killed: Path) 
         "failed", "ValueError: boom-xyz", "my-run", "exp-ident")
     assert record.system == SYSTEM and record.info == INFO
     assert set(record.history) == {"train/acc", "val/loss"}
-    assert record.tensor_names == ["encoder/fc.weight", "fc.bias"]
+    assert record.tensor_names == ["encoder/fc.weight", "fc.bias", "steps"]
+    assert record.weight("steps")[2].dtype == np.int16
+    assert record.extras["notes"] == {"who": "me"}
 
 
 # --- killed runs (no summary) ----------------------------------------------------------

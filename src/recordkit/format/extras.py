@@ -31,7 +31,7 @@ from recordkit.format.layout import (
     VERSION_ATTR,
     escape_name,
 )
-from recordkit.format.weights import check_object_name, weight_chunks, write_name
+from recordkit.format.weights import check_object_name, sign_attrs, weight_chunks, write_name
 from recordkit.tensors import to_arrays
 
 __all__ = ["PreparedExtra", "extra_flags", "extra_keys", "prepare_extra", "read_extra",
@@ -174,9 +174,10 @@ def _write_array(group: h5py.Group, key: str, stored: np.ndarray, stored_dtype: 
         ds = group.create_dataset(key, data=stored)
         if stored.size:
             ds.attrs[CHECKSUM_ATTR] = _sha256(np.ascontiguousarray(stored).tobytes())
+    write_name(ds, name)
     ds.attrs[KIND_ATTR] = kind
     ds.attrs[DTYPE_ATTR] = stored_dtype
-    write_name(ds, name, version)
+    sign_attrs(ds, version)
 
 
 def write_extra(f: h5py.File, key: str | PreparedExtra, value: Any = None) -> list[str]:
@@ -208,19 +209,21 @@ def write_extra(f: h5py.File, key: str | PreparedExtra, value: Any = None) -> li
         return []
     if extra.kind in ("arrays", "dict"):
         sub = group.create_group(escaped)
+        write_name(sub, extra.key)
         sub.attrs[KIND_ATTR] = extra.kind
         for link, name, stored, stored_dtype in extra.arrays:
             _write_array(sub, link, stored, stored_dtype, name, "array", version)
-        write_name(sub, extra.key, version)  # last: the extra is whole once it has it
+        sign_attrs(sub, version)
         return []
     assert extra.text is not None
     write_text(group, escaped, extra.text)
     ds = group[escaped]
+    write_name(ds, extra.key)
     ds.attrs[KIND_ATTR] = "json"
     ds.attrs[CHECKSUM_ATTR] = _sha256(extra.text.encode("utf-8"))
     if extra.flagged:
         ds.attrs[UNSERIALISABLE_ATTR] = json.dumps(extra.flagged, ensure_ascii=False)
-    write_name(ds, extra.key, version)
+    sign_attrs(ds, version)
     return list(extra.flagged)
 
 
@@ -261,7 +264,10 @@ def read_extra(obj: h5py.HLObject) -> Any:
         _check_sha256(obj, text.encode("utf-8"))
         return loads_json(text)
     if kind == "arrays":
-        return [read_array(obj[k]) for k in sorted(obj, key=int)]
+        members = [(k, obj[k]) for k in sorted(obj, key=int)]
+        for k, member in members:
+            check_object_name(member, k, object_name(member), required=False)
+        return [read_array(member) for _, member in members]
     if kind == "dict":
         out = {}
         for k in obj:
@@ -278,7 +284,8 @@ def read_extra(obj: h5py.HLObject) -> Any:
 
 def extra_keys(f: h5py.File) -> dict[str, str]:
     """``{original name: link name}`` of every extra, each name checked (v2:
-    :func:`~.weights.check_object_name` against its CRC and its link name).
+    :func:`~.weights.check_object_name`: its name, kind and dtype against their CRC, its
+    link name against its name).
 
     Raises:
         RecordDamagedError: (v2) a name does not match its CRC or its link name.

@@ -15,6 +15,7 @@ from recordkit.errors import RecordDamagedError
 from recordkit.format.attrs import attr_str, read_attr, read_text, write_root_attrs, write_text
 from recordkit.format.checksums import CHECKSUM_DTYPE, crc32c, identity_crc
 from recordkit.format.extras import extra_keys
+from recordkit.format.files import flush
 from recordkit.format.history import HistoryTable
 from recordkit.format.layout import (
     EXTRAS,
@@ -127,7 +128,7 @@ def _announce(f: h5py.File, changes: Mapping[str, Any]) -> None:
     if np.array_equal(new, now):
         return  # nothing changes
     _write_crcs(f, new, settled)
-    f.flush()
+    flush(f)  # the writer's own flush (its order of blocks), no fsync
 
 
 def check_header_crcs(f: h5py.File, keys: tuple[str, ...] = _ROOT_KEYS, *,

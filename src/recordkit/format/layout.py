@@ -18,12 +18,12 @@ Layout of ``<root>/<experiment>/<run_id>.h5``::
     /snapshots              1-D compound (epoch i8, step i8, time f8): one row per snapshot
     /weights/<tensor>       (n_snapshots, *tensor_shape), snapshot axis first, growing
                             attrs: name, dtype, first_snapshot, checksum (v2),
-                                   name_crc32c (v2)
+                                   attrs_crc32c (v2)
     /checksums/<tensor>     (v2) uint32 (n_snapshots, chunks per snapshot): the CRC32C of
                             each stored chunk of the weight dataset of the same name
     /extras/<key>           what Recorder.add stored: a dataset, a group of datasets, or JSON
                             attrs: name, kind, dtype, sha256, unserialisable,
-                                   name_crc32c (v2)
+                                   attrs_crc32c (v2)
 
 Names of tensors and extras are escaped (see :func:`escape_name`) and the original
 name is kept in the ``name`` attribute of each object.
@@ -44,7 +44,7 @@ FORMAT_NAME = "recordkit"
 #: The version new records are written in. Version 2 (2026-12): weight chunks are written
 #: whole, without HDF5's fletcher32 filter, and each has a CRC32C in /checksums; extras
 #: arrays carry per-chunk CRC32Cs; a zeroed table row or metric name is damage; every
-#: string that names data has an identity CRC (header_crc32c, metrics_crc32c, name_crc32c).
+#: string that names data has an identity CRC (header_crc32c, metrics_crc32c, attrs_crc32c).
 FORMAT_VERSION = 2
 #: Every version a reader of this recordkit reads.
 READ_VERSIONS = (1, 2)
@@ -102,8 +102,11 @@ CRC32C_ATTR = "crc32c"
 #: what a zeroed chunk reads as, so it is damage. ``%`` alone never results from escaping.
 EMPTY_METRIC = "%"
 #: (v2) On a weight dataset and on each object of an extra: uint32, the identity CRC of
-#: its ``name`` attribute (as stored).
-NAME_CRC_ATTR = "name_crc32c"
+#: its string attributes :data:`ATTRS_CRC_COVERS`, as stored ("" for an absent one): its
+#: name, and what says how its data is read.
+ATTRS_CRC_ATTR = "attrs_crc32c"
+#: What :data:`ATTRS_CRC_ATTR` covers, in its order.
+ATTRS_CRC_COVERS = ("name", "kind", "dtype", "checksum")
 #: (v2) Root attribute: uint32 array of ``2 * len(HEADER_CRC_FIELDS) + 1``: the identity
 #: CRC of each of :data:`HEADER_CRC_FIELDS` now, the same before the last change of the
 #: header (a kill between the two leaves each value one or the other), and the CRC32C of

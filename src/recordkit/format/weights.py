@@ -44,12 +44,13 @@ from recordkit.format.chunks import read_chunk, write_chunk
 from recordkit.format.filters import ensure_readable
 from recordkit.format.history import check_rows
 from recordkit.format.layout import (
+    ATTRS_CRC_ATTR,
+    ATTRS_CRC_COVERS,
     CHECKSUMS,
     DEFAULT_CHUNK_BYTES,
     DTYPE_ATTR,
     FIRST_SNAPSHOT_ATTR,
     NAME_ATTR,
-    NAME_CRC_ATTR,
     SNAPSHOT_CHUNK_ROWS,
     SNAPSHOT_DTYPE,
     SNAPSHOTS,
@@ -62,48 +63,63 @@ from recordkit.format.layout import (
 
 __all__ = ["SnapshotPlan", "SnapshotStore", "SnapshotTarget", "StoredTensor", "TensorSpec",
            "check_checksummed_rows", "check_object_name", "no_rows", "read_last_snapshot",
-           "read_row", "read_rows", "read_table", "stored_tensor", "stored_tensors",
-           "weight_chunks", "write_name"]
+           "read_row", "read_rows", "read_table", "sign_attrs", "stored_tensor",
+           "stored_tensors", "weight_chunks", "write_name"]
 
 
-def write_name(obj: h5py.HLObject, name: str, version: int) -> None:
-    """The ``name`` attribute of a tensor or an extra (escaped for NUL and %) and, in
-    version 2, its identity CRC (``name_crc32c``): a string in the global heap has no
-    HDF5 checksum, and one changed byte read as another name."""
-    stored = escape_metric(name)
-    obj.attrs[NAME_ATTR] = stored
+def _attr_text(obj: h5py.HLObject, key: str) -> str:
+    value = read_attr(obj, key)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return "" if value is None else str(value)
+
+
+def _attrs_crc(obj: h5py.HLObject) -> int:
+    return identity_crc(*(_attr_text(obj, key) for key in ATTRS_CRC_COVERS))
+
+
+def write_name(obj: h5py.HLObject, name: str) -> None:
+    """The ``name`` attribute of a tensor or an extra: escaped for NUL and %."""
+    obj.attrs[NAME_ATTR] = escape_metric(name)
+
+
+def sign_attrs(obj: h5py.HLObject, version: int) -> None:
+    """(v2) The ``attrs_crc32c`` of a tensor or an extra, once its attributes are written:
+    the identity CRC of its name, kind, dtype and checksum attributes. A string in the
+    global heap has no HDF5 checksum: one changed byte read as another name, or as
+    another dtype (other numbers)."""
     if version >= 2:
-        obj.attrs[NAME_CRC_ATTR] = np.uint32(identity_crc(stored))
+        obj.attrs[ATTRS_CRC_ATTR] = np.uint32(_attrs_crc(obj))
 
 
 def check_object_name(obj: h5py.HLObject, key: str, name: str, *,
                       required: bool = True) -> None:
-    """(v2) The ``name`` attribute of a tensor or an extra against its ``name_crc32c``,
-    and its link name *key* against that name (*name*, as read: two copies of the name
-    in different places of the file); nothing for a version 1 file. Without *required*
-    (extras: a group of them may hold objects recordkit did not write), an object with
-    no ``name_crc32c`` has its link name compared alone, when it has a ``name``.
+    """(v2) The name, kind, dtype and checksum attributes of a tensor or an extra against
+    its ``attrs_crc32c``, and its link name *key* against its name (*name*, as read: two
+    copies of the name in different places of the file); nothing for a version 1 file.
+    Without *required* (extras: a group of them may hold objects recordkit did not
+    write), an object with no ``attrs_crc32c`` has its link name compared alone, when it
+    has a ``name``.
 
     Raises:
         RecordDamagedError: either does not match, or a version 2 object has no CRC.
     """
-    crc = read_attr(obj, NAME_CRC_ATTR)
+    crc = read_attr(obj, ATTRS_CRC_ATTR)
     stored = read_attr(obj, NAME_ATTR)
     if crc is None and (required or stored is not None) and int(read_attr(
             h5py.h5i.get_file_id(obj.id), VERSION_ATTR, 1)) < 2:
         return  # version 1: no CRC (docs/FORMAT.md)
     if crc is None and required:
-        what = f"has no {NAME_CRC_ATTR!r} attribute, which format version 2 writes"
+        what = f"has no {ATTRS_CRC_ATTR!r} attribute, which format version 2 writes"
     else:
-        text = (stored.decode("utf-8", "surrogateescape") if isinstance(stored, bytes)
-                else "" if stored is None else str(stored))
         try:
-            same = crc is None or identity_crc(text) == int(crc)
+            same = crc is None or _attrs_crc(obj) == int(crc)
         except (TypeError, ValueError):
             same = False
         if not same:
-            what = (f"has the name {text[:80]!r}, which does not match its CRC32C "
-                    f"({NAME_CRC_ATTR!r}: the stored bytes changed)")
+            what = (f"(named {_attr_text(obj, NAME_ATTR)[:80]!r} as read) has "
+                    f"{'/'.join(ATTRS_CRC_COVERS)} attributes that do not match their "
+                    f"CRC32C ({ATTRS_CRC_ATTR!r}: the stored bytes changed)")
         elif stored is not None and escape_name(name) != key:
             what = f"is named {name[:80]!r}, which its link name does not match"
         else:
@@ -357,13 +373,14 @@ class SnapshotStore:
             compression=self._compression,
             compression_opts=self._compression_opts,
         )
+        write_name(ds, name)
         ds.attrs[DTYPE_ATTR] = stored_dtype
         ds.attrs[FIRST_SNAPSHOT_ATTR] = first_snapshot
-        write_name(ds, name, version)
         if version >= 2:
             per_row = grid_size(shape, chunks[1:])
             checked = self._checksum and per_row > 0
             ds.attrs[WEIGHT_CHECKSUM_ATTR] = "crc32c" if checked else "none"
+            sign_attrs(ds, version)
             if checked:
                 f.require_group(CHECKSUMS).create_dataset(
                     key, shape=(0, per_row), maxshape=(None, per_row), dtype=CHECKSUM_DTYPE,
@@ -518,11 +535,12 @@ def stored_tensor(weights: h5py.Group, key: str, table_rows: int
                   ) -> tuple[str, StoredTensor]:
     """The tensor under link name *key* of *weights* (``/weights``): its original name and
     what a reader needs of it (one tensor, without listing the others). In version 2 the
-    name of a tensor the table lists is checked (:func:`check_object_name`); one it does
-    not list (a kill cut its first snapshot) is never read.
+    name and dtype of a tensor the table lists are checked (:func:`check_object_name`);
+    one it does not list (a kill cut its first snapshot) is never read.
 
     Raises:
-        RecordDamagedError: (v2) its name does not match its CRC or its link name.
+        RecordDamagedError: (v2) its attributes do not match their CRC, or its name its
+            link name.
     """
     ds = weights[key]
     first = int(read_attr(ds, FIRST_SNAPSHOT_ATTR, 0))
