@@ -63,9 +63,9 @@ from recordkit.format.weights import read_table, stored_tensor, stored_tensors
 from recordkit.locking import is_locked
 from recordkit.repair import damage_hint, has_hdf5_signature, open_with_patched_eof
 
-__all__ = ["PARTS", "Opened", "check_params_hash", "open_record", "read_closed_summary",
-           "read_consistently", "read_info_alone", "read_lazily", "read_opened", "read_parts",
-           "read_tensor", "reading"]
+__all__ = ["PARTS", "Opened", "check_params_hash", "open_record", "out_of_memory",
+           "read_closed_summary", "read_consistently", "read_info_alone", "read_lazily",
+           "read_opened", "read_parts", "read_tensor", "reading"]
 
 T = TypeVar("T")
 
@@ -156,6 +156,29 @@ def read_closed_summary(path: Path) -> dict[str, Any] | None:
         fid.close()
 
 
+def out_of_memory(path: Path, err: BaseException, what: str = "") -> RecordkitError:
+    """The error for a read that ran out of memory (a ``MemoryError``, or HDF5 failing to
+    allocate): it names the file and what was read, and what to do."""
+    cause = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    return RecordkitError(
+        f"{str(path)!r}: reading {what or 'it'} needs more memory than this process may "
+        f"allocate ({cause}); free memory, raise the process's memory limit, or read "
+        "less at a time (one tensor or one snapshot: record.weight(name)[i]). A file from "
+        "a stranger may claim sizes it does not hold: the bound on what compressed data "
+        "may expand to is max_read_bytes= of recordkit.load (or "
+        "$RECORDKIT_MAX_READ_BYTES)")
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    """Whether *err* says an allocation failed (Python's, or HDF5's own)."""
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, (OSError, RuntimeError, ValueError)) and (
+        "memory allocation failed" in text or "unable to allocate" in text
+        or "out of memory" in text)
+
+
 def check_params_hash(path: Path, text: str, stored: str) -> None:
     """The params text carries no HDF5 checksum; its hash in the root attribute
     ``params_hash`` is one. A mismatch is damage, never params read as other values.
@@ -194,12 +217,16 @@ class Opened:
     walked: int
 
 
-def read_opened(f: RecordFile, path: Path) -> Opened:
+def read_opened(f: RecordFile, path: Path, *, max_read_bytes: int | None = None,
+                check_params: bool = True) -> Opened:
     """What opening a record reads, whatever else the file holds: the root group's links
     (hard links only) and attributes (their sizes, then their values, once), the format
     and run fields, any root object recordkit does not write (checked in full: nothing
     reads it, and no check of a part would reach it), and the params (their hash
-    compared). Every other part is checked when :func:`read_parts` first reads it.
+    compared, unless *check_params* is false: the caller compares it before it decodes
+    them, :func:`check_params_hash`). Every other part is checked when
+    :func:`read_parts` first reads it. *max_read_bytes* is the cap on what one read of
+    compressed data may expand to (:func:`~recordkit.format.safety.max_read_bytes`).
 
     Raises:
         UnsafeRecordError: the root, the params or an object unknown to recordkit
@@ -228,11 +255,17 @@ def read_opened(f: RecordFile, path: Path) -> Opened:
     walked = len(names)
     for name in names:
         if name not in RECORD_OBJECTS:
-            walked += check_object(f, name, path, limit=MAX_OBJECTS - walked)
-    walked += check_object(f, PARAMS, path, limit=MAX_OBJECTS - walked)
+            walked += check_object(f, name, path, limit=MAX_OBJECTS - walked,
+                                   max_read_bytes=max_read_bytes)
+    walked += check_object(f, PARAMS, path, limit=MAX_OBJECTS - walked,
+                           max_read_bytes=max_read_bytes)
     fields = {key: _text(attrs.get(key, "")) for key in RUN_FIELDS}
-    params_text, unserialisable = read_params(f)
-    check_params_hash(path, params_text, fields["params_hash"])
+    try:
+        params_text, unserialisable = read_params(f)
+    except MemoryError as err:
+        raise out_of_memory(path, err, f"the params (/{PARAMS})") from None
+    if check_params:
+        check_params_hash(path, params_text, fields["params_hash"])
     return Opened(fields, version, params_text, unserialisable, walked)
 
 
@@ -242,7 +275,8 @@ PARTS = ("system", "info", "history", "snapshots", "tensors", "extras")
 
 
 def read_parts(f: RecordFile, path: Path, parts: Iterable[str], *, snapshots: Any = None,
-               walked: int = 0) -> tuple[dict[str, Any], int]:
+               walked: int = 0, max_read_bytes: int | None = None
+               ) -> tuple[dict[str, Any], int]:
     """Each of *parts* (names of :data:`PARTS`), each after the safety checks of its
     objects (:func:`~recordkit.format.safety.check_object`: links, attribute and
     dataset headers, of everything under it) and of its layout: ``system`` and ``info``
@@ -253,6 +287,7 @@ def read_parts(f: RecordFile, path: Path, parts: Iterable[str], *, snapshots: An
     *walked* is the number of links the checks made before this call walked (of the root
     and of other parts): all of them together stay under
     :data:`~recordkit.format.safety.MAX_OBJECTS`, as the walk of the whole file did.
+    *max_read_bytes* is the cap on what one read of compressed data may expand to.
 
     Returns:
         The value of each part read (``snapshots`` too when the tensors needed it), and
@@ -261,37 +296,57 @@ def read_parts(f: RecordFile, path: Path, parts: Iterable[str], *, snapshots: An
     Raises:
         UnsafeRecordError: a part reaches outside the file or claims more than it holds.
         RecordDamagedError: a part lost its layout.
+        RecordkitError: reading a part ran out of memory (which part, in the message).
     """
     wanted = set(parts)
     if "tensors" in wanted and snapshots is None:
         wanted.add("snapshots")
     out: dict[str, Any] = {}
+    cap = max_read_bytes
     for part in PARTS:
         if part not in wanted:
             continue
-        if part in ("system", "info"):
-            name = SYSTEM if part == "system" else INFO
-            walked += check_object(f, name, path, limit=MAX_OBJECTS - walked)
-            out[part] = loads_json(read_text(f, name) or "{}")
-        elif part == "history":
-            walked += check_object(f, HISTORY, path, limit=MAX_OBJECTS - walked)
-            check_history_layout(f, path)
-            out[part] = read_history(f)
-        elif part == "snapshots":
-            walked += check_object(f, SNAPSHOTS, path, limit=MAX_OBJECTS - walked)
-            check_snapshots_layout(f, path)
-            out[part] = snapshots = read_table(f)
-        elif part == "tensors":
-            rows = len(snapshots)
-            for name in WEIGHT_OBJECTS:
-                walked += check_object(f, name, path, table_rows=rows,
-                                       limit=MAX_OBJECTS - walked)
-            check_weights_layout(f, path)
-            out[part] = stored_tensors(f, rows)
-        elif part == "extras":
-            walked += check_object(f, EXTRAS, path, limit=MAX_OBJECTS - walked)
-            out[part] = extra_keys(f)
+        try:
+            if part in ("system", "info"):
+                name = SYSTEM if part == "system" else INFO
+                walked += check_object(f, name, path, limit=MAX_OBJECTS - walked,
+                                       max_read_bytes=cap)
+                out[part] = loads_json(read_text(f, name) or "{}")
+            elif part == "history":
+                walked += check_object(f, HISTORY, path, limit=MAX_OBJECTS - walked,
+                                       max_read_bytes=cap)
+                check_history_layout(f, path)
+                out[part] = read_history(f)
+            elif part == "snapshots":
+                walked += check_object(f, SNAPSHOTS, path, limit=MAX_OBJECTS - walked,
+                                       max_read_bytes=cap)
+                check_snapshots_layout(f, path)
+                out[part] = snapshots = read_table(f)
+            elif part == "tensors":
+                rows = len(snapshots)
+                for name in WEIGHT_OBJECTS:
+                    walked += check_object(f, name, path, table_rows=rows,
+                                           limit=MAX_OBJECTS - walked, max_read_bytes=cap)
+                check_weights_layout(f, path)
+                out[part] = stored_tensors(f, rows)
+            elif part == "extras":
+                walked += check_object(f, EXTRAS, path, limit=MAX_OBJECTS - walked,
+                                       max_read_bytes=cap)
+                out[part] = extra_keys(f)
+        except RecordkitError:
+            raise
+        except Exception as err:
+            if _is_out_of_memory(err):
+                raise out_of_memory(path, err, f"its {_PART_OBJECTS[part]}") from None
+            raise
     return out, walked
+
+
+#: What each part is, for messages.
+_PART_OBJECTS = {"system": f"system info (/{SYSTEM})", "info": f"run facts (/{INFO})",
+                 "history": f"history (/{HISTORY})",
+                 "snapshots": f"snapshot table (/{SNAPSHOTS})",
+                 "tensors": f"list of tensors (/{WEIGHTS})", "extras": f"extras (/{EXTRAS})"}
 
 
 def read_consistently(path: Path, read: Callable[[RecordFile], T]) -> T:
@@ -314,6 +369,8 @@ def read_consistently(path: Path, read: Callable[[RecordFile], T]) -> T:
         except RecordkitError:
             raise
         except Exception as err:
+            if _is_out_of_memory(err):
+                raise out_of_memory(path, err) from None
             if is_locked(path):
                 last_error = RecordBusyError(
                     f"{str(path)!r} is being written by another process and could "
@@ -330,11 +387,13 @@ def read_consistently(path: Path, read: Callable[[RecordFile], T]) -> T:
 
 
 @contextlib.contextmanager
-def reading(path: Path, held: RecordFile | None = None) -> Iterator[RecordFile]:
-    """The record for one lazy read: *held* when it is open (a ``with record:`` block),
-    else opened for this read only (a handle left open would clash with plain h5py in
-    this process). Damage found by the read (e.g. a fletcher32 checksum) is a
-    RecordDamagedError that says where and what."""
+def reading(path: Path, held: RecordFile | None = None, what: str = ""
+            ) -> Iterator[RecordFile]:
+    """The record for one lazy read (of *what*, for messages): *held* when it is open (a
+    ``with record:`` block), else opened for this read only (a handle left open would
+    clash with plain h5py in this process). Damage found by the read (e.g. a fletcher32
+    checksum) is a RecordDamagedError that says where and what; running out of memory
+    a RecordkitError that says what was read."""
     try:
         if is_open(held):
             assert held is not None
@@ -344,7 +403,11 @@ def reading(path: Path, held: RecordFile | None = None) -> Iterator[RecordFile]:
             yield f
     except RecordkitError:
         raise
+    except MemoryError as err:
+        raise out_of_memory(path, err, what) from None
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+        if _is_out_of_memory(err):
+            raise out_of_memory(path, err, what) from None
         raise RecordDamagedError(
             f"{str(path)!r} is damaged: reading it failed with "
             f"{type(err).__name__}: {err}; {damage_hint(path, err)}"
@@ -352,7 +415,8 @@ def reading(path: Path, held: RecordFile | None = None) -> Iterator[RecordFile]:
 
 
 def read_tensor(f: RecordFile, path: Path, name: str, *, snapshots: Any = None,
-                walked: int = 0) -> tuple[Any, Any, int]:
+                walked: int = 0, max_read_bytes: int | None = None
+                ) -> tuple[Any, Any, int]:
     """One tensor, by its original name, without listing the others: the member of
     ``/weights`` (and of what format version 2 keeps beside it) that recordkit names
     after it (:func:`~recordkit.format.layout.escape_name`), after the safety checks of
@@ -370,13 +434,14 @@ def read_tensor(f: RecordFile, path: Path, name: str, *, snapshots: Any = None,
         RecordDamagedError: the table or the dataset lost its layout.
     """
     if snapshots is None:
-        values, walked = read_parts(f, path, ("snapshots",), walked=walked)
+        values, walked = read_parts(f, path, ("snapshots",), walked=walked,
+                                    max_read_bytes=max_read_bytes)
         snapshots = values["snapshots"]
     key = escape_name(name)
     rows = len(snapshots)
     for group in WEIGHT_OBJECTS:
         checked = check_member(f, group, key, path, table_rows=rows,
-                               limit=MAX_OBJECTS - walked)
+                               limit=MAX_OBJECTS - walked, max_read_bytes=max_read_bytes)
         if group == WEIGHTS and checked is None:
             return None, snapshots, walked  # not there: the full listing says what is
         walked += checked or 0
@@ -403,6 +468,8 @@ def read_lazily(path: Path, held: RecordFile | None, read: Callable[[RecordFile]
         except RecordkitError:
             raise
         except Exception as err:
+            if _is_out_of_memory(err):
+                raise out_of_memory(path, err) from None
             if not is_locked(path):
                 raise RecordDamagedError(
                     f"{str(path)!r} is damaged: {type(err).__name__}: {err}; "

@@ -16,15 +16,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recordkit.codec import decode_params, flatten_params, loads_json, params_hash
-from recordkit.errors import RecordkitError
+from recordkit.errors import RecordDamagedError, RecordkitError
 from recordkit.format.files import RecordFile, close, is_open
 from recordkit.format.layout import RUN_FIELDS
+from recordkit.format.safety import max_read_bytes as _read_cap
 from recordkit.format.summary import metric_summary
 from recordkit.format.weights import StoredTensor, read_row
 from recordkit.headercache import FullHeader, full_header_from_state, full_header_state, json_exact
 from recordkit.locking import is_locked
 from recordkit.opening import (
     PARTS,
+    check_params_hash,
     open_record,
     read_closed_summary,
     read_consistently,
@@ -46,6 +48,20 @@ __all__ = ["Record", "load"]
 _IMMUTABLE = (str, int, float, bool, type(None), np.generic)
 
 
+def _copied(value: Any) -> Any:
+    """A deep copy of decoded JSON (dicts and lists of plain values, each container
+    held once): immutable values shared, other values deep-copied. ``copy.deepcopy``
+    of the params of a million keys took 2 s."""
+    if isinstance(value, _IMMUTABLE):
+        return value
+    if type(value) is dict:
+        return {key: item if isinstance(item, _IMMUTABLE) else _copied(item)
+                for key, item in value.items()}
+    if type(value) is list:
+        return [item if isinstance(item, _IMMUTABLE) else _copied(item) for item in value]
+    return copy.deepcopy(value)
+
+
 #: The attribute of a Record that holds each part read on first use
 #: (:data:`recordkit.opening.PARTS`).
 _PART_ATTRS = {"system": "_system", "info": "_info", "history": "_history",
@@ -61,6 +77,8 @@ class Record:
 
     Use :func:`recordkit.load` to get one. Each lazy read opens the file for that read;
     inside ``with record:`` the file stays open for the block (faster for many reads).
+    The params are decoded (and their hash compared) on first use too: a document of a
+    million keys takes seconds to parse.
     """
 
     #: What a read of the file's root sets; a record opened from its summary (or from
@@ -71,6 +89,7 @@ class Record:
     # from_cache_state); until then __getattr__ reads them on first use.
     _format_version: int
     _params_text: str
+    _params: dict[str, Any]
     _walked: int
     _system: Any
     _info: Any
@@ -79,17 +98,23 @@ class Record:
     _tensors: dict[str, StoredTensor]
     _extra_keys: dict[str, str]
 
-    def __init__(self, path: str | os.PathLike[str], *, lazy: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, lazy: bool = False,
+                 max_read_bytes: int | None = None) -> None:
         """Open a record: its root (run fields, format) and params, with the safety
         checks of those; the rest on first use. With *lazy*, a closed run is opened from
         its one-attribute summary (run fields, params, metric summaries) instead: what
-        ``load_all`` does to stay fast on thousands of runs."""
+        ``load_all`` does to stay fast on thousands of runs (and the params of a run
+        opened from its root are checked at once, so that a damaged one is skipped).
+        *max_read_bytes*: see :func:`load`."""
         self._path = Path(path)
         self._h5: RecordFile | None = None
         self._summary: dict[str, Any] | None = None
+        self._max_read_bytes = _read_cap(max_read_bytes, caller="load")
         if lazy and self._read_summary():
             return
         self._read_full()
+        if lazy:
+            self._params  # noqa: B018 - decoded and checked now
 
     def _read_summary(self) -> bool:
         """The fast path of a closed run: the root's ``summary`` attribute (and the
@@ -118,6 +143,11 @@ class Record:
         # Called only for attributes not set: a part not read yet, or the root of a
         # record opened from its summary.
         if "_path" in self.__dict__:
+            if name == "_params":
+                if "_params_text" not in self.__dict__:
+                    self._read_full()
+                self._params = self._decoded_params()
+                return self._params
             if name in Record._ROOT_FIELDS:
                 self._read_full()
                 return self.__dict__[name]
@@ -130,14 +160,32 @@ class Record:
     def _read_full(self) -> None:
         """Read the root of the file (run fields, format) and the params, with their
         safety checks; what the summary said is superseded."""
-        opened = read_consistently(self._path, lambda f: read_opened(f, self._path))
+        opened = read_consistently(self._path, lambda f: read_opened(
+            f, self._path, max_read_bytes=self._max_read_bytes, check_params=False))
         self._summary = None
         self._fields = opened.fields
         self._format_version = opened.format_version
         self._params_text = opened.params_text
-        self._params = decode_params(opened.params_text)
+        self.__dict__.pop("_params", None)  # decoded from this text on first use
         self._unserialisable = opened.unserialisable
         self._walked = opened.walked
+
+    def _decoded_params(self) -> dict[str, Any]:
+        """The params text read with the root, its hash compared, decoded.
+
+        Raises:
+            RecordDamagedError: the text does not match its hash, or is not a params
+                document.
+        """
+        text = self._params_text
+        check_params_hash(self._path, text, self._fields["params_hash"])
+        try:
+            return decode_params(text)
+        except (ValueError, TypeError, KeyError, RecursionError) as err:
+            raise RecordDamagedError(
+                f"{str(self._path)!r} is damaged: its params (/params) are not a params "
+                f"document ({type(err).__name__}: {err}); run `recordkit verify` on it"
+            ) from None
 
     def _read_parts(self, parts: tuple[str, ...]) -> None:
         """Read the parts not read yet among *parts* (and the snapshot table the tensors
@@ -149,7 +197,8 @@ class Record:
             return
         snapshots = self.__dict__.get("_snapshots")
         values, walked = read_lazily(self._path, self._h5, lambda f: read_parts(
-            f, self._path, missing, snapshots=snapshots, walked=self._walked))
+            f, self._path, missing, snapshots=snapshots, walked=self._walked,
+            max_read_bytes=self._max_read_bytes))
         self._walked = walked
         for part, value in values.items():
             if _PART_ATTRS[part] not in self.__dict__:
@@ -187,9 +236,10 @@ class Record:
         return state
 
     @classmethod
-    def from_cache_state(cls, path: str | os.PathLike[str], state: Mapping[str, Any]
-                         ) -> Record:
-        """The record *path* held when :meth:`cache_state` gave *state*.
+    def from_cache_state(cls, path: str | os.PathLike[str], state: Mapping[str, Any], *,
+                         max_read_bytes: int | None = None) -> Record:
+        """The record *path* held when :meth:`cache_state` gave *state* (*max_read_bytes*:
+        see :func:`load`, for what is read of it later).
 
         Raises:
             KeyError, TypeError, ValueError: *state* is not one :meth:`cache_state` gives.
@@ -198,6 +248,7 @@ class Record:
         record._path = path if isinstance(path, Path) else Path(path)
         record._h5 = None
         record._summary = None
+        record._max_read_bytes = _read_cap(max_read_bytes, caller="load_all")
         # As cache_state wrote them: load_all checks the run fields (check_fields) of
         # every record it returns, cached or not.
         record._fields = dict(state["fields"])
@@ -276,7 +327,7 @@ class Record:
 
     @property
     def params(self) -> dict[str, Any]:
-        return copy.deepcopy(self._params)
+        return _copied(self._params)
 
     def flat_params(self) -> dict[str, Any]:
         """The params flattened to dotted keys (``{"optimizer.lr": 0.1}``), a new dict;
@@ -293,7 +344,7 @@ class Record:
         flat = flatten_params(self._params)
         for key, value in flat.items():
             if not isinstance(value, _IMMUTABLE):
-                flat[key] = copy.deepcopy(value)
+                flat[key] = _copied(value)
         return flat
 
     @property
@@ -316,12 +367,12 @@ class Record:
 
     @property
     def system(self) -> dict[str, Any]:
-        return copy.deepcopy(self._system)
+        return _copied(self._system)
 
     @property
     def info(self) -> dict[str, Any]:
         """Facts about the run written by the integrations (trainer, optimizer, model)."""
-        return copy.deepcopy(self._info)
+        return _copied(self._info)
 
     @property
     def format_version(self) -> int:
@@ -403,7 +454,8 @@ class Record:
             self._read_full()
         snapshots = self.__dict__.get("_snapshots")
         tensor, table, walked = read_lazily(self._path, self._h5, lambda f: read_tensor(
-            f, self._path, name, snapshots=snapshots, walked=self._walked))
+            f, self._path, name, snapshots=snapshots, walked=self._walked,
+            max_read_bytes=self._max_read_bytes))
         self._walked = walked
         self.__dict__.setdefault("_snapshots", table)
         if tensor is not None:
@@ -425,7 +477,7 @@ class Record:
                            f"snapshot epochs: {epochs}")
         out: dict[str, np.ndarray] = {}
         tensors = self._tensors  # read (and checked) before the file is opened for the rows
-        with self._file() as f:
+        with self._file(f"the snapshot at epoch {self.snapshot_epochs[index]}") as f:
             for name, tensor in tensors.items():
                 row = tensor.row(index)
                 if row is not None:
@@ -468,10 +520,11 @@ class Record:
 
     # --- file handle ---------------------------------------------------------------------
 
-    def _file(self) -> contextlib.AbstractContextManager[RecordFile]:
-        """The open file for one lazy read: the one a ``with record:`` block keeps open,
-        else opened for this read only (see :func:`recordkit.opening.reading`)."""
-        return reading(self._path, self._h5)
+    def _file(self, what: str = "") -> contextlib.AbstractContextManager[RecordFile]:
+        """The open file for one lazy read (of *what*, for messages): the one a ``with
+        record:`` block keeps open, else opened for this read only (see
+        :func:`recordkit.opening.reading`)."""
+        return reading(self._path, self._h5, what)
 
     def close(self) -> None:
         """Release the file handle a ``with`` block keeps open. Safe to call twice."""
@@ -516,13 +569,25 @@ class Record:
         return sorted(seen)
 
 
-def load(path_or_run_id: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
-         ) -> Record:
+def load(path_or_run_id: str | os.PathLike[str], root: str | os.PathLike[str] | None = None,
+         *, max_read_bytes: int | None = None) -> Record:
     """Open one record: a path, or a run id (or a unique prefix of one) under *root*.
+
+    Args:
+        path_or_run_id: the record's path, or its run id (or a unique prefix) under *root*.
+        root: the folder of records a run id is looked up in.
+        max_read_bytes: the most bytes one read of compressed data may expand to beyond
+            8 times the file's size (a decompression bomb is refused before it is read);
+            by default ``$RECORDKIT_MAX_READ_BYTES``, else 1 GiB. Raise it for a trusted
+            record of very compressible data. Reads of uncompressed data are bounded by
+            the file's size whatever the cap.
 
     Raises:
         RecordNotFoundError: nothing at that path, or no such run under root.
         NotARecordError: the file is not a record.
         RecordDamagedError: the file is a damaged record.
+        UnsafeRecordError: the file reaches outside itself or claims more than it holds
+            (checked, part by part, on the first read of each).
+        ValueError: *max_read_bytes* is not a positive int.
     """
-    return Record(resolve_path(path_or_run_id, root))
+    return Record(resolve_path(path_or_run_id, root), max_read_bytes=max_read_bytes)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 
 from recordkit.errors import RecordkitError, RecordkitWarning, RecordNotFoundError
-from recordkit.format.safety import check_fields
+from recordkit.format.safety import MAX_READ_BYTES, check_fields
+from recordkit.format.safety import max_read_bytes as max_read_bytes_of
 from recordkit.headercache import HeaderCache, cache_enabled
 from recordkit.paths import record_files
 from recordkit.progress import with_progress
@@ -360,7 +361,8 @@ def summary_row(record: Record) -> dict[str, Any]:
 
 
 def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = None,
-             *, cache: bool = True, progress: bool = False) -> RecordSet:
+             *, cache: bool = True, progress: bool = False,
+             max_read_bytes: int | None = None) -> RecordSet:
     """Every record under *root* (or under one experiment), oldest first.
 
     Files that cannot be read are left out with a warning naming each, and listed in
@@ -376,10 +378,17 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
             folder of records, so a folder from a stranger cannot bring its own; the
             variable ``RECORDKIT_CACHE=0`` turns it off.
         progress: show a progress bar (tqdm, when installed) on stderr.
+        max_read_bytes: the most bytes one read of compressed data may expand to beyond
+            8 times its file's size, for every record (see :func:`recordkit.load`); by
+            default ``$RECORDKIT_MAX_READ_BYTES``, else 1 GiB. The header cache holds
+            records checked with the default cap only: under another one, every file
+            is read.
 
     Raises:
         RecordNotFoundError: *root* (or the experiment folder) does not exist.
+        ValueError: *max_read_bytes* is not a positive int.
     """
+    cap = max_read_bytes_of(max_read_bytes, caller="load_all")
     base = Path(root)
     if base.is_file():
         raise RecordNotFoundError(f"{str(base)!r} is a file, not a folder of records; "
@@ -391,7 +400,7 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
         raise RecordNotFoundError(
             f"no experiment {experiment!r} under {str(base)!r}; experiments: {known}"
         )
-    use_cache = cache and cache_enabled()
+    use_cache = cache and cache_enabled() and cap == MAX_READ_BYTES
     caches: dict[Path, HeaderCache] = {}
     records, skipped = [], []
     files = record_files(base, experiment)
@@ -403,10 +412,10 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
             if header_cache is None:
                 header_cache = caches[path.parent] = HeaderCache(path.parent)
         try:
-            record = _cached(header_cache, path)
+            record = _cached(header_cache, path, cap)
             cached = record is not None
             if record is None:
-                record = Record(path, lazy=True)
+                record = Record(path, lazy=True, max_read_bytes=cap)
             # The run fields of a run opened from its summary were not checked with the
             # root attributes: a forged summary is refused here, not by a property later.
             check_fields(record.fields, path)
@@ -422,13 +431,13 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
     return RecordSet(records, skipped=skipped)
 
 
-def _cached(header_cache: HeaderCache | None, path: Path) -> Record | None:
+def _cached(header_cache: HeaderCache | None, path: Path, cap: int) -> Record | None:
     """The record as the header cache kept it, or None (no cache, nothing kept, the file
     changed since, or an entry this recordkit cannot use: the file is read instead)."""
     state = header_cache.get(path) if header_cache is not None else None
     if state is None:
         return None
     try:
-        return Record.from_cache_state(path, state)
+        return Record.from_cache_state(path, state, max_read_bytes=cap)
     except Exception:
         return None

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Extras", "History", "TensorHistory", "require_pandas"]
 
-#: Opens the record for one lazy read (``Record._file``).
-Reading = Callable[[], AbstractContextManager[RecordFile]]
+#: Opens the record for one lazy read (``Record._file``), given what is read (for the
+#: message of a read that runs out of memory).
+Reading = Callable[[str], AbstractContextManager[RecordFile]]
 
 
 class History(Mapping[str, np.ndarray]):
@@ -135,13 +136,13 @@ class TensorHistory:
             positions = range(*index.indices(n))
             if not positions:  # nothing to read: the file is not opened
                 return no_rows(self._tensor)
-            with self._reading() as f:
+            with self._reading(f"{len(positions)} snapshots of tensor {self.name!r}") as f:
                 return read_rows(f, self._tensor, positions, self._path)
         i = int(index)
         if not -n <= i < n:
             raise IndexError(f"snapshot index {i} out of range: tensor {self.name!r} has "
                              f"{n} snapshots (epochs {self.epochs.tolist()[:10]})")
-        with self._reading() as f:
+        with self._reading(f"snapshot {i % n} of tensor {self.name!r}") as f:
             return read_row(f, self._tensor, i % n, self._path)
 
     def at(self, epoch: int) -> np.ndarray:
@@ -166,7 +167,7 @@ class Extras(Mapping[str, Any]):
         except KeyError:
             known = ", ".join(repr(k) for k in self._keys) or "none"
             raise KeyError(f"no extra {key!r}; extras: {known}") from None
-        with self._reading() as f:
+        with self._reading(f"the extra {key!r}") as f:
             return read_extra_at(f, link)
 
     def __iter__(self) -> Iterator[str]:
@@ -181,7 +182,7 @@ class Extras(Mapping[str, Any]):
         if not self._keys:
             return {}
         out: dict[str, list[str]] = {}
-        with self._reading() as f:
+        with self._reading("the flags of the extras") as f:
             for name, link in self._keys.items():
                 keys = extra_flags_at(f, link)
                 if keys:

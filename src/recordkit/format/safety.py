@@ -10,9 +10,17 @@ the file claims. :func:`check_file` walks every link and dataset header of a fil
   could be any local file, h5py#2891);
 - virtual datasets whose sources are in another file;
 - datasets whose one read (a whole dataset, or one snapshot of a weight) claims more bytes
-  than the file could hold (:func:`read_limit`), so a crafted shape is never allocated;
+  than the file could hold (:func:`read_limit`), so a crafted shape is never allocated: a
+  variable-length element (a string) counts as the 16 bytes of its descriptor at least,
+  and compressed data may expand past what the file holds only up to an absolute cap
+  (:data:`MAX_READ_BYTES`, which ``max_read_bytes=`` of :func:`recordkit.load` and
+  :func:`recordkit.load_all`, or ``$RECORDKIT_MAX_READ_BYTES``, raise);
 - attributes longer than :data:`MAX_ATTR_BYTES`;
-- more than :data:`MAX_OBJECTS` links.
+- more than :data:`MAX_OBJECTS` links, or groups nested more than :data:`MAX_DEPTH` deep.
+
+Every walk is recordkit's own, one group at a time (``H5Literate``), never HDF5's
+recursive visit (``H5Lvisit``, ``H5Ovisit``), which overflows the C stack on a file of
+10,000 nested groups (issue 17): no nesting of a file can crash it.
 
 :class:`~recordkit.Record` makes the same checks object by object, each before the
 object is first touched, so that opening a record costs the same whatever it holds: when
@@ -62,11 +70,12 @@ from recordkit.format.layout import (
     WEIGHTS,
 )
 
-__all__ = ["MAX_ATTR_BYTES", "MAX_OBJECTS", "RECORD_OBJECTS", "WEIGHT_OBJECTS",
+__all__ = ["MAX_ATTR_BYTES", "MAX_DEPTH", "MAX_OBJECTS", "MAX_READ_BYTES",
+           "MAX_READ_BYTES_VARIABLE", "RECORD_OBJECTS", "VLEN_ELEMENT_BYTES", "WEIGHT_OBJECTS",
            "check_dataset", "check_fields", "check_file", "check_header",
            "check_history_layout", "check_layout", "check_links", "check_member",
            "check_object", "check_root", "check_root_links", "check_snapshots_layout",
-           "check_weights_layout", "read_limit", "read_root_attrs"]
+           "check_weights_layout", "max_read_bytes", "read_limit", "read_root_attrs"]
 
 #: An attribute longer than this is refused (recordkit's own stay under 64 KiB; the
 #: ``restarts`` list of a run resumed a thousand times is about 100 KiB).
@@ -74,6 +83,10 @@ MAX_ATTR_BYTES = 1 << 20
 #: A record with more links than this is refused instead of walked (a file can hold
 #: millions of empty groups that each cost a little to visit).
 MAX_OBJECTS = 200_000
+#: Groups nested deeper than this under the root are refused instead of walked (recordkit
+#: writes three levels at most, ``/extras/<name>/<key>``; HDF5's own recursive walk
+#: crashed the process at about 10,000).
+MAX_DEPTH = 64
 #: The root objects that hold the weights: ``/weights`` and, in format version 2, the
 #: CRC32Cs of their chunks (``/checksums``).
 WEIGHT_OBJECTS = (WEIGHTS, CHECKSUMS)
@@ -89,6 +102,25 @@ SMALL_READ = 16 << 20
 #: gzip's best case is about 1032:1; a compressed dataset claiming more than this ratio
 #: over the whole file is a decompression bomb.
 MAX_COMPRESSION_RATIO = 1100
+#: Compressed data may always expand to this many times the file's size (weights compress
+#: 1.1-3 times; a record of one snapshot of a large tensor must stay readable).
+PLAIN_COMPRESSION_RATIO = 8
+#: The most bytes one read of compressed data may produce beyond what
+#: :data:`PLAIN_COMPRESSION_RATIO` allows, unless raised (issue 17: a 2 MB file of gzip
+#: data could claim 2 GB within the ratio bound): ``max_read_bytes=`` of
+#: :func:`recordkit.load` / :func:`recordkit.load_all`, or the environment variable
+#: :data:`MAX_READ_BYTES_VARIABLE`.
+MAX_READ_BYTES = 1 << 30
+#: The environment variable that sets the cap (a number of bytes) when no
+#: ``max_read_bytes=`` is given.
+MAX_READ_BYTES_VARIABLE = "RECORDKIT_MAX_READ_BYTES"
+#: What one variable-length element (a string, a sequence) counts at least: its
+#: descriptor in the file (length, heap address, heap index) and its memory (a pointer and
+#: a length, or a Python object), so an unallocated dataset of 2**31 strings claims 32 GiB,
+#: not nothing.
+VLEN_ELEMENT_BYTES = 16
+#: What numpy counts for one variable-length value (a pointer to a Python object).
+_POINTER_BYTES = np.dtype(object).itemsize
 
 
 def _as_path(path: str | os.PathLike[str]) -> Path:
@@ -110,10 +142,67 @@ def _unsafe(path: Path, what: str) -> UnsafeRecordError:
     )
 
 
-def read_limit(file_size: int, compressed: bool) -> int:
-    """The most bytes one read of a dataset may produce in a file of *file_size* bytes."""
-    ratio = MAX_COMPRESSION_RATIO if compressed else 1
-    return max(SMALL_READ, file_size * ratio + SMALL_READ)
+def max_read_bytes(value: int | None = None, *, caller: str = "load") -> int:
+    """The cap on what one read of compressed data may expand to: *value* when given,
+    else ``$RECORDKIT_MAX_READ_BYTES``, else :data:`MAX_READ_BYTES`.
+
+    Raises:
+        ValueError: *value* (or the variable) is not a positive number of bytes.
+
+    Example:
+        >>> max_read_bytes(), max_read_bytes(4 << 30)
+        (1073741824, 4294967296)
+    """
+    if value is None:
+        text = os.environ.get(MAX_READ_BYTES_VARIABLE, "").strip()
+        if not text:
+            return MAX_READ_BYTES
+        try:
+            number = int(text)
+        except ValueError:
+            number = 0
+        if number <= 0:
+            raise ValueError(f"${MAX_READ_BYTES_VARIABLE}={text!r}: must be a positive "
+                             "number of bytes, e.g. 4294967296 for 4 GiB")
+        return number
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{caller}(max_read_bytes={value!r}): must be a positive int "
+                         f"(bytes) or None. Received: {value!r}")
+    return value
+
+
+def read_limit(file_size: int, compressed: bool, cap: int | None = None) -> int:
+    """The most bytes one read of a dataset may produce in a file of *file_size* bytes:
+    what the file could hold (plus :data:`SMALL_READ`); for compressed data
+    :data:`PLAIN_COMPRESSION_RATIO` times that, or up to *cap*
+    (:func:`max_read_bytes` when None) within gzip's best ratio."""
+    plain = file_size + SMALL_READ
+    if not compressed:
+        return plain
+    if cap is None:
+        cap = max_read_bytes()
+    return max(file_size * PLAIN_COMPRESSION_RATIO + SMALL_READ,
+               min(file_size * MAX_COMPRESSION_RATIO + SMALL_READ, cap))
+
+
+def _object_slots(dtype: np.dtype) -> int:
+    """How many variable-length (object) values one element of *dtype* holds."""
+    if dtype.subdtype is not None:
+        base, shape = dtype.subdtype
+        return _object_slots(base) * math.prod(shape)
+    fields = dtype.fields
+    if fields is not None:
+        return sum(_object_slots(fields[n][0]) for n in dtype.names or ())
+    return 1 if dtype.kind == "O" else 0
+
+
+def _element_bytes(dtype: np.dtype) -> int:
+    """What one element of *dtype* counts for a read: its size, each variable-length
+    value in it counted :data:`VLEN_ELEMENT_BYTES` (numpy counts a pointer)."""
+    if not dtype.hasobject:
+        return dtype.itemsize
+    return dtype.itemsize + _object_slots(dtype) * (VLEN_ELEMENT_BYTES - _POINTER_BYTES)
+
 
 
 def _filters(plist: h5py.h5p.PropDCID) -> list[int]:
@@ -200,7 +289,7 @@ def _first_snapshot(dsid: h5py.h5d.DatasetID) -> int | None:
 
 
 def _check_dataset(path: Path, name: str, dsid: h5py.h5d.DatasetID, file_size: int,
-                   table_rows: int | None) -> None:
+                   table_rows: int | None, cap: int | None = None) -> None:
     where = f"dataset /{name}"
     plist = dsid.get_create_plist()
     if plist.get_external_count():
@@ -215,19 +304,48 @@ def _check_dataset(path: Path, name: str, dsid: h5py.h5d.DatasetID, file_size: i
                 raise _unsafe(path, f"{where} is a virtual dataset reading {source!r}")
     shape = tuple(int(d) for d in dsid.shape or ())
     dtype = dsid.dtype
-    # variable-length strings count 0: their read is bounded by the file itself
-    unit_bytes = 0 if dtype.kind == "O" else math.prod(_read_unit(name, shape)) * (
-        dtype.itemsize)
+    unit_bytes = math.prod(_read_unit(name, shape)) * _element_bytes(dtype)
     if unit_bytes <= read_limit(file_size, compressed=False):
         return  # what the file could hold, compressed or not: nothing more to learn
     if name.startswith(WEIGHTS + "/") and table_rows is not None:
         first = _first_snapshot(dsid)
         if first is not None and first >= table_rows:
             return  # no committed snapshot: never read (a killed writer's leftover)
-    limit = read_limit(file_size, compressed=_compresses(plist))
-    if unit_bytes > limit:
+    if dtype.hasobject:
+        # Each stored string is a heap object of 16 bytes or more, never compressed:
+        # more elements than the file could hold descriptors for are a claim, whatever
+        # the filters.
         raise _unsafe(path, f"{where} claims {unit_bytes} bytes per read in a file of "
-                            f"{file_size} bytes (shape {shape}, dtype {dtype})")
+                            f"{file_size} bytes (shape {shape}, dtype {dtype}: "
+                            f"{math.prod(shape)} variable-length elements, "
+                            f"{VLEN_ELEMENT_BYTES} bytes each at least)")
+    compressed = _compresses(plist)
+    if compressed:
+        cap = max_read_bytes() if cap is None else cap
+    limit = read_limit(file_size, compressed=compressed, cap=cap)
+    if unit_bytes <= limit:
+        return
+    if compressed and unit_bytes <= file_size * MAX_COMPRESSION_RATIO + SMALL_READ:
+        assert cap is not None  # the cap refused it, not the ratio
+        raise UnsafeRecordError(
+            f"{str(path)!r} was refused unread: {where} claims {unit_bytes} bytes per "
+            f"read ({_mib(unit_bytes)}; shape {shape}, dtype {dtype}, compressed) in a "
+            f"file of {file_size} bytes, more than the cap on what compressed data may "
+            f"expand to, {cap} bytes ({_mib(cap)}). If you trust the file, raise the "
+            f"cap: recordkit.load(..., max_read_bytes={_suggest(unit_bytes)}) (or "
+            f"load_all), or set the environment variable {MAX_READ_BYTES_VARIABLE}="
+            f"{_suggest(unit_bytes)}")
+    raise _unsafe(path, f"{where} claims {unit_bytes} bytes per read in a file of "
+                        f"{file_size} bytes (shape {shape}, dtype {dtype})")
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):,.1f} MiB"
+
+
+def _suggest(size: int) -> int:
+    """A cap that admits a read of *size* bytes: the next power of two."""
+    return 1 << max(0, size - 1).bit_length()
 
 
 def _compresses(plist: h5py.h5p.PropDCID) -> bool:
@@ -247,34 +365,103 @@ def _link_refused(f: h5py.File, name: str, path: Path) -> UnsafeRecordError:
     return _unsafe(path, f"link /{name} is a {type(link).__name__}")
 
 
-def _check_links_under(f: h5py.File, group: h5py.h5g.GroupID, prefix: str, path: Path,
-                       limit: int) -> int:
-    """Every link under *group* (at /*prefix*, "" for the root), recursively: hard links
-    only, at most *limit* of them. Reads link headers only; returns how many there are."""
+def _shown(name: str) -> str:
+    """An object path for a message: a long one (deep nesting) cut in the middle."""
+    return name if len(name) <= 160 else f"{name[:80]}...{name[-60:]} ({len(name)} characters)"
+
+
+def _walk(f: h5py.File, start: h5py.h5o.ObjectID, prefix: str, path: Path, *,
+          limit: int, table_rows: int | None = None, cap: int | None = None,
+          headers: bool = True) -> int:
+    """Everything under *start*, the object at /*prefix* ("" for the root), one group at
+    a time with recordkit's own stack (never HDF5's recursive visit, which a file of
+    10,000 nested groups crashed): every link a hard link, at most *limit* links in all,
+    groups nested at most :data:`MAX_DEPTH` deep under the root, each group walked once
+    (a hard link cycle is not followed twice); with *headers*, the attribute headers of
+    *start* (but not the root's: the caller reads those) and of every object, and the
+    dataset headers (:func:`_check_dataset`). Reads link and object headers only.
+
+    Returns:
+        The number of links walked under *start*.
+
+    Raises:
+        UnsafeRecordError: what was found, where, and the limit it passed.
+    """
+    file_size = _file_size(path) if headers else 0
+    start_depth = prefix.count("/") + 1 if prefix else 0
+    if headers and prefix:
+        _check_header_of(path, prefix, start, file_size, table_rows, cap)
+    if not isinstance(start, h5py.h5g.GroupID):
+        return 0
+    seen = {_address(start)}
+    stack: list[tuple[h5py.h5g.GroupID, str, int]] = [(start, prefix, start_depth)]
+    walked = 0
+    while stack:
+        group, where, depth = stack.pop()
+        found = _links_of(group, limit - walked)
+        if walked + len(found) > limit:
+            raise _unsafe(path, f"it holds more than {MAX_OBJECTS} objects (links; "
+                                f"found while walking /{_shown(where)})")
+        walked += len(found)
+        for raw_name, kind in found:
+            name = raw_name.decode("utf-8", "surrogateescape")
+            child = f"{where}/{name}" if where else name
+            if kind != h5py.h5l.TYPE_HARD:
+                raise _link_refused(f, child, path)
+            if depth + 1 > MAX_DEPTH:
+                raise _unsafe(path, f"/{_shown(child)} is nested {depth + 1} groups deep "
+                                    f"(limit {MAX_DEPTH}; recordkit writes 3 at most)")
+            try:
+                obj = h5py.h5o.open(group, raw_name)
+            except Exception:
+                continue  # a damaged header: the reads that need it say so
+            if headers:
+                _check_header_of(path, child, obj, file_size, table_rows, cap)
+            if isinstance(obj, h5py.h5g.GroupID):
+                address = _address(obj)
+                if address not in seen:
+                    seen.add(address)
+                    stack.append((obj, child, depth + 1))
+    return walked
+
+
+def _links_of(group: h5py.h5g.GroupID, room: int) -> list[tuple[bytes, int]]:
+    """``(name, link type)`` of the links of *group* itself (link headers only), at most
+    *room* + 1 of them (one more than that says there are too many)."""
     found: list[tuple[bytes, int]] = []
 
     def collect(name: bytes, info: h5py.h5l.LinkInfo) -> bool | None:
         found.append((name, info.type))
-        return True if len(found) > limit else None
+        return True if len(found) > room else None
 
-    group.links.visit(collect, info=True)  # link headers only: never follows a link out
-    if len(found) > limit:
-        raise _unsafe(path, f"it holds more than {MAX_OBJECTS} objects")
-    for raw_name, kind in found:
-        if kind != h5py.h5l.TYPE_HARD:
-            raise _link_refused(f, prefix + raw_name.decode("utf-8", "surrogateescape"),
-                                path)
-    return len(found)
+    group.links.iterate(collect, info=True)
+    return found
+
+
+def _address(oid: h5py.h5o.ObjectID) -> tuple[int, int]:
+    info = h5py.h5o.get_info(oid)
+    return info.fileno, info.addr
+
+
+def _check_header_of(path: Path, name: str, oid: h5py.h5o.ObjectID, file_size: int,
+                     table_rows: int | None, cap: int | None) -> None:
+    """The attribute headers of the object /*name* and, for a dataset, its header."""
+    if h5py.h5o.get_info(oid).num_attrs:
+        _check_attrs(path, f"/{name}", oid, read_strings=False)
+    if isinstance(oid, h5py.h5d.DatasetID):
+        _check_dataset(path, name, oid, file_size, table_rows, cap)
 
 
 def check_links(f: h5py.File, path: str | os.PathLike[str]) -> None:
-    """Refuse external and soft links (and more than :data:`MAX_OBJECTS` objects) in the
-    whole file. Reads link headers only.
+    """Refuse external and soft links (and more than :data:`MAX_OBJECTS` objects, or
+    groups nested deeper than :data:`MAX_DEPTH`) in the whole file. Reads link headers
+    only (and object headers, to walk each group once).
 
     Raises:
-        UnsafeRecordError: the first link that points outside the file.
+        UnsafeRecordError: the first link that points outside the file, or the limit
+            passed.
     """
-    _check_links_under(f, f.id, "", Path(path), MAX_OBJECTS)
+    _walk(f, f.id, "", _as_path(path), limit=MAX_OBJECTS, headers=False)
 
 
 def check_root_links(f: h5py.File, path: str | os.PathLike[str]) -> list[str]:
@@ -304,7 +491,8 @@ def check_root_links(f: h5py.File, path: str | os.PathLike[str]) -> list[str]:
 
 
 def check_object(f: h5py.File, name: str, path: str | os.PathLike[str], *,
-                 table_rows: int | None = None, limit: int = MAX_OBJECTS) -> int:
+                 table_rows: int | None = None, limit: int = MAX_OBJECTS,
+                 max_read_bytes: int | None = None) -> int:
     """The root object /*name* and everything under it, before any of it is read: what
     :func:`check_file` checks of the whole file (links, attribute headers, dataset
     headers), for that part only. Nothing when the root has no such link.
@@ -317,6 +505,8 @@ def check_object(f: h5py.File, name: str, path: str | os.PathLike[str], *,
             first snapshot is not among them (a killed writer's leftover) is never read,
             so its size is no reason to refuse the file.
         limit: at most this many links under it.
+        max_read_bytes: the cap on what one read of compressed data may expand to
+            (:func:`max_read_bytes` when None).
 
     Returns:
         The number of links walked (the object's own included), for a caller that
@@ -335,15 +525,13 @@ def check_object(f: h5py.File, name: str, path: str | os.PathLike[str], *,
         oid = h5py.h5o.open(f.id, raw)
     except Exception:
         return 1  # a damaged header: the read that needs it says so
-    walked = 1
-    if isinstance(oid, h5py.h5g.GroupID):
-        walked += _check_links_under(f, oid, f"{name}/", file_path, max(0, limit - 1))
-    _check_objects(file_path, oid, name, table_rows)
-    return walked
+    return 1 + _walk(f, oid, name, file_path, limit=max(0, limit - 1),
+                     table_rows=table_rows, cap=max_read_bytes)
 
 
 def check_member(f: h5py.File, name: str, key: str, path: str | os.PathLike[str], *,
-                 table_rows: int | None = None, limit: int = MAX_OBJECTS) -> int | None:
+                 table_rows: int | None = None, limit: int = MAX_OBJECTS,
+                 max_read_bytes: int | None = None) -> int | None:
     """The member *key* of the root group /*name* with everything under it, and the
     attributes of /*name* itself, before any of it is read; nothing else of /*name* (one
     tensor read without listing the others). The same checks as :func:`check_object`.
@@ -381,47 +569,12 @@ def check_member(f: h5py.File, name: str, key: str, path: str | os.PathLike[str]
         oid = h5py.h5o.open(group, member)
     except Exception:
         return None
-    walked = 2
-    if isinstance(oid, h5py.h5g.GroupID):
-        walked += _check_links_under(f, oid, f"{name}/{key}/", file_path, max(0, limit - 2))
-    _check_objects(file_path, oid, f"{name}/{key}", table_rows)
-    return walked
+    return 2 + _walk(f, oid, f"{name}/{key}", file_path, limit=max(0, limit - 2),
+                     table_rows=table_rows, cap=max_read_bytes)
 
 
-def _check_objects(path: Path, start: h5py.h5o.ObjectID, prefix: str,
-                   table_rows: int | None) -> None:
-    """The attribute and dataset headers of *start*, the object at /*prefix* (but not
-    the root's attributes, "" prefix: the caller reads those), and of every object under
-    it, reached by the hard links that :func:`_check_links_under` allowed."""
-    objects: list[tuple[str, h5py.h5o.ObjectID | bytes, int, int]] = []
-    if prefix:  # h5py's visit leaves out the object it starts from
-        info = h5py.h5o.get_info(start)
-        objects.append((prefix, start, info.type, info.num_attrs))
-
-    def collect(name: bytes, info: h5py.h5o.ObjInfo) -> None:
-        if name != b".":
-            relative = name.decode("utf-8", "surrogateescape")
-            objects.append((f"{prefix}/{relative}" if prefix else relative, name,
-                            info.type, info.num_attrs))
-
-    h5py.h5o.visit(start, collect, info=True)  # hard links only: checked before
-    file_size = None
-    for name, obj, kind, attributes in objects:
-        if isinstance(obj, bytes):
-            try:
-                obj = h5py.h5o.open(start, obj)
-            except Exception:
-                continue  # a damaged header: the reads that need it say so
-        if attributes:
-            _check_attrs(path, f"/{name}", obj, read_strings=False)
-        if kind == h5py.h5o.TYPE_DATASET:
-            assert isinstance(obj, h5py.h5d.DatasetID)
-            if file_size is None:
-                file_size = _file_size(path)
-            _check_dataset(path, name, obj, file_size, table_rows)
-
-
-def check_dataset(f: h5py.File, name: str, path: str | os.PathLike[str]) -> h5py.Dataset:
+def check_dataset(f: h5py.File, name: str, path: str | os.PathLike[str], *,
+                  max_read_bytes: int | None = None) -> h5py.Dataset:
     """One root-level dataset, checked alone, for a reader that needs only it (e.g. the
     ``/info`` of every run under a root): its link is a hard link, and its header claims
     no storage outside the file and no read larger than the file could hold. Nothing else
@@ -445,7 +598,7 @@ def check_dataset(f: h5py.File, name: str, path: str | os.PathLike[str]) -> h5py
         file_size = os.stat(file_path).st_size
     except OSError:
         file_size = 0
-    _check_dataset(file_path, name, obj.id, file_size, None)
+    _check_dataset(file_path, name, obj.id, file_size, None, max_read_bytes)
     return obj
 
 
@@ -472,7 +625,8 @@ def read_root_attrs(f: h5py.File | h5py.h5f.FileID, path: str | os.PathLike[str]
     return _check_attrs(_as_path(path), "the root group", f, read_strings=True)
 
 
-def check_file(f: h5py.File, path: str | os.PathLike[str]) -> None:
+def check_file(f: h5py.File, path: str | os.PathLike[str], *,
+               max_read_bytes: int | None = None) -> None:
     """Refuse a file that reaches outside itself or claims sizes it cannot hold.
 
     Reads metadata only (links, dataset headers, attribute headers), never data: every
@@ -481,6 +635,8 @@ def check_file(f: h5py.File, path: str | os.PathLike[str]) -> None:
     Args:
         f: the open file.
         path: its path, for messages and its size.
+        max_read_bytes: the cap on what one read of compressed data may expand to
+            (:func:`max_read_bytes` when None).
 
     Raises:
         UnsafeRecordError: what was found and where.
@@ -504,7 +660,8 @@ def check_file(f: h5py.File, path: str | os.PathLike[str]) -> None:
     table_rows = None
     if table is h5py.Dataset:
         table_rows = int(f[SNAPSHOTS].shape[0]) if f[SNAPSHOTS].shape else None
-    _check_objects(file_path, f.id, "", table_rows)
+    _walk(f, f.id, "", file_path, limit=MAX_OBJECTS, table_rows=table_rows,
+          cap=max_read_bytes)
 
 
 def _fields_ok(ds: object, dtype: np.dtype) -> bool:
