@@ -362,6 +362,8 @@ def test_names_past_their_crcs(records: dict[str, Path], killed: Path,
             assert_refused(copy, lambda r: r.history, "/history/metrics")
             continue
         assert "ghost" not in recordkit.load(copy).history
+        report = verify(copy, isolate=False)
+        assert report.ok and any("past their CRCs" in n for n in report.notes), report
         with recordkit.Recorder(tmp_path, resume=copy) as rec:
             rec.log({"new": 1.0}, epoch=9)
         history = recordkit.load(copy).history
