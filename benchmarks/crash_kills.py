@@ -10,6 +10,12 @@ whose commit() returned with the logged values, snapshots equal, status interrup
 ``--early`` is the share of kills timed from the spawn of the process instead of from the
 moment the Recorder exists, so some land during import and run creation.
 ``--big`` uses 1 MiB weight tensors (longer snapshot writes, more kills inside them).
+
+    python benchmarks/crash_kills.py --crashpoints
+
+instead aims a kill at every write of each phase of tests/crash_writer.py's ``PHASES``
+(tests/crashpoint_shim.c, built with ``cc``, preloaded) and prints the report of
+tests/test_crashpoints.py: kill points per phase and every failure.
 """
 
 from __future__ import annotations
@@ -26,6 +32,34 @@ from collections import Counter
 from pathlib import Path
 
 WRITER = Path(__file__).resolve().parents[1] / "tests" / "crash_writer.py"
+SHIM = WRITER.with_name("crashpoint_shim.c")
+
+
+def crashpoints() -> int:
+    """The crash-point harness of tests/test_crashpoints.py, its report printed."""
+    import os
+
+    work = Path(tempfile.mkdtemp(prefix="crashpoints-"))
+    shim = work / "crashpoint_shim.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(shim), str(SHIM), "-ldl"],
+                   check=True)
+    env = {**os.environ, "LD_PRELOAD": str(shim), "OPENBLAS_NUM_THREADS": "1",
+           "PYTHONPATH": str(WRITER.parents[1])}
+    done = subprocess.run([sys.executable, str(WRITER), "--crashpoints", str(work / "runs")],
+                          capture_output=True, text=True, env=env, check=False)
+    if done.returncode:
+        print("harness failed:", done.stderr[-3000:])
+        return 1
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"kill points checked: {report['checked']} in {report['seconds']} s; "
+          f"failed: {len(report['failures'])}")
+    for phase, counts in report["phases"].items():
+        failed = sum(p.rsplit(" write ", 1)[0] == phase for p in report["failures"])
+        print(f"  {phase}: {counts}, failed {failed}")
+    for point, entry in report["failures"].items():
+        print(" FAIL", point, entry["failures"][:2])
+    print("records kept in", work)
+    return 1 if report["failures"] else 0
 
 
 def main() -> int:
@@ -35,7 +69,11 @@ def main() -> int:
     parser.add_argument("--big", action="store_true")
     parser.add_argument("--early", type=float, default=0.1)
     parser.add_argument("--window", type=float, default=0.6, help="max seconds before a kill")
+    parser.add_argument("--crashpoints", action="store_true",
+                        help="a kill at every write of each phase instead of random kills")
     args = parser.parse_args()
+    if args.crashpoints:
+        return crashpoints()
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="crash-kills-"))
     todo: dict[str, int] = {}

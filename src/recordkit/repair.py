@@ -24,11 +24,22 @@ from recordkit.errors import (
     RecordLockedError,
     RecordNotFoundError,
 )
-from recordkit.format.files import RecordFile, open_file_object
+from recordkit.format.attrs import read_attr
+from recordkit.format.files import RecordFile, open_file_object, open_read_only, reopen
 from recordkit.locking import is_locked
 
-__all__ = ["damage_hint", "has_hdf5_signature", "needs_repair", "open_with_patched_eof",
-           "repair"]
+__all__ = ["REWRITTEN_FIELDS", "damage_hint", "has_hdf5_signature", "needs_repair",
+           "open_with_patched_eof", "repair", "unreadable_fields"]
+
+#: The root attributes a writer rewrites while its run lives (at close: status, ended,
+#: error, summary), and what :func:`repair` stores in one a kill left unreadable (None:
+#: removed; the summary is absent until a run is closed). HDF5 frees the old value of a
+#: variable-length string in the flush that writes the new one, in no fixed order with
+#: the attribute itself: a kill between the two leaves the attribute pointing at a heap
+#: object that is gone ("bad heap pointer"; issue 17). The values are those the run had
+#: before: a run killed while closing reads as interrupted, with every committed epoch.
+REWRITTEN_FIELDS: dict[str, str | None] = {"status": "running", "ended": "", "error": "",
+                                           "summary": None}
 
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -160,9 +171,32 @@ def open_with_patched_eof(path: str | os.PathLike[str]) -> RecordFile | None:
         return None
 
 
+def unreadable_fields(path: str | os.PathLike[str]) -> list[str]:
+    """The root attributes of :data:`REWRITTEN_FIELDS` a record holds but that cannot be
+    read (their heap object is gone); [] when the file does not open."""
+    file_path = Path(path)
+    try:
+        f = open_with_patched_eof(file_path) or open_read_only(file_path)
+    except Exception:
+        return []
+    found = []
+    with f:
+        for key in REWRITTEN_FIELDS:
+            if key not in f.attrs:
+                continue
+            try:
+                read_attr(f, key)
+            except Exception:
+                found.append(key)
+    return found
+
+
 def damage_hint(path: str | os.PathLike[str], err: BaseException | str) -> str:
     """What to tell the user about a read that failed: repair, or verify."""
     text = str(err)
+    if "heap" in text and unreadable_fields(path):
+        return (f"the writer was killed while it wrote the run's status; run `recordkit "
+                f"repair {path}` to read the run as interrupted, with every committed epoch")
     if "addr overflow" in text and needs_repair(path):
         return (f"the writer was killed while flushing; run `recordkit repair {path}` to "
                 "make every committed epoch readable again")
@@ -180,7 +214,9 @@ def repair(path: str | os.PathLike[str]) -> str:
     past it in no fixed order; a SIGKILL between the two (about 1 kill in 200 in
     benchmarks/crash_kills.py) leaves blocks the file holds but the superblock does not
     count, and reads of them fail with "addr overflow". Repair sets that address to the
-    file's size (as ``h5clear --increment`` does). Nothing else is changed.
+    file's size (as ``h5clear --increment`` does). A run field that a kill while closing
+    left unreadable (:data:`REWRITTEN_FIELDS`) is written again with the value it had
+    before. Nothing else is changed.
 
     Returns:
         What was done, in one sentence.
@@ -204,21 +240,48 @@ def repair(path: str | os.PathLike[str]) -> str:
                              "recordkit repair handles the files recordkit writes only")
     field_at, eoa, base, size_of_offsets = found
     size = file_path.stat().st_size
-    if base + eoa == size:
-        return f"{file_path}: nothing to repair (its end address {eoa} is its size)"
+    done = []
     mode = file_path.stat().st_mode
     try:
-        if not mode & 0o200:
-            file_path.chmod(mode | 0o200)
-        with open(file_path, "r+b") as fh:
-            fh.seek(field_at)
-            fh.write((size - base).to_bytes(size_of_offsets, "little"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        if base + eoa != size:
+            if not mode & 0o200:
+                file_path.chmod(mode | 0o200)
+            with open(file_path, "r+b") as fh:
+                fh.seek(field_at)
+                fh.write((size - base).to_bytes(size_of_offsets, "little"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            done.append(f"end-of-file address set from {eoa} to {size - base} "
+                        "(the file's size)")
+        fields = unreadable_fields(file_path)
+        if fields:
+            if not mode & 0o200:
+                file_path.chmod(mode | 0o200)
+            _rewrite_fields(file_path, fields)
+            done.append("run fields " + ", ".join(fields) + " written again as before "
+                        "the close a kill cut")
     except OSError as err:
         raise RecordkitError(f"cannot repair {str(file_path)!r}: {err.strerror}") from err
     finally:
         if not mode & 0o200:
             file_path.chmod(mode)
-    return (f"{file_path}: end-of-file address set from {eoa} to {size - base} "
-            f"(the file's size)")
+    if not done:
+        return f"{file_path}: nothing to repair (its end address {eoa} is its size)"
+    return f"{file_path}: " + "; ".join(done)
+
+
+def _rewrite_fields(path: Path, fields: list[str]) -> None:
+    """Each unreadable root attribute of *fields* deleted (HDF5 does not free a deleted
+    attribute's heap object, so the missing one is not touched) and written anew."""
+    try:
+        f = reopen(path)
+    except Exception as err:
+        raise RecordkitError(f"cannot repair {str(path)!r}: {err}") from None
+    with f:
+        for key in fields:
+            del f.attrs[key]
+            value = REWRITTEN_FIELDS[key]
+            if value is not None:
+                f.attrs[key] = value
+        f.flush()
+        os.fsync(int(f.id.get_vfd_handle()))

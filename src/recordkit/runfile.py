@@ -10,6 +10,7 @@ import datetime as _dt
 import errno
 import os
 import secrets
+import shutil
 import stat
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -19,9 +20,15 @@ from typing import Any
 import numpy as np
 
 from recordkit import system as system_info
-from recordkit.codec import decode_params, dumps_json, loads_json
+from recordkit.codec import decode_params, dumps_json, loads_json, params_hash
 from recordkit.diskspace import SpaceCheck, write_error
-from recordkit.errors import NotARecordError, RecordExistsError, RecordkitError, RecordWriteError
+from recordkit.errors import (
+    NotARecordError,
+    RecordDamagedError,
+    RecordExistsError,
+    RecordkitError,
+    RecordWriteError,
+)
 from recordkit.format.attrs import attr_str, is_record
 from recordkit.format.extras import prepare_extra, write_extra
 from recordkit.format.files import (
@@ -33,10 +40,12 @@ from recordkit.format.files import (
     is_open,
     new_file,
     open_read_only,
+    preallocate,
     reopen,
 )
 from recordkit.format.header import (
     read_fields,
+    read_format_version,
     read_info,
     read_params,
     write_info,
@@ -45,12 +54,14 @@ from recordkit.format.header import (
     write_reopened,
 )
 from recordkit.format.history import read_history
+from recordkit.format.layout import FORMAT_VERSION
 from recordkit.format.safety import check_file, check_layout
 from recordkit.locking import RunLock
 from recordkit.params import RunParams
 from recordkit.paths import record_files, resolve_path
 
-__all__ = ["RunFile", "RunStart", "find_unfinished", "new_run_id", "resume_run", "start_run"]
+__all__ = ["RunFile", "RunStart", "check_before_resume", "find_unfinished", "new_run_id",
+           "resume_run", "start_run"]
 
 
 def new_run_id(now: _dt.datetime | None = None) -> str:
@@ -79,6 +90,8 @@ class RunFile:
         self.lock = threading.RLock()
         self._run_lock: RunLock | None = run_lock
         self._space = SpaceCheck(path)
+        #: The copy a resume writes into until :meth:`publish` (None once published).
+        self._unpublished: Path | None = None
 
     @classmethod
     def create(cls, folder: Path, now: _dt.datetime,
@@ -116,6 +129,7 @@ class RunFile:
         try:
             with run.as_write_error("write the run header"):
                 write_header(f, run_id, path)
+                preallocate(f)
                 flush(f)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -130,26 +144,67 @@ class RunFile:
 
     @classmethod
     def resume(cls, path: Path) -> RunFile:
-        """An existing record, reopened to continue it (made writable again).
+        """An existing record, reopened to continue it (made writable again), after the
+        safety checks ``load`` makes (:func:`check_before_resume`): a file that load
+        refuses is refused before anything of it is read or written (its mode too).
 
         Raises:
             RecordLockedError: another process has the run open.
-            NotARecordError: the file is not a recordkit record.
+            NotARecordError: the file is not a recordkit record, or of a newer format.
+            UnsafeRecordError: the file reaches outside itself or claims more than it
+                holds (what load refuses it for).
+            RecordDamagedError: its header, tables or params are damaged.
         """
         run_lock = RunLock.acquire(path)
         try:
-            mode = path.stat().st_mode
-            if not mode & stat.S_IWUSR:
-                path.chmod(mode | stat.S_IWUSR)
-            f = reopen(path)
+            check_before_resume(path)
+        except BaseException:
+            run_lock.release()
+            raise
+        # The resume's header (status, name, restarts, params) is written into a copy,
+        # published over the record once flushed: a kill inside those writes leaves the
+        # record as it was (HDF5 writes a flush's blocks in no fixed order, and a kill
+        # between a block and what it references left a record load refused; issue 17).
+        partial = path.with_name(f".{path.stem}.h5.part")
+        try:
+            shutil.copyfile(path, partial)
+            f = reopen(partial)
         except OSError as err:
+            with contextlib.suppress(OSError):
+                partial.unlink()
             run_lock.release()
             raise write_error(err, f"reopen the record {str(path)!r}", path) from err
         if not is_record(f):
             close(f)
+            with contextlib.suppress(OSError):
+                partial.unlink()
             run_lock.release()
             raise NotARecordError(f"{str(path)!r} is not a recordkit record; cannot resume it")
-        return cls(path, f, run_lock)
+        run = cls(path, f, run_lock)
+        run._unpublished = partial
+        return run
+
+    def publish(self) -> None:
+        """Put the resumed copy in the record's place (after its header was flushed): one
+        rename, so a reader sees the record before the resume or after, never between.
+        The copy is fsynced first, or a power loss could keep the rename and not the
+        bytes."""
+        partial, self._unpublished = self._unpublished, None
+        if partial is None:
+            return
+        with self.as_write_error("publish the resumed record"):
+            assert self.file is not None
+            flush(self.file, fsync=True)
+            os.replace(partial, self.path)
+
+    def discard(self) -> None:
+        """Close a resume that failed before :meth:`publish`, removing its copy; the
+        record stays as it was."""
+        partial, self._unpublished = self._unpublished, None
+        self.close(read_only=False)
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                partial.unlink()
 
     @property
     def open(self) -> bool:
@@ -259,6 +314,60 @@ class RunFile:
                 with contextlib.suppress(OSError):
                     mode = self.path.stat().st_mode
                     self.path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def check_before_resume(path: Path) -> None:
+    """What ``recordkit.load`` checks of a file before it reads it, of the whole file at
+    once (read-only: a refused file is left as it was, byte for byte): every link a hard
+    link, no storage or virtual source outside the file, no size claimed beyond what it
+    can hold (:func:`~recordkit.format.safety.check_file`), a record of a format version
+    this recordkit writes, its run fields and tables laid out as a record's
+    (:func:`~recordkit.format.safety.check_layout`), and its params matching their hash.
+    Without it a resume read what an external link pointed to (another file's content)
+    and stored it in the record (issue 17). A file that cannot be opened is left to the
+    writable open, which says why.
+
+    Raises:
+        UnsafeRecordError, NotARecordError, RecordDamagedError: as load raises them.
+    """
+    try:
+        f = open_read_only(path)
+    except OSError:
+        return  # missing, not HDF5, damaged: the writable open reports it
+    with f:
+        try:
+            check_file(f, path)
+            if not is_record(f):
+                raise NotARecordError(f"{str(path)!r} is not a recordkit record; cannot "
+                                      "resume it")
+            check_layout(f, path)
+            version = read_format_version(f)
+            if version > FORMAT_VERSION:
+                raise NotARecordError(
+                    f"{str(path)!r} is a record of format version {version}; this "
+                    f"recordkit reads up to version {FORMAT_VERSION}: upgrade recordkit")
+            stored = attr_str(f, "params_hash")
+            text, _ = read_params(f)
+            digest = _params_hash_of(text)
+            # (text that is not JSON at all fails the resume's own read, as it did)
+            if stored and digest is not None and digest != stored:
+                raise RecordDamagedError(
+                    f"{str(path)!r} is damaged: its params (/params) do not match the "
+                    f"params_hash {stored!r} written with them, so the stored bytes "
+                    "changed; run `recordkit verify` on it")
+        except RecordkitError:
+            raise
+        except Exception as err:  # h5py's errors on a damaged file
+            raise RecordDamagedError(
+                f"{str(path)!r} is damaged: {type(err).__name__}: {err}; run "
+                "`recordkit verify` on it; it cannot be resumed") from None
+
+
+def _params_hash_of(text: str) -> str | None:
+    try:
+        return params_hash(text)
+    except ValueError:  # not even JSON any more
+        return None
 
 
 def find_unfinished(root: str | os.PathLike[str], experiment: str, *, name: str | None,
@@ -381,8 +490,9 @@ def resume_run(root: Path, resume: str | os.PathLike[str], experiment: str | Non
             write_reopened(f, name=name, restarts=dumps_json(restarts), params=document,
                            unserialisable=dumps_json(params.flagged))
             run.flush(durable=False)
+        run.publish()
     except BaseException:
-        run.close(read_only=False)  # the lock too: the run can be resumed again
+        run.discard()  # the lock too: the run can be resumed again
         raise
     return RunStart(run, fields["run_id"], fields["experiment"], name, created,
                     (fields["status"], fields["error"]), info, history)

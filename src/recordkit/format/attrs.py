@@ -10,10 +10,16 @@ import h5py
 import numpy as np
 
 from recordkit.codec import bounded
-from recordkit.format.layout import FORMAT_ATTR, FORMAT_NAME, NAME_ATTR, unescape_name
+from recordkit.format.layout import (
+    FORMAT_ATTR,
+    FORMAT_NAME,
+    NAME_ATTR,
+    VERSION_ATTR,
+    unescape_name,
+)
 
 __all__ = ["attr_str", "is_record", "members", "object_name", "read_attr", "read_text",
-           "write_root_attrs", "write_text"]
+           "text_capacity", "write_root_attrs", "write_text"]
 
 _VLEN_STR = h5py.h5t.py_create(h5py.string_dtype())
 
@@ -93,18 +99,123 @@ def members(group: h5py.Group | None) -> Iterable[tuple[str, Any]]:
 
 
 def write_root_attrs(f: h5py.File, attrs: Mapping[str, Any]) -> None:
-    """Set root attributes; strings are cut to the attribute bound."""
+    """Set root attributes; strings are cut to the attribute bound.
+
+    An attribute that exists is rewritten in place (``attrs.modify``: its message keeps
+    its place and size, a variable-length string's value being a reference into the
+    global heap), never deleted and created again as ``attrs[key] = value`` does: that
+    moved the root's messages and could move them into a new header block, which a kill
+    inside the flush left referenced but unwritten (the file no longer opened: "addr
+    overflow", "corrupt object header"; issue 17). HDF5 frees the old value's heap object
+    in the same flush, so a kill inside it can still leave that one attribute unreadable;
+    a value that did not change is therefore not written at all."""
     for key, value in attrs.items():
         if isinstance(value, str):
             value = bounded(value)
-        f.attrs[key] = value
+        if key in f.attrs and _same_kind(f, key, value):
+            if _stored(f, key) != value:  # an unchanged value is not written again
+                f.attrs.modify(key, value)
+        else:
+            f.attrs[key] = value
+
+
+def _stored(f: h5py.File, key: str) -> Any:
+    try:
+        return read_attr(f, key)
+    except Exception:  # unreadable (damaged): written again
+        return _OTHER
+
+
+def _same_kind(f: h5py.File, key: str, value: Any) -> bool:
+    """Whether *value* can be written over the root attribute *key* as it is stored (a
+    string over a variable-length string, a number over a scalar number)."""
+    attr = h5py.h5a.open(f.id, key.encode("utf-8", "surrogateescape"))
+    stored = attr.get_type()
+    if attr.get_space().get_simple_extent_type() != h5py.h5s.SCALAR:
+        return False
+    if isinstance(value, str):
+        return isinstance(stored, h5py.h5t.TypeStringID) and stored.is_variable_str()
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, np.integer)):
+        return attr.dtype.kind in "iu"
+    return False
 
 
 def write_text(group: h5py.Group, key: str, text: str) -> None:
-    """Write (or replace) a scalar UTF-8 string dataset."""
-    if key in group:
-        del group[key]
-    group.create_dataset(key, data=text, dtype=h5py.string_dtype("utf-8"))
+    """Write (or replace) a scalar UTF-8 string dataset.
+
+    A new one at the root of a version 2 record (params, system info, run facts: what a
+    run rewrites) is a fixed-length string with room to spare (:func:`text_capacity`):
+    its text is then replaced in place, one raw write that changes no metadata and no
+    global heap object, so a kill leaves the old text or the new one. Deleting and
+    creating it again (as this did) let a kill leave the link pointing at a header or
+    heap object never written ("bad heap index" on /params after a killed resume; issue
+    17), and a variable-length string cannot be rewritten in place either: HDF5 frees the
+    old value's heap object in the flush that writes the new one. A text that no longer
+    fits, or a variable-length one of an older record, goes into a new, unlinked
+    dataset (with the old one's attributes), flushed, then linked in the old one's
+    place: the window left is the group's symbol table entry and its name (the caller
+    flushes that switch). Text that is already stored is not written again."""
+    data = text.encode("utf-8", "surrogateescape")
+    # a version 1 record keeps variable-length texts (it stays version 1)
+    fixed = group.name == "/" and int(read_attr(group, VERSION_ATTR, 1)) >= 2
+    if key not in group:
+        _new_text(group, key, data, fixed=fixed)
+        return
+    stored = _scalar_text(group, key)
+    if stored is _OTHER:
+        stored = _fixed_text(group, key)
+    if isinstance(stored, str):
+        stored = stored.encode("utf-8", "surrogateescape")
+    if stored == data:
+        return
+    old = group[key]
+    if (_fixed_text(group, key) is not _OTHER and old.dtype.itemsize >= len(data)
+            and not data.endswith(b"\0")):
+        old[()] = np.bytes_(data)  # in place: padded with NULs, which a read strips
+        return
+    new = _new_text(group, None, data, fixed=fixed)  # anonymous: not linked yet
+    for name, value in old.attrs.items():
+        new.attrs[name] = value
+    group.file.flush()  # its header and data before any link to it
+    del group[key]
+    group[key] = new  # a hard link to it: the switch
+
+
+def text_capacity(nbytes: int) -> int:
+    """The bytes a text dataset holds for a text of *nbytes*: twice that, at least 1 KiB,
+    in whole KiB, so that a text that grows (run facts merged in) is still replaced in
+    place."""
+    return max(1024, -(-2 * nbytes // 1024) * 1024)
+
+
+def _new_text(group: h5py.Group, key: str | None, data: bytes, *, fixed: bool
+              ) -> h5py.Dataset:
+    """A text dataset: fixed-length with room to spare (*fixed*: the root's params,
+    system info and run facts, which a run rewrites), else a variable-length string (an
+    extra's JSON, written once)."""
+    if not fixed:
+        return group.create_dataset(key, data=data.decode("utf-8", "surrogateescape"),
+                                    dtype=h5py.string_dtype("utf-8"))
+    dtype = h5py.string_dtype("utf-8", text_capacity(len(data)))
+    return group.create_dataset(key, data=np.array(data, dtype=dtype), dtype=dtype)
+
+
+def _fixed_text(group: h5py.Group, key: str) -> Any:
+    """The bytes of a scalar fixed-length string dataset (NUL padding stripped), or
+    :data:`_OTHER` for anything else."""
+    try:
+        dsid = h5py.h5d.open(group.id, key.encode("utf-8", "surrogateescape"))
+    except Exception:
+        return _OTHER
+    stored = dsid.get_type()
+    if not (isinstance(stored, h5py.h5t.TypeStringID) and not stored.is_variable_str()
+            and dsid.get_space().get_simple_extent_type() == h5py.h5s.SCALAR):
+        return _OTHER
+    value = np.zeros((), dsid.dtype)
+    dsid.read(h5py.h5s.ALL, h5py.h5s.ALL, value)
+    return bytes(value[()])
 
 
 def read_text(group: h5py.Group, key: str) -> str | None:

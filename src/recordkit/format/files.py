@@ -10,7 +10,9 @@ import os
 from pathlib import Path
 
 import h5py
+import numpy as np
 
+from recordkit.format.chunks import read_chunk, write_chunk
 from recordkit.format.layout import WRITE_OPTIONS
 
 __all__ = ["RecordFile", "close", "file_handle", "flush", "hdf5_size", "is_open", "new_file",
@@ -70,7 +72,18 @@ def is_open(f: h5py.File | None) -> bool:
 
 
 def flush(f: h5py.File, *, fsync: bool = False) -> None:
-    """Write HDF5's buffers to the file; with *fsync* also to the disk (power loss)."""
+    """Write HDF5's buffers to the file; with *fsync* also to the disk (power loss).
+
+    Each open dataset's own blocks (its header, its chunk index, its chunks) are written
+    first, then the rest (the groups that link it, the root, the superblock). One
+    ``H5Fflush`` writes its blocks in no fixed order: a kill inside it could leave a
+    group's symbol table listing a new tensor whose header was not yet written, losing
+    access to everything committed before ("bad object header version number", "wrong
+    B-tree signature"; issue 17). Flushed first, a new dataset is complete on disk
+    before any link to it is."""
+    for oid in h5py.h5f.get_obj_ids(f.id, types=h5py.h5f.OBJ_DATASET | h5py.h5f.OBJ_LOCAL):
+        if isinstance(oid, h5py.h5d.DatasetID) and oid.valid:
+            oid.flush()
     f.flush()
     if fsync:
         os.fsync(file_handle(f))
@@ -84,3 +97,41 @@ def close(f: h5py.File) -> None:
 def hdf5_size(f: h5py.File) -> int:
     """The file's size as HDF5 knows it (it may be ahead of the size on disk)."""
     return int(f.id.get_filesize())
+
+
+def preallocate(f: h5py.File) -> None:
+    """Make, in a new file not yet published, the index blocks its first writes would
+    otherwise allocate: the chunk index (a B-tree) of every empty growing dataset and the
+    first symbol table node of every empty group.
+
+    HDF5 writes a flush's blocks in no fixed order, and a block made by the flush is
+    referenced by a block that already existed (a dataset's header, a group's B-tree):
+    a kill between the two left that reference pointing at nothing ("wrong B-tree
+    signature", "bad symbol table node signature"; issue 17). Made here, before the
+    file is published, those blocks are in place before any commit; later writes
+    change them in place."""
+    datasets: list[h5py.Dataset] = []
+    groups: list[h5py.Group] = []
+
+    def collect(name: str, obj: h5py.HLObject) -> None:
+        if isinstance(obj, h5py.Dataset):
+            datasets.append(obj)
+        elif isinstance(obj, h5py.Group):
+            groups.append(obj)
+
+    f.visititems(collect)
+    for ds in datasets:
+        if ds.chunks is None or ds.shape[:1] != (0,) or ds.maxshape[0] is not None:
+            continue
+        # The first chunk, written whole (as HDF5's filters store it) beyond the extent:
+        # the first append then rewrites it in place, and the dataset's header (its new
+        # extent) is the one block that changes.
+        shape = tuple(int(n) for n in ds.chunks)
+        rows = np.zeros(shape, ds.dtype)
+        if ds.dtype.kind == "O":  # variable-length strings
+            rows[...] = ""
+        ds.resize(shape)
+        ds[tuple(slice(0, n) for n in shape)] = rows
+        _, stored = read_chunk(ds.id, (0,) * ds.ndim)
+        ds.resize((0, *ds.shape[1:]))  # its chunk goes, the index stays
+        write_chunk(ds.id, (0,) * ds.ndim, np.frombuffer(stored, np.uint8))
