@@ -203,6 +203,55 @@ def test_unallocated_strings_are_refused_before_they_are_read(record: Path, name
     assert verified["cls"] == "UnsafeRecordError" and "variable-length" in verified["msg"]
 
 
+def _shared_strings(f: h5py.File, name: str, count: int, layout_kind: str) -> int | None:
+    """/*name* replaced by *count* strings whose descriptors all name one stored string
+    of 1 MiB (each element is within the file; together they are *count* MiB). A
+    contiguous dataset's descriptors are patched after the file is closed: the offset
+    of its data is returned for :func:`_patch_contiguous`."""
+    old = f[name]
+    attrs = {k: old.attrs[k] for k in old.attrs}
+    parent, key = name.rsplit("/", 1)
+    del f[name]
+    values = np.array(["x" * (1 << 20)] + [""] * (count - 1), dtype=object)
+    chunks = (64,) if layout_kind == "chunked" else None
+    new = f[parent].create_dataset(key, data=values, dtype=h5py.string_dtype(),
+                                   chunks=chunks, maxshape=(None,) if chunks else None)
+    for k, v in attrs.items():
+        new.attrs[k] = v
+    if chunks is None:
+        return new.id.get_offset()
+    first = new.id.read_direct_chunk((0,))[1][:16]
+    for index in range(new.id.get_num_chunks()):
+        where = new.id.get_chunk_info(index).chunk_offset
+        new.id.write_direct_chunk(where, first * chunks[0])
+    return None
+
+
+def _patch_contiguous(path: Path, offset: int, count: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        first = fh.read(16)
+        fh.write(first * (count - 1))
+
+
+@pytest.mark.parametrize("layout_kind", ["chunked", "contiguous"])
+def test_strings_sharing_stored_data_are_refused(record: Path, layout_kind: str) -> None:
+    """A 1 MB file whose 2,000 metric names all name one stored string of 1 MiB read
+    back as 2 GiB: the lengths in the descriptors are added up before HDF5 reads."""
+    count = 2000
+    name = f"{layout.HISTORY}/{layout.HISTORY_METRICS}"
+    with h5py.File(record, "r+") as f:
+        offset = _shared_strings(f, name, count, layout_kind)
+    if offset is not None:
+        _patch_contiguous(record, offset, count)
+    assert record.stat().st_size < 2 << 20
+    result = _in_child(record, "history")
+    assert result["cls"] == "UnsafeRecordError", result
+    assert f"dataset /{name} claims" in result["msg"]
+    assert f"its {count} variable-length elements add up to {count << 20} bytes" \
+        in result["msg"]
+
+
 # --- item 9: the cap on compressed data ----------------------------------------------------
 
 

@@ -306,6 +306,8 @@ def _check_dataset(path: Path, name: str, dsid: h5py.h5d.DatasetID, file_size: i
     dtype = dsid.dtype
     unit_bytes = math.prod(_read_unit(name, shape)) * _element_bytes(dtype)
     if unit_bytes <= read_limit(file_size, compressed=False):
+        if dtype.hasobject:
+            _check_vlen_lengths(path, where, dsid, plist, math.prod(shape), file_size)
         return  # what the file could hold, compressed or not: nothing more to learn
     if name.startswith(WEIGHTS + "/") and table_rows is not None:
         first = _first_snapshot(dsid)
@@ -337,6 +339,83 @@ def _check_dataset(path: Path, name: str, dsid: h5py.h5d.DatasetID, file_size: i
             f"{_suggest(unit_bytes)}")
     raise _unsafe(path, f"{where} claims {unit_bytes} bytes per read in a file of "
                         f"{file_size} bytes (shape {shape}, dtype {dtype})")
+
+
+def _check_vlen_lengths(path: Path, where: str, dsid: h5py.h5d.DatasetID,
+                        plist: h5py.h5p.PropDCID, count: int, file_size: int) -> None:
+    """Refuse variable-length elements whose lengths add up to more than the file could
+    hold. Each stored element is at most the file's size, but many descriptors may name
+    one heap object (a 1 MB file read back as 1 GB of 1,000 copies of one string), so
+    unless *count* elements of the file's size fit, the lengths are read from the
+    descriptors themselves, before HDF5 reads what they point at."""
+    limit = read_limit(file_size, compressed=False)
+    if count <= 1 or count * max(file_size, 1) <= limit:
+        return  # even the worst case fits
+    total = _vlen_lengths(path, dsid, plist, count)
+    if total is None:
+        raise _unsafe(path, f"{where} holds {count} variable-length elements whose "
+                            "lengths cannot be checked before they are read (stored "
+                            "compact, filtered or outside the file)")
+    if count * VLEN_ELEMENT_BYTES + total > limit:
+        raise _unsafe(path, f"{where} claims {count * VLEN_ELEMENT_BYTES + total} bytes "
+                            f"per read in a file of {file_size} bytes: its {count} "
+                            f"variable-length elements add up to {total} bytes (many "
+                            "name the same stored data)")
+
+
+def _vlen_lengths(path: Path, dsid: h5py.h5d.DatasetID, plist: h5py.h5p.PropDCID,
+                  count: int) -> int | None:
+    """The bytes the variable-length elements of a dataset of strings or sequences
+    claim, from the length field of their descriptors (read raw from the file); 0 for
+    other object types (references); None when the descriptors cannot be read so."""
+    htype = dsid.get_type()
+    if isinstance(htype, h5py.h5t.TypeStringID) and htype.is_variable_str():
+        base = 1
+    elif isinstance(htype, h5py.h5t.TypeVlenID):
+        base = max(1, htype.get_super().get_size())
+    elif dsid.dtype.kind == "O":
+        return 0  # references: no heap data
+    else:
+        return None  # variable-length fields inside a compound or array type
+    sizeof_addr = h5py.h5i.get_file_id(dsid).get_create_plist().get_sizes()[0]
+    width = 8 + sizeof_addr  # length (4 bytes), heap collection address, object index
+    layout = plist.get_layout()
+    if layout == h5py.h5d.CONTIGUOUS:
+        offset = dsid.get_offset()
+        if offset is None:
+            return 0  # never written: every element is empty
+        size = count * width
+        try:
+            with open(path, "rb") as fh:
+                raw = os.pread(fh.fileno(), size, offset)
+        except OSError:
+            return None
+        if len(raw) < size:
+            return None  # outside the file
+        return _lengths(raw, width).sum(dtype=np.int64).item() * base
+    if layout != h5py.h5d.CHUNKED or _filters(plist):
+        return None
+    shape = tuple(int(d) for d in dsid.shape or ())
+    chunk_shape = tuple(plist.get_chunk())
+    total = 0
+    for index in range(dsid.get_num_chunks()):
+        chunk = tuple(dsid.get_chunk_info(index).chunk_offset)
+        raw = dsid.read_direct_chunk(chunk)[1]
+        if len(raw) < math.prod(chunk_shape) * width:
+            return None
+        lengths = _lengths(raw, width)[:math.prod(chunk_shape)].reshape(chunk_shape)
+        inside = tuple(slice(0, max(0, min(size, extent - start)))
+                       for size, extent, start in zip(chunk_shape, shape, chunk))
+        total += lengths[inside].sum(dtype=np.int64).item()  # the edge chunks' padding not
+    return total * base
+
+
+def _lengths(raw: bytes, width: int) -> np.ndarray:
+    """The length fields (little-endian uint32, first in each) of the descriptors in
+    *raw*, *width* bytes each."""
+    usable = len(raw) // width * width
+    records = np.frombuffer(raw[:usable], np.uint8).reshape(-1, width)
+    return records[:, :4].copy().view("<u4").reshape(-1)
 
 
 def _mib(size: int) -> str:
