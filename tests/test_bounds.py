@@ -252,6 +252,42 @@ def test_strings_sharing_stored_data_are_refused(record: Path, layout_kind: str)
         in result["msg"]
 
 
+def _shared_attribute(path: Path, count: int) -> None:
+    """A root attribute of *count* strings whose descriptors all name one stored string
+    of 1 MiB: written as one such string and *count* - 1 strings of one byte, then each
+    of those descriptors made a copy of the first in the file's bytes (the object header
+    of the default file format has no checksum)."""
+    with h5py.File(path, "r+") as f:
+        values = np.array(["x" * (1 << 20)] + ["y"] * (count - 1), dtype=object)
+        f.attrs.create("tags", values, dtype=h5py.string_dtype())
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x00\x00\x10\x00")  # a descriptor of 1 MiB, then one of 1 byte
+    while at >= 0 and data[at + 16:at + 20] != b"\x01\x00\x00\x00":
+        at = data.find(b"\x00\x00\x10\x00", at + 1)
+    assert at >= 0
+    data[at + 16:at + 16 * count] = bytes(data[at:at + 16]) * (count - 1)
+    path.write_bytes(bytes(data))
+
+
+def test_attribute_strings_that_may_share_stored_data_are_refused(record: Path) -> None:
+    """Every root attribute is read when a record is opened: 2,000 strings naming one
+    stored string of 1 MiB read back as 2 GiB from a 1.2 MB file (11 s in plain h5py);
+    an attribute's descriptors cannot be read raw, so many strings in it are refused
+    when they could claim more than the file holds."""
+    _shared_attribute(record, 2000)
+    assert record.stat().st_size < 2 << 20
+    result = _in_child(record, "load")
+    assert result["cls"] == "UnsafeRecordError", result
+    assert "attribute 'tags' of the root group holds 2000 variable-length values" \
+        in result["msg"]
+
+
+def test_attribute_of_a_few_strings_is_read(record: Path) -> None:
+    with h5py.File(record, "r+") as f:
+        f.attrs["tags"] = ["a", "b", "c"]
+    assert recordkit.load(record).run_id
+
+
 # --- item 9: the cap on compressed data ----------------------------------------------------
 
 

@@ -255,10 +255,15 @@ def _check_attrs(path: Path, where: str, obj: h5py.HLObject | h5py.h5o.ObjectID,
     (the reads that need it say what is wrong)."""
     oid = obj.id if isinstance(obj, h5py.HLObject) else obj
     sizes = _attr_sizes(oid)
+    file_size: int | None = None
     for key, size in sizes:
         if size > MAX_ATTR_BYTES:
             raise _unsafe(path, f"attribute {key!r} of {where} claims {size} bytes "
                                 f"(limit {MAX_ATTR_BYTES})")
+        if size > VLEN_ELEMENT_BYTES:  # more than one string's descriptor, maybe
+            if file_size is None:
+                file_size = _file_size(path)
+            _check_vlen_attr(path, where, oid, key, file_size)
     read: dict[str, object] = {}
     if not read_strings:
         return read
@@ -274,6 +279,28 @@ def _check_attrs(path: Path, where: str, obj: h5py.HLObject | h5py.h5o.ObjectID,
                                 f"(limit {MAX_ATTR_BYTES})")
         read[key] = value
     return read
+
+
+def _check_vlen_attr(path: Path, where: str, oid: h5py.h5o.ObjectID, key: str,
+                     file_size: int) -> None:
+    """Refuse an attribute of many variable-length values that could claim more than the
+    file holds: each is at most the file's size, but many may name one stored string,
+    and an attribute's descriptors cannot be read raw (recordkit writes one string per
+    attribute)."""
+    try:
+        attr = h5py.h5a.open(oid, key.encode("utf-8", "surrogateescape"))
+        htype = attr.get_type()
+        count = attr.get_space().get_simple_extent_npoints()
+    except Exception:
+        return  # the read that needs it says what is wrong
+    if not (isinstance(htype, h5py.h5t.TypeVlenID)
+            or (isinstance(htype, h5py.h5t.TypeStringID) and htype.is_variable_str())):
+        return
+    if count > 1 and count * max(file_size, 1) > read_limit(file_size, compressed=False):
+        raise _unsafe(path, f"attribute {key!r} of {where} holds {count} variable-length "
+                            f"values in a file of {file_size} bytes: together they may "
+                            "claim more than the file holds, and their lengths cannot be "
+                            "checked before they are read")
 
 
 def _first_snapshot(dsid: h5py.h5d.DatasetID) -> int | None:
