@@ -36,12 +36,6 @@ WRITER = Path(__file__).with_name("crash_writer.py")
 #: at most so many kill points, why, and what closes it). Every other failure fails the
 #: test.
 KNOWN_WINDOWS: dict[str, tuple[tuple[str, ...], int, str]] = {
-    "first": (
-        ("bad symbol table node signature",), 2,
-        "the first link into /weights (and /checksums) makes the group's first symbol "
-        "table node; the group's B-tree, made with the file, is written before it. No "
-        "commit has returned yet; closing it needs the groups in compact link storage "
-        "or made at the first snapshot (format/weights.py)"),
     "new tensor": (
         ("bad object header version number", "/checksums/head%2Fw is missing"), 2,
         "SnapshotStore.finish flushes with h5py's File.flush, not format.files.flush, "

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from pathlib import Path
 from typing import Any
+
+import h5py
 
 from recordkit.errors import (
     NotARecordError,
@@ -28,8 +31,8 @@ from recordkit.format.attrs import read_attr
 from recordkit.format.files import RecordFile, open_file_object, open_read_only, reopen
 from recordkit.locking import is_locked
 
-__all__ = ["REWRITTEN_FIELDS", "damage_hint", "has_hdf5_signature", "needs_repair",
-           "open_with_patched_eof", "repair", "unreadable_fields"]
+__all__ = ["REWRITTEN_FIELDS", "damage_hint", "dangling_groups", "has_hdf5_signature",
+           "needs_repair", "open_with_patched_eof", "repair", "unreadable_fields"]
 
 #: The root attributes a writer rewrites while its run lives (at close: status, ended,
 #: error, summary), and what :func:`repair` stores in one a kill left unreadable (None:
@@ -191,9 +194,76 @@ def unreadable_fields(path: str | os.PathLike[str]) -> list[str]:
     return found
 
 
+def _stab_btree(raw: io.BufferedReader, header: int) -> int | None:
+    """The B-tree address in the symbol table message of the version 1 object header at
+    *header* (a group of the file format recordkit writes), from its first chunk."""
+    raw.seek(header)
+    prefix = raw.read(16)
+    if len(prefix) < 16 or prefix[0] != 1:
+        return None
+    size = struct.unpack_from("<I", prefix, 8)[0]
+    body = raw.read(min(size, 1 << 16))
+    at = 0
+    while at + 8 <= len(body):
+        kind, length = struct.unpack_from("<HH", body, at)
+        if kind == 0x11 and length >= 16:  # symbol table message: B-tree, local heap
+            return int(struct.unpack_from("<Q", body, at + 8)[0])
+        at += 8 + length
+    return None
+
+
+def dangling_groups(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """Root groups whose links a kill lost: ``(name, B-tree address)`` of each group whose
+    B-tree is one leaf listing symbol table nodes none of which was ever written (zeros
+    or past the end: the node a group's first link makes is written after the B-tree
+    that points to it, issue 17). ``/weights`` and ``/checksums`` only while no snapshot
+    is listed: their links were then to no committed data."""
+    file_path = Path(path)
+    try:
+        f = open_with_patched_eof(file_path) or open_read_only(file_path)
+    except Exception:
+        return []
+    found: list[tuple[str, int]] = []
+    with f, open(file_path, "rb") as raw:
+        try:
+            names = [name for name in f if f.get(name, getclass=True) is h5py.Group]
+            listed = len(f["snapshots"]) if "snapshots" in f else 0
+        except Exception:
+            return []
+        for name in names:
+            if name in ("weights", "checksums") and listed:
+                continue
+            try:
+                header = int(h5py.h5o.get_info(h5py.h5o.open(f.id, name.encode())).addr)
+            except Exception:
+                continue
+            btree = _stab_btree(raw, header)
+            if btree is None:
+                continue
+            raw.seek(btree)
+            node = raw.read(24)
+            if len(node) < 24 or node[:4] != b"TREE" or node[4] != 0 or node[5] != 0:
+                continue
+            entries = struct.unpack_from("<H", node, 6)[0]
+            children = []
+            for i in range(entries):
+                raw.seek(btree + 24 + 8 + 16 * i)
+                children.append(struct.unpack("<Q", raw.read(8))[0])
+            written = []
+            for child in children:
+                raw.seek(child)
+                written.append(raw.read(4) == b"SNOD")
+            if children and not any(written):
+                found.append((name, btree))
+    return found
+
+
 def damage_hint(path: str | os.PathLike[str], err: BaseException | str) -> str:
     """What to tell the user about a read that failed: repair, or verify."""
     text = str(err)
+    if "symbol table node" in text and dangling_groups(path):
+        return (f"the writer was killed while it made a group's first links, before any "
+                f"data they hold was committed; run `recordkit repair {path}` to read it")
     if "heap" in text and unreadable_fields(path):
         return (f"the writer was killed while it wrote the run's status; run `recordkit "
                 f"repair {path}` to read the run as interrupted, with every committed epoch")
@@ -253,6 +323,18 @@ def repair(path: str | os.PathLike[str]) -> str:
                 os.fsync(fh.fileno())
             done.append(f"end-of-file address set from {eoa} to {size - base} "
                         "(the file's size)")
+        groups = dangling_groups(file_path)
+        if groups:
+            if not mode & 0o200:
+                file_path.chmod(mode | 0o200)
+            with open(file_path, "r+b") as fh:
+                for _, btree in groups:
+                    fh.seek(btree + 6)  # the leaf's entry count: no node, no links
+                    fh.write(b"\0\0")
+                fh.flush()
+                os.fsync(fh.fileno())
+            done.append("links a kill cut before they were written removed from "
+                        + ", ".join(f"/{name}" for name, _ in groups))
         fields = unreadable_fields(file_path)
         if fields:
             if not mode & 0o200:

@@ -16,7 +16,8 @@ from recordkit.format.chunks import read_chunk, write_chunk
 from recordkit.format.layout import WRITE_OPTIONS
 
 __all__ = ["RecordFile", "close", "file_handle", "flush", "hdf5_size", "is_open", "new_file",
-           "open_file_object", "open_id", "open_read_only", "reopen"]
+           "open_file_object", "open_id", "open_read_only", "preallocate",
+           "reopen"]
 
 #: An open record file, for modules outside this package that hold one without reading
 #: into it.
