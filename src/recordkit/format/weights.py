@@ -88,13 +88,15 @@ def write_name(obj: h5py.HLObject, name: str) -> None:
     obj.attrs[NAME_ATTR] = escape_metric(name)
 
 
-def sign_attrs(obj: h5py.HLObject, version: int) -> None:
+def sign_attrs(obj: h5py.HLObject, version: int, written: dict[str, Any] | None = None
+               ) -> None:
     """(v2) The ``attrs_crc32c`` of a tensor or an extra, once its attributes are written:
-    the identity CRC of its name, kind, dtype and checksum attributes. A string in the
+    the identity CRC of its name, kind, dtype and checksum attributes (those in *written*,
+    the values just written or None for one left out, are not read back). A string in the
     global heap has no HDF5 checksum: one changed byte read as another name, or as
     another dtype (other numbers)."""
     if version >= 2:
-        obj.attrs[ATTRS_CRC_ATTR] = np.uint32(_attrs_crc(obj))
+        obj.attrs[ATTRS_CRC_ATTR] = np.uint32(_attrs_crc(obj, written))
 
 
 def check_object_name(obj: h5py.HLObject, key: str, name: str, *,
@@ -383,16 +385,26 @@ class SnapshotStore:
         write_name(ds, name)
         ds.attrs[DTYPE_ATTR] = stored_dtype
         ds.attrs[FIRST_SNAPSHOT_ATTR] = first_snapshot
+        sums = None
+        per_row = 0
         if version >= 2:
             per_row = grid_size(shape, chunks[1:])
             checked = self._checksum and per_row > 0
-            ds.attrs[WEIGHT_CHECKSUM_ATTR] = "crc32c" if checked else "none"
-            sign_attrs(ds, version)
+            checksum = "crc32c" if checked else "none"
+            ds.attrs[WEIGHT_CHECKSUM_ATTR] = checksum
+            # what was just written, not read back (a first snapshot of many small
+            # tensors spent a third of its time reading its own attributes)
+            sign_attrs(ds, version, {NAME_ATTR: escape_metric(name), KIND_ATTR: None,
+                                     DTYPE_ATTR: stored_dtype, WEIGHT_CHECKSUM_ATTR: checksum})
             if checked:
-                f.require_group(CHECKSUMS).create_dataset(
+                sums = f.require_group(CHECKSUMS).create_dataset(
                     key, shape=(0, per_row), maxshape=(None, per_row), dtype=CHECKSUM_DTYPE,
                     chunks=(checksum_chunk_rows(per_row), per_row))
-        return _Known.of(ds, key, f.get(CHECKSUMS), version)
+            else:
+                per_row = 0
+        direct = sums is not None and ds.id.get_create_plist().get_nfilters() == 0
+        return _Known(ds, sums, shape, ds.dtype, stored_dtype, first_snapshot, 0, ds.chunks,
+                      per_row, direct)
 
     @staticmethod
     def write(target: SnapshotTarget, part: slice | None) -> None:
