@@ -182,8 +182,6 @@ def test_a_changed_byte_in_system_or_info_text_is_refused_by_verify(
         header.read_checked_text(f, key.lstrip("/"))
 
 
-@pytest.mark.xfail(strict=True, reason="load reads /system and /info through "
-                   "opening.read_parts, which must call header.read_checked_text")
 @pytest.mark.parametrize("key", ["/system", "/info"])
 def test_a_changed_byte_in_system_or_info_text_is_refused_by_load(
         records: dict[str, Path], tmp_path: Path, key: str) -> None:

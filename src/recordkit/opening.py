@@ -22,10 +22,10 @@ from recordkit.errors import (
     RecordkitError,
     RecordNotFoundError,
 )
-from recordkit.format.attrs import is_record, read_attr, read_text
+from recordkit.format.attrs import is_record, read_attr
 from recordkit.format.extras import extra_keys
 from recordkit.format.files import RecordFile, is_open, open_id, open_read_only
-from recordkit.format.header import read_format_version, read_params
+from recordkit.format.header import read_checked_text, read_format_version, read_params
 from recordkit.format.history import read_history
 from recordkit.format.layout import (
     EXTRAS,
@@ -261,7 +261,7 @@ def read_opened(f: RecordFile, path: Path, *, max_read_bytes: int | None = None,
                            max_read_bytes=max_read_bytes)
     fields = {key: _text(attrs.get(key, "")) for key in RUN_FIELDS}
     try:
-        params_text, unserialisable = read_params(f)
+        params_text, unserialisable = read_params(f, root_attrs=attrs)
     except MemoryError as err:
         raise out_of_memory(path, err, f"the params (/{PARAMS})") from None
     if check_params:
@@ -311,7 +311,7 @@ def read_parts(f: RecordFile, path: Path, parts: Iterable[str], *, snapshots: An
                 name = SYSTEM if part == "system" else INFO
                 walked += check_object(f, name, path, limit=MAX_OBJECTS - walked,
                                        max_read_bytes=cap)
-                out[part] = loads_json(read_text(f, name) or "{}")
+                out[part] = loads_json(read_checked_text(f, name) or "{}")
             elif part == "history":
                 walked += check_object(f, HISTORY, path, limit=MAX_OBJECTS - walked,
                                        max_read_bytes=cap)
@@ -495,5 +495,5 @@ def read_info_alone(path: str | os.PathLike[str]) -> Any:
             check_dataset(f, INFO, file_path)
         except KeyError:
             return None
-        text = read_text(f, INFO)
-    return None if text is None else loads_json(text)
+        text = read_checked_text(f, INFO)
+    return None if not text else loads_json(text)
