@@ -398,7 +398,8 @@ _OUT_OF_MEMORY = textwrap.dedent("""
         result = {"cls": None}
     except BaseException as err:
         result = {"cls": type(err).__name__, "msg": str(err),
-                  "recordkit": isinstance(err, recordkit.RecordkitError)}
+                  "recordkit": isinstance(err, recordkit.RecordkitError),
+                  "memory": isinstance(err, MemoryError)}
     print(json.dumps(result))
 """)
 
@@ -412,7 +413,9 @@ def test_read_out_of_memory_is_a_recordkit_error(record: Path) -> None:
                           capture_output=True, text=True, timeout=CHILD_SECONDS, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["cls"] == "RecordkitError" and result["recordkit"], result
+    # a RecordkitError that code catching MemoryError catches too
+    assert result["cls"] == "RecordTooLargeError" and result["recordkit"], result
+    assert result["memory"], result
     assert str(record) in result["msg"] and "the extra 'curve'" in result["msg"]
     assert "more memory than this process may allocate" in result["msg"]
 

@@ -18,6 +18,7 @@ __all__ = [
     "RecordExistsError",
     "RecordLockedError",
     "RecordNotFoundError",
+    "RecordTooLargeError",
     "RecordWriteError",
     "RecordkitError",
     "RecordkitWarning",
@@ -47,6 +48,12 @@ class RecordDamagedError(RecordkitError):
 class UnsafeRecordError(RecordkitError):
     """The file points outside itself (external links, external storage, virtual datasets)
     or claims sizes that would exhaust memory; it is refused without being read."""
+
+
+class RecordTooLargeError(RecordkitError, MemoryError):
+    """Reading a part of a record needs more memory than this process may allocate (a
+    ``MemoryError``, or HDF5 failing to allocate); code that catches ``MemoryError``
+    catches it too."""
 
 
 class RecordClosedError(RecordkitError):

@@ -21,6 +21,7 @@ from recordkit.errors import (
     RecordDamagedError,
     RecordkitError,
     RecordNotFoundError,
+    RecordTooLargeError,
 )
 from recordkit.format.attrs import is_record, read_attr
 from recordkit.format.extras import extra_keys
@@ -156,11 +157,11 @@ def read_closed_summary(path: Path) -> dict[str, Any] | None:
         fid.close()
 
 
-def out_of_memory(path: Path, err: BaseException, what: str = "") -> RecordkitError:
+def out_of_memory(path: Path, err: BaseException, what: str = "") -> RecordTooLargeError:
     """The error for a read that ran out of memory (a ``MemoryError``, or HDF5 failing to
     allocate): it names the file and what was read, and what to do."""
     cause = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-    return RecordkitError(
+    return RecordTooLargeError(
         f"{str(path)!r}: reading {what or 'it'} needs more memory than this process may "
         f"allocate ({cause}); free memory, raise the process's memory limit, or read "
         "less at a time (one tensor or one snapshot: record.weight(name)[i]). A file from "
