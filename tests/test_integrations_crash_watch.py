@@ -228,3 +228,31 @@ def test_a_crashed_fit_runs_every_hook_and_closes_the_record_as_failed(
     assert record.error == "RuntimeError: data pipeline broke"
     assert record.history.epochs("loss").tolist() == [0, 1]
     assert record.snapshot_epochs == [0, 1]
+
+
+AT_EXIT = """
+import sys, weakref
+from recordkit.integrations import _crash_watch
+
+class Owner:
+    def on_exit(self):
+        print("owner's exit handler", flush=True)
+
+class Later:
+    pass
+
+owner, later = Owner(), Later()
+_crash_watch.watch(owner, on_uncaught=lambda o, e: None, on_cell_end=lambda o, e: None,
+                   on_exit=Owner.on_exit)
+# a finalizer made after the watch (as a Recorder's is) still runs after the handler
+weakref.finalize(later, print, "a finalizer at exit", flush=True)
+"""
+
+
+def test_exit_handlers_run_before_the_finalizers_of_later_objects(tmp_path: Path) -> None:
+    script = tmp_path / "exit.py"
+    script.write_text(textwrap.dedent(AT_EXIT))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["owner's exit handler", "a finalizer at exit"]

@@ -5,6 +5,7 @@ internal, and ``Record.info["fit"]`` or ``info["distribution"]`` would be wrong.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import os
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.support import require
@@ -20,7 +22,10 @@ from tests.support import require
 keras = require("keras", "keras")
 
 from recordkit.integrations._keras_internals import (  # noqa: E402
+    exception_left_fit,
     fit_call_arguments,
+    fit_is_running_here,
+    running_fit,
     strategy_name,
 )
 
@@ -138,3 +143,110 @@ def test_the_seed_of_set_random_seed_is_read() -> None:
     assert random_seed() == 1234
     keras.utils.set_random_seed(7)
     assert random_seed() == 7
+
+
+class FitProbe(keras.callbacks.Callback):
+    """Keeps what _keras_internals finds of the running fit; raises at epoch *crash*."""
+
+    def __init__(self, crash: int | None = None) -> None:
+        super().__init__()
+        self.crash = crash
+        self.fit: Any = None
+        self.running_here: list[bool] = []
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        self.fit = running_fit(self.model)
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self.running_here.append(fit_is_running_here(self.fit))
+        if epoch == self.crash:
+            raise RuntimeError(f"boom at epoch {epoch}")
+
+
+def small_model() -> Any:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+X3 = np.random.default_rng(0).normal(size=(20, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("filtering", [True, False])
+def test_the_exception_that_left_a_fit_is_told_from_others(filtering: bool) -> None:
+    """Found through the traceback with Keras' traceback filtering (which drops fit's
+    frame) and without; another exception, or one after fit's frame is gone, is not."""
+    was = keras.config.is_traceback_filtering_enabled()
+    (keras.config.enable_traceback_filtering if filtering
+     else keras.config.disable_traceback_filtering)()
+    try:
+        probe = FitProbe(crash=1)
+        found: dict[str, Any] = {}
+        try:
+            small_model().fit(X3, X3[:, :1], epochs=3, verbose=0, callbacks=[probe])
+        except RuntimeError as err:
+            found["raised"] = err
+            found["given"] = exception_left_fit(probe.fit, err)
+            found["handled"] = exception_left_fit(probe.fit, sys.exc_info()[1])
+            try:
+                raise KeyError("while handling it")
+            except KeyError as other:  # its __context__ is the fit's exception
+                found["context"] = exception_left_fit(probe.fit, other)
+        try:
+            raise ValueError("unrelated")
+        except ValueError as unrelated:
+            found["unrelated"] = exception_left_fit(probe.fit, unrelated)
+        raised = found.pop("raised")
+        assert found == {"given": raised, "handled": raised, "context": raised,
+                         "unrelated": None}
+        assert probe.running_here == [True, True]
+        assert not fit_is_running_here(probe.fit)
+        del raised, found
+        gc.collect()
+        assert probe.fit.callback_list() is None  # fit's frame went with the exception
+        assert exception_left_fit(probe.fit, None) is None
+    finally:
+        (keras.config.enable_traceback_filtering if was
+         else keras.config.disable_traceback_filtering)()
+
+
+@pytest.mark.parametrize(("kwargs", "given"), [
+    ({"validation_split": 0.25}, False),
+    ({"validation_data": (X3[:5], X3[:5, :1])}, True),
+    ({"validation_data": (X3[:5], X3[:5, :1]), "validation_split": 0.25}, True),
+    ({}, False),
+])
+def test_validation_data_given_is_what_the_user_passed(kwargs: dict[str, Any],
+                                                       given: bool) -> None:
+    probe = FitProbe()
+    small_model().fit(X3, X3[:, :1], epochs=1, verbose=0, callbacks=[probe], **kwargs)
+    assert probe.fit.call_args["validation_data_given"] is given
+
+
+SERIALISE_ON_TORCH = """
+import json, sys
+import keras
+from keras.src.utils import module_utils
+from recordkit.integrations._keras_internals import serialising_without_tensorflow
+
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+with serialising_without_tensorflow():
+    inside = module_utils.tensorflow._available
+    config = model.get_config()
+print(json.dumps({"inside": inside, "after": module_utils.tensorflow._available,
+                  "tf": "tensorflow" in sys.modules, "layers": len(config["layers"])}))
+"""
+
+
+@pytest.mark.slow
+def test_serialising_on_torch_imports_no_tensorflow() -> None:
+    """Keras' lazy tensorflow module answers "not available" inside the block only, so
+    get_config imports nothing; it asks again (and may import) after."""
+    require("tensorflow", "keras")
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("the torch backend is not installed")
+    seen = run(SERIALISE_ON_TORCH, {"KERAS_BACKEND": "torch"})
+    assert seen == {"inside": False, "after": None, "tf": False, "layers": 2}
+    seen = run(SERIALISE_ON_TORCH, {"KERAS_BACKEND": "tensorflow"})
+    assert seen["tf"] is True and seen["inside"] is not False  # nothing changed there

@@ -137,6 +137,99 @@ def test_fit_arguments_callbacks_cannot_see_are_recorded(tmp_path: Path) -> None
     assert fit["steps_per_epoch"] == 5  # 36 training samples of 48 in batches of 8
 
 
+def test_vector_metrics_are_stored_per_element(tmp_path: Path) -> None:
+    """F1Score(average=None) puts one value per class in History.history: each is
+    stored, and the elements read back as History has them."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="categorical_crossentropy",
+                  metrics=[keras.metrics.F1Score(average=None), "accuracy"])
+    labels = keras.utils.to_categorical((X[:, 0] > 0).astype("int64") + (X[:, 1] > 1), 3)
+    callback = RecordCallback(tmp_path)
+    hist = model.fit(X, labels, batch_size=16, epochs=3, verbose=0, callbacks=[callback],
+                     validation_data=(X[:8], labels[:8]))
+    record = recordkit.load(callback.record_path)
+    for key in ("f1_score", "val_f1_score"):
+        expected = np.stack([np.asarray(v, dtype=np.float64) for v in hist.history[key]])
+        assert expected.shape == (3, 3)
+        meta = record.info["vector_metrics"][key]
+        assert meta == {"shape": [3], "elements": [f"{key}[{i}]" for i in range(3)]}
+        stored = np.stack([record.history[name] for name in meta["elements"]], axis=1)
+        np.testing.assert_array_equal(stored, expected.astype(np.float32).astype(np.float64))
+        for name in meta["elements"]:
+            assert record.history.epochs(name).tolist() == [0, 1, 2]
+    assert_history_equal(record, {k: hist.history[k] for k in ("loss", "accuracy")},
+                         [0, 1, 2])
+
+
+def test_facts_of_a_subclassed_model_split_data_and_logits(tmp_path: Path) -> None:
+    """Parameters counted once the first step built the model; validation_data_given
+    is what the user passed (fit makes validation_data of a validation_split); the
+    loss's from_logits is kept."""
+
+    class Net(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hidden = keras.layers.Dense(8, activation="relu")
+            self.out = keras.layers.Dense(2)
+
+        def call(self, x: Any) -> Any:
+            return self.out(self.hidden(x))
+
+    keras.utils.set_random_seed(0)
+    model = Net()
+    model.compile(optimizer="adam", metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = RecordCallback(tmp_path)
+    model.fit(X, Y, batch_size=16, epochs=2, verbose=0, validation_split=0.25,
+              callbacks=[callback])
+    info = recordkit.load(callback.record_path).info
+    assert info["model"]["parameters"] == model.count_params() == 6 * 8 + 8 + 8 * 2 + 2
+    assert info["model"]["trainable_parameters"] == 74
+    assert info["model"]["non_trainable_parameters"] == 0
+    assert info["fit"]["validation_split"] == 0.25
+    assert info["fit"]["validation_data_given"] is False
+    assert info["fit"]["validation"] is True
+    assert info["compile"]["from_logits"] is True
+    assert info["compile"]["loss_config"]["from_logits"] is True
+    assert info["compile"]["loss"] == "sparse_categorical_crossentropy"
+
+
+def batches() -> Any:
+    while True:
+        for start in range(0, 48, 16):
+            yield X[start:start + 16], Y[start:start + 16]
+
+
+@pytest.mark.parametrize("data", ["generator", "tf_data", "py_dataset", "arrays"])
+def test_shuffle_is_none_where_keras_ignores_it(tmp_path: Path, data: str) -> None:
+    class Batches(keras.utils.PyDataset):
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, index: int) -> Any:
+            return X[index * 16:(index + 1) * 16], Y[index * 16:(index + 1) * 16]
+
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path)
+    if data == "generator":
+        with pytest.warns(UserWarning, match="shuffle"):  # Keras says it ignores it
+            model.fit(batches(), steps_per_epoch=3, epochs=1, verbose=0,
+                      callbacks=[callback])
+    elif data == "tf_data":
+        tf = pytest.importorskip("tensorflow")
+        model.fit(tf.data.Dataset.from_tensor_slices((X, Y)).batch(16), epochs=1,
+                  verbose=0, callbacks=[callback])
+    elif data == "py_dataset":
+        model.fit(Batches(), epochs=1, verbose=0, callbacks=[callback])
+    else:
+        model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
+    fit_info = recordkit.load(callback.record_path).info["fit"]
+    # Keras ignores shuffle for generators (and tf.data); a PyDataset's batches are
+    # shuffled, arrays' samples too
+    assert fit_info["shuffle"] is (None if data in ("generator", "tf_data") else True)
+
+
 def test_fit_arguments_of_a_custom_loop_come_from_fit_args(tmp_path: Path) -> None:
     model = tiny_model()
     callback = RecordCallback(tmp_path, system=False, fit_args={"batch_size": 4})
@@ -191,22 +284,74 @@ def test_early_stopping_completes_and_snapshots_last_epoch(tmp_path: Path) -> No
             value, keras.ops.convert_to_numpy(next(v for v in model.weights if v.path == name)))
 
 
-def test_final_snapshot_holds_weights_restored_by_early_stopping(tmp_path: Path) -> None:
-    model = tiny_model(batchnorm=False)
-    callback = RecordCallback(tmp_path)
+class WeightsAtEpochEnd(keras.callbacks.Callback):
+    """The model's weights at the end of each epoch: what the epoch trained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epochs: list[dict[str, np.ndarray]] = []
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self.epochs.append({v.path: keras.ops.convert_to_numpy(v).copy()
+                            for v in self.model.weights})
+
+
+def model_weights(model: Any) -> dict[str, np.ndarray]:
+    return {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
+
+
+def assert_weights_equal(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def restoring_early_stopping() -> Any:
     # loss improves at epoch 0 only by this min_delta's measure: weights of epoch 0 return
-    stop = keras.callbacks.EarlyStopping(monitor="loss", min_delta=100.0, patience=2,
+    return keras.callbacks.EarlyStopping(monitor="loss", min_delta=100.0, patience=2,
                                          restore_best_weights=True)
-    hist = fit(model, [stop, callback], epochs=10)
+
+
+@pytest.mark.parametrize("order", ["stop_first", "record_first"])
+def test_early_stopping_restore_keeps_the_last_epoch_and_names_the_restored_one(
+        tmp_path: Path, order: str) -> None:
+    """Whichever order the callbacks are in, the last snapshot is what the last epoch
+    trained, and info['final_weights'] names the snapshot of the restored epoch (no
+    copy), which is what the model ends fit with."""
+    model = tiny_model(batchnorm=False)
+    callback, stop = RecordCallback(tmp_path), restoring_early_stopping()
+    seen = WeightsAtEpochEnd()
+    hist = fit(model, [stop, callback, seen] if order == "stop_first"
+               else [callback, stop, seen], epochs=10)
     assert len(hist.history["loss"]) == 3
     record = recordkit.load(callback.record_path)
+    assert record.status == "completed"
     assert record.snapshot_epochs == [0, 1, 2]
-    final, first = record.weights(), record.weights(epoch=0)
-    for variable in model.weights:
-        np.testing.assert_array_equal(final[variable.path],
-                                      keras.ops.convert_to_numpy(variable))
-        np.testing.assert_array_equal(first[variable.path], final[variable.path])
-    assert "EarlyStopping(restore_best_weights=True)" in record.info["final_weights"]
+    for epoch in (0, 1, 2):
+        assert_weights_equal(record.weights(epoch=epoch), seen.epochs[epoch])
+    assert record.info["final_weights"] == {
+        "epoch": 0, "by": "EarlyStopping(restore_best_weights=True)"}
+    assert_weights_equal(record.weights(epoch=0), model_weights(model))
+    assert "final_weights" not in record.extras  # a reference, not a copy
+    kernel = model.weights[0].path
+    assert not np.array_equal(record.weights(epoch=2)[kernel], record.weights(epoch=0)[kernel])
+
+
+@pytest.mark.parametrize("order", ["stop_first", "record_first"])
+def test_early_stopping_restore_of_an_epoch_without_snapshot_is_an_extra(
+        tmp_path: Path, order: str) -> None:
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path, snapshot_every=None)
+    stop, seen = restoring_early_stopping(), WeightsAtEpochEnd()
+    fit(model, [stop, callback, seen] if order == "stop_first" else [callback, stop, seen],
+        epochs=10)
+    record = recordkit.load(callback.record_path)
+    assert record.snapshot_epochs == [2]
+    assert_weights_equal(record.weights(epoch=2), seen.epochs[2])
+    assert record.info["final_weights"] == {
+        "extra": "final_weights", "epoch": 0, "by": "EarlyStopping(restore_best_weights=True)"}
+    assert_weights_equal(record.extras["final_weights"], model_weights(model))
+    assert_weights_equal(record.extras["final_weights"], seen.epochs[0])
 
 
 def test_final_snapshot_is_not_rewritten_when_nothing_changed_the_weights(
@@ -214,25 +359,6 @@ def test_final_snapshot_is_not_rewritten_when_nothing_changed_the_weights(
     callback = RecordCallback(tmp_path)
     fit(tiny_model(batchnorm=False), [callback], epochs=2)
     assert "final_weights" not in recordkit.load(callback.record_path).info
-
-
-def test_final_weights_restored_are_found_in_a_float16_record(tmp_path: Path) -> None:
-    """The last epoch's copies are compared in the model's own dtype, so weights restored
-    in on_train_end are found even when the record stores them as float16."""
-    model = tiny_model(batchnorm=False)
-    callback = RecordCallback(tmp_path, dtype="float16")
-    stop = keras.callbacks.EarlyStopping(monitor="loss", min_delta=100.0, patience=2,
-                                         restore_best_weights=True)
-    fit(model, [stop, callback], epochs=10)
-    record = recordkit.load(callback.record_path)
-    assert record.snapshot_epochs == [0, 1, 2]
-    assert "final_weights" in record.info
-    final, first = record.weights(), record.weights(epoch=0)
-    for variable in model.weights:
-        assert final[variable.path].dtype == np.float16
-        np.testing.assert_array_equal(
-            final[variable.path], keras.ops.convert_to_numpy(variable).astype(np.float16))
-        np.testing.assert_array_equal(first[variable.path], final[variable.path])
 
 
 class ChangeAtTrainEnd(keras.callbacks.Callback):
@@ -253,7 +379,8 @@ class ChangeAtTrainEnd(keras.callbacks.Callback):
 def test_final_weights_compare_only_the_tensors_a_snapshot_holds(
         tmp_path: Path, snapshot_every: int | None) -> None:
     """A change at the end of fit to a tensor the snapshots leave out (exclude=) is not a
-    change of the snapshot; a change to one they hold is, and replaces it."""
+    change of the snapshot; a change to one they hold is, and the final weights are
+    stored beside the last snapshot, which keeps what the epoch trained."""
     model = tiny_model(batchnorm=False)
     callback = RecordCallback(tmp_path / "excluded", exclude="*/bias",
                               snapshot_every=snapshot_every)
@@ -265,15 +392,31 @@ def test_final_weights_compare_only_the_tensors_a_snapshot_holds(
     model = tiny_model(batchnorm=False)
     callback = RecordCallback(tmp_path / "held", exclude="*/bias",
                               snapshot_every=snapshot_every)
-    fit(model, [ChangeAtTrainEnd("kernel"), callback], epochs=2)
+    seen = WeightsAtEpochEnd()
+    fit(model, [ChangeAtTrainEnd("kernel"), callback, seen], epochs=2)
     record = recordkit.load(callback.record_path)
-    assert "final_weights" in record.info
+    assert record.info["final_weights"]["extra"] == "final_weights"
     assert record.snapshot_epochs[-1] == 1
-    kernels = [v for v in model.weights if "kernel" in v.path]
-    assert kernels and set(record.tensor_names) == {v.path for v in kernels}
-    for variable in kernels:
-        np.testing.assert_array_equal(record.weights()[variable.path],
-                                      keras.ops.convert_to_numpy(variable))
+    kernels = {v.path for v in model.weights if "kernel" in v.path}
+    assert kernels and set(record.tensor_names) == kernels
+    final = model_weights(model)
+    assert_weights_equal(record.weights(), {k: seen.epochs[1][k] for k in kernels})
+    assert_weights_equal(record.extras["final_weights"], {k: final[k] for k in kernels})
+
+
+def test_final_weights_changed_are_found_in_a_float16_record(tmp_path: Path) -> None:
+    """The last epoch's copies are compared in the model's own dtype, so weights changed
+    in on_train_end are found even when the record stores them as float16."""
+    model = tiny_model(batchnorm=False)
+    callback, seen = RecordCallback(tmp_path, dtype="float16"), WeightsAtEpochEnd()
+    fit(model, [ChangeAtTrainEnd("kernel"), callback, seen], epochs=2)
+    record = recordkit.load(callback.record_path)
+    assert record.info["final_weights"]["extra"] == "final_weights"
+    last = record.weights()
+    for name, value in seen.epochs[1].items():
+        assert last[name].dtype == np.float16
+        np.testing.assert_array_equal(last[name], value.astype(np.float16))
+    assert_weights_equal(record.extras["final_weights"], model_weights(model))
 
 
 def test_host_copies_do_not_follow_the_variables() -> None:
@@ -317,18 +460,122 @@ def test_crashed_fit_leaves_readable_record_then_reuse_starts_new(tmp_path: Path
         fit(model, [callback, Crash(at=2)], epochs=4)
     crashed = callback.record_path
     record = recordkit.load(crashed)
+    # open until the next fit: the rows of every finished epoch are in the file; the
+    # last snapshots may still be on their way (the writer thread)
     assert record.status == "running"  # this process still holds it: not "completed"
     assert record.history.epochs("loss").tolist() == [0, 1]
-    assert snapshot_epochs_once_written(crashed, [0, 1]) == [0, 1]
-    # the callback used again from epoch 0: the crashed record is closed, a new one begins
+    assert record.snapshot_epochs in ([], [0], [0, 1])
+    # the callback used again from epoch 0: the crashed record is closed, every queued
+    # snapshot written; the exception was dropped before, so it cannot be known
     hist = fit(model, [callback], epochs=2)
     assert callback.record_path != crashed
     old = recordkit.load(crashed)
-    assert old.status == "interrupted" and "without on_train_end" in old.error
+    assert old.status == "interrupted"
+    assert old.error == ("model.fit ended without on_train_end (an exception left fit); "
+                         "the callback was used for another fit, and the exception that "
+                         "left fit was not known then")
     assert old.history.epochs("loss").tolist() == [0, 1]
+    assert old.snapshot_epochs == [0, 1]
     new = recordkit.load(callback.record_path)
     assert new.status == "completed"
     assert_history_equal(new, hist.history, [0, 1])
+
+
+class LogsSeen(keras.callbacks.Callback):
+    """The logs of each epoch, as History has them (placed after RecordCallback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logs: list[dict[str, Any]] = []
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self.logs.append(dict(logs or {}))
+
+
+def assert_failed_with_boom(path: str | None, epochs: list[int], at: int = 2) -> None:
+    record = recordkit.load(path)
+    assert record.stored_status == "failed"
+    assert record.error == f"RuntimeError: boom at epoch {at}"
+    assert record.history.epochs("loss").tolist() == epochs
+    assert record.snapshot_epochs == epochs
+
+
+@pytest.mark.parametrize("how", ["close_in_except", "close_in_finally", "with_block"])
+def test_a_caught_failure_reads_failed_once_the_callback_is_closed(tmp_path: Path,
+                                                                   how: str) -> None:
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path)
+    seen = LogsSeen()
+    if how == "close_in_except":
+        try:
+            fit(model, [callback, seen, Crash(at=2)], epochs=4)
+        except RuntimeError:
+            callback.close()
+    elif how == "close_in_finally":
+        with contextlib.suppress(RuntimeError):
+            try:
+                fit(model, [callback, seen, Crash(at=2)], epochs=4)
+            finally:
+                callback.close()
+    else:
+        with contextlib.suppress(RuntimeError), callback:
+            fit(model, [callback, seen, Crash(at=2)], epochs=4)
+    assert_failed_with_boom(callback.record_path, [0, 1])
+    record = recordkit.load(callback.record_path)
+    assert_history_equal(record, {k: [logs[k] for logs in seen.logs]
+                                  for k in ("loss", "accuracy")}, [0, 1])
+    callback.close()  # a second time: nothing more
+    assert recordkit.load(callback.record_path).stored_status == "failed"
+
+
+def test_a_caught_failure_reads_failed_when_the_next_fit_starts_in_the_handler(
+        tmp_path: Path) -> None:
+    """A sweep that retries inside its except block: the next fit starts while the
+    exception is handled, and it is the one that left the previous fit."""
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path)
+    try:
+        fit(model, [callback, Crash(at=2)], epochs=4)
+    except RuntimeError:
+        crashed = callback.record_path
+        fit(model, [callback], epochs=2)
+    assert_failed_with_boom(crashed, [0, 1])
+    assert callback.record_path != crashed
+    assert recordkit.load(callback.record_path).status == "completed"
+
+
+def test_an_unrelated_exception_is_never_stored_as_the_fits(tmp_path: Path) -> None:
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path)
+    with contextlib.suppress(RuntimeError):
+        fit(model, [callback, Crash(at=1)], epochs=3)
+    try:
+        raise KeyError("unrelated")
+    except KeyError:
+        callback.close()  # handling an exception, but not the fit's
+    record = recordkit.load(callback.record_path)
+    assert record.stored_status == "interrupted"
+    assert "KeyError" not in record.error and "was not known" in record.error
+    assert record.snapshot_epochs == [0]
+
+
+def test_close_during_a_fit_and_after_a_normal_fit_changes_nothing(tmp_path: Path) -> None:
+    class CloseEveryEpoch(keras.callbacks.Callback):
+        def __init__(self, record_callback: RecordCallback) -> None:
+            super().__init__()
+            self.record_callback = record_callback
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            self.record_callback.close()
+
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path)
+    hist = fit(model, [callback, CloseEveryEpoch(callback)], epochs=3)
+    callback.close()
+    record = recordkit.load(callback.record_path)
+    assert record.status == "completed"
+    assert_history_equal(record, hist.history, [0, 1, 2])
+    assert record.snapshot_epochs == [0, 1, 2]
 
 
 def test_garbage_collected_callback_closes_crashed_record(tmp_path: Path) -> None:
@@ -577,6 +824,25 @@ def test_torch_backend(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_torch_backend_fit_does_not_import_tensorflow(tmp_path: Path) -> None:
+    """TensorFlow is installed beside torch here; a torch-backend fit with the callback
+    must not import it (Keras' serialisation asks whether it is available). The model is
+    built without keras.utils.set_random_seed, which imports TensorFlow itself."""
+    pytest.importorskip("torch")
+    head = textwrap.dedent(SCRIPT_HEAD).format(setup="").replace(
+        "    keras.utils.set_random_seed(0)\n", "")
+    body = (head + "model = build()\nbefore = 'tensorflow' in sys.modules\n"
+            + FIT_AND_DUMP.replace("print(json.dumps({", 'print(json.dumps({"tf": '
+                                   '[before, "tensorflow" in sys.modules], '))
+    done = run_script(tmp_path, body, env={"KERAS_BACKEND": "torch"})
+    dump = json.loads(done.stdout.strip().splitlines()[-1])
+    assert dump["backend"] == "torch" and dump["tf"] == [False, False]
+    record = check_dump(done.stdout)
+    assert record.info["model"]["config"]["name"] == "sequential"  # serialised all the same
+    assert record.info["compile"]["from_logits"] is True
+
+
+@pytest.mark.slow
 def test_mirrored_strategy_writes_one_record(tmp_path: Path) -> None:
     setup = textwrap.dedent("""
         import tensorflow as tf
@@ -646,6 +912,41 @@ def test_uncaught_exception_closes_record_as_failed(tmp_path: Path) -> None:
     record = recordkit.load(path)
     assert record.status == "failed"
     assert record.error == "RuntimeError: data pipeline broke"
+    assert record.history.epochs("loss").tolist() == [0, 1]
+    assert record.snapshot_epochs == [0, 1]
+
+
+CAUGHT_THEN_EXIT = """
+class Crash(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise RuntimeError("boom at epoch 2")
+
+callback = RecordCallback(sys.argv[1])
+errors = []
+try:
+    build().fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[callback, Crash()])
+except RuntimeError as err:
+    if KEEP:
+        errors.append(err)
+print(json.dumps({"path": callback.record_path}), flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_caught_failure_is_closed_at_exit(tmp_path: Path, keep: bool) -> None:
+    """At exit the record of a fit that raised is closed: interrupted, saying the
+    exception was not known (it was dropped; one kept in a list is not looked for)."""
+    body = (textwrap.dedent(SCRIPT_HEAD).format(setup="")
+            + CAUGHT_THEN_EXIT.replace("KEEP", str(keep)))
+    done = run_script(tmp_path, body)
+    path = json.loads(done.stdout.strip().splitlines()[-1])["path"]
+    record = recordkit.load(path)
+    assert record.stored_status == "interrupted"
+    assert record.error == ("model.fit ended without on_train_end (an exception left fit); "
+                            "the process exited, and the exception that left fit was not "
+                            "known then")
     assert record.history.epochs("loss").tolist() == [0, 1]
     assert record.snapshot_epochs == [0, 1]
 

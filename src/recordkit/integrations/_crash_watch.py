@@ -1,5 +1,6 @@
 """Closes the records of fits that an exception ended without any callback hook: a
-process-wide ``sys.excepthook``, chained and put back, and IPython's ``post_run_cell``.
+process-wide ``sys.excepthook``, chained and put back, IPython's ``post_run_cell`` and,
+for a record still open when the interpreter exits, an ``atexit`` handler.
 
 Keras calls no callback when ``fit`` raises. A callback that has a record open calls
 :func:`watch` with two handlers; while any callback watches, ``sys.excepthook`` is a hook
@@ -9,11 +10,14 @@ that was there before is put back, but only if ``sys.excepthook`` is still ours:
 installed after ours stays, and ours, which it may call, keeps calling the one before it.
 IPython and Jupyter never call ``sys.excepthook`` (the shell shows a cell's exception
 itself), so the ``on_cell_end`` handlers run when a cell ends. IPython is only looked up,
-never imported.
+never imported. The ``on_exit`` handlers run at interpreter exit, before the recorders'
+own exit handlers (``atexit`` runs the handler registered last first, and ours is
+registered when the first watch starts, after ``weakref.finalize``'s).
 """
 
 from __future__ import annotations
 
+import atexit
 import sys
 import threading
 import weakref
@@ -27,6 +31,7 @@ __all__ = ["unwatch", "watch", "watched"]
 ExceptHook = Callable[[type[BaseException], BaseException, TracebackType | None], Any]
 OnUncaught = Callable[[Any, BaseException], None]
 OnCellEnd = Callable[[Any, BaseException | None], None]
+OnExit = Callable[[Any], None]
 
 
 @dataclass(frozen=True)
@@ -34,26 +39,45 @@ class _Watch:
     owner: weakref.ref[Any]
     on_uncaught: OnUncaught
     on_cell_end: OnCellEnd
+    on_exit: OnExit | None = None
 
 
 _lock = threading.RLock()  # a weakref callback may run inside a locked section
 _watches: dict[int, _Watch] = {}
 _installed: tuple[ExceptHook, ExceptHook] | None = None  # (ours, the one before)
 _ipython_shells: weakref.WeakSet[Any] = weakref.WeakSet()
+_atexit_registered = False
 
 
-def watch(owner: Any, *, on_uncaught: OnUncaught, on_cell_end: OnCellEnd) -> None:
+class _Anchor:
+    """Lives as long as the module: a ``weakref.finalize`` on it never runs before exit."""
+
+
+_anchor = _Anchor()
+# weakref.finalize registers its own atexit handler when the first finalize of the process
+# is made; made here, it is registered before ours, so ours (registered by the first
+# watch) runs first, while the recorders' finalizers have not closed their records yet.
+weakref.finalize(_anchor, int)
+
+
+def watch(owner: Any, *, on_uncaught: OnUncaught, on_cell_end: OnCellEnd,
+          on_exit: OnExit | None = None) -> None:
     """Until :func:`unwatch` (*owner*), call ``on_uncaught(owner, exception)`` with an
-    exception that ends the process and ``on_cell_end(owner, error)`` when an IPython cell
-    ends (*error* None when it raised none). *owner* is held weakly, so the handlers are
-    plain functions (``type(owner).method``), not bound methods."""
+    exception that ends the process, ``on_cell_end(owner, error)`` when an IPython cell
+    ends (*error* None when it raised none) and ``on_exit(owner)`` when the interpreter
+    exits. *owner* is held weakly, so the handlers are plain functions
+    (``type(owner).method``), not bound methods."""
+    global _atexit_registered
     key = id(owner)
     with _lock:
         current = _watches.get(key)
         if current is None or current.owner() is not owner:
             _watches[key] = _Watch(weakref.ref(owner, lambda ref: _forget(key, ref)),
-                                   on_uncaught, on_cell_end)
+                                   on_uncaught, on_cell_end, on_exit)
         _install_excepthook()
+        if on_exit is not None and not _atexit_registered:
+            atexit.register(_at_exit)
+            _atexit_registered = True
     _watch_ipython_cells()
 
 
@@ -123,6 +147,18 @@ def _run_handlers(which: str, error: BaseException | None) -> None:
             continue
         try:
             handler(owner, error)
+        except Exception:  # closing one record must not keep the others open
+            continue
+
+
+def _at_exit() -> None:
+    with _lock:
+        calls = [(w.owner(), w.on_exit) for w in _watches.values()]
+    for owner, handler in calls:
+        if owner is None or handler is None:
+            continue
+        try:
+            handler(owner)
         except Exception:  # closing one record must not keep the others open
             continue
 

@@ -16,10 +16,16 @@ import keras
 import numpy as np
 
 from recordkit.integrations._common import jsonable
-from recordkit.integrations._keras_internals import HIDDEN_FIT_ARGS, random_seed, strategy_name
+from recordkit.integrations._keras_internals import (
+    HIDDEN_FIT_ARGS,
+    random_seed,
+    serialising_without_tensorflow,
+    strategy_name,
+)
 
-__all__ = ["cluster_resolver", "fit_facts", "frozen_paths", "host_copies", "keras_scalar",
-           "learning_rate", "run_info", "variable_name", "weights_differ"]
+__all__ = ["cluster_resolver", "early_stopping_restore", "element_name", "fit_facts",
+           "frozen_paths", "host_copies", "keras_scalar", "learning_rate", "model_counts",
+           "run_info", "variable_name", "vector_metrics", "weights_differ"]
 
 
 def keras_scalar(value: Any) -> float | None:
@@ -32,6 +38,29 @@ def keras_scalar(value: Any) -> float | None:
             return float(value)
         except (TypeError, ValueError):
             return None
+
+
+def vector_metrics(logs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The metrics of *logs* that hold several numbers (``F1Score(average=None)`` gives
+    one per class), as float arrays; one-number metrics and what is not numeric are
+    left out."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in logs.items():
+        if isinstance(value, (float, int, str)) or value is None:
+            continue
+        try:
+            array = np.asarray(keras.ops.convert_to_numpy(value))
+        except Exception:
+            continue
+        if array.size > 1 and array.dtype.kind in "biuf":
+            out[str(key)] = array.astype(np.float64)
+    return out
+
+
+def element_name(metric: str, index: tuple[int, ...]) -> str:
+    """The name one element of a vector metric is stored under: ``f1_score[0]``,
+    ``confusion[1,0]``."""
+    return f"{metric}[{','.join(str(i) for i in index)}]"
 
 
 def variable_name(variable: Any) -> str:
@@ -88,6 +117,20 @@ def weights_differ(model: Any, stored: Mapping[str, np.ndarray]) -> bool:
                 or np.array_equal(stored[name], value, equal_nan=True)):
             return True
     return False
+
+
+def early_stopping_restore(callbacks: Any) -> tuple[int, list[Any]] | None:
+    """``(best epoch, its weights)`` that an ``EarlyStopping(restore_best_weights=True)``
+    among *callbacks* (the fit's, in order) restores in its ``on_train_end`` (the last
+    one when several do), from its public attributes; None when none restores."""
+    found = None
+    for callback in callbacks:
+        if (isinstance(callback, keras.callbacks.EarlyStopping)
+                and getattr(callback, "restore_best_weights", False)
+                and getattr(callback, "best_weights", None) is not None
+                and isinstance(getattr(callback, "best_epoch", None), int)):
+            found = (int(callback.best_epoch), list(callback.best_weights))
+    return found
 
 
 def learning_rate(model: Any) -> float | None:
@@ -180,6 +223,19 @@ def _names(value: Any) -> Any:
     return str(name) if name else type(value).__name__
 
 
+def _configs(value: Any) -> Any:
+    """The settings of serialised loss / metric objects from compile (``from_logits``,
+    ``reduction``...), in the shape *value* has; None for one given by its name."""
+    if isinstance(value, Mapping) and "class_name" in value:
+        config = value.get("config")
+        return jsonable(dict(config)) if isinstance(config, Mapping) else None
+    if isinstance(value, Mapping):
+        return {str(k): _configs(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_configs(v) for v in value]
+    return None
+
+
 def _compile_facts(model: Any) -> dict[str, Any]:
     try:
         config = model.get_compile_config() or {}
@@ -187,26 +243,41 @@ def _compile_facts(model: Any) -> dict[str, Any]:
         return {"error": f"{type(err).__name__}: {err}"}
     facts = {key: _names(value) for key, value in config.items()
              if key in ("loss", "metrics", "weighted_metrics")}
+    if "loss" in config:  # a loss object's settings: from_logits changes what it computes
+        facts["loss_config"] = _configs(config["loss"])
+        if isinstance(facts["loss_config"], Mapping) and "from_logits" in facts["loss_config"]:
+            facts["from_logits"] = facts["loss_config"]["from_logits"]
     for key in ("loss_weights", "run_eagerly", "steps_per_execution", "jit_compile"):
         if key in config:
             facts[key] = jsonable(config[key])
     return facts
 
 
+def model_counts(model: Any) -> dict[str, int]:
+    """The model's parameter counts now (a subclassed model on tensorflow has none until
+    its first step builds it)."""
+    trainable = _count(model.trainable_weights)
+    total = _count(model.weights)
+    return {"parameters": total, "trainable_parameters": trainable,
+            "non_trainable_parameters": total - trainable}
+
+
 def run_info(model: Any) -> dict[str, Any]:
-    """``Record.info`` of a fit: framework, model, optimizer, compile and distribution."""
+    """``Record.info`` of a fit: framework, model, optimizer, compile and distribution.
+    On the torch and jax backends, reading them imports no TensorFlow."""
+    with serialising_without_tensorflow():
+        return _run_info(model)
+
+
+def _run_info(model: Any) -> dict[str, Any]:
     try:
         config, problem = _json_or_none(model.get_config())
     except Exception as err:  # subclassed models without get_config, and the like
         config, problem = None, f"{type(err).__name__}: {err}"
-    trainable = _count(model.trainable_weights)
-    total = _count(model.weights)
     model_facts: dict[str, Any] = {
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
         "name": getattr(model, "name", None),
-        "parameters": total,
-        "trainable_parameters": trainable,
-        "non_trainable_parameters": total - trainable,
+        **model_counts(model),
         "config": config,
     }
     if problem is not None:

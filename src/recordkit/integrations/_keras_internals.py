@@ -1,23 +1,33 @@
 """The facts only Keras' and TensorFlow's internals give: the arguments of the running
-``model.fit`` call, the name users write for a ``tf.distribute`` strategy and the seed
-of ``keras.utils.set_random_seed``.
+``model.fit`` call and its ``CallbackList``, whether an exception left that call, the
+name users write for a ``tf.distribute`` strategy, the seed of
+``keras.utils.set_random_seed``, and a way to serialise a model on the torch and jax
+backends without importing TensorFlow.
 
-No public API gives either, so each is read here and nowhere else, with a fallback that
-never stops training: no fit() arguments (they are listed as ``not_visible``), the
-class name of the strategy, and no seed. ``tests/test_integrations_keras_internals.py`` runs a real
-``model.fit`` on each installed backend and real strategies, and fails when a release
-changes what is read.
+No public API gives any of them, so each is read here and nowhere else, with a fallback
+that never stops training: no fit() arguments (they are listed as ``not_visible``), no
+callback list (nothing is learnt about the other callbacks or the exception), the class
+name of the strategy, no seed, and a serialisation that may import TensorFlow.
+``tests/test_integrations_keras_internals.py`` runs a real ``model.fit`` on each
+installed backend and real strategies, and fails when a release changes what is read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import sys
-from types import FrameType
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import FrameType, TracebackType
 from typing import Any
 
 from recordkit.integrations._common import jsonable
 
-__all__ = ["HIDDEN_FIT_ARGS", "fit_call_arguments", "random_seed", "strategy_name"]
+__all__ = ["HIDDEN_FIT_ARGS", "RunningFit", "exception_left_fit", "fit_call_arguments",
+           "fit_is_running_here",
+           "random_seed", "running_fit", "serialising_without_tensorflow", "strategy_name"]
 
 #: fit() arguments Keras does not pass to callbacks (read from fit's frame, or fit_args).
 HIDDEN_FIT_ARGS = ("batch_size", "shuffle", "validation_split", "class_weight",
@@ -38,36 +48,216 @@ _FIT_ARG_TYPES: dict[str, tuple[type, ...]] = {
 _MAX_FRAMES = 64
 
 
-def fit_call_arguments(model: Any) -> dict[str, Any]:
-    """The arguments of the ``model.fit`` call that is running, read from its frame: those
-    of ``_FIT_VALUE_ARGS`` as passed, the others as ``<name>_given``.
+@dataclass(frozen=True)
+class RunningFit:
+    """The ``model.fit`` call that is running, as found from its frame. It holds no
+    reference to the frame or its variables: a fit that raised is not kept alive."""
 
-    Keras passes callbacks ``epochs``, ``steps`` and ``verbose`` only. Its ``fit`` (the
-    tensorflow, torch and jax trainers alike) calls ``on_train_begin`` from its own frame,
-    whose local variables are then still fit's documented arguments as the user passed
-    them. Nothing is read when no such frame is on the stack (a custom loop), and a value
-    of an unexpected type is left out (fit() changed: store nothing wrong).
+    #: fit's arguments (see :func:`fit_call_arguments`)
+    call_args: dict[str, Any]
+    #: a weak reference to fit's ``CallbackList`` (None when it has none)
+    callback_list: weakref.ref[Any] | None
+    #: ``id()`` of fit's frame: with the callback list alive, that frame is alive too
+    frame_id: int
+
+
+def running_fit(model: Any) -> RunningFit | None:
+    """The ``model.fit`` call of *model* that is running on this thread, found by walking
+    up from the caller's frame; None when there is none (a custom loop).
+
+    Keras' ``fit`` (the tensorflow, torch and jax trainers alike) calls
+    ``on_train_begin`` from its own frame, whose local variables are then fit's
+    documented arguments, and holds the ``CallbackList`` in its local ``callbacks``.
     """
     frame: FrameType | None = sys._getframe(1)
     try:
         for _ in range(_MAX_FRAMES):
             if frame is None:
-                return {}
+                return None
             code = frame.f_code
             if (code.co_name == "fit" and "batch_size" in code.co_varnames
                     and frame.f_locals.get("self") is model):
                 found = frame.f_locals
-                facts = {k: jsonable(found[k]) for k in _FIT_VALUE_ARGS
-                         if k in found and isinstance(found[k], _FIT_ARG_TYPES[k])}
-                facts.update({f"{k}_given": found[k] is not None
-                              for k in _FIT_GIVEN_ARGS if k in found})
-                return facts
+                callbacks = found.get("callbacks")
+                try:
+                    ref = weakref.ref(callbacks) if callbacks is not None else None
+                except TypeError:
+                    ref = None
+                args = _call_arguments(found, _passed_arguments(frame, model))
+                return RunningFit(args, ref, id(frame))
             frame = frame.f_back
-        return {}
+        return None
     except Exception:  # reading the caller's frame must never stop a fit
-        return {}
+        return None
     finally:
         del frame
+
+
+def _passed_arguments(fit_frame: FrameType, model: Any) -> dict[str, Any] | None:
+    """fit's arguments as passed, from the frame of ``keras.src.utils.traceback_utils``'s
+    ``error_handler`` that calls fit (``fn(*args, **kwargs)``), bound to fit's
+    signature."""
+    caller = fit_frame.f_back
+    if caller is None or caller.f_code.co_name != "error_handler":
+        return None
+    local_vars = caller.f_locals
+    args, kwargs, fn = local_vars.get("args"), local_vars.get("kwargs"), local_vars.get("fn")
+    if not isinstance(args, tuple) or not isinstance(kwargs, dict) or fn is None:
+        return None
+    if getattr(fn, "__code__", None) is not fit_frame.f_code:
+        return None
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return None
+    passed = dict(bound.arguments)
+    return passed if passed.get("self") is model else None
+
+
+def fit_call_arguments(model: Any) -> dict[str, Any]:
+    """The arguments of the ``model.fit`` call that is running: those of
+    ``_FIT_VALUE_ARGS`` as passed, the others as ``<name>_given``.
+
+    Keras passes callbacks ``epochs``, ``steps`` and ``verbose`` only; the others are read
+    from fit's frame (see :func:`running_fit`). ``validation_data_given`` is what the
+    user passed: fit replaces ``validation_data`` by the split of a
+    ``validation_split``, so it is read from the arguments as passed, and left out when
+    they are not found and both are set. ``shuffle`` is None when ``x`` is a
+    ``tf.data.Dataset``, a generator or iterator, or a torch ``DataLoader``: Keras ignores
+    it then. Nothing is read when no fit frame is on the stack (a custom loop), and a
+    value of an unexpected type is left out (fit() changed: store nothing wrong).
+    """
+    fit = running_fit(model)
+    return {} if fit is None else fit.call_args
+
+
+def _call_arguments(found: dict[str, Any], passed: dict[str, Any] | None
+                    ) -> dict[str, Any]:
+    try:
+        facts = {k: jsonable(found[k]) for k in _FIT_VALUE_ARGS
+                 if k in found and isinstance(found[k], _FIT_ARG_TYPES[k])}
+        facts.update({f"{k}_given": found[k] is not None
+                      for k in _FIT_GIVEN_ARGS if k in found})
+        if "validation_data_given" in facts:
+            if passed is not None:
+                facts["validation_data_given"] = passed.get("validation_data") is not None
+            elif found.get("validation_split"):
+                del facts["validation_data_given"]  # fit's split or the user's: unknown
+        if "shuffle" in facts and _shuffle_ignored(found.get("x")):
+            facts["shuffle"] = None
+        return facts
+    except Exception:  # reading the caller's frame must never stop a fit
+        return {}
+
+
+def _shuffle_ignored(x: Any) -> bool:
+    """Whether Keras ignores ``shuffle`` for this ``x`` (its documented cases: a
+    ``tf.data.Dataset`` or a generator; a torch ``DataLoader`` shuffles by its own
+    sampler). Types are recognised by name: nothing is imported."""
+    if x is None or isinstance(x, (list, tuple, dict)) or hasattr(x, "__array__"):
+        return False
+    module = type(x).__module__ or ""
+    if module.startswith("tensorflow") and "Dataset" in type(x).__name__:
+        return True
+    if module.startswith("torch.utils.data"):
+        return True
+    return inspect.isgenerator(x) or (hasattr(x, "__next__") and hasattr(x, "__iter__"))
+
+
+def exception_left_fit(fit: RunningFit | None, error: BaseException | None
+                       ) -> BaseException | None:
+    """*error*, or the exception it was raised while handling (``__context__``), when it
+    is the exception that left the fit *fit*: its traceback, or the callers of its
+    frames, reach fit's frame. None when none of them did, or fit's frame is gone
+    (then the exception that left it is gone too: its traceback held the frame).
+
+    Keras' traceback filtering drops Keras' own frames from a traceback, fit's among
+    them; the frame deepest in it still reaches fit through its callers (``f_back``).
+    """
+    if fit is None or fit.callback_list is None or fit.callback_list() is None:
+        return None
+    seen = 0
+    while error is not None and seen < _MAX_FRAMES:
+        if _reaches_fit(error.__traceback__, fit):
+            return error
+        error = error.__context__
+        seen += 1
+    return None
+
+
+def fit_is_running_here(fit: RunningFit | None) -> bool:
+    """Whether the fit *fit* is on the caller's stack (still running on this thread)."""
+    if fit is None:
+        return False
+    frame: FrameType | None = sys._getframe(1)
+    try:
+        for _ in range(_MAX_FRAMES * 4):
+            if frame is None:
+                return False
+            if _is_fit_frame(frame, fit):
+                return True
+            frame = frame.f_back
+        return False
+    finally:
+        del frame
+
+
+def _reaches_fit(tb: TracebackType | None, fit: RunningFit) -> bool:
+    deepest: FrameType | None = None
+    while tb is not None:
+        if _is_fit_frame(tb.tb_frame, fit):
+            return True
+        deepest, tb = tb.tb_frame, tb.tb_next
+    frame = deepest.f_back if deepest is not None else None
+    for _ in range(_MAX_FRAMES):
+        if frame is None:
+            return False
+        if _is_fit_frame(frame, fit):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _is_fit_frame(frame: FrameType, fit: RunningFit) -> bool:
+    if id(frame) != fit.frame_id or frame.f_code.co_name != "fit":
+        return False
+    callbacks = fit.callback_list() if fit.callback_list is not None else None
+    return callbacks is not None and frame.f_locals.get("callbacks") is callbacks
+
+
+@contextlib.contextmanager
+def serialising_without_tensorflow() -> Iterator[None]:
+    """While inside, Keras' serialisation (``get_config``, ``get_compile_config``) does
+    not import TensorFlow on the torch and jax backends.
+
+    ``keras.saving.serialize_keras_object`` asks its lazy ``tensorflow`` module whether
+    TensorFlow is available before each ``isinstance(obj, tf.TensorShape)``, and that
+    question imports it: 2-4 s and TensorFlow's log lines in a torch job. With the
+    backend not tensorflow and TensorFlow not imported, no object can be a TensorFlow
+    one, so the lazy module answers "not available" until the block ends; otherwise
+    nothing changes.
+    """
+    lazy = None
+    try:
+        import keras
+
+        if keras.backend.backend() != "tensorflow" and "tensorflow" not in sys.modules:
+            from keras.src.utils import module_utils
+
+            candidate = getattr(module_utils, "tensorflow", None)
+            if getattr(candidate, "_available", True) is None:
+                lazy = candidate
+    except Exception:  # another Keras: serialise as it does
+        lazy = None
+    if lazy is None:
+        yield
+        return
+    lazy._available = False
+    try:
+        yield
+    finally:
+        if lazy._available is False:
+            lazy._available = None
 
 
 def strategy_name(strategy: Any) -> str:

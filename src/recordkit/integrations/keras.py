@@ -23,13 +23,23 @@ Choices worth knowing:
 - **learning_rate** is read from ``model.optimizer`` at the end of each epoch (after the
   epoch's last step; a schedule's value there). When the logs already hold
   ``learning_rate`` (``LearningRateScheduler``, ``ReduceLROnPlateau``), that value is kept.
-- **A crashed fit.** Keras calls no callback when ``fit`` raises, so the record of a fit
-  that raised stays open with status ``running`` and every finished epoch committed. It
-  is closed: ``failed`` (with the exception) when the exception ends the process
-  (``sys.excepthook``; ``interrupted`` for KeyboardInterrupt) or, in IPython and Jupyter,
-  the cell that ran the fit (its ``post_run_cell`` event); ``interrupted`` when the
-  callback is used for another fit or is garbage-collected; ``running`` (read as
-  ``interrupted``) when the process is killed.
+- **A fit that raised.** Keras calls no callback when ``fit`` raises, and Python 3.11
+  gives a callback no cheap way to see an exception pass (a trace function slowed tiny
+  fits by 20-30 %). So the record of a fit that raised stays open with status
+  ``running``: it holds the history rows of every finished epoch; the snapshots of the
+  last finished epochs may still be on their way to the file (the writer thread). It is
+  closed, every queued snapshot written, at the first of: the exception ends the
+  process (``sys.excepthook``) or, in IPython and Jupyter, the cell that ran the fit;
+  :meth:`RecordCallback.close` (or the end of ``with RecordCallback(...)``); the next
+  fit with this callback; the process's exit; the callback's garbage collection. It is
+  closed ``failed`` with the exception's type and message when the exception that left
+  that fit is known then: the one ending the process or the cell, the one being handled
+  when ``close()`` or the next fit is called (inside ``except`` or ``finally``), the one
+  leaving the ``with`` block; ``interrupted`` for KeyboardInterrupt. Otherwise (the
+  exception was caught and dropped before) it cannot be known, and the record is closed
+  ``interrupted`` with a message that says so; ``running`` (read as ``interrupted``)
+  when the process is killed. An exception is taken for the fit's only when its
+  traceback reaches that fit's frame: an unrelated one is never stored.
 - **Reuse and resume.** A callback used for a second fit starts a new record, except when
   its previous fit raised and the new fit starts at a later epoch (``BackupAndRestore``
   or ``initial_epoch``): then it continues the same record (listed in
@@ -40,12 +50,20 @@ Choices worth knowing:
   that did not complete and reached the epoch before the one the fit starts at (a fit
   that starts at epoch 0, or finds no such record, starts a new one). With
   ``snapshot_every="best"`` a resumed fit judges improvement from its own first epoch.
-- **The final snapshot** holds the weights as they are when ``fit`` ends. When they differ
-  from the weights snapshotted at the end of the last epoch
-  (``EarlyStopping(restore_best_weights=True)`` placed before this callback restores
-  earlier weights in its ``on_train_end``), that epoch's snapshot is replaced by them and
-  ``Record.info["final_weights"]`` says so. An ``EarlyStopping`` placed after this
-  callback restores after the record is closed: put it first.
+- **Final weights.** The last snapshot holds what the last epoch trained, always.
+  When the model ends ``fit`` with other weights, ``Record.info["final_weights"]`` says
+  where they are: ``EarlyStopping(restore_best_weights=True)``, placed before or after
+  this callback, restores the weights of its best epoch: ``{"epoch": E, "by": ...}``
+  names that epoch's snapshot (no copy), or, when that epoch has no snapshot
+  (``snapshot_every`` skipped it), ``{"extra": "final_weights", "epoch": E, ...}``: the
+  weights are the record's extra ``final_weights``. Weights changed in ``on_train_end``
+  by another callback placed before this one are stored the same way as an extra.
+  Keras gives no way to learn what a callback placed after this one will do in its
+  ``on_train_end`` (it runs after the record is closed), so only EarlyStopping's
+  restore is known then.
+- **Vector metrics** (``F1Score(average=None)``: one value per class) are stored one
+  history metric per element, ``f1_score[0]``, ``f1_score[1]``...;
+  ``Record.info["vector_metrics"]`` maps each to its shape and element names.
 - **Distributed.** Under ``tf.distribute`` only the chief writes (``MirroredStrategy``
   has one process and so one record); ``Record.info["distribution"]`` says how many
   replicas trained.
@@ -57,13 +75,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
+
+import numpy as np
 
 try:
     import keras
@@ -82,7 +104,12 @@ from recordkit.integrations._common import (
     check_callback_arguments,
     metric_floats,
 )
-from recordkit.integrations._keras_internals import fit_call_arguments
+from recordkit.integrations._keras_internals import (
+    RunningFit,
+    exception_left_fit,
+    fit_is_running_here,
+    running_fit,
+)
 from recordkit.paths import resolve_path
 from recordkit.recorder import Recorder, find_unfinished, params_hash_of
 
@@ -106,6 +133,9 @@ class _KerasFit(FitState):
     #: (epoch, {path: host copy}) of the snapshot of an epoch known to be the last one,
     #: which on_train_end compares the final weights with instead of reading it back
     final: tuple[int, dict[str, Any]] | None = None
+    snapshot_epochs: set[int] = field(default_factory=set)  # of this fit
+    counted: bool = False  # the parameter counts were read after a step
+    vectors: dict[str, Any] = field(default_factory=dict)  # info["vector_metrics"]
 
 
 class RecordCallback(RecordingCallback, keras.callbacks.Callback):
@@ -195,6 +225,7 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         self._continue_path: str | None = None  # the record of a fit that raised
         self._raised_path: str | None = None  # that record, closed when its cell ended
         self._fit: _KerasFit = _KerasFit()
+        self._running: RunningFit | None = None  # the fit() call of the latest fit
 
     # --- Keras hooks --------------------------------------------------------------------
 
@@ -202,15 +233,17 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         continue_path, self._raised_path = self._raised_path, None
         if self._recorder is not None:  # the previous fit raised: Keras said nothing
             continue_path = self._record_path
-            self._abandon("interrupted", f"{_NO_TRAIN_END}; the callback was used for "
-                          "another fit")
-        self._fit = _KerasFit(call_args=fit_call_arguments(self.model),
+            self._close_raised("the callback was used for another fit")
+        running = running_fit(self.model)
+        self._running = running
+        self._fit = _KerasFit(call_args=running.call_args if running else {},
                               writes=is_chief(facts.cluster_resolver(self.model)))
         self._continue_path = continue_path
         self._fit_thread = threading.get_ident()
         if self._fit.writes:
             _crash_watch.watch(self, on_uncaught=RecordCallback._close_after_uncaught,
-                               on_cell_end=RecordCallback._close_after_cell)
+                               on_cell_end=RecordCallback._close_after_cell,
+                               on_exit=RecordCallback._close_at_exit)
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         if self._fit.writes and not self._fit.started:
@@ -223,6 +256,15 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
             return
         elapsed = time.perf_counter() - fit.epoch_started
         metrics = metric_floats(logs or {}, facts.keras_scalar)
+        vectors = facts.vector_metrics({k: v for k, v in (logs or {}).items()
+                                        if k not in metrics})
+        new_vectors = {}
+        for key, array in vectors.items():
+            names = {facts.element_name(key, index): float(value)
+                     for index, value in np.ndenumerate(array)}
+            metrics.update(names)
+            if fit.vectors.get(key, {}).get("shape") != list(array.shape):
+                new_vectors[key] = {"shape": list(array.shape), "elements": list(names)}
         first_validation = not fit.saw_validation and any(k.startswith("val_")
                                                           for k in metrics)
         if _LR not in metrics:
@@ -239,6 +281,16 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
             if first_validation:  # known from the first epoch that validates
                 fit.saw_validation = True
                 rec.set_info({"fit": self._fit_facts()})
+            if new_vectors:
+                fit.vectors.update(new_vectors)
+                rec.set_info({"vector_metrics": dict(fit.vectors)})
+            if not fit.counted:  # a subclassed model is built by its first step
+                fit.counted = True
+                counts = facts.model_counts(self.model)
+                model_info = rec.info.get("model")
+                if isinstance(model_info, dict) and any(
+                        model_info.get(k) != v for k, v in counts.items()):
+                    rec.set_info({"model": {**model_info, **counts}})
             # The rows are committed before the snapshot is queued: the writer holds the
             # run's lock while it writes a slice, and a commit made after queueing waited
             # for it. The writer commits the snapshot; training goes on meanwhile.
@@ -250,24 +302,41 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         rec = self._recorder
         self._fit_thread = None
         _crash_watch.unwatch(self)
+        running, self._running = self._running, None
         if rec is None:
             return
         with self._guard("close the record"):
             epoch = self._fit.last_logged
             if epoch is not None and self._fit.snapshotted != epoch:
                 self._snapshot_model(rec, epoch)  # early stopping ended the fit after us
-            elif epoch is not None and self._weights_changed_since_snapshot(rec):
-                # e.g. EarlyStopping(restore_best_weights=True) ran its on_train_end first
-                self._snapshot_model(rec, epoch)
-                rec.set_info({"final_weights": (
-                    f"the weights when fit() ended, which differ from those at the end of "
-                    f"epoch {epoch} (a callback before RecordCallback changed them in "
-                    "on_train_end, e.g. EarlyStopping(restore_best_weights=True)); the "
-                    f"snapshot of epoch {epoch} holds them")})
+            if epoch is not None:
+                final = self._final_weights(rec, running)
+                if final is not None:
+                    rec.set_info({"final_weights": final})
             rec.set_info({"fit": self._fit_facts()})
             rec.commit()  # waits for the last snapshot; a writer error is raised here
             rec.close("completed")
         self._recorder = None
+
+    def close(self) -> None:
+        """Close the record of the latest fit when that fit raised (Keras calls no hook
+        then; see the module's notes): ``failed`` with the exception when it is being
+        handled now (called in an ``except`` or ``finally`` block around ``fit``), else
+        ``interrupted``. Nothing happens after a fit that ended normally, before any fit,
+        while a fit runs, or a second time.
+
+        Example:
+            >>> import tempfile
+            >>> RecordCallback(tempfile.mkdtemp()).close()
+        """
+        self._close_raised("RecordCallback.close() was called")
+
+    def __enter__(self) -> RecordCallback:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._close_raised("the with block of RecordCallback ended", error=exc)
 
     # --- internals ----------------------------------------------------------------------
 
@@ -299,6 +368,7 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         """Snapshot the model's weights; with *keep* (an epoch known to be the last),
         keep the host copies given to the recorder for on_train_end to compare with."""
         self._fit.final = None
+        self._fit.snapshot_epochs.add(epoch)
         weights: dict[str, Any] = {facts.variable_name(v): v for v in self.model.weights}
         if keep:
             weights = facts.host_copies(weights)
@@ -307,6 +377,36 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         if keep:  # only the tensors the snapshot holds (not frozen or excluded ones)
             self._fit.final = (epoch, {name: weights[name]
                                        for name in self._policy.select(weights, frozen)})
+
+    def _final_weights(self, rec: Recorder, running: RunningFit | None
+                       ) -> dict[str, Any] | None:
+        """``info["final_weights"]`` when the weights the model ends fit with are not
+        those of the last snapshot: a reference to the snapshot of the epoch that
+        EarlyStopping restores, else an extra holding them. None when they are."""
+        callbacks = running.callback_list() if running and running.callback_list else None
+        restore = facts.early_stopping_restore(getattr(callbacks, "callbacks", None) or [])
+        if restore is not None:
+            best_epoch, best_weights = restore
+            by = "EarlyStopping(restore_best_weights=True)"
+            if best_epoch == self._fit.snapshotted:
+                return None  # it restores what the last snapshot holds
+            if best_epoch in self._fit.snapshot_epochs:
+                return {"epoch": best_epoch, "by": by}
+            names = [facts.variable_name(v) for v in self.model.weights]
+            self._add_final_weights(rec, dict(zip(names, best_weights)))
+            return {"extra": "final_weights", "epoch": best_epoch, "by": by}
+        if not self._weights_changed_since_snapshot(rec):
+            return None
+        self._add_final_weights(rec, facts.host_copies(
+            {facts.variable_name(v): v for v in self.model.weights}))
+        return {"extra": "final_weights", "epoch": None,
+                "by": "a callback placed before RecordCallback changed the weights in "
+                      "on_train_end"}
+
+    def _add_final_weights(self, rec: Recorder, weights: Mapping[str, Any]) -> None:
+        held = set(rec.tensor_names)  # the tensors the snapshots hold
+        rec.add("final_weights", {name: np.asarray(value) for name, value in weights.items()
+                                  if name in held})
 
     def _weights_changed_since_snapshot(self, rec: Recorder) -> bool:
         """Whether the model's weights differ from those of the last snapshot, in the
@@ -356,11 +456,33 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
             with contextlib.suppress(Exception):
                 rec.close(status, error=error)
 
+    def _close_raised(self, why: str, error: BaseException | None = None) -> None:
+        """Close the record of a fit that raised: ``failed`` with the exception that
+        left that fit when it is known (*error*, else the exception being handled now),
+        ``interrupted`` for KeyboardInterrupt; else ``interrupted`` saying *why*. Nothing
+        while the fit still runs on this thread's stack (its own hooks close it)."""
+        if self._recorder is None or fit_is_running_here(self._running):
+            return
+        self._raised_path = self._record_path  # a later fit may continue it
+        exc = exception_left_fit(self._running, error if error is not None
+                                 else sys.exc_info()[1])
+        if exc is None:
+            self._abandon("interrupted", f"{_NO_TRAIN_END}; {why}, and the exception "
+                          "that left fit was not known then")
+        else:
+            self._abandon("interrupted" if isinstance(exc, KeyboardInterrupt)
+                          else "failed", exc)
+
     def _close_after_uncaught(self, exc: BaseException) -> None:
-        """The exception ends the process: failed (interrupted for Ctrl-C)."""
-        if self._recorder is not None:
-            self._abandon("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                          exc)
+        """The exception ends the process: failed when it left the fit (interrupted for
+        Ctrl-C)."""
+        self._close_raised("the process ended on another exception", error=exc)
+
+    def _close_at_exit(self) -> None:
+        """The process exits with the record of a fit of this thread that raised still
+        open (a fit that may still run on another thread is left to the recorder)."""
+        if self._fit_thread == threading.get_ident():
+            self._close_raised("the process exited")
 
     def _close_after_cell(self, error: BaseException | None) -> None:
         """An IPython cell has ended: a fit it ran on this thread is over, so a record it
@@ -368,13 +490,7 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         interrupted (the exception was caught inside the cell)."""
         if self._recorder is None or self._fit_thread != threading.get_ident():
             return
-        self._raised_path = self._record_path  # a later fit may continue it
-        if error is None:
-            self._abandon("interrupted", "model.fit ended without on_train_end (an exception "
-                          "left fit and was caught in the notebook cell)")
-        else:
-            self._abandon("interrupted" if isinstance(error, KeyboardInterrupt)
-                          else "failed", error)
+        self._close_raised("the notebook cell that ran it ended", error=error)
 
     def __del__(self) -> None:
         # Collected while its record is open: the fit that wrote it raised long ago.
@@ -395,8 +511,7 @@ def _release_abandoned(path: Path) -> None:
         held = callback._record_path
         if (callback._recorder is not None and callback._fit_thread == me and held
                 and Path(held) == path.resolve()):
-            callback._abandon("interrupted", f"{_NO_TRAIN_END}; another fit resumed the "
-                              "record")
+            callback._close_raised("another fit resumed the record")
 
 
 # --- distribution ------------------------------------------------------------------------
