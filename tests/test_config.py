@@ -93,6 +93,32 @@ def test_a_keras_sweep_without_params_is_told_apart(tmp_path: Path) -> None:
     hashes = [config_hash(c) for c in configs]
     assert len(set(hashes)) == 5  # the last run repeats the first configuration
     assert set(COMMON_KEYS) - {"max_steps", "accumulate_grad_batches"} <= set(configs[0])
+    _check_tables(tmp_path, "model.layers.dense.units", 12, sweep_size=6, configurations=5)
+
+
+def _check_tables(root: Path, width_key: str, wide: int, *, sweep_size: int,
+                  configurations: int) -> None:
+    """What a user of the sweep sees: sortable columns with the true values, groups of
+    repeats, lookups by captured keys, a clear error on a typo."""
+    pytest.importorskip("pandas")
+    runs = recordkit.load_all(root)
+    assert len({r.config_hash for r in runs}) == configurations
+    table = runs.to_dataframe().sort_values(["lr", width_key])
+    assert table["lr"].tolist() == sorted(table["lr"].tolist())
+    assert set(table[width_key]) == {8, wide} and (table["duration"] > 0).all()
+    lr_metrics = [c for c in table.columns if c.startswith(("lr", "learning_rate"))
+                  and c.endswith(".final")]
+    assert lr_metrics, list(table.columns)  # the callbacks log the learning rate
+    assert not [c for c in table.columns if c.startswith(("lr-", "learning_rate."))
+                and c.endswith(".best")]
+    assert len(runs.filter(**{width_key: wide})) == 1
+    assert len(runs.filter(lr=0.01)) + len(runs.filter(lr=0.1)) >= sweep_size - 1
+    groups = runs.group_by()
+    assert len(groups) == configurations and sorted(groups["runs"])[-1] == 2
+    with pytest.raises(recordkit.RecordkitError, match="'learning_rat'.*the runs have: .*lr"):
+        runs.filter(learning_rat=0.01)
+    with pytest.raises(recordkit.RecordkitError, match="'widht'"):
+        runs.group_by("widht")
 
 
 @pytest.mark.skipif(not HAS_LIGHTNING, reason="lightning is not installed")
@@ -148,3 +174,4 @@ def test_a_lightning_sweep_without_params_is_told_apart(tmp_path: Path) -> None:
     for c in configs:
         by_hash.setdefault(config_hash(c), []).append(c["seed"])
     assert sorted(map(sorted, by_hash.values())) == [[0], [0], [0], [0], [0, 1]]
+    _check_tables(tmp_path, "width", 16, sweep_size=6, configurations=5)

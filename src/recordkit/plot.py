@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from recordkit.config import CONFIG_HASH_IGNORES
+from recordkit.errors import RecordkitError
+from recordkit.metric_modes import metric_mode
 from recordkit.record import Record
-from recordkit.recordset import metric_mode
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -248,10 +250,15 @@ def final_values(runs: Iterable[Record], metric: str, *, by: Sequence[str] | str
     Args:
         runs: the runs.
         metric: the metric.
-        by: param names to group by; by default runs are grouped by params hash (repeated
-            runs of one configuration).
-        use: ``"final"`` (the last value) or ``"best"`` (the minimum, or the maximum for
-            accuracy-like metrics).
+        by: configuration keys to group by (:attr:`Record.config`: params in dotted
+            form and captured facts such as ``lr`` or ``batch_size``); by default runs are
+            grouped by config hash (repeated runs of one configuration), each bar
+            labelled with the keys that tell the configurations apart.
+        use: ``"final"`` (the last value) or ``"best"`` (the maximum for metrics that
+            grow when better, else the minimum).
+
+    Raises:
+        RecordkitError: a key of *by* no run has.
         ax: draw on this Axes.
         colours: ``{run_id: colour}`` for some or all runs; by default each run's
             :func:`run_colour` (see :func:`learning_curves`).
@@ -277,11 +284,18 @@ def final_values(runs: Iterable[Record], metric: str, *, by: Sequence[str] | str
                 finite = history[np.isfinite(history)]
                 pick = np.max if metric_mode(metric) == "max" else np.min
                 values = [float(pick(finite))] if len(finite) else []
-        flat = record.flat_params()
-        key = tuple(str(flat.get(k)) for k in keys) if keys else (record.params_hash,)
+        config = record.config
+        key = tuple(str(config.get(k)) for k in keys) if keys else (record.config_hash,)
         groups.setdefault(key, []).append((record, values))
     if not groups:
         raise KeyError(f"no run has metric {metric!r}")
+    known = {k for members in groups.values() for r, _ in members for k in r.config}
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise RecordkitError(
+            f"final_values(by={unknown[0]!r}): no run has it in its configuration; the "
+            f"runs have: {', '.join(sorted(known)) or '(nothing)'}")
+    differing = [] if keys else _differing_keys([m[0][0] for m in groups.values()])
     fig, (target,) = _figure_and_axes(ax)
     labels = []
     for x, (key, members) in enumerate(groups.items()):
@@ -296,13 +310,30 @@ def final_values(runs: Iterable[Record], metric: str, *, by: Sequence[str] | str
                            s=14)
         if keys:
             label = ", ".join(f"{k}={v}" for k, v in zip(keys, key))
+        elif differing:
+            label = ", ".join(f"{k.rsplit('.', 1)[-1]}={first.config.get(k)}"
+                              for k in differing)
         else:
-            label = first.name if first.name != first.run_id else first.params_hash[:8]
+            label = first.name if first.name != first.run_id else first.config_hash[:8]
         labels.append(f"{label}\n(n={len(values)})")
     target.set_xticks(range(len(labels)), labels, fontsize="small")
     target.set_ylabel(f"{metric} ({use})")
     target.set_title(f"{use} {metric}: mean ± sd over runs/folds")
     return fig
+
+
+def _differing_keys(records: list[Record], most: int = 3) -> list[str]:
+    """The configuration keys whose values tell the groups' first runs apart (seeds,
+    paths and the like left out), at most *most* of them: the labels of the bars."""
+    configs = [r.config for r in records]
+    if len(configs) < 2:
+        return []
+    keys: dict[str, None] = {}
+    for config in configs:
+        keys.update(dict.fromkeys(config))
+    differ = [k for k in keys if not CONFIG_HASH_IGNORES.search(k.rsplit(".", 1)[-1])
+              and len({repr(c.get(k)) for c in configs}) > 1]
+    return differ[:most]
 
 
 def _layer_of(name: str) -> str:

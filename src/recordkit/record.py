@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recordkit.codec import decode_params, flatten_params, loads_json, params_hash
+from recordkit.config import config_hash, run_config
 from recordkit.errors import RecordDamagedError, RecordkitError
 from recordkit.format.files import RecordFile, close, is_open
 from recordkit.format.layout import RUN_FIELDS
@@ -97,6 +98,7 @@ class Record:
     _snapshots: np.ndarray
     _tensors: dict[str, StoredTensor]
     _extra_keys: dict[str, str]
+    _config: dict[str, Any]
 
     def __init__(self, path: str | os.PathLike[str], *, lazy: bool = False,
                  max_read_bytes: int | None = None) -> None:
@@ -151,6 +153,9 @@ class Record:
             if name in Record._ROOT_FIELDS:
                 self._read_full()
                 return self.__dict__[name]
+            if name == "_config":  # params and facts under one set of names
+                self._config = run_config(self._params, self._info)
+                return self._config
             part = _ATTR_PARTS.get(name)
             if part is not None:
                 self._read_parts((part,))
@@ -364,6 +369,30 @@ class Record:
         """Identifies the parameter set (independent of key order); repeated runs of one
         configuration share it."""
         return self._fields["params_hash"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's configuration: its params flattened to dotted keys, then the facts
+        the callbacks captured under one set of names whatever the framework
+        (``framework``, ``model``, ``parameters``, ``optimizer``, ``lr``, ``batch_size``,
+        ``epochs``, ``precision``, ``seed``, ...; :mod:`recordkit.config`). A param wins a
+        name clash; the captured value then shows as ``captured.<key>``. A new dict.
+
+        Example:
+            >>> import tempfile, recordkit as rk
+            >>> root = tempfile.mkdtemp()
+            >>> run_id = rk.record_experiment({"opt": {"lr": 0.1}, "seed": 1}, root)
+            >>> rk.load(run_id, root=root).config
+            {'opt.lr': 0.1, 'seed': 1}
+        """
+        return _copied(self._config)
+
+    @property
+    def config_hash(self) -> str:
+        """Identifies the configuration without what differs between repeats of it
+        (seeds, run ids and names, paths, times; :func:`recordkit.config.config_hash`):
+        repeated runs share it, runs of other configurations do not."""
+        return config_hash(self._config)
 
     @property
     def system(self) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -13,10 +12,12 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
+from recordkit.config import CONFIG_HASH_IGNORES
 from recordkit.errors import RecordkitError, RecordkitWarning, RecordNotFoundError
 from recordkit.format.safety import MAX_READ_BYTES, check_fields
 from recordkit.format.safety import max_read_bytes as max_read_bytes_of
 from recordkit.headercache import HeaderCache, cache_enabled
+from recordkit.metric_modes import metric_direction, metric_mode
 from recordkit.paths import record_files
 from recordkit.progress import with_progress
 from recordkit.record import Record
@@ -27,21 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ParamsComparison", "RecordSet", "load_all", "metric_mode"]
 
-_MAXIMISED = re.compile(
-    r"(acc|accuracy|auc|f1|precision|recall|score|iou|dice|r2|map|bleu|rouge|reward|return)",
-    re.IGNORECASE,
-)
-
-
-def metric_mode(name: str) -> str:
-    """``"max"`` for metrics that grow when better (accuracy, auc, f1, ...), else ``"min"``.
-
-    Example:
-        >>> metric_mode("val/accuracy"), metric_mode("val_loss")
-        ('max', 'min')
-    """
-    return "max" if _MAXIMISED.search(name) and "loss" not in name.lower() else "min"
-
+# metric_mode lives in recordkit.metric_modes; importable from here too.
 
 class RecordSet(Sequence[Record]):
     """An ordered collection of records, oldest first.
@@ -93,17 +80,24 @@ class RecordSet(Sequence[Record]):
 
     def filter(self, predicate: Callable[[Record], bool] | None = None, /, *,
                status: str | Sequence[str] | None = None, **params: Any) -> RecordSet:
-        """The runs whose params equal every given value (nested keys in dotted form,
-        ``**{"optimizer.lr": 0.1}``), with one of the given statuses, and for which
-        *predicate* is true."""
+        """The runs whose configuration (:attr:`Record.config`: params in dotted form,
+        ``**{"optimizer.lr": 0.1}``, and the captured facts such as ``lr``,
+        ``batch_size`` or ``optimizer``) equals every given value, with one of the given
+        statuses, and for which *predicate* is true.
+
+        Raises:
+            RecordkitError: a key no run of the set has (it lists the keys they have).
+        """
         statuses = {status} if isinstance(status, str) else set(status or ())
+        if params:
+            self._check_keys(params, "filter")
         kept = []
         for record in self._records:
             if statuses and record.status not in statuses:
                 continue
             if params:
-                flat = record.flat_params()
-                if any(key not in flat or not _same(flat[key], value)
+                config = record.config
+                if any(key not in config or not _same(config[key], value)
                        for key, value in params.items()):
                     continue
             if predicate is not None and not predicate(record):
@@ -130,6 +124,10 @@ class RecordSet(Sequence[Record]):
             >>> rk.load_all(root).best("loss").params["lr"]
             0.01
         """
+        if mode is None and metric_direction(metric) is None:
+            raise RecordkitError(
+                f"best({metric!r}): {metric!r} has no best value by its name (a learning "
+                "rate, a time or a counter); pass mode='min' or mode='max'")
         mode = _check_mode(metric, mode)
         best: tuple[float, Record] | None = None
         for record in self._records:
@@ -148,17 +146,23 @@ class RecordSet(Sequence[Record]):
         return best[1]
 
     def groups(self, *params: str) -> dict[tuple[Any, ...], RecordSet]:
-        """The runs grouped by the values of *params* (dotted keys for nested params), or
-        by params hash (repeated runs of one configuration) when none are given. Keys are
-        tuples of the values (``(params_hash,)`` without *params*); a missing param is
-        None."""
+        """The runs grouped by the values of *params* (configuration keys: dotted params
+        and captured facts), or by :attr:`Record.config_hash` (repeated runs of one
+        configuration, whatever their seeds) when none are given. Keys are tuples of the
+        values (``(config_hash,)`` without *params*); a key a run lacks is None.
+
+        Raises:
+            RecordkitError: a key no run of the set has (it lists the keys they have).
+        """
+        if params:
+            self._check_keys(params, "group_by")
         grouped: dict[tuple[Any, ...], list[Record]] = {}
         for record in self._records:
             if params:
-                flat = record.flat_params()
-                key = tuple(_group_key(flat.get(p)) for p in params)
+                config = record.config
+                key = tuple(_group_key(config.get(p)) for p in params)
             else:
-                key = (record.params_hash,)
+                key = (record.config_hash,)
             grouped.setdefault(key, []).append(record)
         return {key: RecordSet(records) for key, records in grouped.items()}
 
@@ -194,9 +198,10 @@ class RecordSet(Sequence[Record]):
             if params:
                 row.update(zip(params, key))
             else:
-                row["params_hash"] = key[0]
-                for name, value in members[0].flat_params().items():
-                    row.setdefault(name, _cell(value))
+                row["config_hash"] = key[0]
+                for name, value in members[0].config.items():
+                    if not CONFIG_HASH_IGNORES.search(name.rsplit(".", 1)[-1]):
+                        row.setdefault(name, _cell(value))  # what the group shares
             row["runs"] = len(members)
             row["run_ids"] = [r.run_id for r in members]
             for column in summary.columns:
@@ -208,9 +213,12 @@ class RecordSet(Sequence[Record]):
         return pd.DataFrame(rows)
 
     def to_dataframe(self) -> pd.DataFrame:
-        """A row per run: run fields, flattened params, and for each metric its final
-        value, best value and epoch of the best (``<metric>.final``, ``.best``,
-        ``.best_epoch``; best is the minimum, or the maximum for accuracy-like names)."""
+        """A row per run: run fields, ``duration`` (seconds, NaN while running), a column
+        per configuration key (:attr:`Record.config`: the params first, then the captured
+        facts), and for each metric its final value, best value and epoch of the best
+        (``<metric>.final``, ``.best``, ``.best_epoch``; best is the maximum for metrics
+        that grow when better, the minimum for the others, and none for learning rates,
+        times and counters: :func:`recordkit.metric_modes.metric_direction`)."""
         pd = require_pandas()
         rows = [summary_row(r) for r in self._records]
         return pd.DataFrame(rows)
@@ -246,7 +254,8 @@ class RecordSet(Sequence[Record]):
         })
 
     def compare(self, a: Record | str, b: Record | str) -> ParamsComparison:
-        """The params two runs share and those that differ (flattened, dotted keys).
+        """The configuration two runs share and what differs (:attr:`Record.config`: the
+        params in dotted keys, then the captured facts).
 
         Args:
             a, b: records, or run ids (or unique prefixes) of runs in this set.
@@ -262,7 +271,7 @@ class RecordSet(Sequence[Record]):
         """
         ra = a if isinstance(a, Record) else self.get(a)
         rb = b if isinstance(b, Record) else self.get(b)
-        fa, fb = ra.flat_params(), rb.flat_params()
+        fa, fb = ra.config, rb.config
         differ = {k: (fa[k], fb[k]) for k in fa if k in fb and not _same(fa[k], fb[k])}
         shared = {k: fa[k] for k in fa if k in fb and _same(fa[k], fb[k])}
         return ParamsComparison(
@@ -270,6 +279,25 @@ class RecordSet(Sequence[Record]):
             only_a={k: v for k, v in fa.items() if k not in fb},
             only_b={k: v for k, v in fb.items() if k not in fa},
         )
+
+    def config_keys(self) -> list[str]:
+        """Every configuration key of the runs of the set, in the order first seen."""
+        keys: dict[str, None] = {}
+        for record in self._records:
+            keys.update(dict.fromkeys(record.config))
+        return list(keys)
+
+    def _check_keys(self, keys: Iterable[str], where: str) -> None:
+        """Raise when a key is in no run's configuration: a typo must not give an empty
+        result silently."""
+        if not self._records:
+            return
+        known = self.config_keys()
+        unknown = [k for k in keys if k not in known]
+        if unknown:
+            raise RecordkitError(
+                f"{where}: no run of this set has {', '.join(map(repr, unknown))} in its "
+                f"configuration; the runs have: {', '.join(known) or '(nothing)'}")
 
     def close(self) -> None:
         for record in self._records:
@@ -344,20 +372,30 @@ def summary_row(record: Record) -> dict[str, Any]:
         "status": record.status,
         "created": record.created,
         "params_hash": record.params_hash,
+        "config_hash": record.config_hash,
         "epochs": record.epoch_count,
+        "duration": _duration(record),
     }
-    for key, value in record.flat_params().items():
+    for key, value in record.config.items():
         column = key if key not in row else f"params.{key}"
         row[column] = value if not isinstance(value, (list, dict, set, np.ndarray)) else str(
             value)
     for metric, stats in record.metric_summaries().items():
-        mode = metric_mode(metric)
-        best = stats[mode]
         final = stats["final"]
         row[f"{metric}.final"] = math.nan if final is None else float(final)
+        mode = metric_direction(metric)
+        if mode is None:
+            continue  # a learning rate, a time, a counter: no best
+        best = stats[mode]
         row[f"{metric}.best"] = math.nan if best is None else float(best)
         row[f"{metric}.best_epoch"] = -1 if best is None else int(stats[f"{mode}_epoch"])
     return row
+
+
+def _duration(record: Record) -> float:
+    """Seconds from the run's start to its end; NaN while it runs (or without an end)."""
+    ended = record.ended
+    return math.nan if ended is None else (ended - record.created).total_seconds()
 
 
 def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = None,
