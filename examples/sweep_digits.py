@@ -4,9 +4,12 @@ runs and one figure of their learning curves.
 
     python examples/sweep_digits.py --root records --out out/sweep_digits.png
 
-The training functions hold no recording code: the callback records params, system info,
-per-epoch metrics and a weight snapshot per epoch into ``<root>/digits-sweep/<run_id>.h5``.
-Running it again adds runs to the same experiment (they share params hashes with the
+The training functions hold no recording code and no params are handed to the callbacks:
+each records what it sees (the module's hyperparameters, the optimizer and its learning
+rate, the batch size, the model's layer widths, system info), per-epoch metrics and a
+weight snapshot per epoch into ``<root>/digits-sweep/<run_id>.h5``; ``Record.config``
+gives both frameworks' runs the same names (``framework``, ``lr``, ``batch_size``...).
+Running it again adds runs to the same experiment (they share config hashes with the
 earlier ones, so ``RecordSet.group_by()`` averages over the repeats).
 """
 
@@ -51,8 +54,9 @@ def train_lightning(data: tuple[np.ndarray, ...], lr: float, width: int, epochs:
     x_train, x_val, y_train, y_val = (torch.from_numpy(a) for a in data)
 
     class DigitsMLP(pl.LightningModule):
-        def __init__(self) -> None:
+        def __init__(self, width: int, lr: float) -> None:
             super().__init__()
+            self.save_hyperparameters()  # what Lightning users do; the callback reads it
             self.net = nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))
 
         def training_step(self, batch: list[torch.Tensor], _: int) -> torch.Tensor:
@@ -68,12 +72,12 @@ def train_lightning(data: tuple[np.ndarray, ...], lr: float, width: int, epochs:
             self.log("val_accuracy", (logits.argmax(1) == y).float().mean())
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.Adam(self.parameters(), lr=lr)
+            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
     trainer = pl.Trainer(max_epochs=epochs, callbacks=[callback], logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", devices=1)
-    trainer.fit(DigitsMLP(),
+    trainer.fit(DigitsMLP(width, lr),
                 DataLoader(TensorDataset(x_train, y_train), batch_size=64, shuffle=True),
                 DataLoader(TensorDataset(x_val, y_val), batch_size=256))
 
@@ -111,10 +115,8 @@ def sweep(root: Path, epochs: int) -> None:
                   ("keras", train_keras, rk_keras.RecordCallback))
     for (framework, train, callback_class), lr, width in itertools.product(
             frameworks, LEARNING_RATES, WIDTHS):
-        params = {"framework": framework, "lr": lr, "width": width, "epochs": epochs}
         callback = callback_class(root, experiment=EXPERIMENT,
-                                  name=f"{framework}-lr{lr}-w{width}", params=params,
-                                  snapshot_every=1)
+                                  name=f"{framework}-lr{lr}-w{width}", snapshot_every=1)
         print(f"training {framework} lr={lr} width={width}", flush=True)
         train(data, lr, width, epochs, callback)
 
@@ -127,9 +129,17 @@ def report(root: Path, out: Path) -> None:
     from recordkit import plot
 
     runs = rk.load_all(root, experiment=EXPERIMENT)
-    table = runs.to_dataframe().sort_values("val_accuracy.final", ascending=False)
-    columns = ["name", "status", "framework", "lr", "width", "val_accuracy.final",
-               "val_accuracy.best", "val_accuracy.best_epoch", "val_loss.final"]
+    table = runs.to_dataframe()
+    # One width column from what each callback captured: the Lightning module's
+    # hyperparameter `width`, the Keras model's first Dense layer.
+    if "model.layers.dense.units" in table:
+        keras_width = table["model.layers.dense.units"]
+        table["width"] = (table["width"].fillna(keras_width) if "width" in table
+                          else keras_width).astype("Int64")
+    table = table.sort_values(["lr", "width", "framework"])
+    columns = ["name", "status", "framework", "optimizer", "lr", "width", "batch_size",
+               "parameters", "val_accuracy.final", "val_accuracy.best",
+               "val_accuracy.best_epoch", "val_loss.final"]
     print(table[[c for c in columns if c in table.columns]].to_string(index=False))
     fig = plot.learning_curves(runs, ["val_loss", "val_accuracy"],
                                colours=plot.run_colours(r.run_id for r in runs))
