@@ -624,6 +624,44 @@ def test_resume_with_initial_epoch_appends(tmp_path: Path) -> None:
     assert record.snapshot_epochs == [0, 1, 2, 3]
 
 
+def test_training_more_with_the_same_callback_continues_its_record(tmp_path: Path) -> None:
+    """fit(epochs=6, initial_epoch=3) after fit(epochs=3), as Lightning's callback does
+    on a second fit: one record holding epochs 0-5, each once."""
+    import warnings
+
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path)
+    first = fit(model, [callback], epochs=3).history
+    path = callback.record_path
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", recordkit.errors.RecordkitWarning)  # no gap
+        more = fit(model, [callback], epochs=6, initial_epoch=3).history
+    assert callback.record_path == path
+    assert len(recordkit.load_all(tmp_path)) == 1
+    record = recordkit.load(path)
+    assert record.status == "completed"
+    assert_history_equal(record, {k: first[k] + more[k] for k in first}, list(range(6)))
+    assert record.snapshot_epochs == list(range(6))
+    assert [r["previous_status"] for r in record.restarts] == ["completed"]
+    assert_weights_equal(record.weights(), model_weights(model))
+    assert "epoch_gaps" not in record.info
+
+
+def test_a_resumed_record_that_ends_before_the_fit_starts_warns_and_lists_the_gap(
+        tmp_path: Path) -> None:
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path)
+    first = fit(model, [callback], epochs=3).history
+    with pytest.warns(recordkit.errors.RecordkitWarning,
+                      match=r"reached epoch 2 and this fit starts at epoch 5: epochs 3 to 4"):
+        later = fit(model, [callback], epochs=7, initial_epoch=5).history
+    record = recordkit.load(callback.record_path)
+    assert len(recordkit.load_all(tmp_path)) == 1
+    assert record.info["epoch_gaps"] == [[3, 4]]
+    assert_history_equal(record, {k: first[k] + later[k] for k in first}, [0, 1, 2, 5, 6])
+    assert record.snapshot_epochs == [0, 1, 2, 5, 6]
+
+
 @pytest.mark.parametrize("how", ["resume", "same_callback", "auto"])
 def test_backup_and_restore_after_crash(tmp_path: Path, how: str) -> None:
     model = tiny_model()

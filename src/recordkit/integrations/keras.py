@@ -40,10 +40,13 @@ Choices worth knowing:
   ``interrupted`` with a message that says so; ``running`` (read as ``interrupted``)
   when the process is killed. An exception is taken for the fit's only when its
   traceback reaches that fit's frame: an unrelated one is never stored.
-- **Reuse and resume.** A callback used for a second fit starts a new record, except when
-  its previous fit raised and the new fit starts at a later epoch (``BackupAndRestore``
-  or ``initial_epoch``): then it continues the same record (listed in
-  ``Record.restarts``), dropping what the record holds from that epoch on.
+- **Reuse and resume.** A callback used for a second fit starts a new record when the
+  new fit starts at epoch 0. A fit that starts at a later epoch (``initial_epoch``,
+  ``BackupAndRestore``) continues the record of the previous fit, whether that fit
+  completed ("train more": ``fit(epochs=6, initial_epoch=3)`` after ``fit(epochs=3)``)
+  or raised (listed in ``Record.restarts``), dropping what the record holds from that
+  epoch on. A continued record that ends before the epoch the fit starts at gets a
+  warning and ``info["epoch_gaps"]``: the ``[first, last]`` epochs it lacks.
   ``resume=<path or run id>`` continues a given record the same way. After a restart of
   the process (``BackupAndRestore``'s case) the new callback knows no path:
   ``resume="auto"`` continues the newest record of the same experiment, name and params
@@ -222,7 +225,7 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         self.fit_args = dict(fit_args or {})
         self._auto_resume = resume == "auto"
         self._fit_thread: int | None = None  # set while a fit runs (or after one raised)
-        self._continue_path: str | None = None  # the record of a fit that raised
+        self._continue_path: str | None = None  # the record of the previous fit
         self._raised_path: str | None = None  # that record, closed when its cell ended
         self._fit: _KerasFit = _KerasFit()
         self._running: RunningFit | None = None  # the fit() call of the latest fit
@@ -234,6 +237,8 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         if self._recorder is not None:  # the previous fit raised: Keras said nothing
             continue_path = self._record_path
             self._close_raised("the callback was used for another fit")
+        elif continue_path is None:  # "train more": a fit from a later epoch continues it
+            continue_path = self._record_path
         running = running_fit(self.model)
         self._running = running
         self._fit = _KerasFit(call_args=running.call_args if running else {},
@@ -353,11 +358,26 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
                 _release_abandoned(resolve_path(resume, Path(self.root), self.experiment))
             rec = self._open_record(self.run_params, resume=resume, given=given)
             self._fit.first_epoch = first_epoch
+            if resume is not None and first_epoch > rec.last_epoch + 1:
+                self._record_gap(rec, first_epoch)
             if resume is not None or rec.last_epoch >= first_epoch:
                 rec.rewind(first_epoch)  # the epochs from here on are trained again
             self._plan_snapshots(rec, (self.params or {}).get("epochs"), first_epoch)
             rec.set_info(facts.run_info(self.model))
             rec.set_info({"fit": self._fit_facts()})
+
+    def _record_gap(self, rec: Recorder, first_epoch: int) -> None:
+        """A resumed record ends before the epoch this fit starts at: warn, and list the
+        epochs it lacks in ``info["epoch_gaps"]`` (``[first, last]`` pairs)."""
+        missing = [rec.last_epoch + 1, first_epoch - 1]
+        gaps = rec.info.get("epoch_gaps")
+        rec.set_info({"epoch_gaps": [*(gaps if isinstance(gaps, list) else []), missing]})
+        reached = (f"reached epoch {rec.last_epoch}" if rec.last_epoch >= 0
+                   else "holds no epoch")
+        warnings.warn(
+            f"recordkit: RecordCallback: the record {str(rec.path)!r} {reached} and this "
+            f"fit starts at epoch {first_epoch}: epochs {missing[0]} to {missing[1]} are "
+            "not in it (listed in info['epoch_gaps'])", RecordkitWarning, stacklevel=4)
 
     def _fit_facts(self) -> dict[str, Any]:
         return facts.fit_facts(self._fit.call_args, self.params,
