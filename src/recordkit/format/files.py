@@ -26,12 +26,12 @@ RecordFile = h5py.File
 
 def new_file(path: str | os.PathLike[str]) -> h5py.File:
     """Create a record file; fails if it exists."""
-    return h5py.File(str(path), "x", locking=False, **WRITE_OPTIONS)
+    return _WriterFile(str(path), "x", locking=False, **WRITE_OPTIONS)
 
 
 def reopen(path: str | os.PathLike[str]) -> h5py.File:
     """Open an existing record to continue writing it (resume)."""
-    return h5py.File(str(path), "r+", locking=False, **WRITE_OPTIONS)
+    return _WriterFile(str(path), "r+", locking=False, **WRITE_OPTIONS)
 
 
 @functools.cache
@@ -88,7 +88,14 @@ def flush(f: h5py.File, *, fsync: bool = False) -> None:
     committed before ("bad object header version number", "wrong B-tree signature";
     issue 17). Flushed first, a new dataset is complete on disk before any link to it
     is. (Listing the open datasets costs about 8 us each: done only when their number
-    grew.)"""
+    grew.) The files :func:`new_file` and :func:`reopen` give flush so from their own
+    ``flush()`` too."""
+    _ordered_flush(f)
+    if fsync:
+        os.fsync(file_handle(f))
+
+
+def _ordered_flush(f: h5py.File) -> None:
     key = (id(f.id), f.id.id)
     count = h5py.h5f.get_obj_count(f.id, _DATASETS)
     if count > _OPEN_AT_FLUSH.get(key, 0):
@@ -96,9 +103,15 @@ def flush(f: h5py.File, *, fsync: bool = False) -> None:
             if isinstance(oid, h5py.h5d.DatasetID) and oid.valid:
                 oid.flush()
     _OPEN_AT_FLUSH[key] = count
-    f.flush()
-    if fsync:
-        os.fsync(file_handle(f))
+    h5py.File.flush(f)
+
+
+class _WriterFile(h5py.File):
+    """A record open for writing: its ``flush()`` is :func:`flush`'s, so that every
+    flush of the write path (the snapshot writer's too) writes new datasets first."""
+
+    def flush(self) -> None:
+        _ordered_flush(self)
 
 
 def close(f: h5py.File) -> None:
