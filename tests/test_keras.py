@@ -647,6 +647,44 @@ def test_training_more_with_the_same_callback_continues_its_record(tmp_path: Pat
     assert "epoch_gaps" not in record.info
 
 
+@pytest.mark.parametrize("status", ["completed", "failed"])
+def test_evaluate_after_fit_goes_into_the_fits_record(tmp_path: Path, status: str) -> None:
+    """model.evaluate(..., callbacks=[cb]) after fit: test_* rows at the last epoch and
+    info['evaluations'], the record closed again with the status it had; validation
+    inside the fit records no evaluation."""
+    model = tiny_model(batchnorm=False)
+    callback = RecordCallback(tmp_path)
+    if status == "completed":
+        hist = fit(model, [callback], epochs=2, validation_data=(X[:8], Y[:8])).history
+    else:
+        try:
+            fit(model, [callback, Crash(at=2)], epochs=3, validation_data=(X[:8], Y[:8]))
+        except RuntimeError:
+            callback.close()
+    assert "evaluations" not in recordkit.load(callback.record_path).info
+    first = model.evaluate(X[:16], Y[:16], verbose=0, callbacks=[callback], return_dict=True)
+    second = model.evaluate(X[16:], Y[16:], verbose=0, callbacks=[callback],
+                            return_dict=True)
+    record = recordkit.load(callback.record_path)
+    assert record.stored_status == status
+    if status == "failed":
+        assert record.error == "RuntimeError: boom at epoch 2"
+    else:
+        assert_history_equal(record, hist, [0, 1])
+    assert record.info["evaluations"] == [{"epoch": 1, "metrics": first},
+                                          {"epoch": 1, "metrics": second}]
+    for key in ("loss", "accuracy"):
+        assert record.history.epochs(f"test_{key}").tolist() == [1, 1]
+        assert record.history[f"test_{key}"].tolist() == [first[key], second[key]]
+    assert [r["previous_status"] for r in record.restarts] == [status, status]
+
+
+def test_evaluate_before_any_fit_records_nothing(tmp_path: Path) -> None:
+    callback = RecordCallback(tmp_path)
+    tiny_model(batchnorm=False).evaluate(X, Y, verbose=0, callbacks=[callback])
+    assert callback.record_path is None and not list(tmp_path.rglob("*.h5"))
+
+
 def test_a_resumed_record_that_ends_before_the_fit_starts_warns_and_lists_the_gap(
         tmp_path: Path) -> None:
     model = tiny_model(batchnorm=False)

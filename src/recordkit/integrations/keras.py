@@ -64,6 +64,8 @@ Choices worth knowing:
   Keras gives no way to learn what a callback placed after this one will do in its
   ``on_train_end`` (it runs after the record is closed), so only EarlyStopping's
   restore is known then.
+- **evaluate.** ``model.evaluate(..., callbacks=[cb])`` after a fit adds its results to
+  the record of that fit (see :meth:`RecordCallback.on_test_end`).
 - **Vector metrics** (``F1Score(average=None)``: one value per class) are stored one
   history metric per element, ``f1_score[0]``, ``f1_score[1]``...;
   ``Record.info["vector_metrics"]`` maps each to its shape and element names.
@@ -322,6 +324,37 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
             rec.commit()  # waits for the last snapshot; a writer error is raised here
             rec.close("completed")
         self._recorder = None
+
+    def on_test_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        """``model.evaluate(..., callbacks=[this])`` after a fit: its results go into the
+        record of the latest fit, reopened and closed again with the status it had, as
+        ``test_<metric>`` history rows at that record's last epoch and one entry of
+        ``info["evaluations"]`` (``{"epoch", "metrics"}``) per evaluate. Validation inside
+        a fit (Keras calls this hook then too), an evaluate before any fit, or with the
+        record of a fit that raised still open, records nothing."""
+        if (self._recorder is not None or self._record_path is None or not logs
+                or fit_is_running_here(self._running)):
+            return
+        metrics = metric_floats(logs, facts.keras_scalar)
+        for key, array in facts.vector_metrics({k: v for k, v in logs.items()
+                                                if k not in metrics}).items():
+            metrics.update({facts.element_name(key, index): float(value)
+                            for index, value in np.ndenumerate(array)})
+        if not metrics:
+            return
+        with self._guard("record the evaluation"):
+            rec = Recorder(self.root, self.experiment, self.name, resume=self._record_path,
+                           **self.recorder_options)
+            try:
+                epoch = max(rec.last_epoch, 0)
+                rec.log({f"test_{key}": value for key, value in metrics.items()}, epoch=epoch)
+                done = rec.info.get("evaluations")
+                rec.set_info({"evaluations": [*(done if isinstance(done, list) else []),
+                                              {"epoch": epoch, "metrics": metrics}]})
+            finally:
+                previous = rec.previous_status
+                rec.close(previous if previous in ("completed", "failed", "interrupted")
+                          else "completed", error=rec.previous_error or None)
 
     def close(self) -> None:
         """Close the record of the latest fit when that fit raised (Keras calls no hook
