@@ -139,7 +139,9 @@ def check_or_repair(path: str, last_committed: int | dict[str, Any], big: bool =
 #: a later epoch (epoch 3: the first of "late metric", a dataset created mid-run); the
 #: epoch that adds a tensor (epoch 2: "head/w", new datasets in /weights and
 #: /checksums); a resume of a run closed as interrupted after epochs 0-3, with new
-#: params and new run facts, and its next epoch; and the close (save) of a run.
+#: params and new run facts, and its next epoch; and the close (save) of a run. Phase
+#: "extend" (params merged mid-run by Recorder.extend, then an epoch) is run only when
+#: asked for (``--crashpoints ROOT extend``): its window is open (docs/RELIABILITY.md).
 PHASES = ("first", "later", "new tensor", "resume", "close")
 LATER = 3
 NEW_TENSOR = 2
@@ -188,7 +190,8 @@ def _phase(phase: str, root: Path, base: Path | None, kill: int, log: Any) -> in
     log(f"path {rec.path}")
     start = 0
     at = {"later": LATER, "new tensor": NEW_TENSOR}.get(phase)
-    for epoch in range(LATER + 1 if phase == "close" else 1 if at is None else at + 1):
+    for epoch in range(LATER + 1 if phase in ("close", "extend") else 1 if at is None
+                       else at + 1):
         if epoch == at:
             start = shim.rk_writes()
             shim.rk_kill_after(kill)
@@ -198,6 +201,11 @@ def _phase(phase: str, root: Path, base: Path | None, kill: int, log: Any) -> in
         shim.rk_kill_after(kill)
         log("closing")
         rec.save()
+    if phase == "extend":  # params merged mid-run (not in PHASES: see the report)
+        start = shim.rk_writes()
+        shim.rk_kill_after(kill)
+        rec.extend({"resumed": True})
+        _epoch(rec, LATER + 1, log)
     return int(shim.rk_writes() - start)
 
 
@@ -276,7 +284,8 @@ def crashpoints(root: Path, phases: tuple[str, ...] = PHASES, every: int = 1
                 statuses.append("interrupted")  # killed before the resume was published
             if "closing" in lines:
                 statuses.append("completed")
-            allowed = [PARAMS, RESUMED_PARAMS] if phase == "resume" else [PARAMS]
+            allowed = ([PARAMS, RESUMED_PARAMS] if phase in ("resume", "extend")
+                       else [PARAMS])
             todo[str(files[0])] = {"last": last, "statuses": statuses, "params": allowed,
                                    "side": SIDE, "phase": phase, "kill": kill}
         report["phases"][phase] = {"writes": writes, "kill_points": killed,
