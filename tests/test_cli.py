@@ -161,13 +161,15 @@ def test_ls_reads_no_history_and_prints_what_full_reads_give(tmp_path, monkeypat
     assert capsys.readouterr().out == lazy
     assert len(full_reads) == 4
     lines = lazy.splitlines()
-    assert lines[0].split() == ["id", "name", "status", "epochs", "seed", "extra", "loss",
-                                "lr", "step_loss", "val_accuracy"]
+    # the training loss, the validation metrics, the others by how many runs have them,
+    # the learning rate last
+    assert lines[0].split() == ["id", "name", "status", "epochs", "seed", "loss",
+                                "val_accuracy", "step_loss", "extra", "lr"]
     cells = [line.split() for line in lines[1:]]
     assert [c[1:4] for c in cells] == [["run0", "completed", "3"], ["run1", "completed", "2"],
                                        ["run2", "completed", "4"], ["crashed", "failed", "1"]]
-    assert cells[0][4:] == ["0", "nan", "0.25", "0.3"]  # no extra, no lr: empty cells
-    assert cells[1][4:] == ["1", "7", "inf", "0.25", "0.25"]
+    assert cells[0][4:] == ["0", "nan", "0.3", "0.25"]  # no extra, no lr: empty cells
+    assert cells[1][4:] == ["1", "inf", "0.25", "0.25", "7"]
 
 
 def test_show(root, capsys):
@@ -469,3 +471,51 @@ def test_export_escapes_formulas_and_keeps_numbers(tmp_path, pd):
     assert cells["loss.final"] == "-1.5"  # a negative number is a number, not a formula
     frame = pd.read_csv(out)
     assert frame["neg"].iloc[0] == -5 and frame["loss.final"].tolist() == [-1.5, -1.5]
+
+
+def _two_experiments(root):
+    """Two experiments; a param named epochs; captured facts; a resumed run."""
+    for experiment, lr in (("a", 0.1), ("b", 0.01)):
+        with rk.Recorder(root, experiment=experiment, name=f"run-{experiment}",
+                         params={"epochs": 3, "width": 8 if lr > 0.05 else 16},
+                         system=False) as rec:
+            rec.set_info({"optimizer": {"class": "SGD", "learning_rate": lr},
+                          "fit": {"batch_size": 32, "epochs": 3}})
+            for epoch in range(2):
+                rec.log({"val_loss": 1.0 / (epoch + 1), "loss": 2.0 / (epoch + 1),
+                         "epoch_time": 0.5}, epoch=epoch)
+    path = rec.path
+    with rk.Recorder(root, experiment="b", resume=path, system=False) as rec:
+        rec.log({"val_loss": 0.25, "loss": 0.5, "epoch_time": 0.5}, epoch=2)
+    return path
+
+
+def test_ls_of_several_experiments_with_chosen_columns(tmp_path, capsys):
+    root = tmp_path / "records"
+    _two_experiments(root)
+    assert cli.main(["ls", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    assert header[:5] == ["id", "experiment", "name", "status", "epochs"]
+    assert header.count("epochs") == 1  # the param `epochs` is not a second column
+    assert {"width", "lr"} <= set(header)
+    assert header[-3:] == ["loss", "val_loss", "epoch_time"]  # training loss first, time last
+    assert [line.split()[1] for line in lines[1:]] == ["a", "b"]
+    assert cli.main(["ls", str(root), "--param", "optimizer", "--param", "lr",
+                     "--metric", "epoch_time"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[5:] == ["optimizer", "lr", "epoch_time"]
+    assert [line.split()[5:] for line in lines[1:]] == [["SGD", "0.1", "0.5"],
+                                                         ["SGD", "0.01", "0.5"]]
+    assert cli.main(["ls", str(root), "--param", "learning_rat"]) == 1
+    _one_line(capsys.readouterr().err, "'learning_rat'", "lr")
+
+
+def test_show_prints_the_captured_facts_and_the_restarts(tmp_path, capsys):
+    path = _two_experiments(tmp_path / "records")
+    assert cli.main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    captured = out[out.index("\ncaptured\n"):out.index("\nrestarts")]
+    assert "  optimizer = 'SGD'" in captured and "  lr = 0.01" in captured
+    assert "  batch_size = 32" in captured and "epochs" not in captured  # a param already
+    assert "restarts 1" in out and "previous_status='completed'" in out

@@ -26,6 +26,7 @@ from recordkit.errors import (
     RecordkitWarning,
     RecordNotFoundError,
 )
+from recordkit.metric_modes import metric_direction
 from recordkit.paths import run_id_problem
 from recordkit.record import Record, load
 from recordkit.recordset import RecordSet, load_all
@@ -88,30 +89,36 @@ def _progress_wanted() -> bool:
 
 
 def _key_params(records: RecordSet, limit: int = 5) -> list[str]:
-    """The params worth a column, in name order: those whose value differs between runs
-    (a constant tells nothing); every param when none differs or there is one run."""
+    """The configuration keys worth a column (:attr:`Record.config`: params, then the
+    captured ``lr``, ``optimizer``, ``batch_size``...), in the order the runs have them:
+    those whose value differs between runs (a constant tells nothing); every key when
+    none differs or there is one run. ``epochs`` is left to the epochs column."""
     values: dict[str, set[str]] = {}
     for r in records:
-        for key, value in r.flat_params().items():
-            values.setdefault(key, set()).add(repr(value))
-    varying = sorted(k for k, v in values.items() if len(v) > 1)
-    constant = sorted(k for k, v in values.items() if len(v) <= 1)
+        for key, value in r.config.items():
+            if key != "epochs":
+                values.setdefault(key, set()).add(repr(value))
+    varying = [k for k, v in values.items() if len(v) > 1]
+    constant = [k for k, v in values.items() if len(v) <= 1]
     return (varying + constant if len(records) == 1 else varying or constant)[:limit]
 
 
-_AUXILIARY = re.compile(r"(time|^lr\b|^lr[-_]|learning_rate|epoch$|step$)", re.IGNORECASE)
+#: The training loss as the frameworks name it (Lightning's ``_epoch`` suffix included).
+_TRAINING_LOSS = re.compile(r"^(train(ing)?[_/])?loss(_epoch)?$", re.IGNORECASE)
 
 
 def _key_metrics(summaries: list[dict[str, dict[str, Any]]], limit: int) -> list[str]:
-    """The metrics worth a column, in name order: those most runs have, validation
-    metrics first, timings and learning rates last."""
+    """The metrics worth a column: the training loss first, then validation metrics, then
+    the others, each by how many runs have it; learning rates, times and counters last."""
     counts: dict[str, int] = {}
     for metrics in summaries:
         for metric in metrics:
             counts[metric] = counts.get(metric, 0) + 1
-    ranked = sorted(counts, key=lambda m: (bool(_AUXILIARY.search(m)), -counts[m],
-                                           "val" not in m.lower(), m))
-    return sorted(ranked[:max(0, limit)])
+    ranked = sorted(counts, key=lambda m: (metric_direction(m) is None,
+                                           not _TRAINING_LOSS.match(m),
+                                           not re.search(r"(^|[_/])val", m.lower()),
+                                           -counts[m], m))
+    return ranked[:max(0, limit)]
 
 
 def _final(stats: dict[str, Any] | None) -> str:
@@ -123,25 +130,36 @@ def _final(stats: dict[str, Any] | None) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    """A table of runs: id, name, status, epochs, key params and final metrics.
+    """A table of runs: id, experiment (when the root holds several), name, status,
+    epochs, key configuration values and final metrics.
 
-    Everything comes from what ``load_all`` read (a finished run's one-attribute summary):
-    no run's history is read, so the table of thousands of runs costs what opening them
-    costs."""
+    Everything comes from what ``load_all`` read (a finished run's one-attribute summary,
+    and its ``/info`` for the captured configuration): no run's history is read, so the
+    table of thousands of runs costs what opening them costs."""
     records = _load_all(args)
     summaries = [r.metric_summaries() for r in records]
-    keys = _key_params(records)
-    metrics = _key_metrics(summaries, args.metrics)
-    rows = [["id", "name", "status", "epochs", *(printable(k, limit=_LONG) for k in keys),
+    keys = args.param or _key_params(records)
+    if args.param:
+        known = records.config_keys()
+        unknown = [k for k in args.param if k not in known]
+        if unknown:
+            raise RecordkitError(
+                f"ls --param {printable(unknown[0])!r}: no run has it in its configuration; "
+                f"the runs have: {printable(', '.join(known), limit=4 * _LONG)}")
+    metrics = args.metric or _key_metrics(summaries, args.metrics)
+    several = len({r.experiment for r in records}) > 1
+    rows = [["id", *(["experiment"] if several else []), "name", "status", "epochs",
+             *(printable(k, limit=_LONG) for k in keys),
              *(printable(m, limit=_LONG) for m in metrics)]]
     notes = []
     for r, summary in zip(records, summaries):
-        flat = r.flat_params()
+        config = r.config
         cell, note = _run_cell(r)
         if note is not None:
             notes.append(note)
-        rows.append([cell, _short(r.name), printable(r.status), str(r.epoch_count),
-                     *(_short(flat.get(k, "")) for k in keys),
+        rows.append([cell, *([_short(r.experiment)] if several else []), _short(r.name),
+                     printable(r.status), str(r.epoch_count),
+                     *(_short(config.get(k, "")) for k in keys),
                      *(_final(summary.get(m)) for m in metrics)])
     print(_table(rows))
     for note in notes:
@@ -161,8 +179,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     for label, value in fields.items():
         print(f"{label:<11}{value}")
     print("params")
-    for key, value in r.flat_params().items():
+    params = r.flat_params()
+    for key, value in params.items():
         print(f"  {printable(key)} = {printable(repr(value))}")
+    captured = {k: v for k, v in r.config.items() if k not in params}
+    if captured:
+        print("captured")  # what the callbacks saw, under the names Record.config uses
+        for key, value in captured.items():
+            print(f"  {printable(key)} = {printable(repr(value))}")
+    if r.restarts:
+        print(f"restarts {len(r.restarts)}")
+        for restart in r.restarts:
+            print("  " + ", ".join(f"{printable(k)}={printable(repr(v), limit=_LONG)}"
+                                   for k, v in restart.items()))
     print("system")
     for key in ("python", "os_name", "machine", "cpu_model", "memory", "hostname", "gpus"):
         if key in r.system:
@@ -317,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", "-e", help="only this experiment")
     p.add_argument("--metrics", type=int, default=4, metavar="N",
                    help="show the final value of up to N metrics (default 4)")
+    p.add_argument("--metric", "-m", action="append", metavar="NAME",
+                   help="show this metric's final value (repeat for several)")
+    p.add_argument("--param", "-p", action="append", metavar="KEY",
+                   help="show this configuration key (a param or a captured fact such as "
+                        "lr, optimizer, batch_size; repeat for several)")
     p.set_defaults(func=cmd_ls)
     p = sub.add_parser("show", help="one run", description="One run in detail.")
     p.add_argument("run", help="a record path, or a run id with --root")

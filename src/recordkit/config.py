@@ -27,8 +27,12 @@ import numpy as np
 
 from recordkit.codec import flatten_params
 
-__all__ = ["COMMON_KEYS", "CONFIG_HASH_IGNORES", "captured_facts", "config_hash",
-           "run_config"]
+__all__ = ["COMMON_KEYS", "CONFIG_HASH_IGNORES", "MAX_SUMMARY_FACTS_BYTES", "captured_facts",
+           "config_hash", "merged_config", "run_config", "summary_facts"]
+
+#: The most JSON bytes of captured facts a run's summary holds; a run with more (a model
+#: of hundreds of layers) is read from its ``/info`` instead.
+MAX_SUMMARY_FACTS_BYTES = 16_000
 
 #: The captured facts with one meaning across frameworks, in the order tables show them.
 COMMON_KEYS = (
@@ -66,8 +70,14 @@ def run_config(params: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, 
     facts captured in *info* (:func:`captured_facts`). A user param wins a name clash; the
     captured value is kept beside it as ``captured.<key>`` when it differs, so the clash
     is visible."""
+    return merged_config(params, captured_facts(info))
+
+
+def merged_config(params: Mapping[str, Any], captured: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`run_config` from facts already captured (a closed run's summary holds them,
+    so that a table of many runs does not read each run's ``/info``)."""
     config = flatten_params(params)
-    for key, value in captured_facts(info).items():
+    for key, value in captured.items():
         if key not in config:
             config[key] = value
         elif not _same(config[key], value):
@@ -103,6 +113,21 @@ def captured_facts(info: Mapping[str, Any]) -> dict[str, Any]:
     ordered = {key: facts.pop(key) for key in COMMON_KEYS if facts.get(key) is not None}
     ordered.update((k, v) for k, v in facts.items() if v is not None)
     return ordered
+
+
+def summary_facts(info_text: str | None) -> dict[str, Any] | None:
+    """The captured facts of a run's ``/info`` text for its summary, or None when there
+    are too many (:data:`MAX_SUMMARY_FACTS_BYTES`) or the text is not JSON."""
+    try:
+        info = json.loads(info_text or "{}")
+    except ValueError:
+        return None
+    facts = captured_facts(info)
+    try:
+        size = len(json.dumps(facts, allow_nan=False))
+    except (TypeError, ValueError):  # NaN or an odd type: the summary keeps none
+        return None
+    return facts if size <= MAX_SUMMARY_FACTS_BYTES else None
 
 
 def _lightning(info: Mapping[str, Any]) -> dict[str, Any]:

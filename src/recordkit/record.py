@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recordkit.codec import decode_params, flatten_params, loads_json, params_hash
-from recordkit.config import config_hash, run_config
+from recordkit.config import config_hash, merged_config, run_config
 from recordkit.errors import RecordDamagedError, RecordkitError
 from recordkit.format.files import RecordFile, close, is_open
 from recordkit.format.layout import RUN_FIELDS
@@ -154,7 +154,10 @@ class Record:
                 self._read_full()
                 return self.__dict__[name]
             if name == "_config":  # params and facts under one set of names
-                self._config = run_config(self._params, self._info)
+                captured = (self._summary or {}).get("captured")
+                self._config = (merged_config(self._params, captured)
+                                if isinstance(captured, dict)  # no /info read
+                                else run_config(self._params, self._info))
                 return self._config
             part = _ATTR_PARTS.get(name)
             if part is not None:

@@ -12,10 +12,12 @@ import h5py
 import numpy as np
 
 from recordkit.codec import dumps_json, loads_json
+from recordkit.config import summary_facts
 from recordkit.format.attrs import attr_str, read_attr, read_text
 from recordkit.format.history import read_history
 from recordkit.format.layout import (
     FORMAT_ATTR,
+    INFO,
     MAX_SUMMARY_BYTES,
     PARAMS,
     RUN_FIELDS,
@@ -69,6 +71,11 @@ def build_summary(f: h5py.File) -> dict[str, Any]:
         "epochs": len(epochs),
         "snapshots": int(f[SNAPSHOTS].shape[0]) if SNAPSHOTS in f else 0,
     }
+    # Record.config's captured facts, so that tables of many runs need not read /info
+    # (summaries written before 2026-12-01 have none: their /info is read)
+    captured = summary_facts(read_text(f, INFO))
+    if captured is not None:
+        summary["captured"] = captured
     return summary
 
 
