@@ -201,7 +201,8 @@ def batches() -> Any:
             yield X[start:start + 16], Y[start:start + 16]
 
 
-@pytest.mark.parametrize("data", ["generator", "tf_data", "py_dataset", "arrays"])
+@pytest.mark.parametrize("data", ["generator", "tf_data", "endless_py_dataset", "py_dataset",
+                                  "arrays"])
 def test_shuffle_is_none_where_keras_ignores_it(tmp_path: Path, data: str) -> None:
     class Batches(keras.utils.PyDataset):
         def __len__(self) -> int:
@@ -209,6 +210,14 @@ def test_shuffle_is_none_where_keras_ignores_it(tmp_path: Path, data: str) -> No
 
         def __getitem__(self, index: int) -> Any:
             return X[index * 16:(index + 1) * 16], Y[index * 16:(index + 1) * 16]
+
+    class EndlessBatches(keras.utils.PyDataset):
+        @property
+        def num_batches(self) -> None:
+            return None
+
+        def __getitem__(self, index: int) -> Any:
+            return Batches()[index % 3]
 
     model = tiny_model(batchnorm=False)
     callback = RecordCallback(tmp_path)
@@ -222,12 +231,17 @@ def test_shuffle_is_none_where_keras_ignores_it(tmp_path: Path, data: str) -> No
                   verbose=0, callbacks=[callback])
     elif data == "py_dataset":
         model.fit(Batches(), epochs=1, verbose=0, callbacks=[callback])
+    elif data == "endless_py_dataset":
+        with pytest.warns(UserWarning, match="shuffle"):  # Keras says it ignores it
+            model.fit(EndlessBatches(), steps_per_epoch=3, epochs=1, verbose=0,
+                      callbacks=[callback])
     else:
         model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
     fit_info = recordkit.load(callback.record_path).info["fit"]
-    # Keras ignores shuffle for generators (and tf.data); a PyDataset's batches are
-    # shuffled, arrays' samples too
-    assert fit_info["shuffle"] is (None if data in ("generator", "tf_data") else True)
+    # Keras ignores shuffle for generators, tf.data and endless PyDatasets; a PyDataset's
+    # batches are shuffled, arrays' samples too
+    ignored = data in ("generator", "tf_data", "endless_py_dataset")
+    assert fit_info["shuffle"] is (None if ignored else True)
 
 
 def test_fit_arguments_of_a_custom_loop_come_from_fit_args(tmp_path: Path) -> None:

@@ -151,16 +151,20 @@ def _call_arguments(found: dict[str, Any], passed: dict[str, Any] | None
 
 
 def _shuffle_ignored(x: Any) -> bool:
-    """Whether Keras ignores ``shuffle`` for this ``x`` (its documented cases: a
-    ``tf.data.Dataset`` or a generator; a torch ``DataLoader`` shuffles by its own
-    sampler). Types are recognised by name: nothing is imported."""
+    """Whether Keras ignores ``shuffle`` for this ``x``: the cases where
+    ``keras.src.trainers.data_adapters.get_data_adapter`` warns that it does (a
+    ``tf.data.Dataset``, a torch ``DataLoader``, a grain dataset, a generator, a
+    ``PyDataset`` without a length). Types are recognised by name: nothing is imported."""
     if x is None or isinstance(x, (list, tuple, dict)) or hasattr(x, "__array__"):
         return False
     module = type(x).__module__ or ""
     if module.startswith("tensorflow") and "Dataset" in type(x).__name__:
         return True
-    if module.startswith("torch.utils.data"):
+    if module.startswith(("torch.utils.data", "grain")):
         return True
+    if any(c.__name__ == "PyDataset" and c.__module__.startswith("keras")
+           for c in type(x).__mro__):
+        return getattr(x, "num_batches", None) is None
     return inspect.isgenerator(x) or (hasattr(x, "__next__") and hasattr(x, "__iter__"))
 
 
