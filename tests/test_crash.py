@@ -141,13 +141,13 @@ def test_end_address_past_the_file_says_repair_and_repair_fixes_it(tmp_path: Pat
 
 @pytest.mark.parametrize("shift", [-4096, -64, -8])
 def test_lazy_open_of_a_short_end_address(tmp_path: Path, shift: int) -> None:
-    """load_all opens closed runs from their summary without the patched view. Here the
-    root's header lies past the stale end address (written at close), so the plain open
-    fails and the run goes to the full read, which patches; the table and the history
-    are the run's own."""
+    """load_all opens closed runs from their summary without the patched view. When the
+    root's header lies past the stale end address, the plain open fails and the run
+    goes to the full read, which patches (since the summary is rewritten in place at
+    close, the root's header may stay before it and the summary is read); either way the
+    table and the history are the run's own."""
     path, _ = _record_with_end_address(tmp_path, shift)
     lazy = Record(path, lazy=True)
-    assert lazy._summary is None  # read in full, through the patched view
     assert lazy.status == "completed"
     assert lazy.metric_summaries()["loss"]["final"] == 2.0
     assert lazy.history["loss"].tolist() == [0.0, 1.0, 2.0]

@@ -36,21 +36,6 @@ WRITER = Path(__file__).with_name("crash_writer.py")
 #: at most so many kill points, why, and what closes it). Every other failure fails the
 #: test.
 KNOWN_WINDOWS: dict[str, tuple[tuple[str, ...], int, str]] = {
-    "first": (
-        ("is checked by crc32c but /checksums/",), 2,
-        "verify asks for the /checksums dataset of a tensor that no snapshot lists yet "
-        "(a kill after /weights/<t> was linked and before /checksums/<t>): load reads "
-        "every committed epoch; format/weights.py check_checksummed_rows should not "
-        "report a tensor whose first_snapshot is not listed"),
-    "new tensor": (
-        ("is checked by crc32c but /checksums/",), 2,
-        "as for the first epoch: verify's report of the /checksums dataset of the new "
-        "tensor, listed in no snapshot yet; load reads every committed epoch"),
-    "close": (
-        ("addr overflow",), 1,
-        "format/summary.py deletes and creates the summary attribute at close, which can "
-        "move the root's attributes into a new header block written after the header "
-        "that points to it; it needs the summary rewritten in place (attrs.modify)"),
 }
 
 

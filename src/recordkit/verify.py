@@ -326,7 +326,7 @@ def _has_format(text: Any) -> bool:
 def _check_summary(f: h5py.File, report: VerifyReport) -> None:
     """The ``summary`` attribute (what load_all and `recordkit ls` show of a closed run)
     must say what the run's data says."""
-    if SUMMARY_ATTR not in f.attrs:
+    if not read_attr(f, SUMMARY_ATTR):  # none, or empty (a running run's)
         return
     where = ("its summary attribute (what load_all and `recordkit ls` read instead of "
              "the whole file)")

@@ -27,6 +27,7 @@ from recordkit.format.layout import (
     INFO,
     PARAMS,
     RUN_FIELDS,
+    SUMMARY_ATTR,
     SYSTEM,
     UNSERIALISABLE_ATTR,
     VERSION_ATTR,
@@ -172,7 +173,9 @@ def write_new_run(f: h5py.File, fields: Mapping[str, Any], *, params: str,
                   unserialisable: str, system: Mapping[str, Any], checksum: bool) -> None:
     """Every object of a new record: the root attributes (format and run fields), params,
     system info, empty info, and the empty history, snapshot table, weights and extras."""
-    write_root_attrs(f, {FORMAT_ATTR: FORMAT_NAME, VERSION_ATTR: FORMAT_VERSION, **fields})
+    # the summary empty until the run closes: rewritten in place then, never created
+    write_root_attrs(f, {FORMAT_ATTR: FORMAT_NAME, VERSION_ATTR: FORMAT_VERSION, **fields,
+                         SUMMARY_ATTR: ""})
     write_params(f, params, unserialisable)
     write_text(f, SYSTEM, dumps_json(dict(system)))
     write_text(f, INFO, "{}")

@@ -86,9 +86,19 @@ def write_summary(f: h5py.File) -> None:
     body = dumps_json(build_summary(f))
     digest = hashlib.sha256(body.encode("utf-8", "surrogateescape")).hexdigest()
     text = f'{body[:-1]}, "sha256": "{digest}"}}'
+    if len(text.encode("utf-8", "surrogateescape")) > MAX_SUMMARY_BYTES:
+        text = ""  # too large: tables read this run in full
+    _set_summary(f, text)
+
+
+def _set_summary(f: h5py.File, text: str) -> None:
+    """The summary attribute rewritten in place (``attrs.modify``), "" for none: deleting
+    and creating it moved the root's attributes, possibly into a new header block that a
+    kill inside the flush of a close left referenced but unwritten ("addr overflow";
+    issue 17). A new record is created with an empty one."""
     if SUMMARY_ATTR in f.attrs:
-        del f.attrs[SUMMARY_ATTR]
-    if len(text.encode("utf-8", "surrogateescape")) <= MAX_SUMMARY_BYTES:
+        f.attrs.modify(SUMMARY_ATTR, text)
+    elif text:
         f.attrs[SUMMARY_ATTR] = text
 
 
@@ -162,6 +172,6 @@ def _summary_shape_ok(summary: Any) -> bool:
 
 
 def drop_summary(f: h5py.File) -> None:
-    """Remove the summary of a run that changes again (resumed): it would be stale."""
-    if SUMMARY_ATTR in f.attrs:
-        del f.attrs[SUMMARY_ATTR]
+    """Empty the summary of a run that changes again (resumed): it would be stale."""
+    if SUMMARY_ATTR in f.attrs and read_attr(f, SUMMARY_ATTR):
+        _set_summary(f, "")
