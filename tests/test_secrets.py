@@ -275,11 +275,6 @@ def test_a_masking_bug_never_loses_a_param(tmp_path: Path,
     assert recordkit.load(rec.path).params == {"db": "postgres://u:pw@h/db"}
 
 
-_RECORDER_CHANGE = ("needs the recorder.py change of issue 17 item 6 (set_info and add "
-                    "through SecretMask): remove this mark when it is applied")
-
-
-@pytest.mark.xfail(reason=_RECORDER_CHANGE, strict=True)
 def test_info_is_masked_by_shape(tmp_path: Path) -> None:
     rec = recordkit.Recorder(tmp_path, system=False)
     with warnings.catch_warnings(record=True) as caught:
@@ -297,7 +292,6 @@ def test_info_is_masked_by_shape(tmp_path: Path) -> None:
     assert recordkit.load(kept.path).info == _shape_params()
 
 
-@pytest.mark.xfail(reason=_RECORDER_CHANGE, strict=True)
 def test_json_extras_are_masked_by_shape(tmp_path: Path) -> None:
     rec = recordkit.Recorder(tmp_path, system=False)
     with warnings.catch_warnings(record=True) as caught:
@@ -342,7 +336,6 @@ def test_command_line_and_system_are_masked_by_shape(
     assert sys.argv == argv  # masked in a copy
 
 
-@pytest.mark.xfail(reason=_RECORDER_CHANGE, strict=True)
 def test_a_failed_runs_error_is_masked_by_shape(tmp_path: Path) -> None:
     with warnings.catch_warnings(record=True) as caught, pytest.raises(RuntimeError):
         warnings.simplefilter("always")
@@ -356,9 +349,6 @@ def test_a_failed_runs_error_is_masked_by_shape(tmp_path: Path) -> None:
     assert any("'error' holds a URL password" in m for m in _masking_warnings(caught))
 
 
-@pytest.mark.xfail(reason="needs the runfile.py change of issue 17 item 6 (system info given "
-                   "as a mapping through system.masked_by_shape): remove this mark when it "
-                   "is applied", strict=True)
 def test_system_info_given_as_a_mapping_is_masked_by_shape(tmp_path: Path) -> None:
     """What importers pass: the original machine's description."""
     given = {"python": "3.8.5", "cwd": f"/ci/{_GHP}", "notes": [SHAPES[0][1]],

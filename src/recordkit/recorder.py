@@ -27,6 +27,7 @@ from recordkit.errors import RecordClosedError, RecordkitWarning, describe_error
 from recordkit.format.files import RecordFile
 from recordkit.format.header import write_end
 from recordkit.format.layout import DEFAULT_CHUNK_BYTES, STATUSES
+from recordkit.masking import SecretMask
 from recordkit.params import RunParams, params_hash_of
 from recordkit.paths import check_experiment, check_name
 from recordkit.policy import SnapshotPolicy
@@ -126,6 +127,7 @@ class Recorder:
         self._root = Path(root)
         self._durable = bool(durable)
         self._params = RunParams(params, mask_secrets=bool(mask_secrets))
+        self._secrets = SecretMask(enabled=bool(mask_secrets))  # info, extras, error
         self._status = "running"
         self._closed = False
         if resume is not None:
@@ -252,7 +254,7 @@ class Recorder:
         ``/info``; integrations call this once per run."""
         with self._lock:
             self._check_open("set_info")
-            self._info.update(info)
+            self._info.update(self._secrets.info(info, self._path, stacklevel=2))
             self._run.write_info(self._info)
 
     def log(self, metrics: Mapping[str, Any], epoch: int | None = None,
@@ -348,6 +350,7 @@ class Recorder:
             raise TypeError(f"Recorder.add: key must be a str. Received: {key!r}")
         with self._lock:
             self._check_open("add")
+            value = self._secrets.extra(key, value, self._path, stacklevel=2)
             for name in self._run.write_extra(key, value):
                 warnings.warn(
                     f"recordkit: extra {key!r}: {name!r} cannot be stored faithfully; it is "
@@ -453,7 +456,8 @@ class Recorder:
     def _write_status(self, status: str, error: BaseException | str | None) -> None:
         with self._run.as_write_error(f"close the run as {status}"):
             self._write_buffered(f"close the run as {status}")
-            write_end(self._file, status, error=None if error is None else describe_error(error),
+            write_end(self._file, status, error=None if error is None else self._secrets.text(
+                          describe_error(error), "error", self._path, stacklevel=5),
                       ended=None if status == "running"
                       else _dt.datetime.now(_dt.timezone.utc).isoformat())
             self._run.flush(durable=self._durable)

@@ -451,7 +451,7 @@ def start_run(root: Path, experiment: str, name: str | None, created: _dt.dateti
             "experiment": experiment, "status": "running", "created": now.isoformat(),
             "ended": "", "error": "", "restarts": "[]",
         }, params=document, unserialisable=dumps_json(params.flagged),
-            system=dict(system) if isinstance(system, Mapping)
+            system=system_info.masked_by_shape(system) if isinstance(system, Mapping)
             else _capture_system(root) if system else {},
             checksum=checksum)
 
