@@ -158,6 +158,10 @@ def test_vector_metrics_are_stored_per_element(tmp_path: Path) -> None:
         np.testing.assert_array_equal(stored, expected.astype(np.float32).astype(np.float64))
         for name in meta["elements"]:
             assert record.history.epochs(name).tolist() == [0, 1, 2]
+        # the vector itself, as History.history has it: (epochs, classes)
+        np.testing.assert_array_equal(record.history[key],
+                                      expected.astype(np.float32).astype(np.float64))
+        assert record.history.epochs(key).tolist() == [0, 1, 2] and key in record.history
     assert_history_equal(record, {k: hist.history[k] for k in ("loss", "accuracy")},
                          [0, 1, 2])
 

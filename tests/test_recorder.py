@@ -712,3 +712,21 @@ def test_resume_reads_only_what_it_continues_and_a_failed_one_releases_the_run(
     for _ in range(2):  # the first failure released the file: the second fails the same way
         with pytest.raises(RecordWriteError, match="reopen the run"):
             rk.Recorder(tmp_path, resume=rec.path)
+
+
+def test_a_vector_metric_logged_per_element_reads_back_whole(tmp_path: pathlib.Path) -> None:
+    """Elements ``m[i,j]`` (as the Keras callback stores a vector metric) read back as one
+    array of (rows, *shape); an incomplete set of elements is not guessed at."""
+    with rk.Recorder(tmp_path, system=False) as rec:
+        for epoch in range(3):
+            rec.log({f"m[{i},{j}]": 10.0 * epoch + 2 * i + j
+                     for i in range(2) for j in range(2)}, epoch=epoch)
+            rec.log({"gap[0]": 1.0, "gap[2]": 2.0}, epoch=epoch)
+    history = rk.load(rec.path).history
+    expected = np.array([[[10.0 * e + 2 * i + j for j in range(2)] for i in range(2)]
+                         for e in range(3)])
+    np.testing.assert_array_equal(history["m"], expected)
+    assert history.epochs("m").tolist() == [0, 1, 2] and "m" in history
+    assert "m" not in list(history)  # the stored names stay the elements
+    with pytest.raises(KeyError, match="no metric 'gap'"):
+        history["gap"]

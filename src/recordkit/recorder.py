@@ -407,7 +407,8 @@ class Recorder:
 
 
     def save(self) -> str:
-        """Close the run as completed and return its id. The record is read-only after."""
+        """Close the run as completed and return its id. The record is closed after;
+        ``Recorder(root, resume=run_id)`` reopens it."""
         with self._lock:
             self._check_open("save")
         self.close("completed")
@@ -499,6 +500,6 @@ class Recorder:
         if self._closed:
             raise RecordClosedError(
                 f"Recorder.{what}: run {self._run_id} at {str(self._path)!r} is closed "
-                f"({self._status}); records are read-only once closed. Start a new "
-                "Recorder, or pass resume=<run id> to continue this run"
+                f"({self._status}); this recorder is closed. Start a new Recorder, or "
+                "pass resume=<run id> to continue this run"
             )

@@ -40,11 +40,44 @@ class History(Mapping[str, np.ndarray]):
             self._tables[name] = rows
 
     def __getitem__(self, name: str) -> np.ndarray:
-        try:
-            return self._tables[name]["value"].copy()
-        except KeyError:
-            known = ", ".join(repr(k) for k in list(self._tables)[:20]) or "none"
-            raise KeyError(f"no metric {name!r}; metrics: {known}") from None
+        rows = self._tables.get(name)
+        if rows is not None:
+            return rows["value"].copy()
+        vector = self._vector(name)
+        if vector is not None:
+            return vector
+        known = ", ".join(repr(k) for k in list(self._tables)[:20]) or "none"
+        raise KeyError(f"no metric {name!r}; metrics: {known}")
+
+    def _vector(self, name: str) -> np.ndarray | None:
+        """A vector metric (Keras' ``F1Score(average=None)``...) stored one element per
+        metric, ``name[i]`` or ``name[i,j]``: the values stacked as ``History.history``
+        has them, ``(rows, *shape)``; None when *name* has no complete set of elements
+        logged together."""
+        elements = self._elements(name)
+        if not elements:
+            return None
+        shape = tuple(max(index[d] for index in elements) + 1
+                      for d in range(len(next(iter(elements)))))
+        if len(elements) != int(np.prod(shape)):
+            return None  # not a complete grid of elements
+        columns = [self._tables[elements[index]]["value"] for index in np.ndindex(*shape)]
+        if len({len(c) for c in columns}) != 1:
+            return None  # elements logged at different times: read them one by one
+        return np.stack(columns, axis=1).reshape(len(columns[0]), *shape)
+
+    def _elements(self, name: str) -> dict[tuple[int, ...], str]:
+        """``{index: stored name}`` of the elements of a vector metric *name*."""
+        found: dict[tuple[int, ...], str] = {}
+        prefix = name + "["
+        for stored in self._tables:
+            if stored.startswith(prefix) and stored.endswith("]"):
+                parts = stored[len(prefix):-1].split(",")
+                if all(p.isdigit() for p in parts):
+                    found[tuple(int(p) for p in parts)] = stored
+        if len({len(index) for index in found}) > 1:
+            return {}
+        return found
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._tables)
@@ -86,8 +119,12 @@ class History(Mapping[str, np.ndarray]):
         return frame.sort_index()
 
     def rows(self, name: str) -> np.ndarray:
-        """The structured rows (epoch, step, value, time) of one metric."""
+        """The structured rows (epoch, step, value, time) of one metric (of a vector
+        metric, its first element's: their epochs and steps are the same)."""
         self[name]  # raises the helpful KeyError
+        if name not in self._tables:
+            elements = self._elements(name)
+            return self._tables[elements[min(elements)]].copy()
         return self._tables[name].copy()
 
     def epochs(self, name: str) -> np.ndarray:
