@@ -195,13 +195,7 @@ def fit_is_running_here(fit: RunningFit | None) -> bool:
         return False
     frame: FrameType | None = sys._getframe(1)
     try:
-        for _ in range(_MAX_FRAMES * 4):
-            if frame is None:
-                return False
-            if _is_fit_frame(frame, fit):
-                return True
-            frame = frame.f_back
-        return False
+        return _callers_reach_fit(frame, fit, _MAX_FRAMES * 4)
     finally:
         del frame
 
@@ -212,8 +206,13 @@ def _reaches_fit(tb: TracebackType | None, fit: RunningFit) -> bool:
         if _is_fit_frame(tb.tb_frame, fit):
             return True
         deepest, tb = tb.tb_frame, tb.tb_next
-    frame = deepest.f_back if deepest is not None else None
-    for _ in range(_MAX_FRAMES):
+    return _callers_reach_fit(deepest.f_back if deepest is not None else None, fit,
+                              _MAX_FRAMES)
+
+
+def _callers_reach_fit(frame: FrameType | None, fit: RunningFit, most: int) -> bool:
+    """Whether *frame* or one of its callers, at most *most* of them, is *fit*'s frame."""
+    for _ in range(most):
         if frame is None:
             return False
         if _is_fit_frame(frame, fit):
