@@ -730,3 +730,23 @@ def test_a_vector_metric_logged_per_element_reads_back_whole(tmp_path: pathlib.P
     assert "m" not in list(history)  # the stored names stay the elements
     with pytest.raises(KeyError, match="no metric 'gap'"):
         history["gap"]
+
+
+def test_a_reopening_for_an_evaluation_is_not_a_restart(tmp_path: pathlib.Path) -> None:
+    rec = rk.Recorder(tmp_path, "e", params={"lr": 0.1})
+    rec.log({"loss": 1.0}, epoch=0)
+    path = rec.path
+    rec.save()
+    again = rk.Recorder(tmp_path, resume=path)  # a restart: training goes on
+    again.log({"loss": 0.5}, epoch=1)
+    again.save()
+    evaluated = rk.Recorder(tmp_path, resume=path, evaluation="validate")
+    evaluated.add("validate", {"val_loss": 0.4})
+    evaluated.close("completed")
+    r = rk.load(path)
+    assert [e["last_epoch"] for e in r.restarts] == [0]
+    assert [(e["evaluation"], e["last_epoch"], e["previous_status"]) for e in r.evaluations] \
+        == [("validate", 1, "completed")]
+    assert r.history["loss"].tolist() == [1.0, 0.5]
+    with pytest.raises(TypeError, match="pass resume="):
+        rk.Recorder(tmp_path, evaluation="validate")

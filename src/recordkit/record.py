@@ -330,8 +330,23 @@ class Record:
 
     @property
     def restarts(self) -> list[dict[str, Any]]:
-        """One entry per time the run was resumed."""
-        return list(loads_json(self._fields["restarts"] or "[]"))
+        """One entry per time the run was resumed to go on training (reopenings that only
+        added an evaluation's results are in :attr:`evaluations`)."""
+        return [entry for entry in self._reopenings() if "evaluation" not in entry]
+
+    @property
+    def evaluations(self) -> list[dict[str, Any]]:
+        """One entry per evaluation recorded into this run, in order: what the callback
+        wrote to ``info["evaluations"]`` (stage, epoch, time, metrics, results) when it
+        did, else the reopenings marked as evaluations (``Recorder(evaluation=...)``)."""
+        listed = self.info.get("evaluations")
+        if isinstance(listed, list) and all(isinstance(e, dict) for e in listed):
+            return [dict(e) for e in listed]
+        return [entry for entry in self._reopenings() if "evaluation" in entry]
+
+    def _reopenings(self) -> list[dict[str, Any]]:
+        entries = loads_json(self._fields["restarts"] or "[]")
+        return [dict(e) if isinstance(e, dict) else {"entry": e} for e in entries]
 
     @property
     def params(self) -> dict[str, Any]:

@@ -64,6 +64,9 @@ class Recorder:
         name: a human label for the run (not unique); the run id when None.
         params: hyperparameters (a mapping or an ``argparse.Namespace``), nested allowed.
         resume: path or run id of an existing record to continue instead of starting one.
+        evaluation: with *resume*, the run is reopened only to add the results of an
+            evaluation (e.g. ``"validate"`` after fit); ``Record.restarts`` leaves such a
+            reopening out and ``Record.evaluations`` lists it.
         durable: fsync on every commit, so committed epochs survive a power loss too.
         system: capture system info (once per run); a mapping is stored as the system
             info instead (importers keep the original machine's description this way).
@@ -109,6 +112,7 @@ class Recorder:
         params: Mapping[str, Any] | argparse.Namespace | None = None,
         *,
         resume: str | os.PathLike[str] | None = None,
+        evaluation: str | None = None,
         durable: bool = False,
         system: bool | Mapping[str, Any] = True,
         checksum: bool = True,
@@ -130,10 +134,12 @@ class Recorder:
         self._secrets = SecretMask(enabled=bool(mask_secrets))  # info, extras, error
         self._status = "running"
         self._closed = False
+        if evaluation is not None and resume is None:
+            raise TypeError("Recorder(evaluation=...) reopens a record: pass resume= too")
         if resume is not None:
             start = resume_run(self._root, resume, check_experiment(experiment)
                                if experiment else None, check_name("name", name),
-                               self._params)
+                               self._params, check_name("evaluation", evaluation))
         else:
             start = start_run(self._root, check_experiment(experiment),
                               check_name("name", name), created, self._params,

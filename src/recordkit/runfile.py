@@ -460,9 +460,10 @@ def start_run(root: Path, experiment: str, name: str | None, created: _dt.dateti
 
 
 def resume_run(root: Path, resume: str | os.PathLike[str], experiment: str | None,
-               name: str | None, params: RunParams) -> RunStart:
+               name: str | None, params: RunParams, evaluation: str | None = None) -> RunStart:
     """Reopen the record *resume* (a path, or a run id under *root*) to continue it:
-    running again, its params merged under *params*, the restart listed."""
+    running again, its params merged under *params*, the restart listed (marked with
+    ``"evaluation"`` when the run is reopened only to add an evaluation's results)."""
     path = resolve_path(resume, root, experiment)
     run = RunFile.resume(path)
     try:
@@ -478,12 +479,15 @@ def resume_run(root: Path, resume: str | os.PathLike[str], experiment: str | Non
         last_epoch = max((int(rows["epoch"][-1]) for rows in history.values() if len(rows)),
                          default=-1)
         restarts = loads_json(fields["restarts"] or "[]")
-        restarts.append({
+        restart = {
             "time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             "previous_status": fields["status"],
             "last_epoch": last_epoch,
             "pid": os.getpid(),
-        })
+        }
+        if evaluation is not None:
+            restart["evaluation"] = evaluation
+        restarts.append(restart)
         name = name if name is not None else fields["name"]
         document = params.encode(path, stacklevel=3)  # encode, resume_run, __init__
         with run.as_write_error("reopen the run"):
