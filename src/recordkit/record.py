@@ -19,7 +19,7 @@ from recordkit.codec import decode_params, flatten_params, loads_json, params_ha
 from recordkit.config import config_hash, merged_config, run_config
 from recordkit.errors import RecordDamagedError, RecordkitError
 from recordkit.format.files import RecordFile, close, is_open
-from recordkit.format.layout import RUN_FIELDS
+from recordkit.format.layout import RUN_FIELDS, escape_name
 from recordkit.format.safety import max_read_bytes as _read_cap
 from recordkit.format.summary import metric_summary
 from recordkit.format.weights import StoredTensor, read_row
@@ -472,7 +472,18 @@ class Record:
 
     @property
     def tensor_names(self) -> list[str]:
+        """Names of the tensors snapshots hold, aliases of tied tensors included."""
         return [name for name, tensor in self._tensors.items() if tensor.count]
+
+    @property
+    def tensor_aliases(self) -> dict[str, str]:
+        """Tied tensors, ``{alias: tensor}``: names the record stores once, as one tensor
+        (a state_dict gave one tensor under both). :meth:`weights` gives back one array
+        under both names, as the state_dict had it."""
+        owner = {tensor.key: name for name, tensor in self._tensors.items()
+                 if escape_name(name) == tensor.key}
+        return {name: owner[tensor.key] for name, tensor in self._tensors.items()
+                if tensor.key in owner and owner[tensor.key] != name}
 
     def weight(self, name: str) -> TensorHistory:
         """All snapshots of one tensor, read lazily (the first use of a tensor reads and
@@ -524,11 +535,14 @@ class Record:
                            f"snapshot epochs: {epochs}")
         out: dict[str, np.ndarray] = {}
         tensors = self._tensors  # read (and checked) before the file is opened for the rows
+        read: dict[str, np.ndarray] = {}  # by stored key: a tied tensor is read once
         with self._file(f"the snapshot at epoch {self.snapshot_epochs[index]}") as f:
             for name, tensor in tensors.items():
                 row = tensor.row(index)
                 if row is not None:
-                    out[name] = read_row(f, tensor, row, self._path)
+                    if tensor.key not in read:
+                        read[tensor.key] = read_row(f, tensor, row, self._path)
+                    out[name] = read[tensor.key]
         return out
 
     # --- extras and plain data --------------------------------------------------------------

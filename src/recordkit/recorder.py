@@ -336,6 +336,7 @@ class Recorder:
             self._snapshots.check()
             epoch = max(self._history.epoch, 0) if epoch is None else int(epoch)
             step = -1 if step is None else int(step)
+            arrays = self._snapshots.tie(arrays, epoch)  # a tied tensor is stored once
             nbytes = self._snapshots.take(arrays, dtype, epoch, step)
         if nbytes is not None:
             self._snapshots.queue(arrays, dtype, epoch, step, nbytes)

@@ -27,6 +27,7 @@ from recordkit.format.weights import (
     SnapshotStore,
     SnapshotTarget,
     TensorSpec,
+    read_aliases,
     read_last_snapshot,
 )
 from recordkit.policy import SnapshotPolicy
@@ -85,6 +86,7 @@ class Snapshots:
         self._size_checked = False
         self._specs: dict[str, TensorSpec] | None = None  # read from the file once
         self._last_epoch: int | None = None
+        self._aliases_read = False  # the file's tied tensors are in the store
 
     @staticmethod
     def store(*, checksum: bool, compression: str | None, compression_opts: Any,
@@ -124,8 +126,53 @@ class Snapshots:
         self._store.drop_from(self._run.file, epoch)
 
     def tensor_names(self) -> list[str]:
-        """Tensors that earlier snapshots hold; call with the run's lock held."""
-        return [name for name, spec in self._known().items() if spec.held]
+        """Tensors that earlier snapshots hold (aliases of tied ones included); call with
+        the run's lock held."""
+        held = [name for name, spec in self._known().items() if spec.held]
+        return held + [alias for alias, target in self._aliases().items() if target in held]
+
+    def tie(self, arrays: Mapping[str, np.ndarray], epoch: int) -> dict[str, np.ndarray]:
+        """*arrays* without the aliases of tied tensors (call with the run's lock held).
+
+        Two names whose arrays are the same memory (address, shape, strides, dtype: a
+        torch ``state_dict`` gives one tensor under each name of a shared parameter) are
+        one tensor: it is stored under the first of its names (or the one earlier
+        snapshots store) and the others are recorded as its aliases. A name stored as a
+        tensor of its own stays one.
+
+        Raises:
+            SnapshotError: a name recorded as an alias is no longer tied to its tensor.
+        """
+        aliases = self._aliases()
+        groups: dict[tuple[Any, ...], list[str]] = {}
+        for name, array in arrays.items():
+            groups.setdefault(_memory_of(array, name), []).append(name)
+        held = {name for name, spec in self._known().items() if spec.held}
+        tied: dict[str, str] = {}
+        for names in groups.values():
+            if len(names) < 2:
+                continue
+            stored = [n for n in names if n in held or n not in aliases]
+            target = next((n for n in stored if n in held), stored[0] if stored else names[0])
+            for name in names:
+                if name != target and name not in held:
+                    tied[name] = target
+        for alias, target in aliases.items():
+            if alias in arrays and tied.get(alias) != target:
+                raise SnapshotError(
+                    f"snapshot at epoch {epoch}: tensor {alias!r} was tied to {target!r} "
+                    f"(one tensor in memory) in earlier snapshots of {str(self._run.path)!r} "
+                    "and is not now; a tied tensor must stay tied across snapshots")
+        if any(aliases.get(alias) != target for alias, target in tied.items()):
+            self._store.aliases = {**aliases, **tied}
+        return {name: a for name, a in arrays.items() if name not in tied}
+
+    def _aliases(self) -> dict[str, str]:
+        if not self._aliases_read:
+            assert self._run.file is not None
+            self._store.aliases = read_aliases(self._run.file)
+            self._aliases_read = True
+        return self._store.aliases
 
     @staticmethod
     def select(weights: Any, policy: SnapshotPolicy | None,
@@ -401,6 +448,15 @@ class Snapshots:
         if fd is not None:  # without the lock: log() need not wait for the disk
             with run.as_write_error(what):
                 os.fsync(fd)
+
+
+def _memory_of(array: np.ndarray, name: str) -> tuple[Any, ...]:
+    """What makes two arrays one tensor in memory; an empty array (whose address means
+    nothing) is one of its own."""
+    if not array.size:
+        return ("empty", name)
+    return (array.__array_interface__["data"][0], array.shape, array.strides,
+            array.dtype.str, type(array).__name__)
 
 
 def _placeholder(shape: tuple[int, ...], dtype: Any) -> np.ndarray:

@@ -4,6 +4,11 @@ Accepted: a mapping of numpy arrays (or of anything ``np.asarray`` takes), a tor
 ``Module`` or ``state_dict``, torch tensors, a Keras model or a list of Keras variables.
 Frameworks are recognised by the module of their types, never imported here: the core
 must not pay for (or depend on) torch or tensorflow.
+
+A torch tensor that a ``state_dict`` gives under several names (tied weights) becomes one
+array under each of them (the same memory: :meth:`Snapshots.tie` stores it once), and the
+``_orig_mod.`` that ``torch.compile`` puts in the names of a compiled (sub)module is left
+out, so a compiled and an uncompiled run of one model have the same tensor names.
 """
 
 from __future__ import annotations
@@ -17,20 +22,20 @@ import numpy as np
 from recordkit.dtypes import BFloat16Bits
 from recordkit.errors import SnapshotError
 
-__all__ = ["to_arrays"]
-
-
-def _module_of(obj: Any) -> str:
-    return type(obj).__module__ or ""
+__all__ = ["COMPILED_PREFIX", "to_arrays", "uncompiled_name"]
 
 
 def _is_torch(obj: Any) -> bool:
-    return _module_of(obj).startswith("torch")
+    """A torch object, or one of a class derived from torch's (a user's ``nn.Module``
+    subclass lives in the user's module)."""
+    return any((getattr(c, "__module__", None) or "").startswith("torch")
+               for c in type(obj).__mro__)
 
 
 def _is_keras_model(obj: Any) -> bool:
-    module = _module_of(obj)
-    return (module.startswith(("keras", "tf_keras", "tensorflow"))
+    """A Keras model, a user's subclass of one included."""
+    return (any((getattr(c, "__module__", None) or "").startswith(
+                ("keras", "tf_keras", "tensorflow")) for c in type(obj).__mro__)
             and hasattr(obj, "weights") and not hasattr(obj, "state_dict"))
 
 
@@ -73,8 +78,27 @@ def _any_to_numpy(value: Any, name: str, copy: bool) -> np.ndarray:
     return np.array(arr, copy=True) if copy else arr
 
 
+#: What ``torch.compile`` adds to the state_dict names of the module it wraps.
+COMPILED_PREFIX = "_orig_mod."
+
+
+def uncompiled_name(name: str) -> str:
+    """*name* without the ``_orig_mod.`` parts a compiled module adds.
+
+    Example:
+        >>> uncompiled_name("encoder._orig_mod.0.weight")
+        'encoder.0.weight'
+    """
+    if COMPILED_PREFIX not in name:
+        return name
+    parts = name.split(".")
+    return ".".join(p for p in parts if p != COMPILED_PREFIX[:-1]) or name
+
+
 def to_arrays(weights: Any, *, copy: bool = True) -> dict[str, np.ndarray]:
-    """Named numpy arrays from a weights object; copies unless *copy* is False.
+    """Named numpy arrays from a weights object; copies unless *copy* is False. Names of
+    a torch module or state_dict lose the ``_orig_mod.`` parts of compiled modules
+    (unless that would make two names one).
 
     Example:
         >>> arrays = to_arrays({"w": [[1.0, 2.0]]})
@@ -95,8 +119,20 @@ def to_arrays(weights: Any, *, copy: bool = True) -> dict[str, np.ndarray]:
             "of arrays, a torch Module or state_dict, or a Keras model"
         )
     arrays: dict[str, np.ndarray] = {}
+    seen: dict[tuple[Any, ...], np.ndarray] = {}  # torch tensors by memory: tied weights
     for key, value in weights.items():
-        arrays[str(key)] = _any_to_numpy(value, str(key), copy)
+        if _is_torch(value) and hasattr(value, "data_ptr") and value.numel():
+            memory = (value.data_ptr(), tuple(value.shape), tuple(value.stride()),
+                      str(value.dtype), str(value.device))
+            if memory not in seen:
+                seen[memory] = _any_to_numpy(value, str(key), copy)
+            arrays[str(key)] = seen[memory]
+        else:
+            arrays[str(key)] = _any_to_numpy(value, str(key), copy)
+    if seen and any(COMPILED_PREFIX in name for name in arrays):
+        renamed = {uncompiled_name(name): a for name, a in arrays.items()}
+        if len(renamed) == len(arrays):
+            arrays = renamed
     return arrays
 
 

@@ -107,6 +107,14 @@ EMPTY_METRIC = "%"
 ATTRS_CRC_ATTR = "attrs_crc32c"
 #: What :data:`ATTRS_CRC_ATTR` covers, in its order.
 ATTRS_CRC_COVERS = ("name", "kind", "dtype", "checksum")
+#: On /weights: JSON object ``{alias: tensor}`` of original tensor names. A tied tensor
+#: (two names for one tensor in memory, e.g. a language model's embedding and output
+#: weights) is stored once, under the name it first had; each other name is an alias
+#: whose snapshots are those of its tensor. Absent when nothing is tied.
+ALIASES_ATTR = "aliases"
+#: On /weights, beside :data:`ALIASES_ATTR`: uint32, its identity CRC
+#: (:func:`~recordkit.format.checksums.identity_crc` of the text).
+ALIASES_CRC_ATTR = "aliases_crc32c"
 #: (v2) Root attribute: uint32 array of ``2 * len(HEADER_CRC_FIELDS) + 1``: the identity
 #: CRC of each of :data:`HEADER_CRC_FIELDS` now, the same before the last change of the
 #: header (a kill between the two leaves each value one or the other), and the CRC32C of

@@ -12,6 +12,7 @@ buffer (no HDF5 filter, so no copy), its CRC32C computed alongside; version 1 fi
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import threading
 import time
@@ -44,6 +45,8 @@ from recordkit.format.chunks import read_chunk, write_chunk
 from recordkit.format.filters import ensure_readable
 from recordkit.format.history import check_rows
 from recordkit.format.layout import (
+    ALIASES_ATTR,
+    ALIASES_CRC_ATTR,
     ATTRS_CRC_ATTR,
     ATTRS_CRC_COVERS,
     CHECKSUMS,
@@ -63,10 +66,27 @@ from recordkit.format.layout import (
     unescape_name,
 )
 
-__all__ = ["SnapshotPlan", "SnapshotStore", "SnapshotTarget", "StoredTensor", "TensorSpec",
-           "check_checksummed_rows", "check_object_name", "no_rows", "read_last_snapshot",
-           "read_row", "read_rows", "read_table", "sign_attrs", "stored_tensor",
-           "stored_tensors", "weight_chunks", "write_name"]
+__all__ = [
+    "SnapshotPlan",
+    "SnapshotStore",
+    "SnapshotTarget",
+    "StoredTensor",
+    "TensorSpec",
+    "check_checksummed_rows",
+    "check_object_name",
+    "no_rows",
+    "read_aliases",
+    "read_last_snapshot",
+    "read_row",
+    "read_rows",
+    "read_table",
+    "sign_attrs",
+    "stored_tensor",
+    "stored_tensors",
+    "weight_chunks",
+    "write_aliases",
+    "write_name",
+]
 
 
 def _as_text(value: Any) -> str:
@@ -135,6 +155,55 @@ def check_object_name(obj: h5py.HLObject, key: str, name: str, *,
             return
     raise RecordDamagedError(f"{obj.file.filename!r} is damaged: {obj.name!r} {what}; run "
                              "`recordkit verify` on it")
+
+
+#: Longest aliases text read (a hostile file's attribute may claim gigabytes).
+MAX_ALIASES_CHARS = 16 * 1024 * 1024
+
+
+def write_aliases(f: h5py.File, aliases: dict[str, str]) -> None:
+    """The tied tensors of the record (``{alias: tensor}``, original names) and their
+    identity CRC, on ``/weights``; nothing when there are none."""
+    if not aliases:
+        return
+    text = json.dumps(dict(sorted(aliases.items())), ensure_ascii=False)
+    group = f[WEIGHTS]
+    group.attrs[ALIASES_ATTR] = text
+    group.attrs[ALIASES_CRC_ATTR] = np.uint32(identity_crc(text))
+
+
+def read_aliases(f: h5py.File) -> dict[str, str]:
+    """The tied tensors of the record, ``{alias: tensor}`` (``{}`` when none).
+
+    Raises:
+        RecordDamagedError: the text does not match its CRC, or is not a JSON object of
+            names.
+    """
+    group = f.get(WEIGHTS)
+    if group is None or ALIASES_ATTR not in group.attrs:
+        return {}
+    where = f"{f.filename!r} is damaged: /{WEIGHTS} attribute {ALIASES_ATTR!r}"
+    stored = read_attr(group, ALIASES_ATTR)
+    text = _as_text(stored) if isinstance(stored, (str, bytes)) else None
+    crc = read_attr(group, ALIASES_CRC_ATTR)
+    if text is None or len(text) > MAX_ALIASES_CHARS:
+        raise RecordDamagedError(f"{where} is not a text of at most {MAX_ALIASES_CHARS} "
+                                 "characters; run `recordkit verify` on it")
+    try:
+        same = crc is not None and int(crc) == identity_crc(text)
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise RecordDamagedError(f"{where} does not match its CRC32C "
+                                 f"({ALIASES_CRC_ATTR!r}); run `recordkit verify` on it")
+    try:
+        aliases = json.loads(text)
+    except ValueError:
+        aliases = None
+    if not isinstance(aliases, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and k != v for k, v in aliases.items()):
+        raise RecordDamagedError(f"{where} is not a JSON object of tensor names")
+    return aliases
 
 
 def weight_chunks(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
@@ -252,6 +321,10 @@ class SnapshotStore:
         self._known: dict[str, _Known] | None = None
         self._version = 1
         self._table: tuple[int, int | None] = (0, None)  # (rows, last epoch)
+        #: The record's tied tensors ``{alias: tensor}``; written by :meth:`prepare` when
+        #: they differ from what the file holds.
+        self.aliases: dict[str, str] = {}
+        self._aliases_written: dict[str, str] | None = None
 
     @staticmethod
     def create(f: h5py.File, *, checksum: bool) -> None:
@@ -307,6 +380,11 @@ class SnapshotStore:
         """
         known = self._bind(f)
         index, replaces = self._index(f, epoch)
+        if self._aliases_written is None:
+            self._aliases_written = read_aliases(f)
+        if self.aliases != self._aliases_written:
+            write_aliases(f, self.aliases)
+            self._aliases_written = dict(self.aliases)
         targets = []
         for name, (array, stored_dtype) in encoded.items():
             tensor = known.get(name)
@@ -544,10 +622,16 @@ class StoredTensor:
 
 def stored_tensors(f: h5py.File, table_rows: int) -> dict[str, StoredTensor]:
     """Every tensor of the record, by original name; *table_rows* is the length of the
-    snapshot table."""
+    snapshot table. An alias of a tied tensor (:func:`read_aliases`) is listed after its
+    tensor, as the same :class:`StoredTensor` (same ``key``); one whose tensor is not
+    stored (a kill cut the first snapshot) or that names a stored tensor is left out."""
     weights = f.get(WEIGHTS)
-    return dict(stored_tensor(weights, key, table_rows)
-                for key in (weights if weights is not None else []))
+    tensors = dict(stored_tensor(weights, key, table_rows)
+                   for key in (weights if weights is not None else []))
+    for alias, target in read_aliases(f).items():
+        if target in tensors and alias not in tensors:
+            tensors[alias] = tensors[target]
+    return tensors
 
 
 def stored_tensor(weights: h5py.Group, key: str, table_rows: int
