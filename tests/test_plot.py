@@ -207,3 +207,73 @@ def test_missing_matplotlib_names_the_extra(runs, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ModuleNotFoundError, match=r"recordkit\[analysis\]"):
         plot.learning_curves(runs, "loss")
+
+
+@pytest.fixture
+def drifting(tmp_path):
+    """Five snapshots (epochs 0, 1, 2, 4, 6) of a conv kernel, a dense layer and a bias."""
+    rng = np.random.default_rng(5)
+    state = {"conv.weight": rng.normal(size=(4, 2, 3, 3)),
+             "fc.weight": rng.normal(size=(3, 5)), "fc.bias": rng.normal(size=3)}
+    snapshots = {}
+    with rk.Recorder(tmp_path / "d", params={}, system=False) as rec:
+        for epoch in (0, 1, 2, 4, 6):
+            state = {k: v + 0.2 * rng.normal(size=v.shape) for k, v in state.items()}
+            snapshots[epoch] = state
+            rec.snapshot(state, epoch=epoch)
+    return rk.load(rec.path), snapshots
+
+
+def test_weight_trajectory_draws_the_pca_path_with_epochs_labelled(drifting):
+    require("pandas", "analysis")
+    decomposition = require("sklearn.decomposition", "dev")
+    record, snapshots = drifting
+    fig, ax = plt.subplots()
+    assert plot.weight_trajectory(record, ax=ax) is fig
+    stacked = np.stack([np.concatenate([s[n].ravel() for n in record.tensor_names])
+                        for s in snapshots.values()])
+    pca = decomposition.PCA(2).fit(stacked)
+    expected = pca.transform(stacked)
+    drawn = np.column_stack([ax.lines[0].get_xdata(), ax.lines[0].get_ydata()])
+    signs = np.sign(np.sum(drawn * expected, axis=0))
+    np.testing.assert_allclose(drawn * signs, expected, rtol=1e-6, atol=1e-9)
+    labels = [(t.get_text(), t.xy) for t in ax.texts]
+    assert [text for text, _ in labels] == ["0", "1", "2", "4", "6"]
+    np.testing.assert_allclose([xy for _, xy in labels], drawn)
+    assert ax.get_xlabel() == f"PC1 ({pca.explained_variance_ratio_[0]:.1%} of variance)"
+    assert ax.get_ylabel() == f"PC2 ({pca.explained_variance_ratio_[1]:.1%} of variance)"
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_weight_distance_draws_each_layer_from_init(drifting, metric):
+    require("pandas", "analysis")
+    record, snapshots = drifting
+    ax = plot.weight_distance(record, metric=metric).axes[0]
+    lines = {line.get_label(): line for line in ax.lines}
+    assert sorted(lines) == ["conv", "fc"]
+    names = {"conv": ["conv.weight"], "fc": ["fc.weight", "fc.bias"]}
+    for layer, line in lines.items():
+        assert line.get_xdata().tolist() == [0, 1, 2, 4, 6]
+        start = np.concatenate([snapshots[0][n].ravel() for n in names[layer]])
+        expected = []
+        for state in snapshots.values():
+            now = np.concatenate([state[n].ravel() for n in names[layer]])
+            expected.append(np.linalg.norm(now - start) if metric == "l2" else
+                            1 - now @ start / (np.linalg.norm(now) * np.linalg.norm(start)))
+        assert line.get_ydata().tolist() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_spectral_norms_draws_the_largest_singular_value_per_layer(drifting):
+    require("pandas", "analysis")
+    record, snapshots = drifting
+    fig, ax = plt.subplots()
+    assert plot.spectral_norms(record, ax=ax) is fig
+    lines = {line.get_label(): line for line in ax.lines}
+    assert sorted(lines) == ["conv", "fc"]  # the bias has no matrix
+    assert lines["fc"].get_ydata().tolist() == pytest.approx(
+        [np.linalg.norm(s["fc.weight"], 2) for s in snapshots.values()], rel=1e-9)
+    # a torch conv kernel: the largest of its kernel positions' (out x in) matrices
+    assert lines["conv"].get_ydata().tolist() == pytest.approx(
+        [max(np.linalg.norm(s["conv.weight"][:, :, i, j], 2) for i in range(3)
+             for j in range(3)) for s in snapshots.values()], rel=1e-9)
+    assert lines["conv"].get_xdata().tolist() == [0, 1, 2, 4, 6]

@@ -35,6 +35,7 @@ from recordkit.config import CONFIG_HASH_IGNORES
 from recordkit.errors import RecordkitError
 from recordkit.metric_modes import metric_mode
 from recordkit.record import Record
+from recordkit.weights import distance, layer_of, spectra, trajectory
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -48,8 +49,11 @@ __all__ = [
     "run_colours",
     "run_label",
     "run_marker",
+    "spectral_norms",
+    "weight_distance",
     "weight_histograms",
     "weight_movement",
+    "weight_trajectory",
 ]
 
 #: Colours runs are given (matplotlib's tab10, then ColorBrewer's Dark2 and two of Set1:
@@ -336,15 +340,6 @@ def _differing_keys(records: list[Record], most: int = 3) -> list[str]:
     return differ[:most]
 
 
-def _layer_of(name: str) -> str:
-    """The layer a tensor belongs to: its name without the last part (``fc1.weight`` →
-    ``fc1``, Keras ``dense/kernel`` → ``dense``)."""
-    for separator in (".", "/"):
-        if separator in name:
-            return name.rsplit(separator, 1)[0]
-    return name
-
-
 def weight_movement(record: Record, *, by: str = "layer", tensors: Sequence[str] | None = None,
                     ax: Axes | None = None) -> Figure:
     """How far the weights moved per epoch: for each layer (or tensor), the L2 norm of the
@@ -370,7 +365,7 @@ def weight_movement(record: Record, *, by: str = "layer", tensors: Sequence[str]
             history = record.weight(name)
             if len(history) < 2:
                 continue
-            group = _layer_of(name) if by == "layer" else name
+            group = layer_of(name) if by == "layer" else name
             previous = np.asarray(history[0], dtype=np.float64)
             for i in range(1, len(history)):
                 current = np.asarray(history[i], dtype=np.float64)
@@ -432,5 +427,107 @@ def weight_histograms(record: Record, tensor: str, *, epochs: Sequence[int] | No
     target.set_xlabel(tensor)
     target.set_ylabel("count")
     target.set_title(f"{tensor} across snapshots: {run_label(record)}")
+    target.legend(fontsize="small")
+    return fig
+
+
+def weight_trajectory(record: Record, *, tensors: Sequence[str] | None = None,
+                      ax: Axes | None = None) -> Figure:
+    """The path of the weights over epochs in the plane of their first two principal
+    axes (:func:`recordkit.weights.trajectory`; Li et al. 2018), a point per snapshot
+    epoch labelled with its epoch, axes labelled with the share of variance they hold.
+
+    Args:
+        record: one run with at least two snapshot epochs.
+        tensors: the tensors making up the weights (see ``trajectory``).
+        ax: draw on this Axes.
+
+    Example:
+        >>> weight_trajectory(record).savefig("trajectory.png")  # doctest: +SKIP
+    """
+    path = trajectory(record, k=min(2, len(set(record.snapshot_epochs))), tensors=tensors)
+    coordinates = path.coordinates
+    if coordinates.shape[1] < 2:  # two epochs: the line between them
+        coordinates = np.column_stack([coordinates[:, 0], np.zeros(len(coordinates))])
+    ratio = [*path.explained_variance_ratio.tolist(), 0.0][:2]
+    fig, (target,) = _figure_and_axes(ax)
+    colour = run_colour(record.run_id)
+    target.plot(coordinates[:, 0], coordinates[:, 1], color=colour, marker="o",
+                markersize=4, label=run_label(record))
+    for epoch, (x, y) in zip(path.epochs, coordinates):
+        target.annotate(str(epoch), (x, y), textcoords="offset points", xytext=(4, 4),
+                        fontsize="small")
+    target.scatter(coordinates[:1, 0], coordinates[:1, 1], color=colour, marker="s", s=40,
+                   zorder=3, label=f"epoch {path.epochs[0]}")
+    target.set_xlabel(f"PC1 ({ratio[0]:.1%} of variance)")
+    target.set_ylabel(f"PC2 ({ratio[1]:.1%} of variance)")
+    target.set_title(f"weight trajectory: {run_label(record)}")
+    target.legend(fontsize="small")
+    return fig
+
+
+def weight_distance(record: Record, reference: int | str = "init", *, metric: str = "l2",
+                    per: str = "layer", tensors: Sequence[str] | None = None,
+                    ax: Axes | None = None) -> Figure:
+    """How far each layer (or tensor) is from *reference* at each snapshot epoch
+    (:func:`recordkit.weights.distance`): with ``metric="cosine"`` the layer rotation
+    curves of Carbonnelle & De Vleeschouwer (2019).
+
+    Args:
+        record: one run.
+        reference: ``"init"`` (the first snapshot), ``"previous"`` or an epoch.
+        metric: ``"l2"``, ``"cosine"`` or ``"relative"``.
+        per: ``"layer"``, ``"tensor"`` or ``"model"``.
+        tensors: only these tensors.
+        ax: draw on this Axes.
+
+    Example:
+        >>> weight_distance(record, metric="cosine").savefig("rotation.png")  # doctest: +SKIP
+    """
+    frame = distance(record, reference, per=per, metric=metric, tensors=tensors)
+    fig, (target,) = _figure_and_axes(ax)
+    for group in frame.columns:
+        values = frame[group]
+        kept = values.notna()
+        target.plot(frame.index[kept].to_numpy(), values[kept].to_numpy(), marker="o",
+                    markersize=3, label=str(group))
+    _integer_epochs(target)
+    labels = {"l2": "‖w - w_ref‖₂", "cosine": "cosine distance 1 - cos(w, w_ref)",
+              "relative": "‖w - w_ref‖₂ / ‖w_ref‖₂"}
+    target.set_xlabel("epoch")
+    target.set_ylabel(labels[metric])
+    target.set_title(f"distance from {reference} per {per}: {run_label(record)}")
+    target.legend(fontsize="small")
+    return fig
+
+
+def spectral_norms(record: Record, *, tensors: Sequence[str] | None = None,
+                   ax: Axes | None = None) -> Figure:
+    """The spectral norm (largest singular value) of each 2-D tensor and conv kernel at
+    each snapshot epoch (:func:`recordkit.weights.spectra`), a line per tensor labelled
+    with its layer (with the tensor's name when a layer has several).
+
+    Args:
+        record: one run.
+        tensors: only these tensors (every tensor with a matrix by default).
+        ax: draw on this Axes.
+
+    Example:
+        >>> spectral_norms(record).savefig("spectra.png")  # doctest: +SKIP
+    """
+    table = spectra(record, tensors=tensors)
+    if table.empty:
+        raise KeyError(f"{str(record.path)!r} has no 2-D tensor (nor conv kernel) to take "
+                       "a spectral norm of")
+    per_layer = table.groupby("layer")["tensor"].nunique()
+    fig, (target,) = _figure_and_axes(ax)
+    for name, rows in table.groupby("tensor", sort=False):
+        layer = str(rows["layer"].iloc[0])
+        target.plot(rows["epoch"].to_numpy(), rows["spectral_norm"].to_numpy(), marker="o",
+                    markersize=3, label=layer if per_layer[layer] == 1 else str(name))
+    _integer_epochs(target)
+    target.set_xlabel("epoch")
+    target.set_ylabel("spectral norm ‖W‖₂")
+    target.set_title(f"spectral norm per layer: {run_label(record)}")
     target.legend(fontsize="small")
     return fig
