@@ -519,3 +519,75 @@ def test_show_prints_the_captured_facts_and_the_restarts(tmp_path, capsys):
     assert "  optimizer = 'SGD'" in captured and "  lr = 0.01" in captured
     assert "  batch_size = 32" in captured and "epochs" not in captured  # a param already
     assert "restarts 1" in out and "previous_status='completed'" in out
+
+
+@pytest.fixture
+def moving(tmp_path):
+    """A run of four snapshots (epochs 0, 2, 3, 5) of a dense layer and a conv kernel."""
+    rng = np.random.default_rng(7)
+    state = {"fc.weight": rng.normal(size=(4, 6)).astype(np.float32),
+             "fc.bias": rng.normal(size=4).astype(np.float32),
+             "conv.weight": rng.normal(size=(3, 2, 2, 2)).astype(np.float32)}
+    snapshots = {}
+    with rk.Recorder(tmp_path / "records", experiment="w", name="mover",
+                     system=False) as rec:
+        for epoch in (0, 2, 3, 5):
+            state = {k: v + rng.normal(size=v.shape).astype(np.float32) * 0.3
+                     for k, v in state.items()}
+            snapshots[epoch] = state
+            rec.snapshot(state, epoch=epoch)
+    return rec.path, snapshots
+
+
+def _cells(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def test_weights_prints_movement_and_spectral_norm_per_layer(moving, tmp_path, capsys, pd):
+    path, snapshots = moving
+    figure = tmp_path / "weights.svg"
+    assert cli.main(["weights", str(path), "--plot", str(figure)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("mover (") and "4 snapshots, epochs 0..5" in lines[0]
+    assert lines[1].split() == ["layer", "parameters", "moved", "0->5", "relative", "moved",
+                                "3->5", "spectral", "norm", "@5"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:4]}
+    assert lines[4] == f"wrote {figure}"
+
+    def flat(epoch, names):
+        return np.concatenate([snapshots[epoch][n].astype(np.float64).ravel() for n in names])
+
+    for layer, names in {"fc": ["fc.weight", "fc.bias"], "conv": ["conv.weight"]}.items():
+        moved = np.linalg.norm(flat(5, names) - flat(0, names))
+        recent = np.linalg.norm(flat(5, names) - flat(3, names))
+        relative = moved / np.linalg.norm(flat(0, names))
+        kernel = snapshots[5][names[0]].astype(np.float64)
+        spectral = (np.linalg.norm(kernel, 2) if kernel.ndim == 2 else
+                    max(np.linalg.norm(kernel[:, :, i, j], 2) for i in range(2)
+                        for j in range(2)))
+        assert rows[layer] == [str(sum(snapshots[5][n].size for n in names)), _cells(moved),
+                               _cells(relative), _cells(recent), _cells(spectral)]
+    drawn = figure.read_text()
+    for text in ("weight trajectory", "PC1", "distance from init per layer",
+                 "spectral norm per layer"):
+        assert text in drawn
+
+
+def test_weights_by_run_id_and_its_errors(moving, tmp_path, capsys, pd):
+    path, _ = moving
+    run_id = path.stem
+    assert cli.main(["weights", run_id[:22], "--root", str(path.parent.parent)]) == 0
+    assert capsys.readouterr().out.startswith("mover (")
+    with rk.Recorder(tmp_path / "plain", system=False) as rec:
+        rec.log({"loss": 1.0}, epoch=0)
+    assert cli.main(["weights", str(rec.path)]) == 1
+    err = capsys.readouterr().err
+    assert "holds no weight snapshots" in err and str(rec.path) in err
+    assert len(err.strip().splitlines()) == 1
+    with rk.Recorder(tmp_path / "once", system=False) as rec:
+        rec.snapshot({"fc.weight": np.ones((2, 2))}, epoch=0)
+    assert cli.main(["weights", str(rec.path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].split() == ["fc", "4", "0", "0", "2"]  # no last-epoch movement
+    assert cli.main(["weights", str(rec.path), "--plot", str(tmp_path / "x.png")]) == 1
+    assert "at least two" in capsys.readouterr().err

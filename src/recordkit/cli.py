@@ -274,6 +274,76 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    """Per layer: how far the weights moved from the first snapshot to the last (L2 and
+    relative to the first), in the last epoch (from the snapshot before), and the spectral
+    norm at the last snapshot; with --plot, the trajectory, distance and spectral norm
+    figures into one image."""
+    from recordkit import weights
+
+    record = load(args.run, root=args.root)
+    epochs = record.snapshot_epochs
+    if not epochs:
+        raise _UsageError(f"{str(record.path)!r} holds no weight snapshots; record them "
+                          "with snapshot_every= (or Recorder.snapshot)")
+    last = epochs[-1]
+    with record:
+        moved = weights.distance(record, "init", last).iloc[-1]
+        relative = weights.distance(record, "init", last, metric="relative").iloc[-1]
+        recent = (weights.distance(record, "previous", last).iloc[-1]
+                  if len(set(epochs)) > 1 else None)
+        spectra = weights.spectra(record, last)
+        sizes: dict[str, int] = {}
+        for name in record.tensor_names:
+            shape = record.weight(name).shape
+            layer = weights.layer_of(name)
+            sizes[layer] = sizes.get(layer, 0) + math.prod(shape)
+    norms = spectra.groupby("layer")["spectral_norm"].max() if len(spectra) else {}
+    previous = max((e for e in epochs if e < last), default=None)
+    print(f"{printable(record.name)} ({record.run_id}): {len(epochs)} snapshots, epochs "
+          f"{epochs[0]}..{last}")
+    rows = [["layer", "parameters", f"moved {epochs[0]}->{last}", "relative",
+             f"moved {previous}->{last}" if previous is not None else "last epoch",
+             f"spectral norm @{last}"]]
+    for layer in moved.index:
+        rows.append([printable(layer, limit=_LONG), str(sizes.get(layer, "")),
+                     _short(float(moved[layer])), _short(float(relative[layer])),
+                     "" if recent is None else _short(float(recent[layer])),
+                     _short(float(norms[layer])) if layer in norms else ""])
+    print(_table(rows))
+    if args.plot is not None:
+        _plot_weights(record, args.plot, args.dpi)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _plot_weights(record: Record, output: Path, dpi: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file is written; no window is ever opened
+    import matplotlib.pyplot as plt
+
+    from recordkit import plot
+
+    if len(set(record.snapshot_epochs)) < 2:
+        raise _UsageError(f"weights --plot: {str(record.path)!r} has one snapshot epoch; "
+                          "the figures need at least two")
+    fig, (path_ax, distance_ax, spectra_ax) = plt.subplots(1, 3, figsize=(18, 4.8))
+    try:
+        plot.weight_trajectory(record, ax=path_ax)
+        plot.weight_distance(record, ax=distance_ax)
+        try:
+            plot.spectral_norms(record, ax=spectra_ax)
+        except KeyError:  # no 2-D tensor: that panel says so
+            spectra_ax.set_title("no 2-D tensor: no spectral norm")
+        fig.tight_layout()
+        fig.savefig(output, dpi=dpi, bbox_inches="tight")
+    except (OSError, ValueError) as err:
+        raise _output_error(output, err) from None
+    finally:
+        plt.close(fig)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """The RecordSet table (a row per run) as CSV or Parquet."""
     suffix = args.output.suffix.lower()
@@ -387,6 +457,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "repeated runs of one configuration (params hash)")
     p.add_argument("--dpi", type=int, default=120, help="resolution of a bitmap image")
     p.set_defaults(func=cmd_plot)
+    p = sub.add_parser("weights", help="how one run's weights moved, per layer",
+                       description="Per layer: how far the weights moved from the first "
+                       "snapshot to the last (L2, and relative to the first), in the last "
+                       "epoch, and the spectral norm at the last snapshot.")
+    p.add_argument("run", help="a record path, or a run id with --root")
+    p.add_argument("--root", type=Path, default=None, help="folder of records")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                   help="also draw the weight trajectory (PCA), the distance from the first "
+                   "snapshot per layer and the spectral norms into this image")
+    p.add_argument("--dpi", type=int, default=120, help="resolution of a bitmap image")
+    p.set_defaults(func=cmd_weights)
     p = sub.add_parser("export", help="the table of runs as CSV or Parquet",
                        description="The RecordSet table (run fields, params, final, best "
                        "and epoch of best of each metric) as .csv or .parquet.")
