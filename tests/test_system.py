@@ -26,7 +26,7 @@ KEY_TYPES: dict[str, type | tuple[type, ...]] = {
     "memory": int, "storage": dict, "cpu_count_logical": int,
     "cpu_count_physical": (int, type(None)), "hostname": str, "user": str, "command": list,
     "executable": str, "cwd": str, "git": (dict, type(None)), "packages": dict,
-    "gpus": list, "notes": list, "captured": str,
+    "gpus": list, "scheduler": (dict, type(None)), "notes": list, "captured": str,
 }
 GPU_KEYS = {"name", "memory_total", "driver", "uuid", "source"}
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

@@ -3,9 +3,10 @@
 Every probe is guarded on its own: a probe that fails leaves its key ``None`` (``[]`` for
 ``gpus``) and a line in ``notes``, never an exception. Frameworks are never imported to
 learn their versions (importing tensorflow takes seconds) and their devices are listed only
-when the program already imported them. Environment variables are never stored (they hold
-secrets), secret-looking command-line values are masked, and every string is masked by
-shape (:mod:`recordkit.masking`).
+when the program already imported them. Environment variables are never stored wholesale
+(they hold secrets), only a batch scheduler's documented job variables
+(:mod:`recordkit.scheduler`); secret-looking command-line values are masked, and every
+string is masked by shape (:mod:`recordkit.masking`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 from recordkit import masking
 from recordkit.masking import MASK
+from recordkit.scheduler import scheduler_context
 
 __all__ = ["MASK", "capture", "is_secret_name", "mask_secrets", "masked_by_shape"]
 
@@ -427,8 +429,9 @@ def capture(record_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         ``cpu_count_physical``, ``hostname``, ``user``, ``command`` (``sys.argv``, secrets
         masked), ``executable``, ``cwd``, ``git`` (``commit``, ``dirty``, ``branch``; None
         outside a work tree), ``packages`` (name → version), ``gpus`` (``name``,
-        ``memory_total``, ``driver``, ``uuid``, ``source``), ``notes`` and ``captured``
-        (ISO-8601, UTC).
+        ``memory_total``, ``driver``, ``uuid``, ``source``), ``scheduler`` (the batch
+        job's context, :func:`recordkit.scheduler.scheduler_context`; None outside a
+        job), ``notes`` and ``captured`` (ISO-8601, UTC).
 
     Example:
         >>> info = capture()
@@ -466,6 +469,7 @@ def capture(record_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     probe("git", _git)
     probe("packages", _packages, {})
     probe("gpus", lambda: _gpus(notes), [])
+    probe("scheduler", scheduler_context)
     info["notes"] = notes
     info["captured"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
     return masked_by_shape(info)
