@@ -158,9 +158,13 @@ def test_fit_records_params_info_history_and_exact_weights(tmp_path: Path,
     assert info["model"]["class"].endswith("TinyModule")
 
     h = r.history
-    assert set(h) == {"train/loss", "countdown", "val/loss", "late", "lr-SGD", "epoch_time"}
-    for name in ("train/loss", "countdown", "late", "lr-SGD", "epoch_time"):
+    assert set(h) == {"train/loss", "countdown", "val/loss", "late", "lr-SGD", "epoch_time",
+                      "step_only", "train/loss_step", "countdown_step", "step_only_step"}
+    for name in ("train/loss", "countdown", "late", "lr-SGD", "epoch_time", "step_only"):
         assert h.epochs(name).tolist() == [0, 1, 2], name
+    # per step only: x_step rows every step, x the mean of each epoch's steps
+    assert h.steps("step_only_step").tolist() == list(range(1, 13))
+    np.testing.assert_allclose(h["step_only"], h["step_only_step"].reshape(3, 4).mean(axis=1))
     # validation ran at epoch 1 only (every 2nd epoch); the sanity check is not recorded
     assert h.epochs("val/loss").tolist() == [1]
     np.testing.assert_allclose(h["lr-SGD"], [0.1, 0.05, 0.025])
@@ -273,8 +277,8 @@ def test_validate_and_test_after_fit_add_to_the_same_record(tmp_path: Path) -> N
     assert r.history.epochs("val/loss").tolist() == [0, 1, 2]  # not logged twice
     assert r.extras["validate"]["val/loss"] == validated["val/loss"]
     assert r.extras["test"]["test/loss"] == tested["test/loss"]
-    assert [e["stage"] for e in r.info["evaluations"]] == ["validate", "test"]
-    assert [x["previous_status"] for x in r.restarts] == ["completed", "completed"]
+    assert [e["stage"] for e in r.evaluations] == ["validate", "test"]
+    assert r.restarts == []  # evaluations are not restarts
 
 
 @pytest.mark.parametrize("crash", [False, True])
@@ -316,16 +320,17 @@ def test_resume_from_checkpoint_continues_the_record(tmp_path: Path, crash: bool
 def test_log_steps_records_step_rows(tmp_path: Path) -> None:
     cb, tr, _ = fit(tmp_path, log_steps=True, trainer_options={"max_epochs": 2})
     h = load(cb.record_path).history
-    assert h.steps("step_only").tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert h.epochs("step_only").tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert h.steps("step_only_step").tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert h.epochs("step_only_step").tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert h.epochs("step_only").tolist() == [0, 1]  # the epoch means
     assert h.steps("train/loss_step").tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
     assert h["train/loss_step"][-1] == float(tr.callback_metrics["train/loss_step"])
     assert h.epochs("train/loss").tolist() == [0, 1]  # epoch rows keep the plain name
     assert (h.steps("train/loss") == -1).all()
 
 
-def test_step_only_metric_is_named_in_a_warning(tmp_path: Path) -> None:
-    cb = callback(tmp_path)
+def test_step_only_metric_is_named_in_a_warning_without_log_steps(tmp_path: Path) -> None:
+    cb = callback(tmp_path, log_steps=False)
     with pytest.warns(RecordkitWarning, match=r"\['step_only'\] are logged per step only"):
         trainer([cb], max_epochs=1).fit(LP_MODULE(), datamodule=LP_DATA())
     assert "step_only" not in load(cb.record_path).history
@@ -453,7 +458,7 @@ def test_test_after_a_failed_fit_keeps_the_failed_status(tmp_path: Path) -> None
     assert r.error == "RuntimeError: boom at epoch 1"
     assert r.history["test/loss"].tolist() == [tested["test/loss"]]
     assert r.history.epochs("test/loss").tolist() == [1]  # the record's last epoch
-    assert r.restarts[0]["previous_status"] == "failed"
+    assert r.evaluations[0]["stage"] == "test" and r.restarts == []
 
 
 def test_test_without_fit_makes_a_record_of_its_own(tmp_path: Path) -> None:
@@ -551,7 +556,7 @@ def test_step_rows_of_the_epoch_that_crashed_are_kept(tmp_path: Path) -> None:
     h = load(cb.record_path).history
     assert h.epochs("train/loss").tolist() == [0]
     # epoch 0's four steps; epoch 1 raised in its first training_step, before logging
-    assert h.steps("step_only").tolist() == [1, 2, 3, 4]
+    assert h.steps("step_only_step").tolist() == [1, 2, 3, 4]
 
 
 def test_fit_again_on_the_same_trainer_continues_its_record(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
 """When and what to snapshot: the policy both callbacks share.
 
 ``every=N`` snapshots epochs N-1, 2N-1, ... (every N-th epoch, counting from 1);
-``every=None`` only the last epoch; ``every="best"`` each epoch where *monitor* improves.
-The final epoch is always snapshotted by the callbacks (``due(..., last=True)``).
+``every=None`` only the last epoch; ``every="best"`` each epoch where *monitor* improves;
+``every="validation"`` at each validation (the callback asks :attr:`at_validation`; inside
+an epoch too, with ``val_check_interval``). The final epoch is always snapshotted by the
+callbacks (``due(..., last=True)``).
 
 What goes into a snapshot: *include* / *exclude* glob patterns on tensor names, frozen
 tensors left out, and the storage dtype (``"keep"``, ``"float16"`` or ``"bfloat16"``;
@@ -35,7 +37,8 @@ class SnapshotPolicy:
     """Decides which epochs get a weight snapshot.
 
     Args:
-        every: a positive int N, None (last epoch only) or ``"best"``.
+        every: a positive int N, None (last epoch only), ``"best"`` or ``"validation"``
+            (at each validation; at epoch ends, only the last epoch is due).
         monitor: with ``"best"``, the metric to watch.
         mode: ``"min"`` or ``"max"``: which direction is better for *monitor*.
         where: the caller's name, used in error messages.
@@ -51,6 +54,9 @@ class SnapshotPolicy:
         >>> best = SnapshotPolicy("best", monitor="val_loss")
         >>> [best.due(e, {"val_loss": v}) for e, v in enumerate([3.0, 2.0, 2.5, 1.0])]
         [True, True, False, True]
+        >>> at_val = SnapshotPolicy("validation")
+        >>> at_val.at_validation, [at_val.due(e, {}, last=e == 2) for e in range(3)]
+        (True, [False, False, True])
         >>> SnapshotPolicy(exclude="*.bias").select(["fc.weight", "fc.bias", "emb"],
         ...                                         frozen={"emb"})
         ['fc.weight']
@@ -65,10 +71,11 @@ class SnapshotPolicy:
             if not monitor:
                 raise ValueError(f'{where}(snapshot_every="best"): needs monitor=<metric '
                                  "name>. Received: monitor=None")
-        elif every is not None and (isinstance(every, bool) or not isinstance(every, int)
-                                    or every < 1):
+        elif every != "validation" and every is not None and (
+                isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise ValueError(f"{where}(snapshot_every={every!r}): must be a positive int, "
-                             f"None (last epoch only) or 'best'. Received: {every!r}")
+                             "None (last epoch only), 'best' or 'validation'. "
+                             f"Received: {every!r}")
         if mode not in ("min", "max"):
             raise ValueError(f"{where}(mode={mode!r}): must be 'min' or 'max'")
         if dtype not in STORAGE_DTYPES:
@@ -80,6 +87,11 @@ class SnapshotPolicy:
         self.exclude = _patterns(exclude, "exclude", where)
         self.dtype = dtype
         self.best: float | None = None
+
+    @property
+    def at_validation(self) -> bool:
+        """Whether each validation gets a snapshot (``every="validation"``)."""
+        return self.every == "validation"
 
     def wants(self, name: str, frozen: Collection[str] = ()) -> bool:
         """Whether tensor *name* goes into a snapshot."""
@@ -97,10 +109,11 @@ class SnapshotPolicy:
 
     def planned_snapshots(self, epochs: int) -> int:
         """How many snapshots a run of *epochs* epochs takes at most (the last epoch is
-        always one; ``"best"`` may improve every epoch)."""
+        always one; ``"best"`` may improve every epoch; ``"validation"``: one an epoch, as
+        far as the epochs tell)."""
         if epochs <= 0:
             return 0
-        if self.every == "best":
+        if self.every in ("best", "validation"):
             return epochs
         if self.every is None:
             return 1
@@ -114,7 +127,7 @@ class SnapshotPolicy:
             return improved or last
         if last:
             return True
-        if self.every is None:
+        if self.every is None or self.every == "validation":
             return False
         assert isinstance(self.every, int)
         return (epoch + 1) % self.every == 0

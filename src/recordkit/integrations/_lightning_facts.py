@@ -12,8 +12,9 @@ from typing import Any
 
 from recordkit.integrations._common import jsonable
 
-__all__ = ["data_facts", "hparams", "is_last_epoch", "learning_rates", "no_epoch_left",
-           "run_info", "torch_scalar"]
+__all__ = ["batches_done", "data_facts", "hparams", "is_last_epoch", "learning_rates",
+           "no_epoch_left", "optimizer_steps_differ", "overrides", "run_info",
+           "torch_scalar"]
 
 #: Keys Lightning itself adds to ``hparams``: not hyperparameters (LightningCLI's
 #: instantiator, with which ``load_from_checkpoint`` rebuilds the module).
@@ -33,6 +34,32 @@ def is_last_epoch(trainer: Any) -> bool:
     max_epochs = trainer.max_epochs
     return bool(isinstance(max_epochs, int) and max_epochs >= 0
                 and int(trainer.current_epoch) + 1 >= max_epochs)
+
+
+def batches_done(trainer: Any) -> int:
+    """The training batches done in the fit so far, the running one included (its
+    ``on_train_batch_end``, or a validation after it): the step of recordkit's rows and
+    snapshots. ``trainer.global_step`` (optimizer steps) when the fit loop does not say."""
+    total = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None),
+                    "total_batch_idx", None)
+    return int(total) + 1 if isinstance(total, int) else int(trainer.global_step)
+
+
+def optimizer_steps_differ(trainer: Any, pl_module: Any) -> bool:
+    """Whether ``trainer.global_step`` (optimizer steps) may differ from the batches done:
+    gradient accumulation, or manual optimization (any number of steps per batch)."""
+    accumulate = trainer.accumulate_grad_batches
+    return bool((isinstance(accumulate, int) and accumulate > 1)
+                or not getattr(pl_module, "automatic_optimization", True))
+
+
+def overrides(pl_module: Any, method: str) -> bool:
+    """Whether the module's class defines *method* itself (``validation_step``...) rather
+    than inheriting the ``LightningModule`` one."""
+    for base in type(pl_module).__mro__:
+        if base.__name__ == "LightningModule":
+            return getattr(type(pl_module), method, None) is not getattr(base, method, None)
+    return True
 
 
 def no_epoch_left(trainer: Any) -> bool:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -47,6 +48,7 @@ from typing import Any
 
 from recordkit.errors import RecordkitError, RecordkitWarning
 from recordkit.integrations import _lightning_facts as facts
+from recordkit.integrations import _lightning_sharded as sharded
 from recordkit.integrations._common import (
     FitState,
     RecordingCallback,
@@ -60,19 +62,39 @@ from recordkit.integrations._lightning_metrics import (
     step_values,
     written_since,
 )
+from recordkit.integrations._lightning_warnings import warn_once
 from recordkit.recorder import Recorder
 
 __all__ = ["RecordCallback"]
 
 
+_PACKAGES = ("lightning.pytorch", "pytorch_lightning")
+
+
+def _not_installed(err: ImportError, package: str) -> bool:
+    """Whether *err* says *package* itself is absent (not that importing it failed)."""
+    missing = getattr(err, "name", None)
+    top = package.split(".")[0]
+    return isinstance(err, ModuleNotFoundError) and missing in (top, package)
+
+
 def _callback_bases() -> tuple[type, ...]:
     bases: list[type] = []
     errors: list[ImportError] = []
-    for package in ("lightning.pytorch", "pytorch_lightning"):
+    for package in _PACKAGES:
         try:
             bases.append(importlib.import_module(package).Callback)
         except ImportError as err:
             errors.append(err)
+            if not _not_installed(err, package):
+                # Installed, but its import raised: a module of the user's shadowing one
+                # of its dependencies, a broken install... "pip install" would not help.
+                raise ImportError(
+                    f"recordkit.integrations.lightning: {package} is installed but "
+                    f"importing it failed ({type(err).__name__}: {err}); the cause below "
+                    "says why (a module of yours named like one of its dependencies, on "
+                    f"sys.path before site-packages, does this: {sys.path[:3]})"
+                ) from err
     if not bases:
         raise ModuleNotFoundError(
             "recordkit.integrations.lightning needs PyTorch Lightning (lightning or "
@@ -92,6 +114,10 @@ def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
     return metric_floats(metrics, facts.torch_scalar)
 
 
+#: (epoch, step, {name: value}) of one step row or one validation.
+_Row = tuple[int, int, dict[str, float]]
+
+
 @dataclass
 class _LightningFit(FitState):
     """What one ``fit`` / ``validate`` / ``test`` holds, from ``setup`` on."""
@@ -104,8 +130,20 @@ class _LightningFit(FitState):
     epoch_end_metrics: dict[str, Any] = field(default_factory=dict)
     open_epoch: int | None = None  # ended but may still get late metrics
     logged: set[str] = field(default_factory=set)  # metric names logged for open_epoch
-    steps: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
+    steps: list[_Row] = field(default_factory=list)  # step rows not written yet
+    step_sums: dict[str, tuple[float, int]] = field(default_factory=dict)  # per step only
+    optimizer_steps: bool = False  # global_step may differ from the batches: kept too
+    epoch_batches: int = 0  # batches of the running epoch so far
+    validations: list[_Row] = field(default_factory=list)  # every validation of the fit
+    validations_written: int = 0
+    inside: bool = False  # a validation ran inside an epoch: each gets x_step rows
+    validated: bool = False  # the open epoch had a validation
+    monitor_checked: bool = False
+    snapshot_step: int | None = None  # the step of the latest snapshot
     warned: set[str] = field(default_factory=set)
+    sharding: str | None = None  # "fsdp": snapshots are gathered by every rank
+    ended_epoch: int | None = None  # the latest epoch whose end hook ran (every rank)
+    finished: bool = False  # on_train_end ran: teardown has nothing left to gather
 
 
 class RecordCallback(RecordingCallback, _LightningCallback):
@@ -117,10 +155,12 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         name: a label for the run (the run id when None).
         params: extra hyperparameters, merged before the module's and datamodule's
             ``hparams``.
-        snapshot_every: a positive int N (every N-th epoch), None (the last epoch only) or
-            ``"best"`` (each epoch where *monitor* improves). The final epoch is always
-            snapshotted.
-        monitor: the metric ``snapshot_every="best"`` watches.
+        snapshot_every: a positive int N (every N-th epoch), None (the last epoch only),
+            ``"best"`` (each epoch where *monitor* improves) or ``"validation"`` (at each
+            validation, with its step). The final epoch is always snapshotted.
+        monitor: the metric ``snapshot_every="best"`` watches; a name that no epoch logs
+            raises :class:`~recordkit.errors.RecordkitError` (listing the names logged) at
+            the end of the first epoch with a validation, as ModelCheckpoint does.
         mode: ``"min"`` or ``"max"``: which direction of *monitor* is better.
         include: glob pattern(s) of state_dict keys to snapshot (all when None).
         exclude: glob pattern(s) of state_dict keys to leave out.
@@ -136,8 +176,11 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             given to ``fit`` continues its own record without this). The record is
             rewound to the epoch the trainer starts at: without a checkpoint that is
             epoch 0, and what the record held is replaced.
-        log_steps: record step-level metrics too: True every step, an int N every N-th
-            step. They are buffered in memory and written at the epoch's commit.
+        log_steps: record step-level metrics too, as ``<name>_step`` rows: True every
+            step, an int N every N-th step, False none (metrics logged per step only are
+            then left out, with one warning). They are buffered in memory and written at
+            the epoch's commit. A metric logged per step only also gets an epoch-level
+            ``<name>``: the mean of its values over the epoch's steps.
         on_error: ``"raise"`` stops training when recording fails; ``"warn"`` warns,
             closes the record as failed and lets training go on unrecorded.
         **recorder_options: keyword options of :class:`~recordkit.Recorder` (``durable``,
@@ -169,7 +212,7 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         skip_frozen: bool = False,
         recorder: Recorder | None = None,
         resume: str | os.PathLike[str] | None = None,
-        log_steps: bool | int = False,
+        log_steps: bool | int = True,
         on_error: str = "raise",
         **recorder_options: Any,
     ) -> None:
@@ -197,8 +240,14 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         """Tells this callback's checkpoint state from that of another RecordCallback on the
         same Trainer (Lightning refuses two stateful callbacks with one key): the
         experiment and name, which stay the same when a run resumes on another machine
-        (the root may not). Without either, the plain class name of earlier versions."""
+        (the root may not). Without either, the plain class name of earlier versions.
+
+        Raises:
+            RecordkitError: asked by Lightning's check of the Trainer's callbacks when
+                another RecordCallback there has neither experiment nor name either.
+        """
         if self.experiment is None and self.name is None:
+            _refuse_unnamed_twin(self)
             return type(self).__qualname__
         return (f"{type(self).__qualname__}{{'experiment': {self.experiment!r}, "
                 f"'name': {self.name!r}}}")
@@ -208,6 +257,13 @@ class RecordCallback(RecordingCallback, _LightningCallback):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._close_quietly()  # a callback reused for a second fit starts a new record
         self._fit = _LightningFit(stage=stage, writes=bool(trainer.is_global_zero))
+        if trainer.fast_dev_run:
+            self._fit.writes = False
+            warn_once("fast_dev_run", (
+                "recordkit: Trainer(fast_dev_run=...) is a trial of the code, not a run: "
+                "RecordCallback records nothing (as Lightning's loggers log nothing)"))
+            return
+        self._fit.sharding = sharded.check_strategy(trainer, self.root)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if not self._fit.writes:
@@ -234,6 +290,7 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             rec.set_info(facts.run_info(trainer, pl_module))
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._fit.optimizer_steps = facts.optimizer_steps_differ(trainer, pl_module)
         rec = self._recorder
         if rec is None:
             return
@@ -281,7 +338,7 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         try:
             if self._fit.open_epoch is not None:
                 self._log_late_metrics(trainer)
-            self._write_steps(rec)  # the steps of the epoch that crashed
+            self._write_steps(rec)  # the steps and validations of the epoch that crashed
             rec.close(status, error=exception)
         except RecordkitError as err:  # never hide the exception that ended training
             warnings.warn(f"recordkit: could not close {self._record_path!r} as {status}: "
@@ -295,7 +352,10 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         metrics = dict(trainer.callback_metrics)
         if fit.open_epoch is not None:
             self._log_late_metrics(trainer, metrics)
+        if fit.ended_epoch is not None:
+            self._check_monitor(trainer, metrics, fit.ended_epoch)
         fit.epoch_start_metrics, fit.val_metrics = metrics, {}
+        fit.epoch_batches, fit.step_sums, fit.validated = 0, {}, False
         fit.epoch_started = time.perf_counter()
         rec = self._recorder
         if rec is None:
@@ -305,14 +365,24 @@ class RecordCallback(RecordingCallback, _LightningCallback):
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        fit = self._fit
+        fit.epoch_batches += 1
         if not self.log_steps or self._recorder is None:
             return
-        step = int(trainer.global_step)
-        if step % self.log_steps:
+        step = facts.batches_done(trainer)
+        rows: dict[str, float] = {}
+        for name, value in _floats(step_values(running_loop_metrics(trainer))).items():
+            if name.endswith("_step"):  # logged with on_epoch=True too: x is the epoch's
+                rows[name] = value
+                continue
+            rows[f"{name}_step"] = value  # per step only: x_step rows, x the epoch mean
+            total, count = fit.step_sums.get(name, (0.0, 0))
+            fit.step_sums[name] = (total + value, count + 1)
+        if not rows or step % self.log_steps:
             return
-        values = step_values(running_loop_metrics(trainer))
-        if values:
-            self._fit.steps.append((int(trainer.current_epoch), step, values))
+        if fit.optimizer_steps:
+            rows.setdefault("global_step", float(trainer.global_step))
+        fit.steps.append((int(trainer.current_epoch), step, rows))
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.sanity_checking:
@@ -322,10 +392,28 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         if trainer.sanity_checking:
             return
         fresh = written_since(self._fit.eval_start_metrics, trainer.callback_metrics)
-        if self._fit.stage == "fit":
-            self._fit.val_metrics.update(_floats(fresh))
-        else:
+        if self._fit.stage != "fit":
             self._record_evaluation(trainer, pl_module, "validate", fresh)
+            return
+        fit = self._fit
+        values = _floats(fresh)
+        fit.val_metrics.update(values)  # the epoch's row keeps its last validation
+        fit.validated = True
+        rec = self._recorder
+        if self._fit.sharding and self._policy.at_validation:
+            due = sharded.agree(trainer, rec is not None)
+        else:
+            due = rec is not None and self._policy.at_validation
+        if rec is None and not due:
+            return
+        epoch, step = int(trainer.current_epoch), facts.batches_done(trainer)
+        if rec is not None:
+            fit.validations.append((epoch, step, values))
+            if fit.epoch_batches < trainer.num_training_batches:
+                fit.inside = True  # from here on each validation gets x_step rows
+        if due:
+            with self._guard(f"snapshot the validation at step {step}"):
+                self._snapshot_module(rec, trainer, pl_module, epoch, step)
 
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
         self._fit.eval_start_metrics = dict(trainer.callback_metrics)
@@ -340,26 +428,37 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         now = dict(trainer.callback_metrics)
         epoch = int(trainer.current_epoch)
         metrics = {**_floats(epoch_values(fresh)), **fit.val_metrics}
-        fit.epoch_end_metrics = now
-        self._warn_step_only(now, set(fresh) | set(fit.val_metrics))
+        for name, (total, count) in fit.step_sums.items():
+            metrics.setdefault(name, total / count)  # a metric logged per step only
+        fit.epoch_end_metrics, fit.ended_epoch = now, epoch
+        self._warn_step_only(now, set(fresh) | set(metrics))
         rec = self._recorder
-        if rec is None:
-            return
-        metrics.setdefault("epoch_time", time.perf_counter() - fit.epoch_started)
-        with self._guard(f"record epoch {epoch}"):
-            self._write_steps(rec)
-            rec.log(metrics, epoch=epoch)
-            fit.logged, fit.open_epoch = set(metrics), epoch
-            # The rows are committed before the snapshot is queued: the writer holds the
-            # run's lock while it writes a slice, and a commit made after queueing waited
-            # for it (a whole tensor's slice at the last epoch). The writer commits the
-            # snapshot itself; training goes on while it is written.
-            rec.commit(wait=False)
-            if self._policy.due(epoch, metrics, last=facts.is_last_epoch(trainer)):
-                self._snapshot_module(rec, trainer, pl_module, epoch)
+        step = facts.batches_done(trainer)
+        if rec is not None:
+            metrics.setdefault("epoch_time", time.perf_counter() - fit.epoch_started)
+            with self._guard(f"record epoch {epoch}"):
+                self._write_steps(rec)
+                rec.log(metrics, epoch=epoch)
+                fit.logged, fit.open_epoch = set(metrics), epoch
+                # The rows are committed before the snapshot is queued: the writer holds
+                # the run's lock while it writes a slice, and a commit made after queueing
+                # waited for it (a whole tensor's slice at the last epoch). The writer
+                # commits the snapshot itself; training goes on while it is written.
+                rec.commit(wait=False)
+        due = (self._recorder is not None
+               and self._policy.due(epoch, metrics, last=facts.is_last_epoch(trainer))
+               and (fit.snapshotted, fit.snapshot_step) != (epoch, step))
+        if fit.sharding:
+            due = sharded.agree(trainer, due)  # every rank gathers, or none
+        if due:
+            with self._guard(f"snapshot epoch {epoch}"):
+                self._snapshot_module(self._recorder, trainer, pl_module, epoch, step)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._fit.ended_epoch is not None:
+            self._check_monitor(trainer, trainer.callback_metrics, self._fit.ended_epoch)
         self._finish_epoch(trainer, pl_module)
+        self._fit.finished = True  # every rank took part in the last snapshot's gather
 
     # --- evaluation after fit ----------------------------------------------------------
 
@@ -375,7 +474,8 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             resume = path if path is not None else self._resume_next
             self._resume_next, self._policy_state = None, None
             if resume is not None:
-                rec = Recorder(self.root, resume=resume, **self.recorder_options)
+                rec = Recorder(self.root, resume=resume, evaluation=stage,
+                               **self.recorder_options)
                 status, error = rec.previous_status, rec.previous_error
                 evaluations = list(rec.info.get("evaluations", []))
             else:  # an evaluation on its own: a record of its own
@@ -389,34 +489,52 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             logged = rec.metrics_at(epoch)
             new = {k: v for k, v in results.items() if k not in logged}
             evaluations.append({"stage": stage, "epoch": epoch, "time": time.time(),
-                                "metrics": sorted(results)})
+                                "metrics": sorted(results), "results": results})
             try:
                 rec.log(new, epoch=epoch)
-                rec.add(stage, results)
+                rec.add(stage, results)  # the latest results of this stage
                 rec.set_info({"evaluations": evaluations})
             finally:  # back to the status the run had before (completed, or failed...)
                 rec.close(status or "completed", error=error or None)
 
     # --- internals ---------------------------------------------------------------------
 
-    def _snapshot_module(self, rec: Recorder, trainer: Any, pl_module: Any,
-                         epoch: int) -> None:
-        self._snapshot(rec, pl_module.state_dict(), epoch, step=int(trainer.global_step),
+    def _snapshot_module(self, rec: Recorder | None, trainer: Any, pl_module: Any,
+                         epoch: int, step: int) -> None:
+        """Snapshot the module at (*epoch*, *step*); under a sharded strategy every rank
+        calls this (the gather is collective) and only the writing rank has *rec*."""
+        if self._fit.sharding:
+            state = sharded.full_state_dict(trainer, pl_module)
+        else:
+            state = pl_module.state_dict()
+        if rec is None:
+            return
+        self._snapshot(rec, state, epoch, step=step,
                        frozen_now=lambda: {name for name, p in pl_module.named_parameters()
                                            if not p.requires_grad})
+        self._fit.snapshot_step = step
 
     def _finish_epoch(self, trainer: Any, pl_module: Any) -> None:
         """Log what the last epoch logged after this callback's epoch-end hook and make sure
         it has a snapshot (early stopping decides after this callback that it was last)."""
-        rec = self._recorder
-        epoch = self._fit.open_epoch
-        if rec is None or epoch is None:
+        fit = self._fit
+        if fit.finished:
             return
-        self._log_late_metrics(trainer)  # commits what it logs
-        with self._guard(f"snapshot the last epoch {epoch}"):
-            if self._fit.snapshotted != epoch:
+        rec = self._recorder
+        epoch = fit.open_epoch
+        missing = rec is not None and epoch is not None and fit.snapshotted != epoch
+        if fit.sharding:
+            missing = sharded.agree(trainer, missing)
+        if rec is None and not missing:
+            return
+        if epoch is not None:
+            self._log_late_metrics(trainer)  # commits what it logs
+        if missing:
+            with self._guard(f"snapshot the last epoch {epoch}"):
                 # committed by the writer; its error is raised by teardown's commit
-                self._snapshot_module(rec, trainer, pl_module, epoch)
+                self._snapshot_module(rec, trainer, pl_module,
+                                      -1 if epoch is None else epoch,
+                                      facts.batches_done(trainer))
 
     def _log_late_metrics(self, trainer: Any, now: Mapping[str, Any] | None = None) -> None:
         """Metrics logged in ``LightningModule.on_train_epoch_end`` come after this
@@ -430,16 +548,46 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         if now is None:
             now = dict(trainer.callback_metrics)
         late = late_epoch_values(fit.epoch_end_metrics, now, fit.logged)
-        if not late:
+        if late:
+            with self._guard(f"record epoch {epoch}"):
+                rec.log(_floats(late), epoch=epoch)
+                rec.commit(wait=False)
+
+    def _check_monitor(self, trainer: Any, now: Mapping[str, Any], epoch: int) -> None:
+        """Raise when ``snapshot_every="best"`` watches a name no epoch logs: once the
+        first epoch that had a validation (or the first epoch, when the module has no
+        validation) is complete, as ModelCheckpoint and EarlyStopping do; a configuration
+        error raises whatever ``on_error`` says. Every rank checks the same names (those
+        of ``callback_metrics``, the learning rates and ``epoch_time``), so every rank
+        raises."""
+        fit = self._fit
+        monitor = self._policy.monitor
+        if fit.monitor_checked or self._policy.every != "best" or monitor is None:
             return
-        with self._guard(f"record epoch {epoch}"):
-            rec.log(_floats(late), epoch=epoch)
-            rec.commit(wait=False)
+        if not fit.validated and self._runs_validation(trainer):
+            return  # its validation metrics are not there yet
+        fit.monitor_checked = True
+        names = set(now) | set(facts.learning_rates(trainer)) | {"epoch_time"}
+        if monitor not in names:
+            raise RecordkitError(
+                f"RecordCallback(snapshot_every='best', monitor={monitor!r}): no metric "
+                f"{monitor!r} was logged by the end of epoch {epoch}; the metrics logged "
+                f"are {sorted(names)} (record {self._record_path!r}); pass one of them")
+
+    def _runs_validation(self, trainer: Any) -> bool:
+        module = trainer.lightning_module
+        return (module is not None and facts.overrides(module, "validation_step")
+                and trainer.limit_val_batches != 0)
 
     def _write_steps(self, rec: Recorder) -> None:
-        for epoch, step, values in self._fit.steps:
-            rec.log(_floats(values), epoch=epoch, step=step)
-        self._fit.steps = []
+        fit = self._fit
+        for epoch, step, values in fit.steps:
+            rec.log(values, epoch=epoch, step=step)
+        fit.steps = []
+        if fit.inside:  # each validation as x_step rows, the earlier ones of the fit too
+            for epoch, step, values in fit.validations[fit.validations_written:]:
+                rec.log({f"{k}_step": v for k, v in values.items()}, epoch=epoch, step=step)
+            fit.validations_written = len(fit.validations)
 
     def _warn_step_only(self, now: Mapping[str, Any], epoch_level: set[str]) -> None:
         if self.log_steps:
@@ -450,15 +598,36 @@ class RecordCallback(RecordingCallback, _LightningCallback):
                            and k not in warned and not k.endswith(("_step", "_epoch")))
         if step_only and self._recorder is not None:
             warned.update(step_only)
-            warnings.warn(
+            warn_once(f"step_only {step_only}", (
                 f"recordkit: metric(s) {step_only} are logged per step only "
-                "(self.log(..., on_epoch=False), the default in training_step) and are not "
-                f"in the epoch history of {self._record_path!r}; log them with "
-                "on_epoch=True, or pass RecordCallback(log_steps=True) to record steps",
-                RecordkitWarning, stacklevel=2)
+                "(self.log(..., on_epoch=False), the default in training_step) and "
+                "RecordCallback(log_steps=False) leaves them out of the record; "
+                "log_steps=True (the default) records them"))
 
     def _close_quietly(self) -> None:
         rec, self._recorder = self._recorder, None
         if rec is not None and not rec.closed:
             rec.close("interrupted", error="the callback was set up again before the "
                       "run ended")
+
+
+def _refuse_unnamed_twin(callback: RecordCallback) -> None:
+    """Lightning asks each stateful callback's ``state_key`` in its check of the Trainer's
+    callbacks (``_validate_callbacks_list(callbacks)``) and raises a generic "must be
+    unique" error on a repeat. When that check is the caller and another RecordCallback
+    without experiment or name is among its callbacks, say what to do instead. Only the
+    caller's arguments are read; another caller gets the plain key."""
+    caller = sys._getframe(2)  # 0: here, 1: state_key, 2: who asked
+    if caller.f_code.co_name != "_validate_callbacks_list":
+        return
+    callbacks = caller.f_locals.get("callbacks")
+    if not isinstance(callbacks, list):
+        return
+    twins = [cb for cb in callbacks if isinstance(cb, RecordCallback)
+             and cb.experiment is None and cb.name is None]
+    if len(twins) > 1 and callback is twins[-1]:
+        raise RecordkitError(
+            f"Trainer(callbacks=[...]) holds {len(twins)} RecordCallbacks without "
+            "experiment= or name=: their checkpoint states would share one key; pass "
+            "name= (or experiment=) to each, e.g. RecordCallback(root, name='full') and "
+            "RecordCallback(root, name='light')")
