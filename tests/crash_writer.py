@@ -52,8 +52,9 @@ def weights(epoch: int, big: bool = False, side: int | None = None) -> dict[str,
                          + epoch).astype(np.float32),
         "layer.bias": np.full(side, epoch, dtype=np.float64),
     }
-    if epoch >= 2:  # a tensor that first appears later
+    if epoch >= 2:  # a tensor that first appears later, and a name tied to a tensor
         out["head/w"] = np.full((7, 5), -epoch, dtype=np.int32)
+        out["tied/w"] = out["head/w"]  # one array, new with it: stored once, as an alias
     return out
 
 
@@ -96,6 +97,8 @@ def check(path: str, last_committed: int, big: bool = False, *, side: int | None
     if snaps != list(range(len(snaps))) or len(snaps) < last_committed + 1:
         failures.append(f"snapshot epochs {snaps[:5]}... (n={len(snaps)}) for committed "
                         f"{last_committed}")
+    if "head/w" in record.tensor_names and record.tensor_aliases != {"tied/w": "head/w"}:
+        failures.append(f"aliases {record.tensor_aliases!r}, expected tied/w")
     for name in record.tensor_names:
         tensor = record.weight(name)
         for i, epoch in enumerate(tensor.epochs):

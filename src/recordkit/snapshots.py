@@ -136,9 +136,11 @@ class Snapshots:
 
         Two names whose arrays are the same memory (address, shape, strides, dtype: a
         torch ``state_dict`` gives one tensor under each name of a shared parameter) are
-        one tensor: it is stored under the first of its names (or the one earlier
-        snapshots store) and the others are recorded as its aliases. A name stored as a
-        tensor of its own stays one.
+        one tensor: when they first appear together, it is stored under the first of its
+        names and the others are recorded as its aliases (whose snapshots are then
+        exactly its own). A name stored as a tensor of its own stays one, and a name tied
+        to a tensor that earlier snapshots hold without it is stored as a tensor of its
+        own.
 
         Raises:
             SnapshotError: a name recorded as an alias is no longer tied to its tensor.
@@ -147,16 +149,15 @@ class Snapshots:
         groups: dict[tuple[Any, ...], list[str]] = {}
         for name, array in arrays.items():
             groups.setdefault(_memory_of(array, name), []).append(name)
-        held = {name for name, spec in self._known().items() if spec.held}
+        stored = self._known()  # every tensor with a dataset (held or not yet)
         tied: dict[str, str] = {}
         for names in groups.values():
             if len(names) < 2:
                 continue
-            stored = [n for n in names if n in held or n not in aliases]
-            target = next((n for n in stored if n in held), stored[0] if stored else names[0])
-            for name in names:
-                if name != target and name not in held:
-                    tied[name] = target
+            if any(name in stored for name in names):  # the aliases it had, no new ones
+                tied.update((n, aliases[n]) for n in names if aliases.get(n) in names)
+            else:  # tied from their first snapshot on: an alias's snapshots are its tensor's
+                tied.update((n, names[0]) for n in names[1:])
         for alias, target in aliases.items():
             if alias in arrays and tied.get(alias) != target:
                 raise SnapshotError(

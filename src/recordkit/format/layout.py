@@ -107,12 +107,12 @@ EMPTY_METRIC = "%"
 ATTRS_CRC_ATTR = "attrs_crc32c"
 #: What :data:`ATTRS_CRC_ATTR` covers, in its order.
 ATTRS_CRC_COVERS = ("name", "kind", "dtype", "checksum")
-#: On /weights: JSON object ``{alias: tensor}`` of original tensor names. A tied tensor
-#: (two names for one tensor in memory, e.g. a language model's embedding and output
-#: weights) is stored once, under the name it first had; each other name is an alias
-#: whose snapshots are those of its tensor. Absent when nothing is tied.
+#: On a weight dataset: JSON list of the other names of its tensor, when it is tied (two
+#: names for one tensor in memory, e.g. a language model's embedding and output weights):
+#: the tensor is stored once, under the first of its names, and each other name is an
+#: alias whose snapshots are those of the dataset. Absent when nothing is tied to it.
 ALIASES_ATTR = "aliases"
-#: On /weights, beside :data:`ALIASES_ATTR`: uint32, its identity CRC
+#: On a weight dataset, beside :data:`ALIASES_ATTR`: uint32, its identity CRC
 #: (:func:`~recordkit.format.checksums.identity_crc` of the text).
 ALIASES_CRC_ATTR = "aliases_crc32c"
 #: (v2) Root attribute: uint32 array of ``2 * len(HEADER_CRC_FIELDS) + 1``: the identity

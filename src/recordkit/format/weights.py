@@ -74,6 +74,7 @@ __all__ = [
     "TensorSpec",
     "check_checksummed_rows",
     "check_object_name",
+    "dataset_aliases",
     "no_rows",
     "read_aliases",
     "read_last_snapshot",
@@ -161,34 +162,32 @@ def check_object_name(obj: h5py.HLObject, key: str, name: str, *,
 MAX_ALIASES_CHARS = 16 * 1024 * 1024
 
 
-def write_aliases(f: h5py.File, aliases: dict[str, str]) -> None:
-    """The tied tensors of the record (``{alias: tensor}``, original names) and their
-    identity CRC, on ``/weights``; nothing when there are none."""
+def write_aliases(ds: h5py.Dataset, aliases: list[str]) -> None:
+    """The other names of a tied tensor (original names) and their identity CRC, on its
+    dataset, when it is made; nothing when there are none."""
     if not aliases:
         return
-    text = json.dumps(dict(sorted(aliases.items())), ensure_ascii=False)
-    group = f[WEIGHTS]
-    group.attrs[ALIASES_ATTR] = text
-    group.attrs[ALIASES_CRC_ATTR] = np.uint32(identity_crc(text))
+    text = json.dumps(sorted(aliases), ensure_ascii=False)
+    ds.attrs[ALIASES_ATTR] = text
+    ds.attrs[ALIASES_CRC_ATTR] = np.uint32(identity_crc(text))
 
 
-def read_aliases(f: h5py.File) -> dict[str, str]:
-    """The tied tensors of the record, ``{alias: tensor}`` (``{}`` when none).
+def dataset_aliases(ds: h5py.Dataset, name: str) -> list[str]:
+    """The other names of the tensor *name* stored in *ds* (``[]`` when it is not tied).
 
     Raises:
-        RecordDamagedError: the text does not match its CRC, or is not a JSON object of
+        RecordDamagedError: the text does not match its CRC, or is not a JSON list of
             names.
     """
-    group = f.get(WEIGHTS)
-    if group is None or ALIASES_ATTR not in group.attrs:
-        return {}
-    where = f"{f.filename!r} is damaged: /{WEIGHTS} attribute {ALIASES_ATTR!r}"
-    stored = read_attr(group, ALIASES_ATTR)
+    stored = read_attr(ds, ALIASES_ATTR)
+    if stored is None:
+        return []
+    where = f"{ds.file.filename!r} is damaged: {ds.name!r} attribute {ALIASES_ATTR!r}"
     text = _as_text(stored) if isinstance(stored, (str, bytes)) else None
-    crc = read_attr(group, ALIASES_CRC_ATTR)
     if text is None or len(text) > MAX_ALIASES_CHARS:
         raise RecordDamagedError(f"{where} is not a text of at most {MAX_ALIASES_CHARS} "
                                  "characters; run `recordkit verify` on it")
+    crc = read_attr(ds, ALIASES_CRC_ATTR)
     try:
         same = crc is not None and int(crc) == identity_crc(text)
     except (TypeError, ValueError):
@@ -200,10 +199,19 @@ def read_aliases(f: h5py.File) -> dict[str, str]:
         aliases = json.loads(text)
     except ValueError:
         aliases = None
-    if not isinstance(aliases, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and k != v for k, v in aliases.items()):
-        raise RecordDamagedError(f"{where} is not a JSON object of tensor names")
+    if not isinstance(aliases, list) or not all(
+            isinstance(a, str) and a != name for a in aliases):
+        raise RecordDamagedError(f"{where} is not a JSON list of tensor names")
     return aliases
+
+
+def read_aliases(f: h5py.File) -> dict[str, str]:
+    """Every tied tensor of the record, ``{alias: tensor}`` (``{}`` when none)."""
+    out: dict[str, str] = {}
+    for _, ds in members(f.get(WEIGHTS)):
+        name = object_name(ds)
+        out.update((alias, name) for alias in dataset_aliases(ds, name))
+    return out
 
 
 def weight_chunks(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
@@ -321,10 +329,9 @@ class SnapshotStore:
         self._known: dict[str, _Known] | None = None
         self._version = 1
         self._table: tuple[int, int | None] = (0, None)  # (rows, last epoch)
-        #: The record's tied tensors ``{alias: tensor}``; written by :meth:`prepare` when
-        #: they differ from what the file holds.
+        #: The record's tied tensors ``{alias: tensor}``: a tensor's aliases are written
+        #: on its dataset when it is made (a tensor and its aliases first appear together).
         self.aliases: dict[str, str] = {}
-        self._aliases_written: dict[str, str] | None = None
 
     @staticmethod
     def create(f: h5py.File, *, checksum: bool) -> None:
@@ -380,11 +387,6 @@ class SnapshotStore:
         """
         known = self._bind(f)
         index, replaces = self._index(f, epoch)
-        if self._aliases_written is None:
-            self._aliases_written = read_aliases(f)
-        if self.aliases != self._aliases_written:
-            write_aliases(f, self.aliases)
-            self._aliases_written = dict(self.aliases)
         targets = []
         for name, (array, stored_dtype) in encoded.items():
             tensor = known.get(name)
@@ -463,6 +465,7 @@ class SnapshotStore:
         write_name(ds, name)
         ds.attrs[DTYPE_ATTR] = stored_dtype
         ds.attrs[FIRST_SNAPSHOT_ATTR] = first_snapshot
+        write_aliases(ds, [alias for alias, target in self.aliases.items() if target == name])
         sums = None
         per_row = 0
         if version >= 2:
@@ -626,10 +629,14 @@ def stored_tensors(f: h5py.File, table_rows: int) -> dict[str, StoredTensor]:
     tensor, as the same :class:`StoredTensor` (same ``key``); one whose tensor is not
     stored (a kill cut the first snapshot) or that names a stored tensor is left out."""
     weights = f.get(WEIGHTS)
-    tensors = dict(stored_tensor(weights, key, table_rows)
-                   for key in (weights if weights is not None else []))
-    for alias, target in read_aliases(f).items():
-        if target in tensors and alias not in tensors:
+    tensors: dict[str, StoredTensor] = {}
+    aliases: dict[str, str] = {}
+    for key in weights if weights is not None else []:
+        name, tensor, others = _stored_tensor(weights, key, table_rows)
+        tensors[name] = tensor
+        aliases.update((alias, name) for alias in others)
+    for alias, target in aliases.items():
+        if alias not in tensors:
             tensors[alias] = tensors[target]
     return tensors
 
@@ -645,6 +652,13 @@ def stored_tensor(weights: h5py.Group, key: str, table_rows: int
         RecordDamagedError: (v2) its attributes do not match their CRC, or its name its
             link name.
     """
+    name, tensor, _ = _stored_tensor(weights, key, table_rows)
+    return name, tensor
+
+
+def _stored_tensor(weights: h5py.Group, key: str, table_rows: int
+                   ) -> tuple[str, StoredTensor, list[str]]:
+    """:func:`stored_tensor`, and the tensor's aliases (checked when it has snapshots)."""
     ds = weights[key]
     first = int(read_attr(ds, FIRST_SNAPSHOT_ATTR, 0))
     stored = read_attr(ds, NAME_ATTR)
@@ -659,7 +673,9 @@ def stored_tensor(weights: h5py.Group, key: str, table_rows: int
                                                 KIND_ATTR: None})
     stored_dtype = ds.dtype.name if dtype is None else (
         dtype.decode("utf-8", "replace") if isinstance(dtype, bytes) else str(dtype))
-    return name, StoredTensor(key, stored_dtype, tuple(ds.shape[1:]), ds.dtype, first, count)
+    aliases = dataset_aliases(ds, name) if count else []
+    return (name, StoredTensor(key, stored_dtype, tuple(ds.shape[1:]), ds.dtype, first, count),
+            aliases)
 
 
 def _dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
