@@ -197,3 +197,36 @@ def test_an_interpolated_state_dict_restores_between_the_ends(tmp_path):
                 + record.weights(4)["net.0.weight"]) / 2
     np.testing.assert_array_equal(model.net[0].weight.detach().numpy(),
                                   expected.astype(np.float32))
+
+
+def test_a_tied_tensor_counts_once_in_distances_and_the_trajectory(tmp_path):
+    torch.manual_seed(3)
+    module = torch.nn.Sequential(torch.nn.Embedding(6, 4), torch.nn.Linear(4, 6))
+    module[1].weight = module[0].weight  # the output layer shares the embedding
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
+    tokens = torch.arange(6)
+    unique = []
+    with rk.Recorder(tmp_path, system=False) as rec:
+        for epoch in range(4):
+            loss = torch.nn.functional.cross_entropy(module(tokens), tokens)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            rec.snapshot(module, epoch=epoch)
+            unique.append(np.concatenate([p.detach().numpy().astype(np.float64).ravel()
+                                          for p in module.parameters()]))  # tied: once
+    record = rk.load(rec.path)
+    assert record.tensor_aliases  # the record knows the two names are one tensor
+    assert set(record.tensor_names) == set(module.state_dict())
+    require("pandas", "analysis")
+    frame = weights.distance(record, per="model")
+    assert frame["model"].tolist() == pytest.approx(
+        [np.linalg.norm(u - unique[0]) for u in unique], rel=1e-6)
+    per_tensor = weights.distance(record, per="tensor")
+    assert len(per_tensor.columns) == len(list(module.parameters()))
+    path = weights.trajectory(record, k=1)
+    assert len(path.tensors) == len(list(module.parameters()))
+    stacked = np.stack(unique)
+    centred = stacked - stacked.mean(axis=0)
+    assert path.explained_variance[0] == pytest.approx(
+        np.linalg.svd(centred, compute_uv=False)[0] ** 2 / 3, rel=1e-6)

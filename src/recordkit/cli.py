@@ -294,7 +294,10 @@ def cmd_weights(args: argparse.Namespace) -> int:
                   if len(set(epochs)) > 1 else None)
         spectra = weights.spectra(record, last)
         sizes: dict[str, int] = {}
+        aliases = record.tensor_aliases  # a tied tensor's parameters counted once
         for name in record.tensor_names:
+            if name in aliases:
+                continue
             shape = record.weight(name).shape
             layer = weights.layer_of(name)
             sizes[layer] = sizes.get(layer, 0) + math.prod(shape)

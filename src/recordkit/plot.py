@@ -358,7 +358,9 @@ def weight_movement(record: Record, *, by: str = "layer", tensors: Sequence[str]
     """
     if by not in ("layer", "tensor"):
         raise ValueError(f"weight_movement(by={by!r}): must be 'layer' or 'tensor'")
-    names = list(tensors) if tensors is not None else record.tensor_names
+    aliases = record.tensor_aliases  # a tied tensor drawn once
+    names = list(tensors) if tensors is not None else [
+        n for n in record.tensor_names if n not in aliases]
     squared: dict[str, dict[int, float]] = {}
     with record:
         for name in names:

@@ -36,10 +36,13 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import itertools
 import math
+import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +62,9 @@ PER = ("tensor", "layer", "model")
 METRICS = ("l2", "cosine", "relative")
 REFERENCES = ("init", "previous")
 #: Elements per block of the streamed sums: a block of each operand stays in cache.
-_BLOCK = 1 << 18
+_BLOCK = 1 << 16
+#: Tensors of at least this many elements are summed on two threads.
+_SPLIT = 1 << 21
 
 
 class WeightsError(RecordkitError, ValueError):
@@ -88,8 +93,13 @@ def _where(record: Record) -> str:
 
 
 def _histories(record: Record, tensors: Sequence[str] | None) -> list[TensorHistory]:
-    """The histories of *tensors* (every tensor by default), each with snapshots."""
-    names = record.tensor_names if tensors is None else list(tensors)
+    """The histories of *tensors*; by default of every tensor, a tied tensor once (under
+    the name it is stored by, not its aliases)."""
+    if tensors is None:
+        aliases = record.tensor_aliases
+        names = [n for n in record.tensor_names if n not in aliases]
+    else:
+        names = list(tensors)
     known = set(record.tensor_names)
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -126,10 +136,32 @@ def _flat(array: np.ndarray) -> np.ndarray:
 def _sums(reference: np.ndarray, current: np.ndarray, *, norm: bool
           ) -> tuple[float, float]:
     """(``‖current - reference‖²``, ``‖current‖²`` when *norm* else 0) in float64 sums of
-    blocks (each block summed in the arrays' dtype, in cache)."""
+    blocks (each block summed in the arrays' dtype, in cache); a large tensor's two halves
+    on two threads (numpy's loops release the GIL)."""
     a, b = _flat(reference), _flat(current)
     if a.dtype != b.dtype:
         a, b = a.astype(np.float64), b.astype(np.float64)
+    if a.size < _SPLIT:
+        return _block_sums(a, b, norm)
+    half = (a.size // 2 // _BLOCK) * _BLOCK
+    # Handed over in a list the thread empties: the executor's work item keeps its
+    # arguments a moment after the result is set, which would keep this snapshot alive
+    # while the next one is read.
+    future = _helper().submit(_handed_sums, [a[:half], b[:half]], norm)
+    try:
+        mine = _block_sums(a[half:], b[half:], norm)
+    finally:
+        theirs = future.result()  # never leave the thread reading a freed array
+    return mine[0] + theirs[0], mine[1] + theirs[1]
+
+
+def _handed_sums(operands: list[np.ndarray], norm: bool) -> tuple[float, float]:
+    a, b = operands
+    operands.clear()
+    return _block_sums(a, b, norm)
+
+
+def _block_sums(a: np.ndarray, b: np.ndarray, norm: bool) -> tuple[float, float]:
     buffer = np.empty(min(_BLOCK, a.size), a.dtype)
     squared = 0.0
     norm_squared = 0.0
@@ -140,6 +172,22 @@ def _sums(reference: np.ndarray, current: np.ndarray, *, norm: bool
         if norm:
             norm_squared += float(np.dot(part, part))
     return squared, norm_squared
+
+
+_helper_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_helper_pid = 0
+_helper_lock = threading.Lock()
+
+
+def _helper() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that sums half of a large tensor (a new one after a fork)."""
+    global _helper_pool, _helper_pid
+    with _helper_lock:
+        if _helper_pool is None or _helper_pid != os.getpid():
+            _helper_pool = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="recordkit-weights")
+            _helper_pid = os.getpid()
+        return _helper_pool
 
 
 def _norm_squared(array: np.ndarray) -> float:
