@@ -23,7 +23,8 @@ WRITE_SIDE = {"recordkit.recorder", "recordkit.runfile", "recordkit.runhistory",
 #: Modules that read records back.
 READ_SIDE = {"recordkit.record", "recordkit.views", "recordkit.opening",
              "recordkit.recordset", "recordkit.headercache", "recordkit.cli",
-             "recordkit.plot", "recordkit.verify", "recordkit.repair"}
+             "recordkit.plot", "recordkit.verify", "recordkit.repair",
+             "recordkit.weights"}
 #: Outside the format package, only these inspect files with h5py: verify, which reads
 #: every chunk of a record, and repair (raw bytes of the superblock).
 H5PY_CHECKERS = {"recordkit.verify", "recordkit.repair"}

@@ -222,8 +222,9 @@ def distance(record: Record, a: int | str = "init", b: int | None = None, *,
 
     Args:
         record: the run.
-        a: an epoch, ``"init"`` (each tensor's first snapshot) or ``"previous"`` (each
-            epoch against the snapshot before it).
+        a: an epoch, ``"init"`` (each tensor's first snapshot: with the callbacks, the
+            end of the first snapshotted epoch, not the weights before training) or
+            ``"previous"`` (each epoch against the snapshot before it).
         b: an epoch, or None for every snapshot epoch.
         per: ``"tensor"``, ``"layer"`` (tensors grouped by :func:`layer_of`) or
             ``"model"`` (every tensor as one vector).
