@@ -362,8 +362,13 @@ def trajectory(record: Record, k: int = 2, *, tensors: Sequence[str] | None = No
             *k* not in ``1..epochs``.
 
     Example:
-        >>> path = trajectory(record, k=2)                       # doctest: +SKIP
-        >>> plt.plot(*path.coordinates.T)                        # doctest: +SKIP
+        >>> import tempfile, recordkit as rk
+        >>> with rk.Recorder(tempfile.mkdtemp(), system=False) as rec:
+        ...     for epoch, w in enumerate([[0.0, 0.0], [1.0, 1.0], [2.0, 1.0]]):
+        ...         rec.snapshot({"w": np.array(w)}, epoch=epoch)
+        >>> path = trajectory(rk.load(rec.path), k=2)
+        >>> path.epochs, path.explained_variance_ratio.round(3).tolist()
+        ([0, 1, 2], [0.951, 0.049])
     """
     epochs = sorted(set(record.snapshot_epochs))
     count = len(epochs)
@@ -580,8 +585,16 @@ def interpolate(record: Record, a: int, b: int, alphas: Iterable[float], *,
         WeightsError: an epoch without a snapshot, or ends whose tensors differ.
 
     Example:
-        >>> for alpha, state in interpolate(record, 0, 9, np.linspace(0, 1, 11)):  # doctest: +SKIP
-        ...     losses.append(evaluate(restore(model, state)))                    # doctest: +SKIP
+        >>> import tempfile, recordkit as rk
+        >>> with rk.Recorder(tempfile.mkdtemp(), system=False) as rec:
+        ...     rec.snapshot({"w": np.zeros(2)}, epoch=0)
+        ...     rec.snapshot({"w": np.ones(2)}, epoch=1)
+        >>> [(alpha, state["w"].tolist())
+        ...  for alpha, state in interpolate(rk.load(rec.path), 0, 1, [0.25, 1.0])]
+        [(0.25, [0.25, 0.25]), (1.0, [1.0, 1.0])]
+
+        With a model: ``for alpha, state in interpolate(...): evaluate(restore(model,
+        state))``, the loss along the line (Goodfellow et al. 2015).
     """
     second = record if other is None else other
     start = _snapshot(record, a)
