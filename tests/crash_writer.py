@@ -142,10 +142,9 @@ def check_or_repair(path: str, last_committed: int | dict[str, Any], big: bool =
 #: a later epoch (epoch 3: the first of "late metric", a dataset created mid-run); the
 #: epoch that adds a tensor (epoch 2: "head/w", new datasets in /weights and
 #: /checksums); a resume of a run closed as interrupted after epochs 0-3, with new
-#: params and new run facts, and its next epoch; and the close (save) of a run. Phase
-#: "extend" (params merged mid-run by Recorder.extend, then an epoch) is run only when
-#: asked for (``--crashpoints ROOT extend``): its window is open (docs/RELIABILITY.md).
-PHASES = ("first", "later", "new tensor", "resume", "close")
+#: params and new run facts, and its next epoch; params merged mid-run by
+#: Recorder.extend after four committed epochs, then an epoch; and the close (save).
+PHASES = ("first", "later", "new tensor", "resume", "extend", "close")
 LATER = 3
 NEW_TENSOR = 2
 #: Small tensors: the writes are the same in number, each one is faster.
@@ -204,7 +203,7 @@ def _phase(phase: str, root: Path, base: Path | None, kill: int, log: Any) -> in
         shim.rk_kill_after(kill)
         log("closing")
         rec.save()
-    if phase == "extend":  # params merged mid-run (not in PHASES: see the report)
+    if phase == "extend":  # params merged mid-run
         start = shim.rk_writes()
         shim.rk_kill_after(kill)
         rec.extend({"resumed": True})

@@ -388,3 +388,44 @@ def test_v1_records_load_and_verify_without_identity_crcs(name: str, tmp_path: P
     with h5py.File(path, "r") as f:
         assert HEADER_CRC_ATTR not in f.attrs and "metrics_crc32c" not in f.get(
             "history", {})
+
+
+def test_params_cut_from_their_hash_by_a_kill_read_as_the_params_the_header_vouches_for(
+        tmp_path: Path) -> None:
+    """A kill between the params text and its hash (Recorder.extend) leaves the new text
+    with the old hash, or the old text with the new hash: both are params the header CRC
+    announced, so each loads with the hash of the text read; any other hash is damage."""
+    from recordkit.codec import params_hash
+
+    script = (
+        "import os, signal, sys, h5py, recordkit\n"
+        "rec = recordkit.Recorder(sys.argv[1], params={'lr': 0.1}, system=False)\n"
+        "rec.log({'loss': 1.0}, epoch=0); rec.commit()\n"
+        "print(rec.path, recordkit.load(rec.path).params_hash, flush=True)\n"
+        "rec.extend({'width': 64}); rec.commit()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    path, old_hash = done.stdout.split()
+    with h5py.File(path, "r") as f:
+        new_hash = f.attrs["params_hash"]
+        new_text = f["params"][()]
+    assert isinstance(new_hash, bytes) and len(new_hash) == 16  # fixed-length, in place
+    assert new_hash.decode() != old_hash
+    with h5py.File(path, "r+") as f:  # the new text, its hash not yet written
+        f.attrs.modify("params_hash", np.bytes_(old_hash.encode()))
+    r = recordkit.load(path)
+    assert r.params == {"lr": 0.1, "width": 64}
+    assert r.params_hash == new_hash.decode() == params_hash(r._params_text)
+    old_text = new_text.replace(b', "width": 64', b"")
+    assert params_hash(old_text.rstrip(b"\0").decode()) == old_hash
+    with h5py.File(path, "r+") as f:  # the old text, the new hash written first
+        f.attrs.modify("params_hash", new_hash)
+        f["params"][()] = np.array(old_text, dtype=f["params"].dtype)
+    r = recordkit.load(path)
+    assert r.params == {"lr": 0.1} and r.params_hash == old_hash
+    with h5py.File(path, "r+") as f:  # a hash the header never announced
+        f.attrs.modify("params_hash", np.bytes_(params_hash('{"lr": 0.2}').encode()))
+    with pytest.raises(RecordDamagedError, match="params_hash"):
+        recordkit.load(path).params  # noqa: B018

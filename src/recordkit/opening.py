@@ -24,9 +24,15 @@ from recordkit.errors import (
     RecordTooLargeError,
 )
 from recordkit.format.attrs import is_record, read_attr
+from recordkit.format.checksums import identity_crc
 from recordkit.format.extras import extra_keys
 from recordkit.format.files import RecordFile, is_open, open_id, open_read_only
-from recordkit.format.header import read_checked_text, read_format_version, read_params
+from recordkit.format.header import (
+    params_hash_crcs,
+    read_checked_text,
+    read_format_version,
+    read_params,
+)
 from recordkit.format.history import read_history
 from recordkit.format.layout import (
     EXTRAS,
@@ -180,24 +186,36 @@ def _is_out_of_memory(err: BaseException) -> bool:
         or "out of memory" in text)
 
 
-def check_params_hash(path: Path, text: str, stored: str) -> None:
+def check_params_hash(path: Path, text: str, stored: str, crcs: tuple[int, ...] = ()
+                      ) -> str:
     """The params text carries no HDF5 checksum; its hash in the root attribute
     ``params_hash`` is one. A mismatch is damage, never params read as other values.
 
+    A kill can cut a change of the params between the text and its hash; *crcs* (v2:
+    what ``header_crc32c`` holds for the hash, now and before that change) vouch for a
+    text whose hash has either CRC: the params announced, or those before them.
+
+    Returns:
+        The params hash of *text*: *stored*, or the one *crcs* vouch for.
+
     Raises:
-        RecordDamagedError: *text* does not have the hash *stored* (when there is one).
+        RecordDamagedError: *text* does not have the hash *stored* (when there is one),
+            nor one that *crcs* vouch for.
     """
     if not stored:  # a file that never had one: nothing to compare
-        return
+        return stored
     try:
-        same = params_hash(text) == stored
+        digest = params_hash(text)
     except ValueError:  # not even JSON any more
-        same = False
-    if not same:
-        raise RecordDamagedError(
-            f"{str(path)!r} is damaged: its params (/params) do not match the "
-            f"params_hash {stored!r} written with them, so the stored bytes changed; "
-            f"run `recordkit verify` on it")
+        digest = None
+    if digest == stored:
+        return stored
+    if digest is not None and identity_crc(digest) in crcs:
+        return digest
+    raise RecordDamagedError(
+        f"{str(path)!r} is damaged: its params (/params) do not match the "
+        f"params_hash {stored!r} written with them, so the stored bytes changed; "
+        f"run `recordkit verify` on it")
 
 
 def _text(value: object) -> str:
@@ -216,6 +234,8 @@ class Opened:
     unserialisable: list[Any]
     #: The links the safety checks walked so far (all parts together are bounded).
     walked: int
+    #: (v2) The CRCs of the params hash now and before its last change (``()`` without).
+    params_hash_crcs: tuple[int, ...] = ()
 
 
 def read_opened(f: RecordFile, path: Path, *, max_read_bytes: int | None = None,
@@ -265,9 +285,11 @@ def read_opened(f: RecordFile, path: Path, *, max_read_bytes: int | None = None,
         params_text, unserialisable = read_params(f, root_attrs=attrs)
     except MemoryError as err:
         raise out_of_memory(path, err, f"the params (/{PARAMS})") from None
+    crcs = params_hash_crcs(f)
     if check_params:
-        check_params_hash(path, params_text, fields["params_hash"])
-    return Opened(fields, version, params_text, unserialisable, walked)
+        fields["params_hash"] = check_params_hash(path, params_text, fields["params_hash"],
+                                                  crcs)
+    return Opened(fields, version, params_text, unserialisable, walked, crcs)
 
 
 #: The parts of a record read on first use (:func:`read_parts`), in the order they are

@@ -177,6 +177,7 @@ class Record:
         self.__dict__.pop("_params", None)  # decoded from this text on first use
         self._unserialisable = opened.unserialisable
         self._walked = opened.walked
+        self._params_hash_crcs = opened.params_hash_crcs
 
     def _decoded_params(self) -> dict[str, Any]:
         """The params text read with the root, its hash compared, decoded.
@@ -186,7 +187,9 @@ class Record:
                 document.
         """
         text = self._params_text
-        check_params_hash(self._path, text, self._fields["params_hash"])
+        self._fields["params_hash"] = check_params_hash(
+            self._path, text, self._fields["params_hash"],
+            self.__dict__.get("_params_hash_crcs", ()))
         try:
             return decode_params(text)
         except (ValueError, TypeError, KeyError, RecursionError) as err:
@@ -386,6 +389,9 @@ class Record:
     def params_hash(self) -> str:
         """Identifies the parameter set (independent of key order); repeated runs of one
         configuration share it."""
+        crcs = self.__dict__.get("_params_hash_crcs", ())
+        if len(crcs) == 2 and crcs[0] != crcs[1]:
+            self._params  # noqa: B018 - a change of the params may have been cut: checked
         return self._fields["params_hash"]
 
     @property

@@ -114,9 +114,30 @@ def write_root_attrs(f: h5py.File, attrs: Mapping[str, Any]) -> None:
             value = bounded(value)
         if key in f.attrs and _same_kind(f, key, value):
             if _stored(f, key) != value:  # an unchanged value is not written again
-                f.attrs.modify(key, value)
+                _modify(f, key, value)
+        elif key not in f.attrs and key in FIXED_WIDTH_ATTRS and isinstance(value, str) and (
+                len(value.encode("utf-8")) <= FIXED_WIDTH_ATTRS[key]):
+            f.attrs.create(key, np.bytes_(value.encode("utf-8")),
+                           dtype=h5py.string_dtype("utf-8", FIXED_WIDTH_ATTRS[key]))
         else:
             f.attrs[key] = value
+
+
+#: Attributes created as fixed-length strings of this many bytes: rewritten in place in the
+#: object's header, with no global heap object to free (a variable-length value's old heap
+#: object is freed in the flush that writes the new one: a kill inside it left "bad heap
+#: pointer"; issue 17). ``params_hash`` is 16 hex digits.
+FIXED_WIDTH_ATTRS = {"params_hash": 16}
+
+
+def _modify(f: h5py.HLObject, key: str, value: Any) -> None:
+    attr = h5py.h5a.open(f.id, key.encode("utf-8", "surrogateescape"))
+    stored = attr.get_type()
+    if isinstance(value, str) and isinstance(stored, h5py.h5t.TypeStringID) and (
+            not stored.is_variable_str()):
+        attr.write(np.array(value.encode("utf-8"), dtype=attr.dtype))  # NUL padded
+    else:
+        f.attrs.modify(key, value)
 
 
 def _stored(f: h5py.File, key: str) -> Any:
@@ -134,7 +155,8 @@ def _same_kind(f: h5py.File, key: str, value: Any) -> bool:
     if attr.get_space().get_simple_extent_type() != h5py.h5s.SCALAR:
         return False
     if isinstance(value, str):
-        return isinstance(stored, h5py.h5t.TypeStringID) and stored.is_variable_str()
+        return isinstance(stored, h5py.h5t.TypeStringID) and (
+            stored.is_variable_str() or len(value.encode("utf-8")) <= stored.get_size())
     if isinstance(value, (bool, np.bool_)):
         return False
     if isinstance(value, (int, np.integer)):

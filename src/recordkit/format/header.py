@@ -35,10 +35,24 @@ from recordkit.format.layout import (
 from recordkit.format.summary import drop_summary, write_summary
 from recordkit.format.weights import SnapshotStore
 
-__all__ = ["Header", "check_header_crcs", "read_checked_text", "read_fields",
-           "read_format_version", "read_header", "read_info", "read_params", "read_system",
-           "sign_header", "write_end", "write_info", "write_new_run", "write_params",
-           "write_reopened"]
+__all__ = [
+    "Header",
+    "check_header_crcs",
+    "params_hash_crcs",
+    "read_checked_text",
+    "read_fields",
+    "read_format_version",
+    "read_header",
+    "read_info",
+    "read_params",
+    "read_system",
+    "sign_header",
+    "write_end",
+    "write_info",
+    "write_new_run",
+    "write_params",
+    "write_reopened",
+]
 
 # --- the header's identity CRCs (format version 2) ----------------------------------------
 #
@@ -192,8 +206,25 @@ def write_params(f: h5py.File, document: str, unserialisable: str) -> None:
     digest = params_hash(document)
     _announce(f, {"params_hash": digest})
     write_text(f, PARAMS, document)
-    f[PARAMS].attrs[UNSERIALISABLE_ATTR] = unserialisable
-    f.attrs["params_hash"] = digest
+    # in place, as the root's attributes (a deleted and re-created attribute moved the
+    # header's messages: a kill in the next flush left "addr overflow"; issue 17)
+    write_root_attrs(f[PARAMS], {UNSERIALISABLE_ATTR: unserialisable})
+    write_root_attrs(f, {"params_hash": digest})
+
+
+def params_hash_crcs(f: h5py.File) -> tuple[int, ...]:
+    """(v2) The CRCs ``header_crc32c`` holds for ``params_hash``, now and before its last
+    change; ``()`` without them. A kill can cut :func:`write_params` between the params
+    text and its hash: the text is then either the announced params or those before,
+    and its hash has one of these CRCs (see :func:`~recordkit.opening.check_params_hash`)."""
+    try:
+        crcs = _stored_crcs(f)
+    except RecordDamagedError:
+        return ()
+    if crcs is None:
+        return ()
+    i = HEADER_CRC_FIELDS.index("params_hash")
+    return (int(crcs[0][i]), int(crcs[1][i]))
 
 
 def write_info(f: h5py.File, text: str) -> None:
