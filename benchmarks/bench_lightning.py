@@ -23,10 +23,21 @@ thread, times the number of snapshots. Targets: the wall time the callback adds
 (``recordkit`` - ``none``, paired) <= 1.2 x that floor, and the fit <= 1.25 x ``none``
 (medians of the paired per-repeat figures).
 
+``steps`` (issue 15, item 2): what recording step metrics costs, where it shows most: a
+small model (32 -> 64 -> 1, so a batch takes well under a millisecond), 400 batches of 16
+per epoch, 3 epochs, logging a metric per step only (``self.log("train_loss", loss)``,
+training_step's default) and one per step and epoch. Fitted ``none``,
+``recordkit(log_steps=False)`` (no step rows; history only, ``snapshot_every=None``),
+``recordkit`` (step rows every step, the default; ``snapshot_every=None``) and
+``csv(every step)`` (``CSVLogger`` with ``log_every_n_steps=1``, the Lightning logger that
+writes the same rows). Prints the added time per batch of step rows (paired medians) and
+the ratios against each baseline.
+
 Prints the minimum and median wall time of ``trainer.fit`` per setup and the ratios.
 
     python benchmarks/bench_lightning.py                 # both cases, ~4 minutes
     python benchmarks/bench_lightning.py --case short    # the 8-batch case only, ~1 minute
+    python benchmarks/bench_lightning.py --case steps    # step rows' cost, ~2 minutes
     python benchmarks/bench_lightning.py --quick         # fewer repeats; short case:
                                                          # none, recordkit and the floor only
 """
@@ -106,6 +117,25 @@ class Short(Wide):
         )
 
 
+class Small(lp.LightningModule):
+    """32 -> 64 -> 1: batches of well under a millisecond, so per-step costs show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(),
+                                       torch.nn.Linear(64, 1))
+
+    def training_step(self, batch: Any, _: int) -> Any:
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self.log("train_loss", loss)  # per step only: training_step's default
+        self.log("abs_error", (self.net(x) - y).abs().mean(), on_step=True, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
 CPU_SECONDS: dict[str, list[float]] = {}
 HOOK_SECONDS: dict[str, float] = {}
 BY_HOOK: dict[str, dict[str, float]] = {}  # setup -> hook -> seconds, all its fits
@@ -124,6 +154,14 @@ def fit_once(setup: str, epochs: int, loader: DataLoader, folder: Path,
     elif setup == "recordkit(snapshot_every=None)":
         callbacks.append(TimedRecordCallback(folder / "records", experiment="bench",
                                              snapshot_every=None))
+    elif setup == "recordkit(log_steps=False)":
+        callbacks.append(RecordCallback(folder / "records", experiment="bench",
+                                        snapshot_every=None, system=False, log_steps=False))
+    elif setup == "recordkit(steps)":
+        callbacks.append(RecordCallback(folder / "records", experiment="bench",
+                                        snapshot_every=None, system=False))
+    elif setup == "csv(every step)":
+        logger = lp.loggers.CSVLogger(folder / "csv")
     elif setup == "checkpoint+csv":
         callbacks.append(lp.callbacks.ModelCheckpoint(folder / "ckpt", save_top_k=-1,
                                                       every_n_epochs=1))
@@ -134,7 +172,7 @@ def fit_once(setup: str, epochs: int, loader: DataLoader, folder: Path,
     trainer = lp.Trainer(max_epochs=epochs, callbacks=callbacks, logger=logger,
                          enable_checkpointing=checkpointing, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu",
-                         num_sanity_val_steps=0)
+                         num_sanity_val_steps=0, log_every_n_steps=1)
     hooks, by_hook = TimedRecordCallback.hook_seconds, dict(TimedRecordCallback.by_hook)
     start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(model, loader)
@@ -145,6 +183,9 @@ def fit_once(setup: str, epochs: int, loader: DataLoader, folder: Path,
     for hook, seconds in TimedRecordCallback.by_hook.items():
         mine = BY_HOOK.setdefault(setup, {})
         mine[hook] = mine.get(hook, 0.0) + seconds - by_hook.get(hook, 0.0)
+    if setup == "recordkit(steps)":  # every step has its rows
+        steps = load(callbacks[0].record_path).history.steps("train_loss_step")
+        assert len(steps) == epochs * len(loader), len(steps)
     if setup == "recordkit":  # the record is complete: every epoch has its snapshot
         record = load(callbacks[0].record_path)
         assert record.snapshot_epochs == list(range(epochs)), record.snapshot_epochs
@@ -299,15 +340,50 @@ def run_short(args: argparse.Namespace, tmp: Path) -> None:
           f"(median of {repeats} paired): {ratio:.3f} (no target; the fixed per-run costs)")
 
 
+def run_steps(args: argparse.Namespace, tmp: Path) -> None:
+    """Issue 15's step rows: their cost per batch, against no step rows and a CSVLogger."""
+    epochs, batches = 3, 400
+    repeats = args.steps_repeats or (3 if args.quick else 5)
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(batches * 16, 32, generator=generator),
+                         torch.randn(batches * 16, 1, generator=generator))
+    loader = DataLoader(data, batch_size=16)
+    print(f"\n--- steps case: {epochs} epochs x {batches} batches of 16, 2 metrics logged "
+          f"per step; {repeats} repeats; torch threads {torch.get_num_threads()}")
+    setups = ["none", "recordkit(log_steps=False)", "recordkit(steps)", "csv(every step)"]
+    times: dict[str, list[float]] = {s: [] for s in setups}
+    for setup in setups:  # warm-up
+        fit_once(setup, 1, loader, tmp / f"warmup-steps-{setup}", Small)
+    for repeat in range(repeats):
+        for setup in setups if repeat % 2 == 0 else reversed(setups):
+            folder = tmp / f"steps-{setup}-{repeat}"
+            times[setup].append(fit_once(setup, epochs, loader, folder, Small))
+    print_setups(times)
+    n = epochs * batches
+    base = times["recordkit(log_steps=False)"]
+    added = statistics.median((a - b) / n for a, b in zip(times["recordkit(steps)"], base))
+    print(f"[info] steps case: step rows add {added * 1e6:.0f} us per batch (median of "
+          f"{repeats} paired, against log_steps=False at "
+          f"{statistics.median(base) / n * 1e6:.0f} us per batch)")
+    for other in ("none", "recordkit(log_steps=False)", "csv(every step)"):
+        ratio = paired_median(times["recordkit(steps)"], times[other])
+        print(f"[info] steps case: fit with RecordCallback (step rows) / fit with {other} "
+              f"(median of {repeats} paired; {other} median "
+              f"{statistics.median(times[other]):.2f} s, "
+              f"{statistics.median(times[other]) / n * 1e6:.0f} us per batch): {ratio:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs and repeats")
-    parser.add_argument("--case", choices=("short", "long", "both"), default="both",
-                        help="short: issue 13's 8-batch case; long: issue 3's 60-batch case")
+    parser.add_argument("--case", choices=("short", "long", "steps", "both"), default="both",
+                        help="short: issue 13's 8-batch case; long: issue 3's 60-batch "
+                             "case; steps: issue 15's step rows (both: short and long)")
     parser.add_argument("--epochs", type=int, help="long case: epochs")
     parser.add_argument("--batches", type=int, help="long case: batches per epoch")
     parser.add_argument("--repeats", type=int, help="long case: repeats")
     parser.add_argument("--short-repeats", type=int, help="short case: repeats")
+    parser.add_argument("--steps-repeats", type=int, help="steps case: repeats")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch.utilities.rank_zero",  # "GPU available", tips, ...
@@ -319,6 +395,8 @@ def main() -> None:
             run_short(args, Path(tmp))
         if args.case in ("long", "both"):
             run_long(args, Path(tmp))
+        if args.case == "steps":
+            run_steps(args, Path(tmp))
 
 
 if __name__ == "__main__":

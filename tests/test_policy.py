@@ -15,11 +15,19 @@ from recordkit.policy import SnapshotPolicy
     (1, [0, 1, 2, 3, 4, 5, 6]),
     (3, [2, 5, 6]),
     (None, [6]),
+    ("validation", [6]),  # at epoch ends only the last; each validation asks at_validation
 ])
 def test_due_epochs_include_the_last(every, expected):
     policy = SnapshotPolicy(every)
     assert [e for e in range(7) if policy.due(e, {}, last=e == 6)] == expected
-    assert policy.planned_snapshots(7) == len(expected)
+    assert policy.at_validation is (every == "validation")
+    if every != "validation":  # one snapshot per validation: as many as epochs, at least
+        assert policy.planned_snapshots(7) == len(expected)
+
+
+def test_validation_plans_a_snapshot_per_epoch():
+    assert SnapshotPolicy("validation").planned_snapshots(7) == 7
+    assert SnapshotPolicy("validation").planned_snapshots(0) == 0
 
 
 def test_best_keeps_improvements_and_last_and_resumes():
@@ -50,6 +58,7 @@ def test_select(kwargs, frozen, expected):
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"every": 0}, "must be a positive int"),
+    ({"every": "validations"}, r"None \(last epoch only\), 'best' or 'validation'"),
     ({"every": "best"}, "needs monitor"),
     ({"mode": "up"}, "must be 'min' or 'max'"),
     ({"dtype": "int8"}, "must be one of"),

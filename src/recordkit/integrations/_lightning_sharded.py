@@ -21,7 +21,7 @@ from typing import Any
 
 from recordkit.errors import RecordkitError
 
-__all__ = ["agree", "check_strategy", "full_state_dict"]
+__all__ = ["agree", "check_strategy", "full_state_dict", "model_facts"]
 
 #: Strategy classes (and subclasses) the callback refuses, with why.
 _REFUSED = {
@@ -74,3 +74,16 @@ def full_state_dict(trainer: Any, pl_module: Any) -> dict[str, Any]:
                                                   config):
         state = model.state_dict()
     return dict(state) if trainer.is_global_zero else {}
+
+
+def model_facts(pl_module: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """``Record.info["model"]`` from the gathered *state*: each rank's ``parameters()``
+    are flat shards, the buffers are whole (FSDP does not shard them). Trainable
+    parameters are counted when every shard trains alike (else None)."""
+    buffers = {name for name, _ in pl_module.named_buffers()}
+    count = sum(int(v.numel()) for k, v in state.items() if k not in buffers)
+    flags = {bool(p.requires_grad) for p in pl_module.parameters()}
+    trainable = (count if flags == {True} else 0 if flags == {False} else None)
+    return {"class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
+            "parameters": count, "trainable_parameters": trainable,
+            "counted": "from the gathered state_dict (the strategy shards parameters)"}

@@ -16,7 +16,7 @@ import warnings
 
 from recordkit.errors import RecordkitWarning
 
-__all__ = ["warn_once"]
+__all__ = ["forget_shown", "warn_once"]
 
 #: Modules whose frames are not the user's code.
 _LIBRARY_PREFIXES = ("recordkit.", "lightning.", "pytorch_lightning.", "lightning_fabric.",
@@ -50,3 +50,9 @@ def warn_once(kind: str, message: str) -> bool:
         _shown.add(kind)
     warnings.warn(message, RecordkitWarning, stacklevel=user_stacklevel())
     return True
+
+
+def forget_shown() -> None:
+    """Show every kind again (tests that check one warning each start from here)."""
+    with _lock:
+        _shown.clear()

@@ -11,26 +11,48 @@ subclasses the ``Callback`` of each package that imports, so each Trainer accept
 Choices worth knowing:
 
 - Epoch history holds the metrics logged with ``on_epoch=True`` (Lightning's default in
-  validation and epoch-end hooks), under the name given to ``self.log``. A metric logged
-  per step only (``on_epoch=False``, the default in ``training_step``) is recorded as step
-  rows with ``log_steps=True``; otherwise it is left out, with one warning naming it.
+  validation and epoch-end hooks), under the name given to ``self.log``: ``History["x"]``
+  has one row per epoch. Values measured more often are step rows of ``x_step``, each
+  with its step: a metric's step values (``on_step=True``) with ``log_steps`` (on by
+  default), and each validation's values when validations run inside epochs
+  (``val_check_interval``; from the first such validation on, every validation of the
+  fit, the earlier ones too; the epoch row keeps the epoch's last validation).
+- A metric logged per step only (``self.log("train_loss", loss)`` in ``training_step``:
+  Lightning's default there is ``on_step=True, on_epoch=False``) gets ``train_loss_step``
+  rows and an epoch-level ``train_loss``: the plain mean of its values over the epoch's
+  batches (Lightning's own ``on_epoch=True`` mean weights batches by their size: the two
+  differ when the last batch is short). With ``log_steps=False`` it is left out, with one
+  warning naming it.
+- The ``step`` of rows and snapshots is the number of training batches done in the fit
+  (the running one included); it is ``trainer.global_step`` for one optimizer without
+  gradient accumulation. Under ``accumulate_grad_batches`` > 1 or manual optimization,
+  where optimizer steps and batches differ, each step row also has a ``global_step`` row
+  holding ``trainer.global_step``. Lightning's loggers write the batches stepped *before*
+  the one just done: CSVLogger's ``step`` column is one less than recordkit's.
 - ``validate()`` / ``test()`` on the trainer after ``fit`` reopen the fit's record (it was
-  closed as completed at the end of fit), add their metrics at the record's last epoch and
-  close it again with its earlier status. The reopening is listed in ``Record.restarts``
-  with ``previous_status`` "completed" (a crash-resume shows "running", "failed" or
-  "interrupted"), and ``Record.info["evaluations"]`` names each one. A metric that already
-  has a row at that epoch (``validate()`` re-measuring a fit metric) is not logged twice;
-  every evaluation's full results are in ``Record.extras["validate"]`` / ``["test"]``.
+  closed as completed at the end of fit) as evaluations (``Recorder(evaluation=stage)``:
+  ``Record.restarts`` leaves them out), add their metrics at the record's last epoch and
+  close it again with its earlier status. ``Record.evaluations`` (``info["evaluations"]``)
+  lists every call in order, each with its stage, epoch, time and ``results``; a metric
+  that already has a row at that epoch (``validate()`` re-measuring a fit metric) is not
+  logged twice; ``Record.extras["validate"]`` / ``["test"]`` hold the latest results of
+  each stage.
 - Per epoch the record also holds ``lr-<Optimizer>`` (the learning rate at the epoch's
   start, named as Lightning's LearningRateMonitor names it) and ``epoch_time`` (wall
   seconds from the epoch's start to its end, validation included).
 - ``fit()`` called again on the same Trainer (after raising ``fit_loop.max_epochs``)
   continues the record of its previous fit; one that has no epoch left to train records
-  nothing.
+  nothing. ``Trainer(fast_dev_run=...)`` records nothing (as Lightning's loggers), saying
+  so once.
 - Resuming with ``fit(ckpt_path=...)`` reopens the record named in the checkpoint (the
   callback's ``state_dict``), drops what it holds from the restored epoch on and goes on.
 - Only global rank zero writes. Metrics are read on every rank, so that the collective
-  calls a metric with ``sync_dist=True`` makes happen in the same order everywhere.
+  calls a metric with ``sync_dist=True`` makes happen in the same order everywhere. Under
+  ``FSDPStrategy`` every rank takes part in gathering each snapshot (rank zero writes);
+  DeepSpeed and ``ModelParallelStrategy`` are refused at ``setup``
+  (``recordkit.integrations._lightning_sharded``).
+- Each kind of warning is shown once per process, at the user's line that called
+  ``fit``, and names no run (a sweep of 100 fits prints it once).
 """
 
 from __future__ import annotations
@@ -40,13 +62,12 @@ import importlib
 import os
 import sys
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recordkit.errors import RecordkitError, RecordkitWarning
+from recordkit.errors import RecordkitError
 from recordkit.integrations import _lightning_facts as facts
 from recordkit.integrations import _lightning_sharded as sharded
 from recordkit.integrations._common import (
@@ -157,7 +178,9 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             ``hparams``.
         snapshot_every: a positive int N (every N-th epoch), None (the last epoch only),
             ``"best"`` (each epoch where *monitor* improves) or ``"validation"`` (at each
-            validation, with its step). The final epoch is always snapshotted.
+            validation, with its step; the record keeps one snapshot per epoch, so of
+            several validations inside one epoch the last one's stays). The final epoch
+            is always snapshotted.
         monitor: the metric ``snapshot_every="best"`` watches; a name that no epoch logs
             raises :class:`~recordkit.errors.RecordkitError` (listing the names logged) at
             the end of the first epoch with a validation, as ModelCheckpoint does.
@@ -341,8 +364,8 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             self._write_steps(rec)  # the steps and validations of the epoch that crashed
             rec.close(status, error=exception)
         except RecordkitError as err:  # never hide the exception that ended training
-            warnings.warn(f"recordkit: could not close {self._record_path!r} as {status}: "
-                          f"{err}", RecordkitWarning, stacklevel=2)
+            warn_once("close after an exception",
+                      f"recordkit: could not close {self._record_path!r} as {status}: {err}")
         self._recorder = None
 
     # --- Lightning hooks: one epoch ---------------------------------------------------
@@ -509,6 +532,9 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             state = pl_module.state_dict()
         if rec is None:
             return
+        if self._fit.sharding and self._fit.snapshotted is None:
+            # run_info counted this rank's shards: count the gathered parameters
+            rec.set_info({"model": sharded.model_facts(pl_module, state)})
         self._snapshot(rec, state, epoch, step=step,
                        frozen_now=lambda: {name for name, p in pl_module.named_parameters()
                                            if not p.requires_grad})
