@@ -235,7 +235,8 @@ def distance(record: Record, a: int | str = "init", b: int | None = None, *,
     Returns:
         A DataFrame indexed by epoch (the later epoch of each pair; ``attrs["reference"]``
         says what it was compared with), a column per tensor, layer or ``"model"``.
-        A group missing at an epoch (a tensor first snapshotted later) holds NaN.
+        A group not whole at an epoch (one of its tensors first snapshotted later) holds
+        NaN there.
 
     Raises:
         WeightsError: an unknown tensor, an epoch without a snapshot, or a bad option.
@@ -253,13 +254,15 @@ def distance(record: Record, a: int | str = "init", b: int | None = None, *,
     for epoch in (a, b):
         if isinstance(epoch, (int, np.integer)) and int(epoch) not in snapshot_epochs:
             raise _epoch_error(record, epoch)
-    # per (group, epoch): [‖Δ‖², ‖w_a‖², ‖w_b‖²]
+    # per (group, epoch): [‖Δ‖², ‖w_a‖², ‖w_b‖², tensors summed]
     sums: dict[str, dict[int, list[float]]] = {}
+    members: dict[str, int] = {}  # tensors per group
     order: list[int] = []
     with record:
         for history in _histories(record, tensors):
             group = {"tensor": history.name, "layer": layer_of(history.name),
                      "model": "model"}[per]
+            members[group] = members.get(group, 0) + 1
             rows = _rows_by_epoch(history)
             pairs = _pairs(record, sorted(rows), a, None if b is None else int(b))
             held: dict[int, np.ndarray] = {}  # at most the reference and the current row
@@ -269,10 +272,11 @@ def distance(record: Record, a: int | str = "init", b: int | None = None, *,
                     ref_norm = _norm_squared(held[ref]) if metric != "l2" else 0.0
                 current = held[ref] if epoch == ref else history[rows[epoch]]
                 squared, norm = _sums(held[ref], current, norm=metric == "cosine")
-                cell = sums.setdefault(group, {}).setdefault(epoch, [0.0, 0.0, 0.0])
+                cell = sums.setdefault(group, {}).setdefault(epoch, [0.0, 0.0, 0.0, 0])
                 cell[0] += squared
                 cell[1] += ref_norm
                 cell[2] += norm
+                cell[3] += 1
                 if epoch not in order:
                     order.append(epoch)
                 if a == "previous":  # the next pair's reference
@@ -280,7 +284,8 @@ def distance(record: Record, a: int | str = "init", b: int | None = None, *,
                     ref_norm = norm if metric == "cosine" else (
                         _norm_squared(current) if metric == "relative" else 0.0)
                 del current
-    columns = {group: pd.Series({e: _metric(metric, *cell) for e, cell in cells.items()},
+    columns = {group: pd.Series({e: _metric(metric, *cell[:3]) if cell[3] == members[group]
+                                 else math.nan for e, cell in cells.items()},
                                 dtype=np.float64)
                for group, cells in sums.items()}
     frame = pd.DataFrame(columns, index=pd.Index(sorted(order), name="epoch"))
