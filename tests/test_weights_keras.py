@@ -98,3 +98,29 @@ def test_variables_that_do_not_match_are_refused_naming_them(trained):
     np.testing.assert_array_equal(np.asarray(partial.get_layer("out").kernel), kernel)
     np.testing.assert_array_equal(np.asarray(partial.get_layer("hidden").kernel),
                                   state["net/hidden/kernel"])
+
+
+def test_a_bfloat16_model_restores_bit_for_bit(tmp_path):
+    keras.utils.set_random_seed(1)
+
+    def bf16_model() -> Any:
+        built = keras.Sequential([keras.Input((6,)),
+                                  keras.layers.Dense(8, name="hidden", dtype="bfloat16"),
+                                  keras.layers.Dense(3, name="out", dtype="bfloat16")],
+                                 name="half")
+        built.compile(optimizer=keras.optimizers.SGD(0.5),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return built
+
+    net = bf16_model()
+    callback = RecordCallback(tmp_path, experiment="w", system=False)
+    net.fit(X, Y, batch_size=16, epochs=2, verbose=0, shuffle=False, callbacks=[callback])
+    record = rk.load(callback.record_path)
+    stored = record.weights(1)
+    assert {a.dtype.name for a in stored.values()} == {"bfloat16"}
+    fresh = weights.restore(bf16_model(), record, 1)
+    for variable in fresh.weights:
+        value = np.asarray(variable.numpy())
+        assert value.dtype.name == "bfloat16"
+        np.testing.assert_array_equal(value.view(np.uint16), stored[variable.path].view(np.uint16))
+    np.testing.assert_array_equal(np.asarray(fresh(X)), np.asarray(net(X)))
