@@ -285,3 +285,25 @@ def test_a_group_not_whole_at_an_epoch_is_nan_there(tmp_path):
     assert layer[1:].tolist() == pytest.approx([np.sqrt(3.0), np.sqrt(3 * 4.0 + 2 * 1.0)])
     tensor = weights.distance(record, per="tensor")
     assert np.isnan(tensor.loc[0, "fc.bias"]) and tensor.loc[1, "fc.bias"] == 0.0
+
+
+def test_trajectory_directions_and_center_equal_sklearn_components_and_mean(run):
+    decomposition = require("sklearn.decomposition", "dev")
+    record, snapshots = run
+    path = weights.trajectory(record, k=2, directions=True)
+    names = path.tensors
+    pca = decomposition.PCA(2).fit(_stack(snapshots, names))
+    assert path.directions is not None and path.center is not None
+    axes = np.concatenate([path.directions[n].reshape(2, -1) for n in names], axis=1)
+    signs = np.sign(np.sum(axes * pca.components_, axis=1))
+    np.testing.assert_allclose(axes * signs[:, None], pca.components_, atol=1e-7)
+    np.testing.assert_allclose(np.concatenate([path.center[n].ravel() for n in names]),
+                               pca.mean_, rtol=1e-12, atol=1e-12)
+    assert path.directions["fc.weight"].shape == (2, 5, 12)
+    # each epoch's weights: the center plus its coordinates along the axes (5 epochs,
+    # all 4 axes: exact)
+    full = weights.trajectory(record, k=4, directions=True)
+    for i, epoch in enumerate(EPOCHS):
+        rebuilt = full.center["fc.weight"] + np.tensordot(full.coordinates[i],
+                                                          full.directions["fc.weight"], 1)
+        np.testing.assert_allclose(rebuilt, snapshots[epoch]["fc.weight"], atol=1e-9)

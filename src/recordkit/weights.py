@@ -331,6 +331,13 @@ class Trajectory:
     explained_variance_ratio: np.ndarray
     #: The tensors the weights were made of.
     tensors: list[str]
+    #: With ``directions=True``: ``{tensor: (k, *shape) array}``, the principal axes in
+    #: weight space (unit vectors over all the tensors together), signed so that
+    #: ``weights(epoch i) = center + Σ_j coordinates[i, j] * directions[:, j]``: the
+    #: plane a loss-landscape plot evaluates the loss over (Li et al. 2018).
+    directions: dict[str, np.ndarray] | None = None
+    #: With ``directions=True``: ``{tensor: array}``, the mean of the snapshots.
+    center: dict[str, np.ndarray] | None = None
 
     def frame(self) -> pd.DataFrame:
         """The coordinates as a DataFrame indexed by epoch, columns ``pc1``, ``pc2``..."""
@@ -340,7 +347,7 @@ class Trajectory:
 
 
 def trajectory(record: Record, k: int = 2, *, tensors: Sequence[str] | None = None,
-               max_rows_bytes: int = 512 << 20) -> Trajectory:
+               max_rows_bytes: int = 512 << 20, directions: bool = False) -> Trajectory:
     """The PCA of the flattened weights over the snapshot epochs (Li et al. 2018).
 
     Exact: the epochs x epochs Gram matrix of the weights (each tensor less its first
@@ -353,9 +360,11 @@ def trajectory(record: Record, k: int = 2, *, tensors: Sequence[str] | None = No
         record: the run.
         k: how many principal axes.
         tensors: the tensors making up the weights; by default every tensor that has a
-            snapshot at every snapshot epoch (a tensor snapshotted once, e.g. frozen,
-            does not move).
+            snapshot at every snapshot epoch (one first snapshotted later is left out).
         max_rows_bytes: the most bytes of one tensor's snapshots held at once.
+        directions: also give the principal axes and the mean in weight space (one more
+            read of every snapshot, tensor by tensor; ``k + 1`` float64 copies of the
+            model in memory).
 
     Returns:
         A :class:`Trajectory`: coordinates ``(epochs, k)`` (equal to
@@ -411,7 +420,37 @@ def trajectory(record: Record, k: int = 2, *, tensors: Sequence[str] | None = No
     total = float(values.sum())
     variance = values[:k] / (count - 1)
     ratio = values[:k] / total if total > 0 else np.zeros(k)
-    return Trajectory(epochs, coordinates, variance, ratio, used)
+    if not directions:
+        return Trajectory(epochs, coordinates, variance, ratio, used)
+    # axis j = Σ_i x_i u_ij / s_j (the u_j sum to zero: the mean drops out)
+    scale = np.sqrt(values[:k])
+    weights_of_rows = np.divide(vectors[:, :k], scale, out=np.zeros((count, k)),
+                                where=scale > 0)
+    axes: dict[str, np.ndarray] = {}
+    center: dict[str, np.ndarray] = {}
+    with record:
+        for name in used:
+            history = record.weight(name)
+            rows = _rows_by_epoch(history)
+            axes[name], center[name] = _axes_of(history, [rows[e] for e in epochs],
+                                                weights_of_rows)
+    return Trajectory(epochs, coordinates, variance, ratio, used, axes, center)
+
+
+def _axes_of(history: TensorHistory, rows: list[int], weights_of_rows: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """One tensor's part of the principal axes and of the mean, from its snapshots less
+    the first (float64 sums; one snapshot read at a time)."""
+    first = history[rows[0]]
+    base = _float64(first)
+    axes = np.zeros((weights_of_rows.shape[1], base.size))
+    mean = np.zeros(base.size)
+    for i, row in enumerate(rows[1:], start=1):
+        moved = _float64(history[row]).reshape(-1) - base.reshape(-1)
+        axes += weights_of_rows[i][:, None] * moved
+        mean += moved
+    mean = base.reshape(-1) + mean / len(rows)
+    return axes.reshape(-1, *first.shape), mean.reshape(first.shape)
 
 
 def _add_gram(gram: np.ndarray, history: TensorHistory, rows: list[int],
