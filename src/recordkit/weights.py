@@ -9,7 +9,8 @@ snapshots at a time (never every epoch of the model at once):
   2019) or relative to the reference's norm;
 - :func:`trajectory`: the PCA of the flattened weights over epochs (the trajectory plot of
   Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets"), exact, from the
-  epochs x epochs Gram matrix accumulated tensor by tensor;
+  epochs x epochs Gram matrix accumulated tensor by tensor; optionally its axes in weight
+  space, the plane a loss-landscape plot evaluates the loss over;
 - :func:`spectra`: per 2-D tensor (and conv kernel) and epoch, the spectral norm,
   Frobenius norm, stable rank and, optionally, the power-law exponent alpha of the
   eigenvalues of ``W^T W`` (WeightWatcher; Martin & Mahoney 2021);
