@@ -746,7 +746,13 @@ def _matched(names: Iterable[str], arrays: Mapping[str, np.ndarray]) -> dict[str
 
 
 def _check_names(model_names: list[str], matched: dict[str, str],
-                 arrays: Mapping[str, np.ndarray], where: str, strict: bool) -> None:
+                 arrays: Mapping[str, np.ndarray], where: str, strict: bool,
+                 hint: str = "") -> None:
+    if model_names and not matched:  # even with strict=False: nothing would be loaded
+        raise WeightsError(
+            f"restore: none of the model's {len(model_names)} tensors ({model_names[:3]}) "
+            f"is in {where}; its tensors: {sorted(arrays)[:5]}.{hint} Build the model the "
+            "run trained")
     if not strict:
         return
     missing = [n for n in model_names if n not in matched]
@@ -799,7 +805,9 @@ def _restore_keras(model: Any, arrays: Mapping[str, np.ndarray], where: str,
                    strict: bool) -> None:
     variables = {str(getattr(v, "path", None) or v.name): v for v in model.weights}
     matched = _matched(variables, arrays)
-    _check_names(list(variables), matched, arrays, where, strict)
+    _check_names(list(variables), matched, arrays, where, strict,
+                 hint=" Keras numbers the layers and models it names itself, per process "
+                 "(dense_1, sequential_2...): name them where the model is built.")
     for name, source in matched.items():
         variable = variables[name]
         array = arrays[source]
