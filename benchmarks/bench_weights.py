@@ -142,6 +142,7 @@ def measure(args: argparse.Namespace, kind: str) -> None:
         raw_times, distance_times, row_times, ratios, read_ratios = [], [], [], [], []
         read_raw(raw_path, sizes)  # both files in the page cache
         read_rows(record_path)
+        weights.distance(record, "init", per="layer")  # pandas imported, threads started
         for round_ in range(args.rounds):
             def run_distance() -> None:
                 nonlocal expected
