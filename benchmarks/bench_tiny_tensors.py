@@ -9,8 +9,9 @@ call; no fsync for any), the time to read every tensor back (recordkit:
 ``load(path).weights()``), and the peak resident memory of the write and of the read,
 each in a fresh child process (``ru_maxrss`` after the work, less ``ru_maxrss`` once the
 tensors are built and the modules imported). Ratios are recordkit's figure over the
-baseline's, printed beside the baseline's own figures. Informational (no target): the
-figures are what the weights write path (format/weights.py) should cut.
+baseline's, printed beside the baseline's own figures. Informational (no target). Format
+version 3 packs such tensors into one dataset per stored dtype (docs/FORMAT.md, "Version 3
+packs"); ``PYTHONPATH=<a checkout of an older recordkit>/src`` measures that one instead.
 
     python benchmarks/bench_tiny_tensors.py                  # 10,000 tensors of 6 floats
     python benchmarks/bench_tiny_tensors.py --quick          # 1,000

@@ -31,9 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 import recordkit
+from recordkit.format.layout import PACK_MIN_TENSORS, PACK_PREFIX
 from recordkit.repair import needs_repair, repair
 from recordkit.verify import verify
 
@@ -45,25 +47,57 @@ def metrics(epoch: int) -> dict[str, float]:
     return values
 
 
-def weights(epoch: int, big: bool = False, side: int | None = None) -> dict[str, np.ndarray]:
+def weights(epoch: int, big: bool = False, side: int | None = None, small: bool = False
+            ) -> dict[str, np.ndarray]:
+    """The tensors of each epoch; with *small* (the crash points), also many small ones,
+    which format v3 packs: one pack from the first snapshot on, a second from epoch 2."""
     side = side or (512 if big else 96)
     out = {
         "layer.weight": (np.arange(side * side, dtype=np.float32).reshape(side, side) % 251
                          + epoch).astype(np.float32),
         "layer.bias": np.full(side, epoch, dtype=np.float64),
     }
+    for i in range(SMALL if small else 0):  # packed into one dataset (format v3)
+        out[f"norm{i}.scale"] = np.full(3, epoch + i, dtype=np.float32)
     if epoch >= 2:  # a tensor that first appears later, and a name tied to a tensor
         out["head/w"] = np.full((7, 5), -epoch, dtype=np.int32)
         out["tied/w"] = out["head/w"]  # one array, new with it: stored once, as an alias
+        if small:  # a second pack, made mid-run, with a tied member
+            for i in range(SMALL):
+                out[f"late/norm{i}"] = np.full(3, -epoch - i, dtype=np.float32)
+            out["late/tied"] = out["late/norm0"]
     return out
 
 
+#: Small tensors of each pack (as many as make a pack).
+SMALL = PACK_MIN_TENSORS
+#: The tied tensors of :func:`weights`, once they appear (epoch 2); with *small*, also
+#: :data:`SMALL_ALIASES`.
+ALIASES = {"tied/w": "head/w"}
+SMALL_ALIASES = {"late/tied": "late/norm0"}
+
+
+def _weight_keys(path: str) -> list[str] | None:
+    """Link names under /weights of the datasets the table lists, by plain h5py; None
+    when plain h5py cannot read the killed file (recordkit reads around what a kill left,
+    e.g. an end of file short of what the superblock says)."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            listed = len(f["snapshots"])
+            weights = f["weights"]
+            return [k for k in weights if (ds := weights.get(k)) is not None
+                    and int(ds.attrs.get("first_snapshot", 0)) < listed]
+    except Exception:
+        return None
+
+
 def check(path: str, last_committed: int, big: bool = False, *, side: int | None = None,
-          statuses: tuple[str, ...] = ("running",), params: tuple[Any, ...] | None = None
-          ) -> list[str]:
+          statuses: tuple[str, ...] = ("running",), params: tuple[Any, ...] | None = None,
+          small: bool = False) -> list[str]:
     """What is wrong with a killed writer's record: [] when it keeps its promises.
     *statuses*: the stored statuses it may have (read as interrupted unless completed);
-    *params*: the params it may hold (any, when None)."""
+    *params*: the params it may hold (any, when None); *small*: written with the small
+    tensors of :func:`weights`."""
     try:
         record = recordkit.load(path)
     except recordkit.RecordkitError as err:
@@ -97,16 +131,25 @@ def check(path: str, last_committed: int, big: bool = False, *, side: int | None
     if snaps != list(range(len(snaps))) or len(snaps) < last_committed + 1:
         failures.append(f"snapshot epochs {snaps[:5]}... (n={len(snaps)}) for committed "
                         f"{last_committed}")
-    if "head/w" in record.tensor_names and record.tensor_aliases != {"tied/w": "head/w"}:
-        failures.append(f"aliases {record.tensor_aliases!r}, expected tied/w")
+    aliases = {**ALIASES, **(SMALL_ALIASES if small else {})}
+    if "head/w" in record.tensor_names and record.tensor_aliases != aliases:
+        failures.append(f"aliases {record.tensor_aliases!r}, expected {aliases!r}")
+    if small and snaps and sum(n.startswith(("norm", "late/norm"))
+                               for n in record.tensor_names) < SMALL:
+        failures.append(f"small tensors missing: {record.tensor_names!r}")
     for name in record.tensor_names:
         tensor = record.weight(name)
         for i, epoch in enumerate(tensor.epochs):
-            if not np.array_equal(tensor[i], weights(int(epoch), big, side)[name]):
+            if not np.array_equal(tensor[i], weights(int(epoch), big, side, small)[name]):
                 failures.append(f"tensor {name!r} at epoch {epoch}: wrong values")
                 break
     report = verify(path, isolate=False)
     failures += [f"verify: {p}" for p in report.problems]
+    keys = _weight_keys(path) if not failures else None
+    packs = [k for k in keys or () if k.startswith(PACK_PREFIX)]
+    if keys is not None and len(packs) != (0 if not small or not snaps else 2 if "head/w"
+                                           in record.tensor_names else 1):
+        failures.append(f"packs {packs!r}: expected one, and a second from epoch 2")
     return failures
 
 
@@ -163,7 +206,7 @@ def _shim() -> Any:
 def _epoch(rec: recordkit.Recorder, epoch: int, log: Any) -> None:
     rec.log(metrics(epoch), epoch=epoch)
     rec.log({"step loss": float(epoch)}, epoch=epoch, step=epoch * 10)
-    rec.snapshot(weights(epoch, side=SIDE), epoch=epoch)
+    rec.snapshot(weights(epoch, side=SIDE, small=True), epoch=epoch)
     rec.commit()
     log(str(epoch))
 
@@ -289,7 +332,8 @@ def crashpoints(root: Path, phases: tuple[str, ...] = PHASES, every: int = 1
             allowed = ([PARAMS, RESUMED_PARAMS] if phase in ("resume", "extend")
                        else [PARAMS])
             todo[str(files[0])] = {"last": last, "statuses": statuses, "params": allowed,
-                                   "side": SIDE, "phase": phase, "kill": kill}
+                                   "side": SIDE, "small": True, "phase": phase,
+                                   "kill": kill}
         report["phases"][phase] = {"writes": writes, "kill_points": killed,
                                    "unpublished": unpublished, "not_reached": survived}
     for path, entry in todo.items():

@@ -60,7 +60,7 @@ def test_v2_chunks_read_back_verified_and_equal(tmp_path: Path, case: str) -> No
     value = (rng.standard_normal(shape) * 100).astype(dtype)
     path = _record(tmp_path, {"w": value}, chunk_bytes=chunk_bytes)
     with h5py.File(path, "r", locking=False) as f:
-        assert f.attrs["format_version"] == 2
+        assert f.attrs["format_version"] == 3
         ds, sums = f["weights/w"], f["checksums/w"]
         assert ds.attrs["checksum"] == "crc32c" and not ds.fletcher32
         assert ds.id.get_create_plist().get_nfilters() == 0

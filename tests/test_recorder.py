@@ -571,7 +571,7 @@ def test_root_attributes_and_plain_h5py_layout(tmp_path: pathlib.Path) -> None:
         rec.log({"train/loss": 0.5}, epoch=0, step=10)
         rec.snapshot({"fc.weight": np.eye(2)}, epoch=0)
     with h5py.File(rec.path, "r") as f:
-        assert f.attrs["format"] == "recordkit" and f.attrs["format_version"] == 2
+        assert f.attrs["format"] == "recordkit" and f.attrs["format_version"] == 3
         assert f.attrs["run_id"] == rec.run_id and f.attrs["experiment"] == "mnist"
         assert f.attrs["status"] == "completed"
         names = [n.decode() for n in f["history/metrics"][()]]

@@ -22,7 +22,7 @@ from recordkit.format.files import RecordFile, close, is_open
 from recordkit.format.layout import RUN_FIELDS, escape_name
 from recordkit.format.safety import max_read_bytes as _read_cap
 from recordkit.format.summary import metric_summary
-from recordkit.format.weights import StoredTensor, read_row
+from recordkit.format.weights import StoredTensor, read_tensors_at
 from recordkit.headercache import FullHeader, full_header_from_state, full_header_state, json_exact
 from recordkit.locking import is_locked
 from recordkit.opening import (
@@ -237,6 +237,8 @@ class Record:
             state["summary"] = self._summary
             return state
         self._read_parts(PARTS)  # every part, each with its checks
+        if any(tensor.size is not None for tensor in self._tensors.values()):
+            return None  # (v3) the cache does not carry a packed tensor's place yet
         header = full_header_state(FullHeader(
             self._format_version, self._params_text, self._system, self._info,
             dict(self._history.rows_by_metric()), self._snapshots, self._tensors,
@@ -486,10 +488,12 @@ class Record:
         """Tied tensors, ``{alias: tensor}``: names the record stores once, as one tensor
         (a state_dict gave one tensor under both). :meth:`weights` gives back one array
         under both names, as the state_dict had it."""
-        owner = {tensor.key: name for name, tensor in self._tensors.items()
-                 if escape_name(name) == tensor.key}
-        return {name: owner[tensor.key] for name, tensor in self._tensors.items()
-                if tensor.key in owner and owner[tensor.key] != name}
+        # a tensor's own dataset is named after it; a packed one is named in its pack
+        owner = {(tensor.key, tensor.offset): name for name, tensor in self._tensors.items()
+                 if (tensor.member == name if tensor.size is not None
+                     else escape_name(name) == tensor.key)}
+        return {name: owner[at] for name, tensor in self._tensors.items()
+                if (at := (tensor.key, tensor.offset)) in owner and owner[at] != name}
 
     def weight(self, name: str) -> TensorHistory:
         """All snapshots of one tensor, read lazily (the first use of a tensor reads and
@@ -539,17 +543,10 @@ class Record:
         else:
             raise KeyError(f"no snapshot at epoch {epoch} in {str(self._path)!r}; "
                            f"snapshot epochs: {epochs}")
-        out: dict[str, np.ndarray] = {}
         tensors = self._tensors  # read (and checked) before the file is opened for the rows
-        read: dict[str, np.ndarray] = {}  # by stored key: a tied tensor is read once
         with self._file(f"the snapshot at epoch {self.snapshot_epochs[index]}") as f:
-            for name, tensor in tensors.items():
-                row = tensor.row(index)
-                if row is not None:
-                    if tensor.key not in read:
-                        read[tensor.key] = read_row(f, tensor, row, self._path)
-                    out[name] = read[tensor.key]
-        return out
+            # each dataset row read once: a tied tensor's, a pack's for all its members
+            return read_tensors_at(f, tensors, index, self._path)
 
     # --- extras and plain data --------------------------------------------------------------
 

@@ -352,9 +352,10 @@ class Snapshots:
         the file; this check only makes the error come from the call that caused it."""
         specs = self._known()
         path = self._run.path
+        checked = {}  # (each stored_spec costs ~20 us: numpy's dtype.name is Python code)
         for name, array in arrays.items():
             known = specs.get(name)
-            stored = stored_spec(array, dtype)
+            stored = checked[name] = stored_spec(array, dtype)
             if known is not None and (known.shape, known.dtype, known.stored_dtype) != (
                     tuple(array.shape), *stored):
                 raise SnapshotError(
@@ -372,7 +373,7 @@ class Snapshots:
                         "tensors each time (same include/exclude/frozen)"
                     )
         for name, array in arrays.items():
-            specs[name] = TensorSpec(tuple(array.shape), *stored_spec(array, dtype), True)
+            specs[name] = TensorSpec(tuple(array.shape), *checked[name], True)
         self._last_epoch = epoch
 
     def _check_size(self, snapshot_bytes: int) -> None:
@@ -436,10 +437,15 @@ class Snapshots:
                 # what earlier commits wrote.
                 run.ensure_space(sum(int(a.nbytes) for a, _ in encoded.values()), what)
                 plan = self._store.prepare(f, run.path, epoch, step, encoded)
-        names = list(encoded)
-        for name, target in zip(names, plan.targets):
+        for target in plan.targets:
             if job is not None and job.specs is not None:
-                target.array = _stored(name, job.take(name), target.array)
+                if target.members:  # a pack: written once all its members are copied
+                    for name, offset in target.members:
+                        array = _stored(name, job.take(name), encoded[name][0])
+                        target.array[offset:offset + array.size] = array.reshape(-1)
+                else:
+                    target.array = _stored(target.name, job.take(target.name),
+                                           target.array)
             for part in slices(target):
                 with run.lock, run.as_write_error(what):
                     SnapshotStore.write(target, part)

@@ -47,6 +47,7 @@ from recordkit.format.layout import (
     HISTORY,
     HISTORY_METRIC_CRCS,
     HISTORY_METRICS,
+    PACK_PREFIX,
     SNAPSHOTS,
     SUMMARY_ATTR,
     WEIGHT_CHECKSUM_ATTR,
@@ -54,7 +55,13 @@ from recordkit.format.layout import (
 )
 from recordkit.format.safety import check_file
 from recordkit.format.summary import build_summary, read_summary, summary_checksum_ok
-from recordkit.format.weights import check_checksummed_rows, check_object_name, read_table
+from recordkit.format.weights import (
+    check_checksummed_rows,
+    check_object_name,
+    is_pack,
+    pack_members,
+    read_table,
+)
 from recordkit.locking import is_locked
 from recordkit.record import Record
 from recordkit.repair import damage_hint, needs_repair, open_with_patched_eof, repair
@@ -425,6 +432,11 @@ def _check_tables(f: h5py.File, report: VerifyReport) -> None:
             if min(rows, listed) > 0:  # (a tensor the table does not list is never read)
                 try:
                     check_object_name(ds, key, name)
+                    if key.startswith(PACK_PREFIX):  # (v3) and what each member is
+                        if not is_pack(ds):
+                            report.problems.append(f"/{WEIGHTS}/{key} has the link name "
+                                                   "of a pack but is not one")
+                        pack_members(ds)
                 except RecordkitError as err:
                     report.problems.append(_damage(err))
             report.problems.extend(check_checksummed_rows(f, key, listed))

@@ -1,5 +1,5 @@
-"""Every path and attribute name inside a record file (format version 2; what version 1
-lacks is said where it is named), and the shapes of its tables. docs/FORMAT.md describes
+"""Every path and attribute name inside a record file (format version 3; what versions 1
+and 2 lack is said where it is named), and the shapes of its tables. docs/FORMAT.md describes
 each object for readers who use plain h5py.
 
 Layout of ``<root>/<experiment>/<run_id>.h5``::
@@ -19,6 +19,11 @@ Layout of ``<root>/<experiment>/<run_id>.h5``::
     /weights/<tensor>       (n_snapshots, *tensor_shape), snapshot axis first, growing
                             attrs: name, dtype, first_snapshot, checksum (v2),
                                    attrs_crc32c (v2)
+    /weights/%pack-<first>-<dtype>[-<n>]
+                            (v3) (n_snapshots, total elements): many small tensors of one
+                            stored dtype, first snapshotted together, one row per snapshot
+                            attrs: name, kind ("pack"), dtype, first_snapshot, checksum,
+                                   attrs_crc32c, members, members_crc32c
     /checksums/<tensor>     (v2) uint32 (n_snapshots, chunks per snapshot): the CRC32C of
                             each stored chunk of the weight dataset of the same name
     /extras/<key>           what Recorder.add stored: a dataset, a group of datasets, or JSON
@@ -45,9 +50,12 @@ FORMAT_NAME = "recordkit"
 #: whole, without HDF5's fletcher32 filter, and each has a CRC32C in /checksums; extras
 #: arrays carry per-chunk CRC32Cs; a zeroed table row or metric name is damage; every
 #: string that names data has an identity CRC (header_crc32c, metrics_crc32c, attrs_crc32c).
-FORMAT_VERSION = 2
+#: Version 3 (2026-12): tensors of a few KiB first snapshotted together are packed into
+#: one weight dataset per stored dtype (:data:`PACK_KIND`); a reader of version 2 would
+#: not see them, so a record with packs says 3 (every ``version >= 2`` rule holds for 3).
+FORMAT_VERSION = 3
 #: Every version a reader of this recordkit reads.
-READ_VERSIONS = (1, 2)
+READ_VERSIONS = (1, 2, 3)
 
 #: Values of the root attribute ``status``. A reader treats ``running`` in a file that no
 #: process holds open as an interrupted run.
@@ -115,6 +123,18 @@ ALIASES_ATTR = "aliases"
 #: On a weight dataset, beside :data:`ALIASES_ATTR`: uint32, its identity CRC
 #: (:func:`~recordkit.format.checksums.identity_crc` of the text).
 ALIASES_CRC_ATTR = "aliases_crc32c"
+#: (v3) The ``kind`` of a weight dataset that packs many small tensors: each row is the
+#: snapshot of every member, flattened (C order) and concatenated at its offset.
+PACK_KIND = "pack"
+#: (v3) How a pack's link name (and its ``name``) starts: :func:`escape_name` writes every
+#: ``%`` of a tensor name as ``%25``, so no tensor's link name can start so.
+PACK_PREFIX = "%pack-"
+#: (v3) On a pack: JSON list of its members in offset order, each ``[name, offset,
+#: shape]`` or ``[name, offset, shape, aliases]`` (the original name, the element offset
+#: in the row, the shape; the other names of a tied tensor).
+PACK_MEMBERS_ATTR = "members"
+#: (v3) On a pack, beside :data:`PACK_MEMBERS_ATTR`: uint32, the identity CRC of its text.
+PACK_MEMBERS_CRC_ATTR = "members_crc32c"
 #: (v2) Root attribute: uint32 array of ``2 * len(HEADER_CRC_FIELDS) + 1``: the identity
 #: CRC of each of :data:`HEADER_CRC_FIELDS` now, the same before the last change of the
 #: header (a kill between the two leaves each value one or the other), and the CRC32C of
@@ -158,6 +178,16 @@ WRITE_OPTIONS: dict[str, int] = {"alignment_threshold": 4000, "alignment_interva
 #: Target size of one chunk of a weight dataset: big enough for fast appends, small enough
 #: to stay far below HDF5's 4 GiB chunk limit. Tensors above it are split along their axes.
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+#: (v3) A tensor of at most this many bytes, new in a snapshot, may be packed.
+PACK_TENSOR_BYTES = 16 * 1024
+#: (v3) Packs are made only when a snapshot brings at least this many new small tensors:
+#: below it the per-tensor cost is a fraction of a second, and each tensor keeps a
+#: dataset of its own (the layout plain h5py reads by name).
+PACK_MIN_TENSORS = 32
+#: (v3) Bytes of one pack's row at most (one chunk: reading one member reads the row).
+PACK_BYTES = 1024 * 1024
+#: (v3) Characters of one pack's members text at most (an attribute stays compact).
+PACK_MEMBERS_CHARS = 48 * 1024
 #: Attribute strings are bounded: error messages and names stay far below 64 KiB.
 MAX_ATTR_CHARS = MAX_TEXT_CHARS
 #: A summary above this size is not written (HDF5's compact attribute storage ends at

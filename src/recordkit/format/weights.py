@@ -55,6 +55,14 @@ from recordkit.format.layout import (
     FIRST_SNAPSHOT_ATTR,
     KIND_ATTR,
     NAME_ATTR,
+    PACK_BYTES,
+    PACK_KIND,
+    PACK_MEMBERS_ATTR,
+    PACK_MEMBERS_CHARS,
+    PACK_MEMBERS_CRC_ATTR,
+    PACK_MIN_TENSORS,
+    PACK_PREFIX,
+    PACK_TENSOR_BYTES,
     SNAPSHOT_CHUNK_ROWS,
     SNAPSHOT_DTYPE,
     SNAPSHOTS,
@@ -75,12 +83,15 @@ __all__ = [
     "check_checksummed_rows",
     "check_object_name",
     "dataset_aliases",
+    "is_pack",
     "no_rows",
+    "pack_members",
     "read_aliases",
     "read_last_snapshot",
     "read_row",
     "read_rows",
     "read_table",
+    "read_tensors_at",
     "sign_attrs",
     "stored_tensor",
     "stored_tensors",
@@ -128,6 +139,8 @@ def check_object_name(obj: h5py.HLObject, key: str, name: str, *,
     Without *required* (extras: a group of them may hold objects recordkit did not
     write), an object with no ``attrs_crc32c`` has its link name compared alone, when it
     has a ``name``. *known*: covered attributes already read (their values as read).
+    A pack (v3, ``kind`` "pack") is named by its link name itself, which starts with
+    :data:`~recordkit.format.layout.PACK_PREFIX` (no tensor's link name can).
 
     Raises:
         RecordDamagedError: either does not match, or a version 2 object has no CRC.
@@ -150,7 +163,10 @@ def check_object_name(obj: h5py.HLObject, key: str, name: str, *,
             what = (f"(named {_as_text(stored)[:80]!r} as read) has "
                     f"{'/'.join(ATTRS_CRC_COVERS)} attributes that do not match their "
                     f"CRC32C ({ATTRS_CRC_ATTR!r}: the stored bytes changed)")
-        elif stored is not None and escape_name(name) != key:
+        elif stored is not None and (
+                (name != key or not key.startswith(PACK_PREFIX)) if _as_text(
+                    known[KIND_ATTR] if KIND_ATTR in known else read_attr(obj, KIND_ATTR)
+                ) == PACK_KIND else escape_name(name) != key):
             what = f"is named {name[:80]!r}, which its link name does not match"
         else:
             return
@@ -209,8 +225,102 @@ def read_aliases(f: h5py.File) -> dict[str, str]:
     """Every tied tensor of the record, ``{alias: tensor}`` (``{}`` when none)."""
     out: dict[str, str] = {}
     for _, ds in members(f.get(WEIGHTS)):
+        if is_pack(ds):
+            for member in pack_members(ds):
+                out.update((alias, member.name) for alias in member.aliases)
+            continue
         name = object_name(ds)
         out.update((alias, name) for alias in dataset_aliases(ds, name))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PackMember:
+    """(v3) One tensor of a pack: its original name, its element offset in the pack's
+    row, its shape, and the other names it has when it is tied."""
+
+    name: str
+    offset: int
+    shape: tuple[int, ...]
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+def is_pack(ds: h5py.Dataset) -> bool:
+    """(v3) Whether a weight dataset is a pack of small tensors (its ``kind``)."""
+    return _as_text(read_attr(ds, KIND_ATTR)) == PACK_KIND
+
+
+def members_text(members: list[PackMember]) -> str:
+    """The text of a pack's ``members`` attribute."""
+    return json.dumps([[m.name, m.offset, list(m.shape), *([sorted(m.aliases)]
+                                                          if m.aliases else [])]
+                       for m in members], ensure_ascii=False)
+
+
+def write_members(ds: h5py.Dataset, members: list[PackMember]) -> None:
+    """A pack's members and their identity CRC, on its dataset, when it is made."""
+    text = members_text(members)
+    ds.attrs[PACK_MEMBERS_ATTR] = text
+    ds.attrs[PACK_MEMBERS_CRC_ATTR] = np.uint32(identity_crc(text))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def pack_members(ds: h5py.Dataset) -> list[PackMember]:
+    """(v3) The members of the pack *ds*, checked: the text against its CRC, each member
+    inside the row and after the one before it, every name once.
+
+    Raises:
+        RecordDamagedError: any of that does not hold.
+    """
+    where = f"{ds.file.filename!r} is damaged: {ds.name!r} attribute {PACK_MEMBERS_ATTR!r}"
+    stored = read_attr(ds, PACK_MEMBERS_ATTR)
+    text = _as_text(stored) if isinstance(stored, (str, bytes)) else None
+    if text is None or len(text) > MAX_ALIASES_CHARS or ds.ndim != 2:
+        raise RecordDamagedError(f"{where} is missing, or not a text of at most "
+                                 f"{MAX_ALIASES_CHARS} characters on a dataset of rank 2; "
+                                 "run `recordkit verify` on it")
+    crc = read_attr(ds, PACK_MEMBERS_CRC_ATTR)
+    try:
+        same = crc is not None and int(crc) == identity_crc(text)
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise RecordDamagedError(f"{where} does not match its CRC32C "
+                                 f"({PACK_MEMBERS_CRC_ATTR!r}); run `recordkit verify` on it")
+    try:
+        entries = json.loads(text)
+    except ValueError:
+        entries = None
+    out: list[PackMember] = []
+    seen: set[str] = set()
+    end, length = 0, int(ds.shape[1])
+    for entry in entries if isinstance(entries, list) else [None]:
+        member = None
+        if (isinstance(entry, list) and len(entry) in (3, 4) and isinstance(entry[0], str)
+                and _is_count(entry[1]) and isinstance(entry[2], list)
+                and all(_is_count(d) for d in entry[2])
+                and (len(entry) == 3 or (isinstance(entry[3], list) and all(
+                    isinstance(a, str) for a in entry[3])))):
+            member = PackMember(entry[0], entry[1], tuple(entry[2]),
+                                tuple(entry[3]) if len(entry) == 4 else ())
+        names = {member.name, *member.aliases} if member is not None else set()
+        if (member is None or member.offset < end or member.offset + member.size > length
+                or names & seen or len(names) != 1 + len(member.aliases)):
+            raise RecordDamagedError(f"{where} is not a JSON list of [name, offset, shape"
+                                     "(, aliases)] in offset order inside the row, each "
+                                     "name once; run `recordkit verify` on it")
+        seen |= names
+        end = member.offset + member.size
+        out.append(member)
+    if not out:
+        raise RecordDamagedError(f"{where} lists no tensor; run `recordkit verify` on it")
     return out
 
 
@@ -264,6 +374,11 @@ class SnapshotTarget:
     crcs: np.ndarray | None = None
     #: (v2, no compression) Chunks are written whole from the buffer (H5Dwrite_chunk).
     direct: bool = False
+    #: The tensor written (its original name); for a pack, its link name.
+    name: str = ""
+    #: (v3) For a pack: ``(name, element offset)`` of each member, whose stored array is
+    #: copied, flattened, into *array* at its offset.
+    members: tuple[tuple[str, int], ...] = ()
 
 
 @dataclasses.dataclass
@@ -292,16 +407,20 @@ class _Known:
     chunks: tuple[int, ...] | None
     per_row: int
     direct: bool
+    #: (v3) A pack's members, in offset order; empty for a tensor's own dataset.
+    members: tuple[PackMember, ...] = ()
+    #: The link name under /weights.
+    key: str = ""
 
     @classmethod
     def of(cls, ds: h5py.Dataset, key: str, sums_group: h5py.Group | None,
-           version: int) -> _Known:
+           version: int, packed: tuple[PackMember, ...] = ()) -> _Known:
         checked = version >= 2 and attr_str(ds, WEIGHT_CHECKSUM_ATTR) == "crc32c"
         sums = sums_group.get(key) if checked and sums_group is not None else None
         direct = checked and ds.id.get_create_plist().get_nfilters() == 0
         return cls(ds, sums, tuple(ds.shape[1:]), ds.dtype, attr_str(ds, DTYPE_ATTR),
                    int(read_attr(ds, FIRST_SNAPSHOT_ATTR, 0)), int(ds.shape[0]), ds.chunks,
-                   int(sums.shape[1]) if sums is not None else 0, direct)
+                   int(sums.shape[1]) if sums is not None else 0, direct, packed, key)
 
     def grow(self, rows: int) -> None:
         """Make room for *rows* rows (dataset and checksums), with h5py's checks skipped."""
@@ -310,6 +429,62 @@ class _Known:
             if self.checksums is not None:
                 self.checksums.id.set_extent((rows, self.per_row))
             self.rows = rows
+
+
+@dataclasses.dataclass
+class _Member:
+    """(v3) What the writer keeps of one packed tensor: its pack and place in it."""
+
+    pack: _Known
+    offset: int
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.pack.dtype
+
+    @property
+    def stored_dtype(self) -> str:
+        return self.pack.stored_dtype
+
+    @property
+    def first(self) -> int:
+        return self.pack.first
+
+    @property
+    def rows(self) -> int:
+        return self.pack.rows
+
+
+def _weight_datasets(f: h5py.File) -> list[tuple[str, h5py.Dataset]]:
+    """(link name, dataset) of each member of /weights."""
+    weights = f.get(WEIGHTS)
+    return [(key, weights[key]) for key in weights] if weights is not None else []
+
+
+def _writer_members(ds: h5py.Dataset, table_rows: int) -> tuple[PackMember, ...]:
+    """A pack's members as the writer takes them: none when they do not read back and
+    the table lists none of its snapshots (a kill cut its first one: it is left as it
+    is, and its tensors are packed anew).
+
+    Raises:
+        RecordDamagedError: the members of a pack the table lists do not read back.
+    """
+    try:
+        return tuple(pack_members(ds))
+    except RecordDamagedError:
+        if int(read_attr(ds, FIRST_SNAPSHOT_ATTR, 0)) >= table_rows:
+            return ()
+        raise
+
+
+def _expand(known: _Known, out: dict[str, _Known | _Member]) -> None:
+    """*known* under each name it stores: a tensor's own dataset under its name, a pack
+    under each of its members'."""
+    if not known.members:
+        out[object_name(known.dataset)] = known
+    for member in known.members:
+        out[member.name] = _Member(known, member.offset, member.shape)
 
 
 class SnapshotStore:
@@ -326,7 +501,7 @@ class SnapshotStore:
         self._compression_opts = compression_opts
         self._chunk_bytes = chunk_bytes
         self._file: h5py.File | None = None
-        self._known: dict[str, _Known] | None = None
+        self._known: dict[str, _Known | _Member] | None = None
         self._version = 1
         self._table: tuple[int, int | None] = (0, None)  # (rows, last epoch)
         #: The record's tied tensors ``{alias: tensor}``: a tensor's aliases are written
@@ -348,15 +523,21 @@ class SnapshotStore:
     @staticmethod
     def specs(f: h5py.File) -> tuple[dict[str, TensorSpec], int | None]:
         """Each tensor's :class:`TensorSpec`, and the epoch of the last snapshot."""
-        specs = {}
-        for _, ds in members(f.get(WEIGHTS)):
+        specs: dict[str, TensorSpec] = {}
+        table_rows = int(f[SNAPSHOTS].shape[0])
+        for key, ds in _weight_datasets(f):
             held = ds.shape[0] + int(read_attr(ds, FIRST_SNAPSHOT_ATTR)) > 0
+            if key.startswith(PACK_PREFIX):
+                packed = _writer_members(ds, table_rows)
+                specs.update((m.name, TensorSpec(m.shape, ds.dtype, attr_str(ds, DTYPE_ATTR),
+                                                 held)) for m in packed)
+                continue
             specs[object_name(ds)] = TensorSpec(tuple(ds.shape[1:]), ds.dtype,
                                                 attr_str(ds, DTYPE_ATTR), held)
         table = f[SNAPSHOTS]
         return specs, (int(table[-1]["epoch"]) if len(table) else None)
 
-    def _bind(self, f: h5py.File) -> dict[str, _Known]:
+    def _bind(self, f: h5py.File) -> dict[str, _Known | _Member]:
         """What the store knows of *f*'s tensors, read from the file once per file: asking
         HDF5 for each tensor's attributes, shape and checksums on every snapshot cost as
         much as writing the snapshot's bytes (docs/BENCHMARKS.md)."""
@@ -365,33 +546,46 @@ class SnapshotStore:
             return known
         version = int(read_attr(f, VERSION_ATTR, 1))
         sums = f.get(CHECKSUMS)
-        weights = f.get(WEIGHTS)
         known = {}
-        for key in weights if weights is not None else ():  # link names: /checksums's too
-            ds = weights[key]
-            known[object_name(ds)] = _Known.of(ds, key, sums, version)
         table = f[SNAPSHOTS]
         n = int(table.shape[0])
+        for key, ds in _weight_datasets(f):  # link names: /checksums's too
+            packed = _writer_members(ds, n) if key.startswith(PACK_PREFIX) else ()
+            if key.startswith(PACK_PREFIX) and not packed:
+                continue  # never listed, its members unreadable: a kill's leftover
+            _expand(_Known.of(ds, key, sums, version, packed), known)
         self._file, self._known, self._version = f, known, version
         self._table = (n, int(table[n - 1]["epoch"]) if n else None)
         return known
 
     def prepare(self, f: h5py.File, path: Path, epoch: int, step: int,
                 encoded: dict[str, tuple[np.ndarray, str]]) -> SnapshotPlan:
-        """Make the datasets of new tensors and grow the others by a row (a snapshot of
-        the last epoch again replaces it), after :meth:`check_missing`.
+        """Make the datasets of new tensors (v3: many small new ones packed, see
+        :meth:`_packs`) and grow the others by a row (a snapshot of the last epoch again
+        replaces it), after :meth:`check_missing`. A pack's target comes after that of
+        the tensors before its last member, in *encoded*'s order (a streamed snapshot's
+        copies are made in that order).
 
         Raises:
-            SnapshotError: a tensor changed shape or dtype, or one appears in a snapshot
-                older than its first.
+            SnapshotError: a tensor changed shape or dtype, one appears in a snapshot
+                older than its first, or a packed tensor is missing while others of its
+                pack are there.
         """
         known = self._bind(f)
         index, replaces = self._index(f, epoch)
+        for key, group in self._packs(f, encoded, known, index).items():
+            _expand(self._pack(f, key, group, encoded, index), known)
+        for name, (array, stored_dtype) in encoded.items():
+            if name not in known:
+                known[name] = self._dataset(f, name, array, stored_dtype, index)
+        last: dict[int, str] = {}  # pack (by id) -> its member that comes last in encoded
+        for name in encoded:
+            tensor = known[name]
+            if isinstance(tensor, _Member):
+                last[id(tensor.pack)] = name
         targets = []
         for name, (array, stored_dtype) in encoded.items():
-            tensor = known.get(name)
-            if tensor is None:
-                tensor = known[name] = self._dataset(f, name, array, stored_dtype, index)
+            tensor = known[name]
             if tensor.shape != array.shape or tensor.dtype != array.dtype or (
                     tensor.stored_dtype != stored_dtype):
                 raise SnapshotError(
@@ -406,14 +600,101 @@ class SnapshotStore:
                     f"snapshot at epoch {epoch}: tensor {name!r} first appeared in a "
                     f"later snapshot of {str(path)!r}; it cannot be added to an earlier one"
                 )
+            if isinstance(tensor, _Member):
+                if last[id(tensor.pack)] == name:
+                    targets.append(self._pack_target(tensor.pack, row, encoded, epoch, path))
+                continue
             targets.append(SnapshotTarget(
                 tensor.dataset, row, array, tensor.chunks, tensor.checksums,
                 None if tensor.checksums is None else np.zeros(tensor.per_row,
                                                                 CHECKSUM_DTYPE),
-                tensor.direct))
-        for name, target in zip(encoded, targets):
-            known[name].grow(target.row + 1)
+                tensor.direct, name))
+        for target in targets:
+            grown = known[target.members[0][0] if target.members else target.name]
+            (grown.pack if isinstance(grown, _Member) else grown).grow(target.row + 1)
         return SnapshotPlan(epoch, step, index, replaces, targets)
+
+    def _packs(self, f: h5py.File, encoded: dict[str, tuple[np.ndarray, str]],
+               known: dict[str, _Known | _Member], index: int) -> dict[str, list[str]]:
+        """(v3) The packs to make for this snapshot, ``{link name: member names}``: when
+        it brings at least :data:`~recordkit.format.layout.PACK_MIN_TENSORS` new tensors
+        of 1 to :data:`~recordkit.format.layout.PACK_TENSOR_BYTES` bytes (an empty one
+        has nothing to pack), those of one stored dtype go together, in their order, a
+        new pack each time a row would pass :data:`~recordkit.format.layout.PACK_BYTES`
+        (or the members text its bound). A group of one stays a tensor of its own."""
+        if self._version < 3:
+            return {}  # an older record keeps its layout (its readers know no packs)
+        row_bytes = min(PACK_BYTES, self._chunk_bytes)  # one chunk per row
+        small = [name for name, (array, _) in encoded.items() if name not in known
+                 and 0 < array.nbytes <= min(PACK_TENSOR_BYTES, row_bytes)]
+        if len(small) < PACK_MIN_TENSORS:
+            return {}
+        groups: dict[tuple[str, str], list[list[str]]] = {}
+        sizes: dict[tuple[str, str], tuple[int, int]] = {}  # bytes, text of the last
+        tied: dict[str, list[str]] = {}
+        for alias, target in self.aliases.items():
+            tied.setdefault(target, []).append(alias)
+        for name in small:
+            array, stored_dtype = encoded[name]
+            kind = (array.dtype.str, stored_dtype)
+            # at least the UTF-8 bytes of its entry: [name, offset, shape(, aliases)]
+            text = len(json.dumps([name, *tied.get(name, ())])) + 40 + 21 * array.ndim
+            used, chars = sizes.get(kind, (row_bytes + 1, 0))
+            if used + array.nbytes > row_bytes or chars + text > PACK_MEMBERS_CHARS:
+                groups.setdefault(kind, []).append([])
+                used, chars = 0, 0
+            groups[kind][-1].append(name)
+            sizes[kind] = (used + array.nbytes, chars + text)
+        packs: dict[str, list[str]] = {}
+        weights = f[WEIGHTS]
+        for (_, stored_dtype), parts in groups.items():
+            for names in parts:
+                if len(names) < 2:
+                    continue
+                base = f"{PACK_PREFIX}{index}-{stored_dtype}"
+                key, n = base, 0
+                while key in packs or key in weights:
+                    n += 1
+                    key = f"{base}-{n}"
+                packs[key] = names
+        return packs
+
+    def _pack(self, f: h5py.File, key: str, names: list[str],
+              encoded: dict[str, tuple[np.ndarray, str]], first_snapshot: int) -> _Known:
+        """(v3) The pack dataset of *names* (and its checksums), made on their first
+        snapshot: a weight dataset of one row per snapshot, each member flattened at its
+        offset."""
+        offset = 0
+        packed = []
+        for name in names:
+            array = encoded[name][0]
+            packed.append(PackMember(name, offset, tuple(int(d) for d in array.shape),
+                                     tuple(sorted(alias for alias, target in
+                                                  self.aliases.items() if target == name))))
+            offset += int(array.size)
+        first = encoded[names[0]]
+        made = self._dataset(f, key, np.zeros(offset, first[0].dtype), first[1],
+                             first_snapshot, packed)
+        return made
+
+    @staticmethod
+    def _pack_target(pack: _Known, row: int, encoded: dict[str, tuple[np.ndarray, str]],
+                     epoch: int, path: Path) -> SnapshotTarget:
+        """(v3) The row of a pack: its members' arrays copied into one buffer."""
+        missing = [m.name for m in pack.members if m.name not in encoded]
+        if missing:
+            raise SnapshotError(
+                f"snapshot at epoch {epoch}: tensor {missing[0]!r}, held in earlier "
+                f"snapshots of {str(path)!r} with the other small tensors of its pack, is "
+                "missing; snapshot the same tensors each time (same include/exclude/frozen)")
+        buffer = np.empty(pack.shape, pack.dtype)
+        for m in pack.members:
+            buffer[m.offset:m.offset + m.size] = encoded[m.name][0].reshape(-1)
+        return SnapshotTarget(
+            pack.dataset, row, buffer, pack.chunks, pack.checksums,
+            None if pack.checksums is None else np.zeros(pack.per_row, CHECKSUM_DTYPE),
+            pack.direct, pack.key,
+            tuple((m.name, m.offset) for m in pack.members))
 
     def _index(self, f: h5py.File, epoch: int) -> tuple[int, bool]:
         """The table index a snapshot of *epoch* goes to, and whether it replaces the last
@@ -440,13 +721,14 @@ class SnapshotStore:
                 )
 
     def _dataset(self, f: h5py.File, name: str, array: np.ndarray, stored_dtype: str,
-                 first_snapshot: int) -> _Known:
+                 first_snapshot: int, packed: list[PackMember] | None = None) -> _Known:
         """The dataset of one tensor (and in v2 its checksums), made on its first
-        snapshot."""
+        snapshot; with *packed* (v3), the pack *name* (its link name) of those tensors,
+        *array* a row of it."""
         group = f[WEIGHTS]
-        key = escape_name(name)
+        key = name if packed else escape_name(name)
         version = self._version
-        if key in group:  # pragma: no cover - the store knows every tensor of the file
+        if key in group and not packed:  # pragma: no cover - the store knows every tensor
             return _Known.of(group[key], key, f.get(CHECKSUMS), version)
         shape = tuple(int(d) for d in array.shape)
         chunks = weight_chunks(shape, array.dtype.itemsize, self._chunk_bytes)
@@ -463,9 +745,16 @@ class SnapshotStore:
             compression_opts=self._compression_opts,
         )
         write_name(ds, name)
+        kind = None
+        if packed:
+            kind = ds.attrs[KIND_ATTR] = PACK_KIND
         ds.attrs[DTYPE_ATTR] = stored_dtype
         ds.attrs[FIRST_SNAPSHOT_ATTR] = first_snapshot
-        write_aliases(ds, [alias for alias, target in self.aliases.items() if target == name])
+        if packed:
+            write_members(ds, packed)
+        else:
+            write_aliases(ds, [alias for alias, target in self.aliases.items()
+                               if target == name])
         sums = None
         per_row = 0
         if version >= 2:
@@ -475,7 +764,7 @@ class SnapshotStore:
             ds.attrs[WEIGHT_CHECKSUM_ATTR] = checksum
             # what was just written, not read back (a first snapshot of many small
             # tensors spent a third of its time reading its own attributes)
-            sign_attrs(ds, version, {NAME_ATTR: escape_metric(name), KIND_ATTR: None,
+            sign_attrs(ds, version, {NAME_ATTR: escape_metric(name), KIND_ATTR: kind,
                                      DTYPE_ATTR: stored_dtype, WEIGHT_CHECKSUM_ATTR: checksum})
             if checked:
                 sums = f.require_group(CHECKSUMS).create_dataset(
@@ -485,7 +774,7 @@ class SnapshotStore:
                 per_row = 0
         direct = sums is not None and ds.id.get_create_plist().get_nfilters() == 0
         return _Known(ds, sums, shape, ds.dtype, stored_dtype, first_snapshot, 0, ds.chunks,
-                      per_row, direct)
+                      per_row, direct, tuple(packed or ()), key)
 
     @staticmethod
     def write(target: SnapshotTarget, part: slice | None) -> None:
@@ -612,6 +901,11 @@ class StoredTensor:
     #: Snapshots of it the table lists (its dataset rows from 0 on): rows past them were
     #: written by a commit that did not finish.
     count: int
+    #: (v3) A packed tensor: its element offset in the pack's row, its number of
+    #: elements (None: the dataset's row is the tensor), its name in the pack.
+    offset: int = 0
+    size: int | None = None
+    member: str = ""
 
     def row(self, index: int) -> int | None:
         """The dataset row of snapshot *index* (a row of ``/snapshots``); None when that
@@ -625,16 +919,18 @@ class StoredTensor:
 
 def stored_tensors(f: h5py.File, table_rows: int) -> dict[str, StoredTensor]:
     """Every tensor of the record, by original name; *table_rows* is the length of the
-    snapshot table. An alias of a tied tensor (:func:`read_aliases`) is listed after its
-    tensor, as the same :class:`StoredTensor` (same ``key``); one whose tensor is not
-    stored (a kill cut the first snapshot) or that names a stored tensor is left out."""
+    snapshot table. A pack (v3) gives one :class:`StoredTensor` per member, all with its
+    ``key``; one the table does not list (a kill cut its first snapshot) gives none. An
+    alias of a tied tensor (:func:`read_aliases`) is listed after its tensor, as the
+    same :class:`StoredTensor`; one whose tensor is not stored or that names a stored
+    tensor is left out."""
     weights = f.get(WEIGHTS)
     tensors: dict[str, StoredTensor] = {}
     aliases: dict[str, str] = {}
     for key in weights if weights is not None else []:
-        name, tensor, others = _stored_tensor(weights, key, table_rows)
-        tensors[name] = tensor
-        aliases.update((alias, name) for alias in others)
+        for name, tensor, others in _stored_tensors(weights, key, table_rows):
+            tensors[name] = tensor
+            aliases.update((alias, name) for alias in others)
     for alias, target in aliases.items():
         if alias not in tensors:
             tensors[alias] = tensors[target]
@@ -650,15 +946,20 @@ def stored_tensor(weights: h5py.Group, key: str, table_rows: int
 
     Raises:
         RecordDamagedError: (v2) its attributes do not match their CRC, or its name its
-            link name.
+            link name; (v3) *key* is a pack's.
     """
-    name, tensor, _ = _stored_tensor(weights, key, table_rows)
+    found = _stored_tensors(weights, key, table_rows)
+    if len(found) != 1 or found[0][1].size is not None:
+        raise RecordDamagedError(f"{weights.file.filename!r} is damaged: /{WEIGHTS}/{key} "
+                                 "is a pack, not one tensor; run `recordkit verify` on it")
+    name, tensor, _ = found[0]
     return name, tensor
 
 
-def _stored_tensor(weights: h5py.Group, key: str, table_rows: int
-                   ) -> tuple[str, StoredTensor, list[str]]:
-    """:func:`stored_tensor`, and the tensor's aliases (checked when it has snapshots)."""
+def _stored_tensors(weights: h5py.Group, key: str, table_rows: int
+                    ) -> list[tuple[str, StoredTensor, list[str]]]:
+    """What :func:`stored_tensor` gives, and the tensor's aliases (checked when it has
+    snapshots); for a pack, that of each member."""
     ds = weights[key]
     first = int(read_attr(ds, FIRST_SNAPSHOT_ATTR, 0))
     stored = read_attr(ds, NAME_ATTR)
@@ -668,14 +969,26 @@ def _stored_tensor(weights: h5py.Group, key: str, table_rows: int
             else unescape_name(key))
     count = max(0, min(ds.shape[0], table_rows - first))
     dtype = read_attr(ds, DTYPE_ATTR)
-    if count:  # (a weight dataset has no kind)
+    packed = key.startswith(PACK_PREFIX)  # (no tensor's link name starts so)
+    kind = read_attr(ds, KIND_ATTR) if packed else None  # (a weight dataset has no kind)
+    if count:
         check_object_name(ds, key, name, known={NAME_ATTR: stored, DTYPE_ATTR: dtype,
-                                                KIND_ATTR: None})
+                                                KIND_ATTR: kind})
     stored_dtype = ds.dtype.name if dtype is None else (
         dtype.decode("utf-8", "replace") if isinstance(dtype, bytes) else str(dtype))
+    if packed:
+        if not count:
+            return []  # never listed: its members are never read
+        if _as_text(kind) != PACK_KIND:
+            raise RecordDamagedError(f"{ds.file.filename!r} is damaged: {ds.name!r} has "
+                                     f"the link name of a pack but is not one; run "
+                                     "`recordkit verify` on it")
+        return [(m.name, StoredTensor(key, stored_dtype, m.shape, ds.dtype, first, count,
+                                      m.offset, m.size, m.name), list(m.aliases))
+                for m in pack_members(ds)]
     aliases = dataset_aliases(ds, name) if count else []
-    return (name, StoredTensor(key, stored_dtype, tuple(ds.shape[1:]), ds.dtype, first, count),
-            aliases)
+    return [(name, StoredTensor(key, stored_dtype, tuple(ds.shape[1:]), ds.dtype, first,
+                                count), aliases)]
 
 
 def _dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
@@ -744,33 +1057,70 @@ def _expected_crcs(reader: _Reader, key: str, row: int, path: Path) -> np.ndarra
     return table[row]
 
 
-def _damaged_chunk(path: Path, ds: h5py.Dataset, row: int, err: ChunkChecksumError
-                   ) -> RecordDamagedError:
+def _damaged_chunk(path: Path, ds: h5py.Dataset, tensor: StoredTensor, row: int,
+                   err: ChunkChecksumError) -> RecordDamagedError:
+    where = (f"tensor {tensor.member!r} (packed in {ds.name!r})" if tensor.size is not None
+             else f"tensor {object_name(ds)!r}")
     return RecordDamagedError(
-        f"{str(path)!r}: tensor {object_name(ds)!r}, dataset row {row}: {err}; the file "
-        "is damaged there (run `recordkit verify` on it); other snapshots and tensors may "
-        "still read")
+        f"{str(path)!r}: {where}, dataset row {row}: {err}; the file is damaged there "
+        "(run `recordkit verify` on it); other snapshots and tensors may still read")
 
 
-def read_row(f: h5py.File, tensor: StoredTensor, row: int, path: Path) -> np.ndarray:
-    """One snapshot of a tensor (its dataset row), decoded and verified: v2 chunks
-    against their CRC32C (read straight into the result when unfiltered), v1 chunks
-    straight from the file when they have the plain layout (fletcher32 checked by
-    :mod:`.chunkread`), else through HDF5."""
+def _read_stored_row(f: h5py.File, tensor: StoredTensor, row: int, path: Path
+                     ) -> np.ndarray:
+    """Row *row* of the dataset of *tensor* as stored (not decoded), verified."""
     reader = _reader(f, tensor.key, path)
     ds = reader.dataset
     expected = _expected_crcs(reader, tensor.key, row, path)
     if expected is None:
         data = read_snapshot(ds, row)
-        return decode_tensor(ds[row] if data is None else data, tensor.stored_dtype)
+        return ds[row] if data is None else data
     try:
         data = read_checked_row(ds, row, expected, fd=reader.fd)
         if data is None:  # filtered: check the stored chunks, then let HDF5 decode them
             check_stored_chunks(ds, row, expected)
             data = ds[row]
     except ChunkChecksumError as err:
-        raise _damaged_chunk(path, ds, row, err) from None
-    return decode_tensor(data, tensor.stored_dtype)
+        raise _damaged_chunk(path, ds, tensor, row, err) from None
+    return data
+
+
+def _member_of(stored: np.ndarray, tensor: StoredTensor) -> np.ndarray:
+    """The tensor's own array: a packed one's elements of its pack's row (a copy, so
+    that it holds no reference to the others'), decoded."""
+    if tensor.size is not None:
+        stored = stored[tensor.offset:tensor.offset + tensor.size].reshape(
+            tensor.shape).copy()
+    return decode_tensor(stored, tensor.stored_dtype)
+
+
+def read_row(f: h5py.File, tensor: StoredTensor, row: int, path: Path) -> np.ndarray:
+    """One snapshot of a tensor (its dataset row, or its part of a pack's row), decoded
+    and verified: v2 chunks against their CRC32C (read straight into the result when
+    unfiltered), v1 chunks straight from the file when they have the plain layout
+    (fletcher32 checked by :mod:`.chunkread`), else through HDF5."""
+    return _member_of(_read_stored_row(f, tensor, row, path), tensor)
+
+
+def read_tensors_at(f: h5py.File, tensors: dict[str, StoredTensor], index: int,
+                    path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of snapshot *index* (a row of ``/snapshots``) that holds it, decoded:
+    each dataset row read once (a pack's for all its members), and a tied tensor's
+    aliases given the same array as the tensor."""
+    rows: dict[str, np.ndarray] = {}  # by link name
+    out: dict[str, np.ndarray] = {}
+    made: dict[tuple[str, int], np.ndarray] = {}
+    for name, tensor in tensors.items():
+        row = tensor.row(index)
+        if row is None:
+            continue
+        at = (tensor.key, tensor.offset)
+        if at not in made:
+            if tensor.key not in rows:
+                rows[tensor.key] = _read_stored_row(f, tensor, row, path)
+            made[at] = _member_of(rows[tensor.key], tensor)
+        out[name] = made[at]
+    return out
 
 
 def no_rows(tensor: StoredTensor) -> np.ndarray:
@@ -787,7 +1137,7 @@ def read_rows(f: h5py.File, tensor: StoredTensor, rows: range, path: Path) -> np
         return no_rows(tensor)
     reader = _reader(f, tensor.key, path)
     ds = reader.dataset
-    if reader.kind is not None and reader.kind != "none":
+    if (reader.kind is not None and reader.kind != "none") or tensor.size is not None:
         return np.stack([read_row(f, tensor, i, path) for i in rows])
     data = (ds[rows.start:rows.stop:rows.step] if rows.step > 0
             else np.stack([ds[i] for i in rows]))
@@ -799,9 +1149,7 @@ def read_last_snapshot(f: h5py.File, path: Path) -> dict[str, np.ndarray]:
     n = int(f[SNAPSHOTS].shape[0]) if SNAPSHOTS in f else 0
     if not n:
         return {}
-    rows = {name: (tensor, tensor.row(n - 1)) for name, tensor in stored_tensors(f, n).items()}
-    return {name: read_row(f, tensor, row, path) for name, (tensor, row) in rows.items()
-            if row is not None}
+    return read_tensors_at(f, stored_tensors(f, n), n - 1, path)
 
 
 def check_checksummed_rows(f: h5py.File, key: str, listed: int) -> list[str]:
@@ -811,16 +1159,23 @@ def check_checksummed_rows(f: h5py.File, key: str, listed: int) -> list[str]:
     ds = f[WEIGHTS][key]
     if attr_str(ds, WEIGHT_CHECKSUM_ATTR) != "crc32c" or not ds.size:
         return []
-    name = object_name(ds)
+    label = f"tensor {object_name(ds)!r}"
+    if key.startswith(PACK_PREFIX):
+        try:
+            names = [m.name for m in pack_members(ds)]
+        except RecordDamagedError:
+            names = []
+        label = (f"pack {key!r} (of tensors {', '.join(repr(n) for n in names[:3])}"
+                 f"{', ...' if len(names) > 3 else ''})")
     sums = f[CHECKSUMS].get(key) if CHECKSUMS in f else None
     if sums is None:
         if int(read_attr(ds, FIRST_SNAPSHOT_ATTR, 0)) >= listed:
             return []  # no listed snapshot holds it yet: a kill before its checksums
-        return [f"tensor {name!r} is checked by crc32c but /{CHECKSUMS}/{key} is missing"]
+        return [f"{label} is checked by crc32c but /{CHECKSUMS}/{key} is missing"]
     problems = []
     rows = min(listed, int(ds.shape[0]))
     if sums.shape[0] < rows:
-        problems.append(f"tensor {name!r}: /{CHECKSUMS}/{key} holds {sums.shape[0]} rows, "
+        problems.append(f"{label}: /{CHECKSUMS}/{key} holds {sums.shape[0]} rows, "
                         f"the table lists {rows}")
         rows = int(sums.shape[0])
     table = sums[:rows]
@@ -828,7 +1183,7 @@ def check_checksummed_rows(f: h5py.File, key: str, listed: int) -> list[str]:
         try:
             check_stored_chunks(ds, row, table[row])
         except ChunkChecksumError as err:
-            problems.append(f"tensor {name!r}, dataset row {row}: {err} (the stored bytes "
+            problems.append(f"{label}, dataset row {row}: {err} (the stored bytes "
                             "changed)")
             if len(problems) >= 5:
                 break
