@@ -1,5 +1,5 @@
 """The write side's facade: one open run and its lifecycle (running → completed / failed /
-interrupted).
+interrupted / pruned).
 
 The Recorder checks its arguments and keeps the run's state; the file is written by the
 ``format`` modules through :class:`~recordkit.runfile.RunFile` (create, resume, locks,
@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import datetime as _dt
 import os
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Collection, Mapping
@@ -27,7 +28,7 @@ from recordkit.errors import RecordClosedError, RecordkitWarning, describe_error
 from recordkit.format.files import RecordFile
 from recordkit.format.header import write_end
 from recordkit.format.layout import DEFAULT_CHUNK_BYTES, STATUSES
-from recordkit.masking import SecretMask
+from recordkit.masking import SecretMask, mask_text
 from recordkit.params import RunParams, params_hash_of
 from recordkit.paths import check_experiment, check_name
 from recordkit.policy import SnapshotPolicy
@@ -35,7 +36,8 @@ from recordkit.runfile import find_unfinished, new_run_id, resume_run, start_run
 from recordkit.runhistory import RunHistory
 from recordkit.snapshots import Snapshots
 
-__all__ = ["Recorder", "find_unfinished", "new_run_id", "params_hash_of"]
+__all__ = ["STATUSES", "Recorder", "find_unfinished", "is_trial_pruned", "new_run_id",
+           "params_hash_of", "status_for_exception", "storage_url", "take_trial_records"]
 
 #: A record whose estimated final size exceeds this gets a warning before its first snapshot.
 SIZE_WARNING_BYTES = 10 * 1024**3
@@ -49,6 +51,101 @@ def set_loader(loader: Callable[..., Any]) -> None:
     """Give :meth:`Recorder.get` the read side's ``load`` (done by ``import recordkit``)."""
     global _loader
     _loader = loader
+
+
+# --- Optuna trials, duck-typed: the core never imports optuna ----------------------------
+
+
+def is_trial_pruned(exc: BaseException | None) -> bool:
+    """Whether *exc* is ``optuna.TrialPruned`` (or a subclass), told by its class's name
+    and module, so that optuna is never imported here.
+
+    Example:
+        >>> is_trial_pruned(ValueError("x"))
+        False
+    """
+    return exc is not None and any(
+        cls.__name__ == "TrialPruned" and cls.__module__.partition(".")[0] == "optuna"
+        for cls in type(exc).__mro__)
+
+
+def status_for_exception(exc: BaseException | None) -> str:
+    """The status of a run that *exc* ended: ``completed`` for None, ``pruned`` for
+    ``optuna.TrialPruned``, ``interrupted`` for KeyboardInterrupt, else ``failed``.
+
+    Example:
+        >>> status_for_exception(None), status_for_exception(KeyboardInterrupt())
+        ('completed', 'interrupted')
+    """
+    if exc is None:
+        return "completed"
+    if is_trial_pruned(exc) and "pruned" in STATUSES:  # a format that has the status
+        return "pruned"
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+
+
+def storage_url(storage: Any) -> str | None:
+    """Where an Optuna storage keeps its study, password masked: an ``RDBStorage``'s URL
+    (``postgresql://user:***@host/db``), the file of a ``JournalStorage`` on a
+    ``JournalFileBackend``, a Redis journal's URL; None for an in-memory storage or one
+    not known. Optuna has no public attribute for these behind the storage that
+    ``create_study`` returns (it wraps an RDBStorage in a cache), so the wrapper's
+    ``_backend`` and the journal backend's ``_file_path`` / ``_url`` are read;
+    tests/test_optuna.py fails when they change.
+
+    Example:
+        >>> storage_url(None) is None
+        True
+    """
+    for _ in range(3):  # the cache wraps an RDBStorage; a JournalStorage wraps a backend
+        if storage is None:
+            return None
+        for name in ("url", "_url"):
+            url = getattr(storage, name, None)
+            if isinstance(url, str):
+                return mask_text(url)[0]
+        path = getattr(storage, "_file_path", None)
+        if isinstance(path, (str, os.PathLike)):
+            return os.path.abspath(path)
+        storage = getattr(storage, "_backend", None)
+    return None
+
+
+def _trial_facts(trial: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The params of an Optuna ``Trial`` (or ``FrozenTrial``) and the facts that go into
+    ``info["optuna"]``: its number, the study's name and the storage's URL."""
+    number, params = getattr(trial, "number", None), getattr(trial, "params", None)
+    if isinstance(number, bool) or not isinstance(number, int) or not isinstance(
+            params, Mapping):
+        raise TypeError(f"Recorder(trial={trial!r}): must be an Optuna trial (with an int "
+                        "number and a params mapping), or None")
+    study = getattr(trial, "study", None)
+    name = getattr(study, "study_name", None)
+    return dict(params), {
+        "trial": number,
+        "study": name if isinstance(name, str) else None,
+        "storage": storage_url(getattr(trial, "storage", None)),
+    }
+
+
+#: The records of Optuna trials opened in this process, by (study name, trial number),
+#: each with its recorder while that lives: what ``RecordStudy`` completes when the trial
+#: ends (optuna calls study callbacks in the process that ran the trial).
+_trial_records: dict[tuple[str | None, int], dict[Path, weakref.ref[Recorder]]] = {}
+_trial_records_lock = threading.Lock()
+
+
+def take_trial_records(study: str | None, number: int) -> list[tuple[Path, Recorder | None]]:
+    """The records of trial *number* of *study* opened in this process since the last
+    call, each with its recorder when that is still alive; forgotten here after.
+
+    Example:
+        >>> take_trial_records("no such study", 0)
+        []
+    """
+    with _trial_records_lock:
+        found = _trial_records.pop((study, number), {})
+    return [(path, ref()) for path, ref in found.items()]
 
 
 class Recorder:
@@ -89,6 +186,13 @@ class Recorder:
             of older tools' files pass the original timestamp. A naive time is UTC.
         mask_secrets: store the value of a param whose name looks like a secret
             (``api_key``, ``password``, ``hf_token``...) as ``"***"``, with a warning.
+        trial: an Optuna ``Trial``: its params become the run's params (*params* adds
+            to them; a key in both keeps the trial's value, with a warning when they
+            differ), ``info["optuna"]`` holds its number, the study's name and the
+            storage's URL (password masked), the run is named ``trial-<number>`` unless
+            *name* is given, and a ``with`` block that ``optuna.TrialPruned`` leaves
+            closes it ``pruned``. ``recordkit.integrations.optuna.RecordStudy`` adds the
+            trial's state and objective value when the trial ends.
 
     Raises:
         RecordWriteError: the folder cannot be created or written.
@@ -124,7 +228,12 @@ class Recorder:
         size_warning_bytes: int | None = SIZE_WARNING_BYTES,
         created: _dt.datetime | None = None,
         mask_secrets: bool = True,
+        trial: Any = None,
     ) -> None:
+        trial_facts = None
+        if trial is not None:
+            params, trial_facts = _with_trial_params(params, trial)
+            name = f"trial-{trial_facts['trial']}" if name is None else name
         store = Snapshots.store(checksum=bool(checksum), compression=compression,
                                 compression_opts=compression_opts, chunk_bytes=chunk_bytes)
         Snapshots.check_bound(max_pending_bytes)
@@ -155,6 +264,9 @@ class Recorder:
             size_warning_bytes=size_warning_bytes, durable=self._durable)
         # Buffered rows are committed (status untouched) if the interpreter exits first.
         self._finalizer = weakref.finalize(self, Recorder._at_exit, weakref.ref(self))
+        self._trial = trial_facts
+        if trial_facts is not None:
+            self._start_trial(trial_facts)
 
 
     @property
@@ -191,6 +303,22 @@ class Recorder:
     def params(self) -> dict[str, Any]:
         """A copy of the params as recorded so far."""
         return dict(self._params.values)
+
+    @property
+    def trial(self) -> dict[str, Any] | None:
+        """The Optuna trial of the run (``trial``, ``study``, ``storage``), as given by
+        ``trial=``; None without one."""
+        return None if self._trial is None else dict(self._trial)
+
+    def _start_trial(self, facts: dict[str, Any]) -> None:
+        """Store the trial's facts (kept with those of an earlier recording of the
+        trial, e.g. its state) and list the record for ``RecordStudy``."""
+        earlier = self._info.get("optuna")
+        self.set_info({"optuna": {**(earlier if isinstance(earlier, Mapping) else {}),
+                                  **facts}})
+        with _trial_records_lock:
+            records = _trial_records.setdefault((facts["study"], facts["trial"]), {})
+            records[self._path.resolve()] = weakref.ref(self)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -426,8 +554,9 @@ class Recorder:
         """Commit, set the final status and close the file. Safe to call twice.
 
         Args:
-            status: ``"completed"``, ``"failed"``, ``"interrupted"``, or ``"running"`` to
-                leave the run open for a later resume.
+            status: ``"completed"``, ``"failed"``, ``"interrupted"``, ``"pruned"`` (an
+                Optuna trial stopped early), or ``"running"`` to leave the run open for a
+                later resume.
             error: the exception (or its text) that ended a failed run.
 
         Raises:
@@ -481,12 +610,8 @@ class Recorder:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if exc_type is None:
-            self.close("completed")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.close("interrupted", error=exc)
-        else:
-            self.close("failed", error=exc)
+        status = status_for_exception(exc if exc_type is not None else None)
+        self.close(status, error=None if status == "completed" else exc)
 
     @staticmethod
     def _at_exit(ref: weakref.ref[Recorder]) -> None:
@@ -510,3 +635,16 @@ class Recorder:
                 f"({self._status}); this recorder is closed. Start a new Recorder, or "
                 "pass resume=<run id> to continue this run"
             )
+
+
+def _with_trial_params(params: Mapping[str, Any] | argparse.Namespace | None, trial: Any
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's params, the trial's over *params*, and the trial's facts; a warning
+    names each key whose value the trial replaced."""
+    sampled, facts = _trial_facts(trial)
+    given = dict(vars(params) if isinstance(params, argparse.Namespace) else params or {})
+    for key in sorted(k for k in set(given) & set(sampled) if given[k] != sampled[k]):
+        warnings.warn(f"recordkit: Recorder(params=..., trial=...): params[{key!r}] is "
+                      f"{given[key]!r} but trial {facts['trial']} sampled {sampled[key]!r}; "
+                      "the trial's value is recorded", RecordkitWarning, stacklevel=3)
+    return {**given, **sampled}, facts

@@ -21,15 +21,17 @@ from typing import Any
 
 from recordkit.errors import RecordkitError, RecordkitWarning
 from recordkit.policy import SnapshotPolicy
-from recordkit.recorder import Recorder
+from recordkit.recorder import Recorder, status_for_exception
 
 __all__ = ["ON_ERROR", "RECORDER_OPTIONS", "FitState", "RecordingCallback",
-           "check_callback_arguments", "jsonable", "metric_floats"]
+           "check_callback_arguments", "jsonable", "metric_floats", "reclose_record",
+           "status_for_exception"]
 
-#: Keyword options of Recorder a callback passes through (``durable``, ``system``, ...).
+#: Keyword options of Recorder a callback passes through (``durable``, ``system``, ...);
+#: ``resume`` and ``trial`` are the callback's own arguments.
 RECORDER_OPTIONS = frozenset(
     name for name, p in inspect.signature(Recorder.__init__).parameters.items()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "resume"
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("resume", "trial")
 )
 ON_ERROR = ("raise", "warn")
 
@@ -46,6 +48,7 @@ def check_callback_arguments(
     resume: Any,
     on_error: Any,
     recorder_options: Mapping[str, Any],
+    trial: Any = None,
 ) -> None:
     """Raise TypeError / ValueError naming the argument, what was received and what is
     allowed, before any fit starts (the snapshot arguments are checked by
@@ -76,6 +79,9 @@ def check_callback_arguments(
     if recorder is not None and resume is not None:
         raise ValueError("RecordCallback(recorder=..., resume=...): give one of them; "
                          "to continue a run, pass Recorder(root, resume=...) as recorder")
+    if recorder is not None and trial is not None:
+        raise ValueError("RecordCallback(recorder=..., trial=...): give the trial to the "
+                         "Recorder: RecordCallback(recorder=Recorder(root, trial=trial))")
     if resume is not None and not isinstance(resume, (str, os.PathLike)):
         raise TypeError(f"RecordCallback(resume={resume!r}): must be a record path or a "
                         f"run id. Received: {type(resume).__name__}")
@@ -125,6 +131,7 @@ class RecordingCallback:
         resume: str | os.PathLike[str] | None,
         on_error: str,
         recorder_options: dict[str, Any],
+        trial: Any = None,
     ) -> None:
         self._policy_args: dict[str, Any] = {
             "every": snapshot_every, "monitor": monitor, "mode": mode, "include": include,
@@ -139,6 +146,7 @@ class RecordingCallback:
         self.skip_frozen = skip_frozen
         self.on_error = on_error
         self.recorder_options = recorder_options
+        self.trial = trial  # an Optuna trial: every record of this callback is that trial's
         self._given_recorder = recorder
         self._resume_next: str | os.PathLike[str] | None = resume
         self._recorder: Recorder | None = None
@@ -168,9 +176,9 @@ class RecordingCallback:
             rec = given
         elif resume is not None:
             rec = Recorder(self.root, self.experiment, self.name, params, resume=resume,
-                           **self.recorder_options)
+                           trial=self.trial, **self.recorder_options)
         else:
-            rec = Recorder(self.root, self.experiment, self.name, params,
+            rec = Recorder(self.root, self.experiment, self.name, params, trial=self.trial,
                            **self.recorder_options)
         self._recorder = rec
         self._record_path = str(rec.path.resolve())
@@ -195,6 +203,17 @@ class RecordingCallback:
         self._fit.snapshotted = epoch
         return frozen
 
+    def _close_pruned_after_fit(self, exc: BaseException | None) -> None:
+        """``optuna.TrialPruned`` raised after the fit of the trial ended normally (a
+        ``trial.report`` / ``should_prune`` loop around ``fit``): the record of that
+        fit, closed ``completed``, is closed again ``pruned``."""
+        if (self.trial is None or self._recorder is not None or self._record_path is None
+                or status_for_exception(exc) != "pruned"):
+            return
+        with self._guard("close the record as pruned"):
+            reclose_record(self.root, self._record_path, "pruned", error=exc,
+                           only_from=("completed",), **self.recorder_options)
+
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
         """Apply ``on_error`` to a failure of the recorder."""
@@ -211,6 +230,33 @@ class RecordingCallback:
             if rec is not None:
                 with contextlib.suppress(RecordkitError):
                     rec.close("failed", error=f"recording stopped: {err}")
+
+
+def reclose_record(root: str | os.PathLike[str], path: str | os.PathLike[str], status: str,
+                   *, error: BaseException | str | None = None,
+                   info: Mapping[str, Any] | None = None,
+                   params: Mapping[str, Any] | None = None,
+                   only_from: Iterable[str] | None = None, **recorder_options: Any) -> bool:
+    """Reopen the closed record at *path* (``Recorder(resume=...)``, marked as an
+    ``"optuna"`` evaluation, so ``Record.restarts`` leaves it out), merge *info* and
+    *params* into it and close it *status* (*error* with it; a status other than
+    ``completed`` keeps the error it had when none is given). With *only_from*, a record
+    whose status is not one of those is closed again with its own status. Returns
+    whether the status changed."""
+    rec = Recorder(root, resume=path, evaluation="optuna", **recorder_options)
+    previous = rec.previous_status or "completed"
+    if only_from is not None and previous not in set(only_from):
+        status, error = previous, None  # its own status, with its own error
+    try:
+        if params:
+            rec.extend(params)
+        if info:
+            rec.set_info(info)
+    finally:
+        if error is None and status != "completed":
+            error = rec.previous_error or None
+        rec.close(status, error=error)
+    return status != previous
 
 
 # --- framework values → plain values --------------------------------------------------------

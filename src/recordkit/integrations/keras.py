@@ -72,6 +72,14 @@ Choices worth knowing:
 - **Distributed.** Under ``tf.distribute`` only the chief writes (``MirroredStrategy``
   has one process and so one record); ``Record.info["distribution"]`` says how many
   replicas trained.
+- **Optuna.** ``RecordCallback(..., trial=trial)`` records the trial (see
+  :class:`~recordkit.Recorder`'s ``trial``): its params, number, study and storage. A
+  fit that ``optuna.TrialPruned`` leaves (optuna-integration's ``KerasPruningCallback``)
+  raised, so its record stays open until one of the moments above closes it, then
+  ``pruned``; ``recordkit.integrations.optuna.RecordStudy`` closes it as soon as the
+  trial ends. A ``TrialPruned`` raised after the fit ended (a ``trial.report`` /
+  ``should_prune`` loop around ``fit``) closes the record ``pruned`` again when it leaves
+  the ``with RecordCallback(...)`` block, or when ``RecordStudy`` sees the trial end.
 - A fit that runs no epoch (``initial_epoch >= epochs``) records nothing.
 """
 
@@ -108,6 +116,7 @@ from recordkit.integrations._common import (
     RecordingCallback,
     check_callback_arguments,
     metric_floats,
+    status_for_exception,
 )
 from recordkit.integrations._keras_internals import (
     RunningFit,
@@ -177,6 +186,7 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
             drives the callback hooks itself.
         on_error: ``"raise"`` stops training when recording fails; ``"warn"`` warns,
             closes the record as failed and lets training go on unrecorded.
+        trial: an Optuna ``Trial`` whose fit this is (see the notes above).
         **recorder_options: keyword options of :class:`~recordkit.Recorder` (``durable``,
             ``system``, ``compression``, ...).
 
@@ -207,13 +217,14 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         resume: str | os.PathLike[str] | None = None,
         fit_args: Mapping[str, Any] | None = None,
         on_error: str = "raise",
+        trial: Any = None,
         **recorder_options: Any,
     ) -> None:
         super().__init__()
         check_callback_arguments(
             root=root, experiment=experiment, name=name, monitor=monitor, params=params,
             skip_frozen=skip_frozen, recorder=recorder, resume=resume, on_error=on_error,
-            recorder_options=recorder_options)
+            recorder_options=recorder_options, trial=trial)
         if fit_args is not None and not isinstance(fit_args, Mapping):
             raise TypeError(f"RecordCallback(fit_args=...): must be a mapping of fit() "
                             f"argument names to values. Received: {type(fit_args).__name__}")
@@ -222,7 +233,7 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
             monitor=monitor, mode=mode, include=include, exclude=exclude, dtype=dtype,
             skip_frozen=skip_frozen, recorder=recorder,
             resume=None if resume == "auto" else resume, on_error=on_error,
-            recorder_options=recorder_options)
+            recorder_options=recorder_options, trial=trial)
         self.run_params = params  # Keras owns ``self.params`` (what fit() passes)
         self.fit_args = dict(fit_args or {})
         self._auto_resume = resume == "auto"
@@ -353,7 +364,8 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
                                               {"epoch": epoch, "metrics": metrics}]})
             finally:
                 previous = rec.previous_status
-                rec.close(previous if previous in ("completed", "failed", "interrupted")
+                rec.close(previous if previous in ("completed", "failed", "interrupted",
+                                                   "pruned")
                           else "completed", error=rec.previous_error or None)
 
     def close(self) -> None:
@@ -374,7 +386,10 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._close_raised("the with block of RecordCallback ended", error=exc)
+        if self._recorder is None:  # the fit ended normally: a trial pruned after it
+            self._close_pruned_after_fit(exc)
+        else:
+            self._close_raised("the with block of RecordCallback ended", error=exc)
 
     # --- internals ----------------------------------------------------------------------
 
@@ -512,7 +527,8 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
     def _close_raised(self, why: str, error: BaseException | None = None) -> None:
         """Close the record of a fit that raised: ``failed`` with the exception that
         left that fit when it is known (*error*, else the exception being handled now),
-        ``interrupted`` for KeyboardInterrupt; else ``interrupted`` saying *why*. Nothing
+        ``interrupted`` for KeyboardInterrupt, ``pruned`` for ``optuna.TrialPruned``;
+        else ``interrupted`` saying *why*. Nothing
         while the fit still runs on this thread's stack (its own hooks close it)."""
         if self._recorder is None or fit_is_running_here(self._running):
             return
@@ -523,8 +539,7 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
             self._abandon("interrupted", f"{_NO_TRAIN_END}; {why}, and the exception "
                           "that left fit was not known then")
         else:
-            self._abandon("interrupted" if isinstance(exc, KeyboardInterrupt)
-                          else "failed", exc)
+            self._abandon(status_for_exception(exc), exc)
 
     def _close_after_uncaught(self, exc: BaseException) -> None:
         """The exception ends the process: failed when it left the fit (interrupted for
