@@ -79,7 +79,7 @@ class TimedRecordCallback(RecordCallback):
         return hook
 
     for _name in ("on_fit_start", "on_train_start", "on_train_epoch_start",
-                  "on_train_epoch_end", "on_train_end", "teardown"):
+                  "on_train_batch_end", "on_train_epoch_end", "on_train_end", "teardown"):
         locals()[_name] = _timed(_name)
     del _name
 
@@ -155,11 +155,12 @@ def fit_once(setup: str, epochs: int, loader: DataLoader, folder: Path,
         callbacks.append(TimedRecordCallback(folder / "records", experiment="bench",
                                              snapshot_every=None))
     elif setup == "recordkit(log_steps=False)":
-        callbacks.append(RecordCallback(folder / "records", experiment="bench",
-                                        snapshot_every=None, system=False, log_steps=False))
+        callbacks.append(TimedRecordCallback(folder / "records", experiment="bench",
+                                             snapshot_every=None, system=False,
+                                             log_steps=False))
     elif setup == "recordkit(steps)":
-        callbacks.append(RecordCallback(folder / "records", experiment="bench",
-                                        snapshot_every=None, system=False))
+        callbacks.append(TimedRecordCallback(folder / "records", experiment="bench",
+                                             snapshot_every=None, system=False))
     elif setup == "csv(every step)":
         logger = lp.loggers.CSVLogger(folder / "csv")
     elif setup == "checkpoint+csv":
@@ -342,24 +343,37 @@ def run_short(args: argparse.Namespace, tmp: Path) -> None:
 
 def run_steps(args: argparse.Namespace, tmp: Path) -> None:
     """Issue 15's step rows: their cost per batch, against no step rows and a CSVLogger."""
-    epochs, batches = 3, 400
+    epochs, batches = 2, 200
     repeats = args.steps_repeats or (3 if args.quick else 5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: a second thread only spins at its barriers
     generator = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(batches * 16, 32, generator=generator),
                          torch.randn(batches * 16, 1, generator=generator))
     loader = DataLoader(data, batch_size=16)
     print(f"\n--- steps case: {epochs} epochs x {batches} batches of 16, 2 metrics logged "
           f"per step; {repeats} repeats; torch threads {torch.get_num_threads()}")
+    HOOK_SECONDS.clear()
+    BY_HOOK.clear()
     setups = ["none", "recordkit(log_steps=False)", "recordkit(steps)", "csv(every step)"]
     times: dict[str, list[float]] = {s: [] for s in setups}
     for setup in setups:  # warm-up
         fit_once(setup, 1, loader, tmp / f"warmup-steps-{setup}", Small)
+    BY_HOOK.clear()
     for repeat in range(repeats):
         for setup in setups if repeat % 2 == 0 else reversed(setups):
             folder = tmp / f"steps-{setup}-{repeat}"
             times[setup].append(fit_once(setup, epochs, loader, folder, Small))
+    torch.set_num_threads(threads)
     print_setups(times)
     n = epochs * batches
+    for setup in ("recordkit(steps)", "recordkit(log_steps=False)"):
+        hooks = BY_HOOK.get(setup, {})
+        per_batch = hooks.get("on_train_batch_end", 0.0) / (repeats * n)
+        per_epoch = hooks.get("on_train_epoch_end", 0.0) / (repeats * epochs)
+        print(f"[info] steps case: training thread inside {setup}: on_train_batch_end "
+              f"{per_batch * 1e6:.0f} us per batch, on_train_epoch_end (writes the step "
+              f"rows) {per_epoch * 1e3:.1f} ms per epoch of {batches} batches")
     base = times["recordkit(log_steps=False)"]
     added = statistics.median((a - b) / n for a, b in zip(times["recordkit(steps)"], base))
     print(f"[info] steps case: step rows add {added * 1e6:.0f} us per batch (median of "

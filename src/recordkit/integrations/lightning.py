@@ -152,6 +152,7 @@ class _LightningFit(FitState):
     open_epoch: int | None = None  # ended but may still get late metrics
     logged: set[str] = field(default_factory=set)  # metric names logged for open_epoch
     steps: list[_Row] = field(default_factory=list)  # step rows not written yet
+    last_read: dict[str, Any] = field(default_factory=dict)  # callback_metrics, latest copy
     step_sums: dict[str, tuple[float, int]] = field(default_factory=dict)  # per step only
     optimizer_steps: bool = False  # global_step may differ from the batches: kept too
     epoch_batches: int = 0  # batches of the running epoch so far
@@ -377,7 +378,7 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             self._log_late_metrics(trainer, metrics)
         if fit.ended_epoch is not None:
             self._check_monitor(trainer, metrics, fit.ended_epoch)
-        fit.epoch_start_metrics, fit.val_metrics = metrics, {}
+        fit.epoch_start_metrics, fit.val_metrics, fit.last_read = metrics, {}, metrics
         fit.epoch_batches, fit.step_sums, fit.validated = 0, {}, False
         fit.epoch_started = time.perf_counter()
         rec = self._recorder
@@ -393,8 +394,13 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         if not self.log_steps or self._recorder is None:
             return
         step = facts.batches_done(trainer)
+        # One read: each read puts new objects under the running loop's names only, so
+        # what differs from the previous read (this hook's, or the epoch start's, or the
+        # latest validation's end) is what running_loop_metrics' two reads would name.
+        now = dict(trainer.callback_metrics)
+        fresh, fit.last_read = written_since(fit.last_read, now), now
         rows: dict[str, float] = {}
-        for name, value in _floats(step_values(running_loop_metrics(trainer))).items():
+        for name, value in _floats(step_values(fresh)).items():
             if name.endswith("_step"):  # logged with on_epoch=True too: x is the epoch's
                 rows[name] = value
                 continue
@@ -414,7 +420,8 @@ class RecordCallback(RecordingCallback, _LightningCallback):
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
             return
-        fresh = written_since(self._fit.eval_start_metrics, trainer.callback_metrics)
+        now = dict(trainer.callback_metrics)
+        fresh, self._fit.last_read = written_since(self._fit.eval_start_metrics, now), now
         if self._fit.stage != "fit":
             self._record_evaluation(trainer, pl_module, "validate", fresh)
             return
