@@ -484,14 +484,12 @@ def test_crashed_fit_leaves_readable_record_then_reuse_starts_new(tmp_path: Path
     assert record.history.epochs("loss").tolist() == [0, 1]
     assert record.snapshot_epochs in ([], [0], [0, 1])
     # the callback used again from epoch 0: the crashed record is closed, every queued
-    # snapshot written; the exception was dropped before, so it cannot be known
+    # snapshot written; the exception, dropped by the caller, was seen leaving the hook
     hist = fit(model, [callback], epochs=2)
     assert callback.record_path != crashed
     old = recordkit.load(crashed)
-    assert old.status == "interrupted"
-    assert old.error == ("model.fit ended without on_train_end (an exception left fit); "
-                         "the callback was used for another fit, and the exception that "
-                         "left fit was not known then")
+    assert old.stored_status == "failed"
+    assert old.error == "RuntimeError: boom at epoch 2"
     assert old.history.epochs("loss").tolist() == [0, 1]
     assert old.snapshot_epochs == [0, 1]
     new = recordkit.load(callback.record_path)
@@ -572,8 +570,8 @@ def test_an_unrelated_exception_is_never_stored_as_the_fits(tmp_path: Path) -> N
     except KeyError:
         callback.close()  # handling an exception, but not the fit's
     record = recordkit.load(callback.record_path)
-    assert record.stored_status == "interrupted"
-    assert "KeyError" not in record.error and "was not known" in record.error
+    assert record.stored_status == "failed"
+    assert record.error == "RuntimeError: boom at epoch 1"  # the fit's, seen leaving it
     assert record.snapshot_epochs == [0]
 
 
@@ -610,8 +608,49 @@ def test_garbage_collected_callback_closes_crashed_record(tmp_path: Path) -> Non
     del callback
     gc.collect()
     record = recordkit.load(path)
-    assert record.stored_status == "interrupted"
+    assert record.stored_status == "failed"
+    assert record.error == "RuntimeError: boom at epoch 1"
     assert record.history.epochs("loss").tolist() == [0]
+
+
+class FailingStep(keras.Model):
+    """A model whose train step raises at one step (run eagerly: the Python of the step
+    runs at every step), as a step that meets bad data or runs out of memory."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.dense = keras.layers.Dense(2)
+        self.at, self.steps = at, 0
+
+    def call(self, x: Any) -> Any:
+        return self.dense(x)
+
+    def train_step(self, data: Any) -> Any:
+        self.steps += 1
+        if self.steps == self.at:
+            raise ValueError(f"bad batch at step {self.steps}")
+        return super().train_step(data)
+
+
+def test_a_dropped_exception_of_the_train_step_is_the_records_error(tmp_path: Path) -> None:
+    """A sweep's try/except drops the error of a step; the record reads failed with it
+    when the next fit of the callback starts, and the next fit's step is not wrapped
+    twice (a fit that ends puts the model's train_function back)."""
+    model = FailingStep(at=5)  # 3 steps an epoch (48 rows, batches of 16): in epoch 1
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), run_eagerly=True)
+    callback = RecordCallback(tmp_path)
+    with contextlib.suppress(ValueError):
+        fit(model, [callback], epochs=3)
+    crashed = callback.record_path
+    assert getattr(model.train_function, "__recordkit_trapped__", None) is not None
+    fit(model, [callback], epochs=2)  # the next fit: the crashed record is closed
+    record = recordkit.load(crashed)
+    assert record.stored_status == "failed"
+    assert record.error == "ValueError: bad batch at step 5"
+    assert record.history.epochs("loss").tolist() == [0]
+    assert recordkit.load(callback.record_path).status == "completed"
+    assert getattr(model.train_function, "__recordkit_trapped__", None) is None
 
 
 def test_reused_callback_starts_a_new_record(tmp_path: Path) -> None:
@@ -1030,17 +1069,15 @@ print(json.dumps({"path": callback.record_path}), flush=True)
 @pytest.mark.slow
 @pytest.mark.parametrize("keep", [False, True])
 def test_a_caught_failure_is_closed_at_exit(tmp_path: Path, keep: bool) -> None:
-    """At exit the record of a fit that raised is closed: interrupted, saying the
-    exception was not known (it was dropped; one kept in a list is not looked for)."""
+    """At exit the record of a fit that raised is closed: failed, with the exception the
+    caller caught (dropped, or kept in a list), seen as it left the callback's hook."""
     body = (textwrap.dedent(SCRIPT_HEAD).format(setup="")
             + CAUGHT_THEN_EXIT.replace("KEEP", str(keep)))
     done = run_script(tmp_path, body)
     path = json.loads(done.stdout.strip().splitlines()[-1])["path"]
     record = recordkit.load(path)
-    assert record.stored_status == "interrupted"
-    assert record.error == ("model.fit ended without on_train_end (an exception left fit); "
-                            "the process exited, and the exception that left fit was not "
-                            "known then")
+    assert record.stored_status == "failed"
+    assert record.error == "RuntimeError: boom at epoch 2"
     assert record.history.epochs("loss").tolist() == [0, 1]
     assert record.snapshot_epochs == [0, 1]
 
@@ -1322,3 +1359,46 @@ def test_sigkill_after_the_epoch_end_hook_keeps_that_epochs_rows(tmp_path: Path,
     assert record.snapshot_epochs == sorted(record.snapshot_epochs)
     for epoch in record.snapshot_epochs:
         assert set(record.weights(epoch=epoch)) == set(record.tensor_names)
+
+
+def test_adapted_vocabularies_are_stored_so_the_model_can_be_rebuilt(tmp_path: Path) -> None:
+    """Keras 3 lookup layers keep their vocabulary in no variable: the record's extra
+    holds each, and a new layer given it maps tokens as the trained one did."""
+    words = np.array([["cat"], ["dog"], ["cat"], ["bird"], ["fish"], ["dog"]] * 8)
+    lookup = keras.layers.StringLookup(name="words")
+    lookup.adapt(words)
+    inner = keras.Sequential([keras.Input((1,), dtype="string"), lookup,
+                              keras.layers.Embedding(8, 2), keras.layers.Flatten()],
+                             name="encoder")
+    inputs = keras.Input((1,), dtype="string")
+    model = keras.Model(inputs, keras.layers.Dense(2)(inner(inputs)))
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    tf = pytest.importorskip("tensorflow")  # string inputs: a tf.data pipeline
+    callback = RecordCallback(tmp_path)
+    labels = (words[:, 0] == "cat").astype("int64")
+    model.fit(tf.data.Dataset.from_tensor_slices((words, labels)).batch(16), epochs=2,
+              verbose=0, callbacks=[callback])
+    stored = recordkit.load(callback.record_path).extras["vocabularies"]
+    assert stored == {"encoder/words": {"class": "StringLookup",
+                                        "vocabulary": lookup.get_vocabulary()}}
+    # get_vocabulary() leads with the OOV token, which the layer adds itself
+    rebuilt = keras.layers.StringLookup(vocabulary=stored["encoder/words"]["vocabulary"][1:])
+    probe = np.array([["dog"], ["fish"], ["unknown"]])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(rebuilt(probe)),
+                                  keras.ops.convert_to_numpy(lookup(probe)))
+
+    text = keras.layers.TextVectorization(max_tokens=20, output_sequence_length=3,
+                                          name="sentences")
+    text.adapt(["a cat and a dog", "the dog sat", "a bird"])
+    inputs = keras.Input((1,), dtype="string")
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.ops.cast(text(inputs), "float32")))
+    model.compile(optimizer="sgd", loss="mse")
+    callback = RecordCallback(tmp_path, experiment="text")
+    model.fit(tf.data.Dataset.from_tensor_slices(
+        (np.array([["a cat"], ["the dog"]]), np.zeros((2, 1)))).batch(2), epochs=1,
+        verbose=0, callbacks=[callback])
+    stored = recordkit.load(callback.record_path).extras["vocabularies"]
+    assert stored == {"sentences": {"class": "TextVectorization",
+                                    "vocabulary": text.get_vocabulary()}}
+    assert "dog" in stored["sentences"]["vocabulary"]

@@ -25,7 +25,7 @@ from recordkit.integrations._keras_internals import (
 
 __all__ = ["cluster_resolver", "early_stopping_restore", "element_name", "fit_facts",
            "frozen_paths", "host_copies", "keras_scalar", "learning_rate", "model_counts",
-           "run_info", "variable_name", "vector_metrics", "weights_differ"]
+           "run_info", "variable_name", "vector_metrics", "vocabularies", "weights_differ"]
 
 
 def keras_scalar(value: Any) -> float | None:
@@ -130,6 +130,37 @@ def early_stopping_restore(callbacks: Any) -> tuple[int, list[Any]] | None:
                 and getattr(callback, "best_weights", None) is not None
                 and isinstance(getattr(callback, "best_epoch", None), int)):
             found = (int(callback.best_epoch), list(callback.best_weights))
+    return found
+
+
+#: How deep :func:`vocabularies` looks into nested layers.
+_MAX_LAYER_DEPTH = 32
+
+
+def vocabularies(model: Any) -> dict[str, dict[str, Any]]:
+    """The vocabulary of every lookup layer of *model* (``StringLookup``,
+    ``IntegerLookup``, ``TextVectorization``: Keras 3 keeps an adapted vocabulary in no
+    variable, so no snapshot holds it), by the layer's path of names (``"encoder/vocab"``
+    for a layer of a nested model): its class and ``get_vocabulary()``, special tokens
+    included, as the layer's ``set_vocabulary`` takes it back. ``{}`` when there is none.
+    """
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(layer: Any, prefix: str, depth: int) -> None:
+        for child in list(getattr(layer, "layers", None) or ()):
+            name = f"{prefix}{getattr(child, 'name', type(child).__name__)}"
+            get = getattr(child, "get_vocabulary", None)
+            if callable(get):
+                try:
+                    words = [w.decode("utf-8", "replace") if isinstance(w, bytes) else w
+                             for w in get()]
+                    found[name] = {"class": type(child).__name__, "vocabulary": jsonable(words)}
+                except Exception:  # a layer not adapted yet (or not one of Keras')
+                    pass
+            elif depth < _MAX_LAYER_DEPTH:
+                walk(child, f"{name}/", depth + 1)
+
+    walk(model, "", 0)
     return found
 
 

@@ -32,14 +32,24 @@ Choices worth knowing:
   process (``sys.excepthook``) or, in IPython and Jupyter, the cell that ran the fit;
   :meth:`RecordCallback.close` (or the end of ``with RecordCallback(...)``); the next
   fit with this callback; the process's exit; the callback's garbage collection. It is
-  closed ``failed`` with the exception's type and message when the exception that left
-  that fit is known then: the one ending the process or the cell, the one being handled
-  when ``close()`` or the next fit is called (inside ``except`` or ``finally``), the one
-  leaving the ``with`` block; ``interrupted`` for KeyboardInterrupt. Otherwise (the
-  exception was caught and dropped before) it cannot be known, and the record is closed
-  ``interrupted`` with a message that says so; ``running`` (read as ``interrupted``)
-  when the process is killed. An exception is taken for the fit's only when its
-  traceback reaches that fit's frame: an unrelated one is never stored.
+  closed ``failed`` with the exception's type and message (``interrupted`` for
+  KeyboardInterrupt) when the exception that left that fit is known then: the one
+  ending the process or the cell, the one being handled when ``close()`` or the next fit
+  is called (inside ``except`` or ``finally``), the one leaving the ``with`` block, or
+  one the caller caught and dropped that left the fit through a training step or a
+  callback hook: for that, while the fit runs, the model's ``train_function`` and the
+  hooks of fit's ``CallbackList`` are wrapped in a function that notes the text of an
+  exception passing out of them (one Python call per step; put back when the fit ends).
+  An exception raised elsewhere in fit and dropped cannot be known: the record is then
+  closed ``interrupted`` with a message that says so; ``running`` (read as
+  ``interrupted``) when the process is killed. An exception is taken for the fit's only
+  when its traceback reaches that fit's frame, or it left one of the fit's own steps or
+  hooks: an unrelated one is never stored.
+- **Vocabularies.** ``StringLookup``, ``IntegerLookup`` and ``TextVectorization`` keep
+  an adapted vocabulary in no variable (so in no snapshot, and not in the model's
+  config): the record's extra ``vocabularies`` holds each one, by layer name (nested
+  layers as ``outer/inner``), with the layer's class, as ``get_vocabulary()`` gives it
+  when the record starts; ``layer.set_vocabulary(...)`` takes it back.
 - **Reuse and resume.** A callback used for a second fit starts a new record when the
   new fit starts at epoch 0. A fit that starts at a later epoch (``initial_epoch``,
   ``BackupAndRestore``) continues the record of the previous fit, whether that fit
@@ -119,6 +129,7 @@ from recordkit.integrations._common import (
     status_for_exception,
 )
 from recordkit.integrations._keras_internals import (
+    ExceptionTrap,
     RunningFit,
     exception_left_fit,
     fit_is_running_here,
@@ -242,6 +253,7 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         self._raised_path: str | None = None  # that record, closed when its cell ended
         self._fit: _KerasFit = _KerasFit()
         self._running: RunningFit | None = None  # the fit() call of the latest fit
+        self._trap = ExceptionTrap()  # the exception that left the latest fit, if seen
 
     # --- Keras hooks --------------------------------------------------------------------
 
@@ -254,6 +266,7 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
             continue_path = self._record_path
         running = running_fit(self.model)
         self._running = running
+        self._trap.set(self.model, running)
         self._fit = _KerasFit(call_args=running.call_args if running else {},
                               writes=is_chief(facts.cluster_resolver(self.model)))
         self._continue_path = continue_path
@@ -321,6 +334,7 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         self._fit_thread = None
         _crash_watch.unwatch(self)
         running, self._running = self._running, None
+        self._trap.remove()
         if rec is None:
             return
         with self._guard("close the record"):
@@ -413,6 +427,9 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
             self._plan_snapshots(rec, (self.params or {}).get("epochs"), first_epoch)
             rec.set_info(facts.run_info(self.model))
             rec.set_info({"fit": self._fit_facts()})
+            vocabularies = facts.vocabularies(self.model)
+            if vocabularies:  # in no variable, so in no snapshot
+                rec.add("vocabularies", vocabularies)
 
     def _record_gap(self, rec: Recorder, first_epoch: int) -> None:
         """A resumed record ends before the epoch this fit starts at: warn, and list the
@@ -535,11 +552,15 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         self._raised_path = self._record_path  # a later fit may continue it
         exc = exception_left_fit(self._running, error if error is not None
                                  else sys.exc_info()[1])
-        if exc is None:
+        seen, self._trap.seen = self._trap.seen, None
+        self._trap.remove()
+        if exc is not None:
+            self._abandon(status_for_exception(exc), exc)
+        elif seen is not None:  # dropped by the caller, but seen leaving a step or hook
+            self._abandon(seen.status, seen.text)
+        else:
             self._abandon("interrupted", f"{_NO_TRAIN_END}; {why}, and the exception "
                           "that left fit was not known then")
-        else:
-            self._abandon(status_for_exception(exc), exc)
 
     def _close_after_uncaught(self, exc: BaseException) -> None:
         """The exception ends the process: failed when it left the fit (interrupted for
@@ -564,8 +585,12 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         # Collected while its record is open: the fit that wrote it raised long ago.
         with contextlib.suppress(Exception):
             if getattr(self, "_recorder", None) is not None:
-                self._abandon("interrupted", f"{_NO_TRAIN_END}; the callback was "
-                              "garbage-collected")
+                seen = self._trap.seen
+                if seen is not None:
+                    self._abandon(seen.status, seen.text)
+                else:
+                    self._abandon("interrupted", f"{_NO_TRAIN_END}; the callback was "
+                                  "garbage-collected")
 
 
 def _release_abandoned(path: Path) -> None:
