@@ -30,6 +30,7 @@ except ImportError:
 
 from recordkit import load, load_all  # noqa: E402
 from recordkit.errors import RecordkitWarning, RecordWriteError  # noqa: E402
+from recordkit.integrations._lightning_warnings import forget_shown  # noqa: E402
 from recordkit.integrations.lightning import RecordCallback  # noqa: E402
 from recordkit.recorder import Recorder  # noqa: E402
 
@@ -330,6 +331,7 @@ def test_log_steps_records_step_rows(tmp_path: Path) -> None:
 
 
 def test_step_only_metric_is_named_in_a_warning_without_log_steps(tmp_path: Path) -> None:
+    forget_shown()  # each kind of warning is shown once per process
     cb = callback(tmp_path, log_steps=False)
     with pytest.warns(RecordkitWarning, match=r"\['step_only'\] are logged per step only"):
         trainer([cb], max_epochs=1).fit(LP_MODULE(), datamodule=LP_DATA())
