@@ -672,10 +672,9 @@ class SnapshotStore:
                                      tuple(sorted(alias for alias, target in
                                                   self.aliases.items() if target == name))))
             offset += int(array.size)
-        first = encoded[names[0]]
-        made = self._dataset(f, key, np.zeros(offset, first[0].dtype), first[1],
+        array, stored_dtype = encoded[names[0]]
+        return self._dataset(f, key, np.zeros(offset, array.dtype), stored_dtype,
                              first_snapshot, packed)
-        return made
 
     @staticmethod
     def _pack_target(pack: _Known, row: int, encoded: dict[str, tuple[np.ndarray, str]],
