@@ -5,6 +5,8 @@ back exactly as if each had a dataset of its own (docs/FORMAT.md, "Packs")."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,12 @@ def _same(got: Any, want: Any) -> bool:
         return bool(np.array_equal(_as_float32(got), bits.view(np.float32)))
     return bool(got.dtype == want.dtype and got.shape == want.shape
                 and np.array_equal(got, want))
+
+
+def _cli_verify(path: Path) -> subprocess.CompletedProcess[str]:
+    """``recordkit verify PATH`` in a real process."""
+    return subprocess.run([sys.executable, "-m", "recordkit", "verify", str(path)],
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 def _write(root: Path, epochs: range, *, background: bool = True, **options: Any) -> Path:
@@ -122,6 +130,9 @@ def test_many_small_tensors_round_trip_value_by_value(tmp_path: Path, background
     assert record.tensor_aliases == {}
     report = verify(path)
     assert report.ok, report.problems
+    if background:
+        done = _cli_verify(path)
+        assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("options", [{"checksum": False}, {"compression": "gzip"},
@@ -295,6 +306,8 @@ def test_a_zeroed_pack_chunk_is_damage_naming_the_tensor_and_its_pack(tmp_path: 
     assert not report.ok
     assert any("%pack-0-float16" in p and "row 1" in p for p in report.problems), (
         report.problems)
+    done = _cli_verify(path)
+    assert done.returncode == 1 and "%pack-0-float16" in done.stdout, done.stdout
 
 
 def _check_values_except(record: recordkit.Record, name: str, epoch: int) -> None:
