@@ -117,7 +117,7 @@ def test_stale_lock_on_this_host_is_taken_over(no_flock: int, record: Path,
         assert owner is not None and owner.token != "feedfacefeedface"
         assert owner.pid == os.getpid()
         assert is_locked(record)
-        assert not [p for p in path.parent.iterdir() if ".stale-" in p.name]
+        assert not [p for p in path.parent.iterdir() if p.name.endswith(".takeover")]
     finally:
         lock.release()
 
@@ -356,3 +356,52 @@ print(json.dumps({"locked": is_locked(path), "status": recordkit.load(path).stat
     result = json.loads(_run(script, str(tmp_path), env=env).stdout)
     assert result == {"locked": False, "status": "completed", "all": ["completed"],
                       "verify_ok": True}
+
+
+RACER = """
+import json, os, sys, time
+from pathlib import Path
+from recordkit.errors import RecordLockedError
+from recordkit.locking import RunLock
+record, go = Path(sys.argv[1]), Path(sys.argv[2])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.005)
+try:
+    lock = RunLock.acquire(record)
+except RecordLockedError:
+    print("refused", flush=True)
+    sys.exit(0)
+print("won", flush=True)
+sys.stdin.read()  # hold the lock until told
+lock.release()
+"""
+
+
+def test_racers_taking_over_one_stale_lock_one_wins(shim: Path, tmp_path: Path) -> None:
+    """Four processes without flock take over one dead writer's lock at the same moment:
+    exactly one holds it, the others are refused (the renamed-aside check)."""
+    record = tmp_path / "run.h5"
+    _write_owner(record, pid=_dead_pid())
+    go = tmp_path / "go"
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(record), str(go)],
+                               env=_env(shim), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    try:
+        for racer in racers:
+            assert racer.stdout is not None
+            assert racer.stdout.readline().strip() == "ready"
+        go.touch()
+        outcomes = []
+        for racer in racers:
+            assert racer.stdout is not None
+            outcomes.append(racer.stdout.readline().strip())
+        assert sorted(outcomes) == ["refused", "refused", "refused", "won"], outcomes
+        winner = racers[outcomes.index("won")]
+        owner = lock_owner(record)
+        assert owner is not None and owner.pid == winner.pid
+        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".takeover")]
+    finally:
+        for racer in racers:
+            racer.communicate(input="", timeout=60)
+    assert not lock_path(record).exists()

@@ -35,7 +35,7 @@ import json, sys, time, recordkit
 from pathlib import Path
 from recordkit.errors import RecordkitError
 path = Path(sys.argv[1])
-seen, errors, wrong, statuses, firsts = [], {}, 0, set(), {}
+seen, errors, wrong, statuses, firsts = [], {}, 0, [], {}
 while True:
     try:
         record = recordkit.load(path)
@@ -50,13 +50,13 @@ while True:
         for epoch in range(len(loss)):
             firsts.setdefault(epoch, now)
         seen.append(len(loss))
-        statuses.add(status)
+        statuses.append(status)
         if record.stored_status == "completed":
             break
     except RecordkitError as err:
-        errors[type(err).__name__] = errors.get(type(err).__name__, 0) + 1
+        errors.setdefault(type(err).__name__, []).append(str(err)[-300:])
 print(json.dumps({"seen": seen, "errors": errors, "wrong": wrong,
-                  "statuses": sorted(statuses), "firsts": firsts}))
+                  "statuses": statuses, "firsts": firsts}))
 """
 
 
@@ -78,8 +78,16 @@ def test_reader_of_a_run_written_without_flock(shim: Path, tmp_path: Path) -> No
     seen = result["seen"]
     assert result["wrong"] == 0
     assert seen == sorted(seen) and seen[-1] == 80
-    assert "running" in result["statuses"] and "interrupted" not in result["statuses"]
-    assert set(result["errors"]) <= {"RecordBusyError"}, result["errors"]
+    statuses = result["statuses"]
+    assert "running" in statuses and statuses[-1] == "completed"
+    # "interrupted" only from the close's race: a load that read "running" before the
+    # close wrote "completed" and asked for the lock after it was released
+    assert "interrupted" not in statuses[:-2], statuses
+    # A load caught inside a flush is refused, never wrong: after its retries, as busy,
+    # or (reading a file a writer changes is undefined in HDF5) as damaged; the next
+    # load reads the run (the counts are in docs/RELIABILITY.md)
+    assert set(result["errors"]) <= {"RecordBusyError", "RecordDamagedError"}, result["errors"]
+    assert sum(map(len, result["errors"].values())) <= max(2, len(seen) // 10), result["errors"]
     lags = sorted(result["firsts"][str(e)] - committed[e] for e in committed
                   if str(e) in result["firsts"])
     print(json.dumps({"loads": len(seen), "errors": result["errors"],

@@ -229,23 +229,38 @@ def _locked_error(record: Path, owner: LockOwner | None, *, exclusive: bool
     return RecordLockedError(message)
 
 
-def _take_over(path: Path, ino: int, owner: LockOwner | None) -> None:
-    """Remove the stale lock file *path* (inode *ino*, holder *owner*): renamed aside
-    first, so that a lock file another process made since is put back, not removed."""
-    aside = path.with_name(f"{path.name}.stale-{secrets.token_hex(4)}")
+_TAKEOVER_STALE = 60.0  # seconds: a taker killed inside its take-over left its mutex
+
+
+def _take_over(path: Path, judged: os.stat_result, data: bytes) -> None:
+    """Remove the stale lock file *path* as it was judged (its stat *judged* and bytes
+    *data*), under a take-over mutex (``<lock>.takeover``, made with ``O_EXCL``): only the
+    mutex's holder removes a lock, and only when the file is still the one judged (same
+    inode, mtime and bytes), so a lock made since is never removed. Returns without
+    removing anything when another process holds the mutex (the caller tries again)."""
+    mutex = path.with_name(path.name + ".takeover")
     try:
-        os.rename(path, aside)
+        fd = os.open(mutex, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        with contextlib.suppress(OSError):  # left by a taker that died inside it
+            if _server_now(path.parent) - mutex.stat().st_mtime > _TAKEOVER_STALE:
+                mutex.unlink()
+        time.sleep(0.01)
+        return
     except OSError:
-        return  # gone already (another process took it over): the caller tries again
+        return
     try:
-        same = os.stat(aside).st_ino == ino and (
-            owner is None or (lock_owner_file(aside) or owner).token == owner.token)
-        if not same:  # a lock made since the judgement: give it back
-            with contextlib.suppress(OSError):
-                os.link(aside, path)
+        now = os.stat(path)
+        same = (now.st_ino == judged.st_ino and now.st_mtime_ns == judged.st_mtime_ns
+                and path.read_bytes()[:4096] == data)
+        if same:
+            path.unlink()
+    except OSError:
+        pass  # gone already: the caller tries again
     finally:
+        os.close(fd)
         with contextlib.suppress(OSError):
-            aside.unlink()
+            mutex.unlink()
 
 
 def lock_owner_file(path: Path) -> LockOwner | None:
@@ -286,7 +301,7 @@ class RunLock:
         if fcntl is None:  # pragma: no cover
             return cls(path, None)
         owner: LockOwner | None = None
-        for _attempt in range(5):
+        for _attempt in range(20):
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
                 created = True
@@ -326,12 +341,15 @@ class RunLock:
                 lock = cls(path, fd, mine)
                 lock._start_heartbeat()
                 return lock
-            owner = _read_fd(fd)
-            st = os.fstat(fd)
-            os.close(fd)
+            try:
+                data = os.pread(fd, 4096, 0)
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            owner = _parse_owner(data)
             if _alive(owner, st.st_mtime, path):
                 raise _locked_error(record, owner, exclusive=True)
-            _take_over(path, st.st_ino, owner)
+            _take_over(path, st, data)
         raise _locked_error(record, owner, exclusive=True)
 
     def _start_heartbeat(self) -> None:
