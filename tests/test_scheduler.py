@@ -149,8 +149,6 @@ def test_default_name_of_an_array_task() -> None:
         "20260101-000000-000000-abcdef-1040_3")
 
 
-@pytest.mark.xfail(strict=True, reason="needs runfile.start_run to call "
-                   "scheduler.default_run_name (change reported to the lead)")
 def test_recorder_default_name_holds_the_array_task(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     _set(monkeypatch, SLURM_ARRAY_TASK)

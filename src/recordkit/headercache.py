@@ -32,7 +32,7 @@ __all__ = ["CACHE_FILES", "CACHE_LAYOUT", "FullHeader", "HeaderCache", "cache_di
            "json_exact", "prune"]
 
 #: The shape of the cache's entries (and of ``Record.cache_state``).
-CACHE_LAYOUT = 3
+CACHE_LAYOUT = 4
 #: Cache files (one per folder of records) kept; the least recently used go first.
 CACHE_FILES = 200
 
@@ -225,7 +225,8 @@ def full_header_state(header: FullHeader) -> dict[str, Any] | None:
         "history": {name: _columns(rows) for name, rows in header.history.items()},
         "snapshots": _columns(header.snapshots),
         "tensors": {name: [t.key, t.stored_dtype, list(t.shape), t.dtype.str, t.first,
-                           t.count] for name, t in header.tensors.items()},
+                           t.count, t.offset, t.size, t.member]
+                    for name, t in header.tensors.items()},
         "extra_keys": dict(header.extra_keys),
     }
 
@@ -245,8 +246,9 @@ def full_header_from_state(state: Mapping[str, Any]) -> FullHeader:
                  for name, columns in state["history"].items()},
         snapshots=_table(SNAPSHOT_DTYPE, state["snapshots"]),
         tensors={name: StoredTensor(str(key), str(stored), tuple(int(d) for d in shape),
-                                    np.dtype(dtype), int(first), int(count))
-                 for name, (key, stored, shape, dtype, first, count)
+                                    np.dtype(dtype), int(first), int(count), int(offset),
+                                    None if size is None else int(size), str(member))
+                 for name, (key, stored, shape, dtype, first, count, offset, size, member)
                  in state["tensors"].items()},
         extra_keys={str(k): str(v) for k, v in state["extra_keys"].items()},
     )

@@ -237,8 +237,6 @@ class Record:
             state["summary"] = self._summary
             return state
         self._read_parts(PARTS)  # every part, each with its checks
-        if any(tensor.size is not None for tensor in self._tensors.values()):
-            return None  # (v3) the cache does not carry a packed tensor's place yet
         header = full_header_state(FullHeader(
             self._format_version, self._params_text, self._system, self._info,
             dict(self._history.rows_by_metric()), self._snapshots, self._tensors,
@@ -246,6 +244,7 @@ class Record:
         if header is None:
             return None
         state["header"] = header
+        state["params_hash_crcs"] = list(self.__dict__.get("_params_hash_crcs", ()))
         return state
 
     @classmethod
@@ -284,6 +283,7 @@ class Record:
         record._tensors = header.tensors
         record._extra_keys = header.extra_keys
         record._walked = 0  # every part is here: nothing more is checked
+        record._params_hash_crcs = tuple(int(c) for c in state.get("params_hash_crcs", ()))
         return record
 
     # --- run fields -------------------------------------------------------------------------

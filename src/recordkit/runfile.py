@@ -61,6 +61,7 @@ from recordkit.format.safety import check_file, check_layout
 from recordkit.locking import RunLock
 from recordkit.params import RunParams
 from recordkit.paths import record_files, resolve_path
+from recordkit.scheduler import default_run_name
 
 __all__ = ["RunFile", "RunStart", "check_before_resume", "find_unfinished", "new_run_id",
            "resume_run", "start_run"]
@@ -273,9 +274,12 @@ class RunFile:
         flush(self.file, fsync=durable)
 
     def commit(self, *, durable: bool) -> None:
-        """:meth:`flush`, then check that the file is still where readers look for it."""
+        """:meth:`flush`, then check that the file is still where readers look for it
+        and that its lock is still this process's."""
         self.flush(durable=durable)
         self._check_still_there()
+        if self._run_lock is not None:
+            self._run_lock.check()
 
     def fsync_handle(self) -> int | None:
         """The descriptor to fsync after the lock is released, or None when closed."""
@@ -447,7 +451,7 @@ def start_run(root: Path, experiment: str, name: str | None, created: _dt.dateti
 
     def write_header(f: RecordFile, run_id: str, path: Path) -> None:
         names["run_id"] = run_id
-        names["name"] = name if name is not None else run_id
+        names["name"] = name if name is not None else default_run_name(run_id)
         # warns at the caller of Recorder(): encode, this, create, start_run, __init__
         document = params.encode(path, stacklevel=5)
         write_new_run(f, {

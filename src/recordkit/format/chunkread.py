@@ -274,6 +274,12 @@ def _read_pieces(fd: int, buffer: np.ndarray, chunk_bytes: int,
     return crcs
 
 
+def _read_handed(fd: int, handed: list[np.ndarray], chunk_bytes: int,
+                 starts: dict[int, int], pieces: list[_Piece]) -> list[int]:
+    """:func:`_read_pieces` of the buffer in *handed* (see :func:`_pipelined`)."""
+    return _read_pieces(fd, handed[0], chunk_bytes, starts, pieces)
+
+
 def _pipelined(fd: int, buffer: np.ndarray, chunk_bytes: int,
                places: list[tuple[int, tuple[int, ...], int]], expected: np.ndarray) -> None:
     """Read and check a row on two threads: the row's pieces (its chunks, a single chunk
@@ -290,13 +296,18 @@ def _pipelined(fd: int, buffer: np.ndarray, chunk_bytes: int,
             pieces.append((k, offset, 0, chunk_bytes))
     starts = {k: at for k, _, at in places}
     mine, theirs = pieces[len(pieces) // 2:], pieces[:len(pieces) // 2]
-    future = _helper_executor().submit(_read_pieces, fd, buffer, chunk_bytes, starts, theirs)
+    # The buffer goes over in a list emptied below: a work item (a cancelled one still
+    # queued, or one whose result is set) keeps its arguments, and with them a whole row,
+    # alive after this read returned (a third snapshot in weights.distance's peak).
+    handed = [buffer]
+    future = _helper_executor().submit(_read_handed, fd, handed, chunk_bytes, starts, theirs)
     try:
         mine_crcs = _read_pieces(fd, buffer, chunk_bytes, starts, mine)
     finally:
         stolen = future.cancel()  # not started yet: do it here rather than wait
         if not stolen:
             concurrent.futures.wait([future])  # never free a buffer the thread still reads
+        handed.clear()
     their_crcs = (_read_pieces(fd, buffer, chunk_bytes, starts, theirs) if stolen
                   else future.result())
     sums: dict[int, int] = {}

@@ -58,8 +58,9 @@ FORMAT_VERSION = 3
 READ_VERSIONS = (1, 2, 3)
 
 #: Values of the root attribute ``status``. A reader treats ``running`` in a file that no
-#: process holds open as an interrupted run.
-STATUSES = ("running", "completed", "failed", "interrupted")
+#: process holds open as an interrupted run. ``pruned`` (since 2026-12): a sweep's engine
+#: stopped the run early (``optuna.TrialPruned``, a Ray Tune scheduler).
+STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
 
 # --- objects ------------------------------------------------------------------------------
 
