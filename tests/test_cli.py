@@ -591,3 +591,37 @@ def test_weights_by_run_id_and_its_errors(moving, tmp_path, capsys, pd):
     assert table[2].split() == ["fc", "4", "0", "0", "2"]  # no last-epoch movement
     assert cli.main(["weights", str(rec.path), "--plot", str(tmp_path / "x.png")]) == 1
     assert "at least two" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("end", ["killed", "failed"])
+def test_ls_counts_only_the_epochs_a_crashed_run_finished(tmp_path, capsys, end):
+    """A run that began an epoch (its step rows, a validation inside it) and died there
+    finished the epochs before it only: ls, the summary and epoch_count say so."""
+    root = tmp_path / "records"
+    script = (
+        "import os, signal, sys, recordkit\n"
+        "rec = recordkit.Recorder(sys.argv[1], system=False)\n"
+        "for epoch in range(2):\n"
+        "    rec.log({'loss_step': 1.0}, epoch=epoch, step=epoch * 10)\n"
+        "    rec.log({'loss': 1.0 / (epoch + 1)}, epoch=epoch)\n"
+        "rec.log({'loss_step': 0.4, 'val_loss_step': 0.5}, epoch=2, step=25)\n"
+        "rec.commit()\n"
+        + ("os.kill(os.getpid(), signal.SIGKILL)\n" if end == "killed"
+           else "rec.close('failed', error='boom')\n"))
+    done = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == (-9 if end == "killed" else 0), done.stderr[-2000:]
+    [record] = rk.load_all(root, cache=False)
+    assert record.epochs == [0, 1, 2]  # every epoch with a value
+    assert record.epoch_count == 2  # the finished ones
+    assert rk.load(record.path).epoch_count == 2  # read in full, not from the summary
+    assert cli.main(["ls", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    column = lines[0].split().index("epochs")
+    assert lines[1].split()[column] == "2"
+    steps_only = tmp_path / "steps"
+    rec = rk.Recorder(steps_only, system=False)  # a run that logs step rows only
+    for epoch in range(3):
+        rec.log({"loss": 1.0}, epoch=epoch, step=epoch * 5)
+    rec.save()
+    assert rk.load_all(steps_only)[0].epoch_count == 3

@@ -21,7 +21,7 @@ from recordkit.errors import RecordDamagedError, RecordkitError
 from recordkit.format.files import RecordFile, close, is_open
 from recordkit.format.layout import RUN_FIELDS, escape_name
 from recordkit.format.safety import max_read_bytes as _read_cap
-from recordkit.format.summary import metric_summary
+from recordkit.format.summary import finished_epochs, metric_summary
 from recordkit.format.weights import StoredTensor, read_tensors_at
 from recordkit.headercache import FullHeader, full_header_from_state, full_header_state, json_exact
 from recordkit.locking import is_locked
@@ -466,10 +466,12 @@ class Record:
 
     @property
     def epoch_count(self) -> int:
-        """How many distinct epochs have at least one metric value."""
+        """How many epochs the run finished: those with an epoch-level row of some metric
+        (an epoch a crashed run began but did not end is not counted;
+        :func:`~recordkit.format.summary.finished_epochs`)."""
         if self._summary is not None:
             return int(self._summary.get("epochs", 0))
-        return len(self.epochs)
+        return len(finished_epochs(self._history.rows_by_metric()))
 
     # --- weights ---------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import h5py
@@ -27,8 +28,8 @@ from recordkit.format.layout import (
     VERSION_ATTR,
 )
 
-__all__ = ["build_summary", "drop_summary", "metric_summary", "read_summary",
-           "summary_checksum_ok", "write_summary"]
+__all__ = ["build_summary", "drop_summary", "finished_epochs", "metric_summary",
+           "read_summary", "summary_checksum_ok", "write_summary"]
 
 def _finite_extreme(values: np.ndarray, epochs: np.ndarray, pick: Any) -> tuple[Any, Any]:
     finite = np.isfinite(values)
@@ -52,12 +53,32 @@ def metric_summary(rows: np.ndarray) -> dict[str, Any]:
     }
 
 
+def finished_epochs(history: Mapping[str, np.ndarray]) -> list[int]:
+    """The epochs a run finished, sorted: those with an epoch-level row (step -1) of some
+    metric. A run that logs step rows only (no epoch-level row at all) has finished every
+    epoch it has a row of. An epoch a crashed run began (its step rows, a validation
+    inside it) but did not end is not one.
+
+    Example:
+        >>> import numpy as np
+        >>> rows = np.array([(0, -1), (1, -1), (2, 40)],
+        ...                 dtype=[("epoch", "<i8"), ("step", "<i8")])
+        >>> finished_epochs({"loss": rows})
+        [0, 1]
+    """
+    ended: set[int] = set()
+    seen: set[int] = set()
+    for rows in history.values():
+        epochs = np.asarray(rows["epoch"])
+        seen.update(int(e) for e in np.unique(epochs))
+        ended.update(int(e) for e in np.unique(epochs[np.asarray(rows["step"]) == -1]))
+    return sorted(ended if ended else seen)
+
+
 def build_summary(f: h5py.File) -> dict[str, Any]:
     """What the ``summary`` attribute of the run in *f* holds, from its data."""
     history = read_history(f)
-    epochs: set[int] = set()
-    for rows in history.values():
-        epochs.update(int(e) for e in rows["epoch"])
+    epochs = finished_epochs(history)
     summary = {
         # the root's format and version again: a reader of the summary needs no other
         # attribute (summaries written before 2026-11-30 have neither)
