@@ -231,10 +231,14 @@ def test_a_known_monitor_does_not_raise(tmp_path: Path, options: dict[str, Any])
 # --- item 6: two callbacks ----------------------------------------------------------------
 
 
-def test_two_unnamed_callbacks_are_told_to_pass_name(tmp_path: Path) -> None:
+def test_two_callbacks_with_one_state_key_are_told_to_pass_name(tmp_path: Path) -> None:
     with pytest.raises(RecordkitError, match=r"2 RecordCallbacks without experiment= or "
-                       r"name=.*pass name="):
+                       r"name=.*pass a different name="):
         trainer([RecordCallback(tmp_path), RecordCallback(tmp_path, snapshot_every=None)])
+    with pytest.raises(RecordkitError, match=r"2 RecordCallbacks with experiment='e' and "
+                       r"name=None.*pass a different name="):
+        trainer([RecordCallback(tmp_path, experiment="e"),
+                 RecordCallback(tmp_path, experiment="e")])
     named = [RecordCallback(tmp_path, name="a"), RecordCallback(tmp_path)]
     trainer(named)  # one unnamed beside a named one is fine
 

@@ -268,10 +268,11 @@ class RecordCallback(RecordingCallback, _LightningCallback):
 
         Raises:
             RecordkitError: asked by Lightning's check of the Trainer's callbacks when
-                another RecordCallback there has neither experiment nor name either.
+                another RecordCallback there has the same experiment and name (both None
+                included): the error says to pass ``name=``.
         """
+        _refuse_twins(self)
         if self.experiment is None and self.name is None:
-            _refuse_unnamed_twin(self)
             return type(self).__qualname__
         return (f"{type(self).__qualname__}{{'experiment': {self.experiment!r}, "
                 f"'name': {self.name!r}}}")
@@ -644,23 +645,27 @@ class RecordCallback(RecordingCallback, _LightningCallback):
                       "run ended")
 
 
-def _refuse_unnamed_twin(callback: RecordCallback) -> None:
+def _refuse_twins(callback: RecordCallback) -> None:
     """Lightning asks each stateful callback's ``state_key`` in its check of the Trainer's
     callbacks (``_validate_callbacks_list(callbacks)``) and raises a generic "must be
     unique" error on a repeat. When that check is the caller and another RecordCallback
-    without experiment or name is among its callbacks, say what to do instead. Only the
-    caller's arguments are read; another caller gets the plain key."""
+    with the same experiment and name is among its callbacks, say what to do instead.
+    Only the caller's arguments are read; another caller gets the key."""
     caller = sys._getframe(2)  # 0: here, 1: state_key, 2: who asked
     if caller.f_code.co_name != "_validate_callbacks_list":
         return
     callbacks = caller.f_locals.get("callbacks")
     if not isinstance(callbacks, list):
         return
-    twins = [cb for cb in callbacks if isinstance(cb, RecordCallback)
-             and cb.experiment is None and cb.name is None]
-    if len(twins) > 1 and callback is twins[-1]:
-        raise RecordkitError(
-            f"Trainer(callbacks=[...]) holds {len(twins)} RecordCallbacks without "
-            "experiment= or name=: their checkpoint states would share one key; pass "
-            "name= (or experiment=) to each, e.g. RecordCallback(root, name='full') and "
-            "RecordCallback(root, name='light')")
+    same = (callback.experiment, callback.name)
+    twins = [cb for cb in callbacks
+             if isinstance(cb, RecordCallback) and (cb.experiment, cb.name) == same]
+    if len(twins) < 2:
+        return
+    given = ("without experiment= or name=" if same == (None, None)
+             else f"with experiment={same[0]!r} and name={same[1]!r}")
+    raise RecordkitError(
+        f"Trainer(callbacks=[...]) holds {len(twins)} RecordCallbacks {given}: their "
+        "checkpoint states would share one key; pass a different name= (or experiment=) "
+        "to each, e.g. RecordCallback(root, name='full') and RecordCallback(root, "
+        "name='light')")
