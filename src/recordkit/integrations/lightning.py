@@ -75,6 +75,7 @@ from recordkit.integrations._common import (
     RecordingCallback,
     check_callback_arguments,
     metric_floats,
+    status_for_exception,
 )
 from recordkit.integrations._lightning_metrics import (
     epoch_values,
@@ -207,6 +208,9 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             ``<name>``: the mean of its values over the epoch's steps.
         on_error: ``"raise"`` stops training when recording fails; ``"warn"`` warns,
             closes the record as failed and lets training go on unrecorded.
+        trial: an Optuna ``Trial`` whose fit this is (``Recorder``'s ``trial``): its
+            params, number, study and storage are recorded; a ``TrialPruned`` raised in
+            the fit (Optuna's pruning callback) closes the record ``pruned``.
         **recorder_options: keyword options of :class:`~recordkit.Recorder` (``durable``,
             ``system``, ``compression``, ...).
 
@@ -238,13 +242,14 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         resume: str | os.PathLike[str] | None = None,
         log_steps: bool | int = True,
         on_error: str = "raise",
+        trial: Any = None,
         **recorder_options: Any,
     ) -> None:
         super().__init__()
         check_callback_arguments(
             root=root, experiment=experiment, name=name, monitor=monitor, params=params,
             skip_frozen=skip_frozen, recorder=recorder, resume=resume, on_error=on_error,
-            recorder_options=recorder_options)
+            recorder_options=recorder_options, trial=trial)
         if log_steps is not False and (not isinstance(log_steps, int) or log_steps < 1):
             raise ValueError(f"RecordCallback(log_steps={log_steps!r}): must be True, False "
                              f"or a positive int (every N-th step). Received: {log_steps!r}")
@@ -252,7 +257,7 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             root=root, experiment=experiment, name=name, snapshot_every=snapshot_every,
             monitor=monitor, mode=mode, include=include, exclude=exclude, dtype=dtype,
             skip_frozen=skip_frozen, recorder=recorder, resume=resume, on_error=on_error,
-            recorder_options=recorder_options)
+            recorder_options=recorder_options, trial=trial)
         self.params = params
         self.log_steps = int(log_steps)
         self._trainer: int | None = None  # id() of the Trainer of the latest fit
@@ -359,7 +364,7 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         rec = self._recorder
         if rec is None:
             return
-        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+        status = status_for_exception(exception)  # failed, interrupted or pruned
         try:
             if self._fit.open_epoch is not None:
                 self._log_late_metrics(trainer)
@@ -512,7 +517,7 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             else:  # an evaluation on its own: a record of its own
                 status, error, evaluations = "completed", "", []
                 rec = Recorder(self.root, self.experiment, self.name, self.params,
-                               **self.recorder_options)
+                               trial=self.trial, **self.recorder_options)
                 rec.extend(facts.hparams(pl_module, trainer))
                 rec.set_info(facts.run_info(trainer, pl_module))
             self._record_path = str(rec.path.resolve())
