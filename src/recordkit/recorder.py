@@ -36,8 +36,8 @@ from recordkit.runfile import find_unfinished, new_run_id, resume_run, start_run
 from recordkit.runhistory import RunHistory
 from recordkit.snapshots import Snapshots
 
-__all__ = ["STATUSES", "Recorder", "find_unfinished", "is_trial_pruned", "new_run_id",
-           "params_hash_of", "status_for_exception", "storage_url", "take_trial_records"]
+__all__ = ["Recorder", "find_unfinished", "is_trial_pruned", "new_run_id", "params_hash_of",
+           "status_for_exception", "storage_url", "take_trial_records"]
 
 #: A record whose estimated final size exceeds this gets a warning before its first snapshot.
 SIZE_WARNING_BYTES = 10 * 1024**3
@@ -79,7 +79,7 @@ def status_for_exception(exc: BaseException | None) -> str:
     """
     if exc is None:
         return "completed"
-    if is_trial_pruned(exc) and "pruned" in STATUSES:  # a format that has the status
+    if is_trial_pruned(exc):
         return "pruned"
     return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
 

@@ -39,14 +39,13 @@ except ImportError as err:  # pragma: no cover - exercised without optuna instal
     ) from err
 
 from recordkit.integrations._common import reclose_record
-from recordkit.recorder import STATUSES, Recorder, storage_url, take_trial_records
+from recordkit.recorder import Recorder, storage_url, take_trial_records
 
 __all__ = ["RecordStudy", "trial_status"]
 
 _STATUS = {
     optuna.trial.TrialState.COMPLETE: "completed",
-    # a format without the status (before "pruned" was added) keeps the trial failed
-    optuna.trial.TrialState.PRUNED: "pruned" if "pruned" in STATUSES else "failed",
+    optuna.trial.TrialState.PRUNED: "pruned",
     optuna.trial.TrialState.FAIL: "failed",
 }
 
@@ -55,8 +54,8 @@ def trial_status(state: optuna.trial.TrialState) -> str:
     """The record status of a trial that ended in *state*.
 
     Example:
-        >>> trial_status(optuna.trial.TrialState.COMPLETE)
-        'completed'
+        >>> trial_status(optuna.trial.TrialState.PRUNED)
+        'pruned'
     """
     return _STATUS.get(state, "interrupted")
 
