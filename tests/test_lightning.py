@@ -351,6 +351,7 @@ class RemoveRecordFolder(lp.Callback):
 
 @pytest.mark.parametrize("on_error", ["raise", "warn"])
 def test_on_error(tmp_path: Path, on_error: str) -> None:
+    forget_shown()  # each kind of warning is shown once per process
     cb = callback(tmp_path, on_error=on_error)
     tr = trainer([RemoveRecordFolder(tmp_path / "lit"), cb])
     with warnings.catch_warnings():

@@ -47,7 +47,8 @@ COMMON_KEYS = (
 CONFIG_HASH_IGNORES = re.compile(
     r"(^|_)(seed|seeds|run_id|run_name|dir|path|file|filename|timestamp|date|datetime"
     r"|start_time|end_time)($|_)"
-    r"|^(output|log|logs|ckpt|checkpoint|checkpoints|cache|tmp|work)(_|$)",
+    r"|^(output|log|logs|ckpt|checkpoint|checkpoints|cache|tmp|work)(_|$)"
+    r"|^(trial|trial_state|value|study)$",  # an Optuna trial's identity and outcome
     re.IGNORECASE)
 
 #: Prefix of a captured fact whose name a user param already has.
@@ -110,6 +111,7 @@ def captured_facts(info: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(info, Mapping):
         return {}
     facts = _lightning(info) if isinstance(info.get("trainer"), Mapping) else _keras(info)
+    facts.update(_optuna(info))
     ordered = {key: facts.pop(key) for key in COMMON_KEYS if facts.get(key) is not None}
     ordered.update((k, v) for k, v in facts.items() if v is not None)
     return ordered
@@ -128,6 +130,14 @@ def summary_facts(info_text: str | None) -> dict[str, Any] | None:
     except (TypeError, ValueError):  # NaN or an odd type: the summary keeps none
         return None
     return facts if size <= MAX_SUMMARY_FACTS_BYTES else None
+
+
+def _optuna(info: Mapping[str, Any]) -> dict[str, Any]:
+    """An Optuna trial's number, state and objective value and the study's name, from
+    ``info["optuna"]`` (``Recorder(trial=...)`` and ``RecordStudy`` write it)."""
+    trial = _mapping(info.get("optuna"))
+    return {"trial": trial.get("trial"), "trial_state": trial.get("state"),
+            "value": trial.get("value"), "study": trial.get("study")}
 
 
 def _lightning(info: Mapping[str, Any]) -> dict[str, Any]:

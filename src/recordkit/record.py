@@ -311,9 +311,9 @@ class Record:
 
     @property
     def status(self) -> str:
-        """``completed``, ``failed``, ``interrupted``, or ``running`` while a live process
-        writes the run. A file left ``running`` by a process that died reads as
-        ``interrupted``."""
+        """``completed``, ``failed``, ``interrupted``, ``pruned`` (a sweep's engine stopped
+        it early: ``optuna.TrialPruned``), or ``running`` while a live process writes the
+        run. A file left ``running`` by a process that died reads as ``interrupted``."""
         status = self._fields["status"]
         if status == "running" and not is_locked(self._path):
             return "interrupted"

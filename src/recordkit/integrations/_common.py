@@ -31,7 +31,8 @@ __all__ = ["ON_ERROR", "RECORDER_OPTIONS", "FitState", "RecordingCallback",
 #: ``resume`` and ``trial`` are the callback's own arguments.
 RECORDER_OPTIONS = frozenset(
     name for name, p in inspect.signature(Recorder.__init__).parameters.items()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("resume", "trial")
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("resume", "trial",
+                                                                 "evaluation")
 )
 ON_ERROR = ("raise", "warn")
 
@@ -214,6 +215,11 @@ class RecordingCallback:
             reclose_record(self.root, self._record_path, "pruned", error=exc,
                            only_from=("completed",), **self.recorder_options)
 
+    def _warn(self, kind: str, message: str) -> None:
+        """Warn *message*; a framework's callback may show each *kind* once per process
+        (Lightning's does: a sweep of 100 fits in one process warns once)."""
+        warnings.warn(message, RecordkitWarning, stacklevel=4)
+
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
         """Apply ``on_error`` to a failure of the recorder."""
@@ -222,9 +228,9 @@ class RecordingCallback:
         except RecordkitError as err:
             if self.on_error == "raise":
                 raise
-            warnings.warn(f"recordkit: could not {what} ({err}); recording stops for the rest "
-                          "of this run and training goes on (on_error='warn')",
-                          RecordkitWarning, stacklevel=3)
+            self._warn("recording stopped",
+                       f"recordkit: could not {what} ({err}); recording stops for the rest "
+                       "of this run and training goes on (on_error='warn')")
             rec, self._recorder = self._recorder, None
             self._fit.writes = False
             if rec is not None:

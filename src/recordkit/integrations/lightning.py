@@ -264,6 +264,11 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         self._policy_state: dict[str, Any] | None = None  # from a checkpoint
         self._fit: _LightningFit = _LightningFit()
 
+    def _warn(self, kind: str, message: str) -> None:
+        """Each kind of warning once per process, at the user's line (a sweep of many
+        fits in one process warns once)."""
+        warn_once(kind, message)
+
     @property
     def state_key(self) -> str:
         """Tells this callback's checkpoint state from that of another RecordCallback on the
