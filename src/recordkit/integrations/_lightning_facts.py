@@ -12,9 +12,9 @@ from typing import Any
 
 from recordkit.integrations._common import jsonable
 
-__all__ = ["batches_done", "data_facts", "hparams", "is_last_epoch", "learning_rates",
-           "no_epoch_left", "optimizer_steps_differ", "overrides", "run_info",
-           "torch_scalar"]
+__all__ = ["batches_done", "cli_config", "data_facts", "hparams", "is_last_epoch",
+           "learning_rates", "no_epoch_left", "optimizer_steps_differ", "overrides",
+           "run_info", "torch_scalar"]
 
 #: Keys Lightning itself adds to ``hparams``: not hyperparameters (LightningCLI's
 #: instantiator, with which ``load_from_checkpoint`` rebuilds the module).
@@ -84,6 +84,36 @@ def hparams(pl_module: Any, trainer: Any) -> dict[str, Any]:
     for key in _INTERNAL_HPARAMS:
         params.pop(key, None)
     return params
+
+
+def cli_config(trainer: Any) -> tuple[dict[str, Any], str] | None:
+    """The configuration a ``LightningCLI`` run was started with, when it was: the parsed
+    config of the running subcommand as plain values (its internal keys dropped: the
+    ``config`` files given, ``__path__``, keys starting with ``_``) and its YAML text, as
+    the CLI's ``SaveConfigCallback`` writes it to ``config.yaml``. Read from that callback
+    (``parser`` and ``config``, set by its constructor); None without one."""
+    for callback in getattr(trainer, "callbacks", None) or ():
+        if type(callback).__name__ != "SaveConfigCallback":
+            continue
+        parser, config = getattr(callback, "parser", None), getattr(callback, "config", None)
+        if parser is None or config is None:
+            return None
+        try:
+            text = str(parser.dump(config, skip_none=False))
+            values = config.as_dict() if hasattr(config, "as_dict") else dict(config)
+        except Exception:  # a CLI of another shape: nothing rather than a failed fit
+            return None
+        return _without_internal(values), text
+    return None
+
+
+def _without_internal(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, dict) and depth < 32:
+        return {str(k): _without_internal(v, depth + 1) for k, v in value.items()
+                if not str(k).startswith("_") and not (depth == 0 and k == "config")}
+    if isinstance(value, list) and depth < 32:
+        return [_without_internal(v, depth + 1) for v in value]
+    return jsonable(value)
 
 
 def data_facts(trainer: Any) -> dict[str, Any]:

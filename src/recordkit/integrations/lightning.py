@@ -323,6 +323,10 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             self._policy_state = None
             rec.extend(facts.hparams(pl_module, trainer))
             rec.set_info(facts.run_info(trainer, pl_module))
+            cli = facts.cli_config(trainer)
+            if cli is not None:  # LightningCLI: what the run was started with
+                rec.set_info({"cli_config": cli[0]})
+                rec.add("cli_config.yaml", cli[1])
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._fit.optimizer_steps = facts.optimizer_steps_differ(trainer, pl_module)
