@@ -11,6 +11,7 @@ _OPTIONAL = {
     "src/recordkit/plot.py": "matplotlib",
     "src/recordkit/recordset.py": "pandas",
     "src/recordkit/format/filters.py": "hdf5plugin",
+    "src/recordkit/integrations/optuna.py": "optuna",
 }
 for _path, _module in _OPTIONAL.items():
     if importlib.util.find_spec(_module) is None:
