@@ -374,8 +374,9 @@ _PART_OBJECTS = {"system": f"system info (/{SYSTEM})", "info": f"run facts (/{IN
 
 def read_consistently(path: Path, read: Callable[[RecordFile], T]) -> T:
     """``read(file)`` on the record opened read-only. A run being written can be caught
-    mid-write: a live writer is given a moment (three attempts); any other failure of
-    *read* is damage.
+    mid-write: a live writer is given a moment (three attempts), damage found while it
+    writes included (a table row it is appending reads as zeros until it is written);
+    any other failure of *read* is damage.
 
     Raises:
         RecordkitError: what :func:`open_record` or *read* raised, or
@@ -388,6 +389,13 @@ def read_consistently(path: Path, read: Callable[[RecordFile], T]) -> T:
                 return read(f)
         except RecordBusyError as err:
             last_error = err
+            time.sleep(_PAUSE * (attempt + 1))
+        except RecordDamagedError as err:
+            if not is_locked(path):
+                raise
+            last_error = RecordBusyError(
+                f"{str(path)!r} is being written by another process and could not be read "
+                f"consistently ({err}); try again")
             time.sleep(_PAUSE * (attempt + 1))
         except RecordkitError:
             raise
