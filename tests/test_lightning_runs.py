@@ -141,15 +141,47 @@ def test_snapshot_every_validation(tmp_path: Path) -> None:
     np.testing.assert_array_equal(r.weights()["net.weight"], module.net.weight.detach())
 
 
-@pytest.mark.xfail(strict=True, reason="the core replaces a second snapshot of one epoch "
-                   "(format/weights.py SnapshotStore._index): a snapshot per validation "
-                   "inside an epoch needs snapshots keyed by (epoch, step)")
-def test_snapshot_every_validation_inside_an_epoch(tmp_path: Path) -> None:
-    cb = callback(tmp_path, snapshot_every="validation")
-    trainer([cb], max_epochs=1, val_check_interval=2).fit(Module(), loader(4),
-                                                           loader(2, seed=1))
+class WeightsAtValidation(lp.Callback):
+    """Copies the module's weights (with the step) at each validation's end and at the
+    fit's end: what a snapshot per validation must hold."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, np.ndarray]] = []
+
+    def _take(self, trainer: Any, pl_module: Any) -> None:
+        self.seen.append((int(trainer.current_epoch), int(trainer.global_step),
+                          pl_module.net.weight.detach().numpy().copy()))
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self._take(trainer, pl_module)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._take(trainer, pl_module)
+
+
+@pytest.mark.parametrize(("interval", "steps"), [(2, [2, 4, 6, 8]), (3, [3, 7, 8])])
+def test_snapshot_every_validation_inside_an_epoch(tmp_path: Path, interval: int,
+                                                   steps: list[int]) -> None:
+    """Every validation inside an epoch has a snapshot of its own, at its step, holding
+    the weights the validation saw; the last snapshot holds the final weights."""
+    cb, probe = callback(tmp_path, snapshot_every="validation"), WeightsAtValidation()
+    module = Module()
+    trainer([cb, probe], val_check_interval=interval).fit(module, loader(4),
+                                                          loader(2, seed=1))
     r = load(cb.record_path)
-    assert len(r.snapshot_epochs) == 2
+    assert r.snapshot_steps == steps
+    assert r.snapshot_epochs == [(s - 1) // 4 for s in steps]  # 4 batches an epoch
+    by_step = {step: w for _, step, w in probe.seen}  # the final weights: the last step
+    stored = r.weight("net.weight")
+    assert len(stored) == len(steps)
+    for i, step in enumerate(steps):
+        np.testing.assert_array_equal(stored[i], by_step[step])
+    assert not np.array_equal(stored[0], stored[1])  # trained in between
+    np.testing.assert_array_equal(r.weights()["net.weight"], module.net.weight.detach())
+    # weights(epoch) gives the epoch's last snapshot
+    np.testing.assert_array_equal(r.weights(0)["net.weight"],
+                                  stored[max(i for i, s in enumerate(steps) if s <= 4)])
 
 
 # --- items 2 and 3: step metrics and the step number --------------------------------------

@@ -524,6 +524,28 @@ def test_snapshot_of_same_epoch_replaces(tmp_path: pathlib.Path) -> None:
     assert r.weights(0)["w"].tolist() == [1.0, 1.0]
 
 
+@pytest.mark.parametrize("background", [True, False])
+def test_snapshots_inside_one_epoch_at_distinct_steps_are_each_kept(
+        tmp_path: pathlib.Path, background: bool) -> None:
+    """A snapshot of the last snapshot's epoch adds a row when both steps are known and
+    differ (one per validation inside an epoch) and replaces it otherwise."""
+    with rk.Recorder(tmp_path, system=False, background=background) as rec:
+        rec.snapshot({"w": np.full(2, 1.0)}, epoch=0, step=2)
+        rec.snapshot({"w": np.full(2, 2.0)}, epoch=0, step=4)
+        rec.snapshot({"w": np.full(2, 3.0)}, epoch=0, step=4)  # the same step: replaces
+        with pytest.raises(SnapshotError, match="'w'.*missing"):
+            rec.snapshot({"v": np.zeros(1)}, epoch=0, step=5)  # a new row needs every tensor
+        rec.snapshot({"w": np.full(2, 4.0)}, epoch=1, step=6)
+        rec.snapshot({"w": np.full(2, 5.0)}, epoch=1)  # no step: replaces
+    r = rk.load(rec.path)
+    assert r.snapshot_epochs == [0, 0, 1]
+    assert r.snapshot_steps == [2, 4, -1]
+    assert [r.weight("w")[i].tolist() for i in range(3)] == [[1.0, 1.0], [3.0, 3.0],
+                                                               [5.0, 5.0]]
+    assert r.weights(0)["w"].tolist() == [3.0, 3.0]  # the epoch's last snapshot
+    assert r.weight("w").at(0).tolist() == [3.0, 3.0]
+
+
 def test_snapshot_shape_change_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     with rk.Recorder(tmp_path, system=False) as rec:
         rec.snapshot({"fc.weight": np.zeros((2, 3))}, epoch=0)

@@ -477,8 +477,14 @@ class Record:
 
     @property
     def snapshot_epochs(self) -> list[int]:
-        """Epochs that have weights, in snapshot order."""
+        """Epochs that have weights, in snapshot order (an epoch snapshotted at several
+        steps, e.g. at each validation, is listed once per snapshot)."""
         return [int(e) for e in self._snapshots["epoch"]]
+
+    @property
+    def snapshot_steps(self) -> list[int]:
+        """The global step of each snapshot, in snapshot order (-1 where not known)."""
+        return [int(s) for s in self._snapshots["step"]]
 
     @property
     def tensor_names(self) -> list[str]:
@@ -534,7 +540,7 @@ class Record:
 
     def weights(self, epoch: int = -1) -> dict[str, np.ndarray]:
         """Every tensor of one snapshot: ``epoch=-1`` is the last snapshot, otherwise the
-        snapshot taken at that epoch."""
+        snapshot taken at that epoch (its last, when the epoch has several)."""
         epochs = self.snapshot_epochs
         if not epochs:
             raise KeyError(f"{str(self._path)!r} holds no weight snapshots")

@@ -445,7 +445,8 @@ class Recorder:
         Args:
             weights: ``{name: array}``, a torch Module or state_dict, or a Keras model.
             epoch: the epoch of the snapshot; the latest logged epoch when None (0 before
-                any). A second snapshot of the same epoch replaces the first.
+                any). A second snapshot of the same epoch replaces the first, unless
+                both have a *step* and the steps differ (several snapshots in an epoch).
             step: the global step, when known.
             policy: which tensors to keep (include / exclude patterns) and the storage
                 dtype; every tensor in its own dtype when None.

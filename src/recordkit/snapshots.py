@@ -24,11 +24,13 @@ from recordkit.dtypes import (
 from recordkit.errors import RecordClosedError, RecordkitWarning, SnapshotError, describe_error
 from recordkit.format.filters import dataset_options
 from recordkit.format.weights import (
+    Last,
     SnapshotStore,
     SnapshotTarget,
     TensorSpec,
     read_aliases,
     read_last_snapshot,
+    replaces_snapshot,
 )
 from recordkit.policy import SnapshotPolicy
 from recordkit.runfile import RunFile
@@ -85,7 +87,7 @@ class Snapshots:
         self._planned: int | None = None
         self._size_checked = False
         self._specs: dict[str, TensorSpec] | None = None  # read from the file once
-        self._last_epoch: int | None = None
+        self._last: Last = None  # the last snapshot's (epoch, step)
         self._aliases_read = False  # the file's tied tensors are in the store
 
     @staticmethod
@@ -211,7 +213,7 @@ class Snapshots:
         Raises:
             SnapshotError: a tensor changed shape or dtype, or one held earlier is missing.
         """
-        self._check_tensors(arrays, dtype, epoch)
+        self._check_tensors(arrays, dtype, epoch, step)
         nbytes = sum(stored_nbytes(a, dtype) for a in arrays.values())
         self._check_size(nbytes)
         if not self._background:  # the caller waits, so its arrays need no copy
@@ -343,10 +345,11 @@ class Snapshots:
     def _known(self) -> dict[str, TensorSpec]:
         if self._specs is None:
             assert self._run.file is not None
-            self._specs, self._last_epoch = SnapshotStore.specs(self._run.file)
+            self._specs, self._last = SnapshotStore.specs(self._run.file)
         return self._specs
 
-    def _check_tensors(self, arrays: Mapping[str, np.ndarray], dtype: str, epoch: int) -> None:
+    def _check_tensors(self, arrays: Mapping[str, np.ndarray], dtype: str, epoch: int,
+                       step: int) -> None:
         """Raise SnapshotError in the caller's thread, before anything is queued, when a
         tensor changed shape or dtype or went missing. The writer checks again against
         the file; this check only makes the error come from the call that caused it."""
@@ -364,7 +367,7 @@ class Snapshots:
                     f"{known.stored_dtype}{list(known.shape)}; a tensor must keep its shape "
                     "and dtype across snapshots"
                 )
-        if epoch != self._last_epoch:  # not a replacement
+        if not replaces_snapshot(self._last, epoch, step):
             for name, spec in specs.items():
                 if spec.held and name not in arrays:
                     raise SnapshotError(
@@ -374,7 +377,7 @@ class Snapshots:
                     )
         for name, array in arrays.items():
             specs[name] = TensorSpec(tuple(array.shape), *checked[name], True)
-        self._last_epoch = epoch
+        self._last = (epoch, step)
 
     def _check_size(self, snapshot_bytes: int) -> None:
         """Warn once, before the first snapshot, when the record will not fit."""
@@ -432,7 +435,7 @@ class Snapshots:
                 raise RecordClosedError(f"snapshot of epoch {epoch}: {str(run.path)!r} "
                                         "was closed before the snapshot was written")
             with run.as_write_error(what):
-                self._store.check_missing(f, run.path, epoch, encoded)
+                self._store.check_missing(f, run.path, epoch, step, encoded)
                 # Checked before HDF5 starts: a write that fails inside it can damage
                 # what earlier commits wrote.
                 run.ensure_space(sum(int(a.nbytes) for a, _ in encoded.values()), what)

@@ -75,6 +75,7 @@ from recordkit.format.layout import (
 )
 
 __all__ = [
+    "Last",
     "SnapshotPlan",
     "SnapshotStore",
     "SnapshotTarget",
@@ -92,6 +93,7 @@ __all__ = [
     "read_rows",
     "read_table",
     "read_tensors_at",
+    "replaces_snapshot",
     "sign_attrs",
     "stored_tensor",
     "stored_tensors",
@@ -487,6 +489,33 @@ def _expand(known: _Known, out: dict[str, _Known | _Member]) -> None:
         out[member.name] = _Member(known, member.offset, member.shape)
 
 
+#: The epoch and step of a record's last snapshot (step -1: not known); None before any.
+Last = tuple[int, int] | None
+
+
+def _last(table: h5py.Dataset, n: int) -> Last:
+    """The (epoch, step) of row *n* - 1 of the snapshot table, None when *n* is 0."""
+    if not n:
+        return None
+    row = table[n - 1]
+    return int(row["epoch"]), int(row["step"])
+
+
+def replaces_snapshot(last: Last, epoch: int, step: int) -> bool:
+    """Whether a snapshot of (*epoch*, *step*) replaces the *last* one rather than adding
+    a row: it does when it is of the same epoch, unless both steps are known and differ
+    (several snapshots inside one epoch, e.g. one per validation, each at its own step).
+
+        >>> replaces_snapshot((3, -1), 3, -1), replaces_snapshot((3, 40), 3, 40)
+        (True, True)
+        >>> replaces_snapshot((3, 20), 3, 40), replaces_snapshot((3, 20), 4, 20)
+        (False, False)
+    """
+    if last is None or last[0] != epoch:
+        return False
+    return step < 0 or last[1] < 0 or step == last[1]
+
+
 class SnapshotStore:
     """Writes snapshots into one open record: datasets made on a tensor's first snapshot
     with the recorder's storage options, rows added, the table row last."""
@@ -503,7 +532,7 @@ class SnapshotStore:
         self._file: h5py.File | None = None
         self._known: dict[str, _Known | _Member] | None = None
         self._version = 1
-        self._table: tuple[int, int | None] = (0, None)  # (rows, last epoch)
+        self._table: tuple[int, Last] = (0, None)  # (rows, last snapshot's epoch and step)
         #: The record's tied tensors ``{alias: tensor}``: a tensor's aliases are written
         #: on its dataset when it is made (a tensor and its aliases first appear together).
         self.aliases: dict[str, str] = {}
@@ -521,8 +550,8 @@ class SnapshotStore:
             f.require_group(CHECKSUMS)
 
     @staticmethod
-    def specs(f: h5py.File) -> tuple[dict[str, TensorSpec], int | None]:
-        """Each tensor's :class:`TensorSpec`, and the epoch of the last snapshot."""
+    def specs(f: h5py.File) -> tuple[dict[str, TensorSpec], Last]:
+        """Each tensor's :class:`TensorSpec`, and the epoch and step of the last snapshot."""
         specs: dict[str, TensorSpec] = {}
         table_rows = int(f[SNAPSHOTS].shape[0])
         for key, ds in _weight_datasets(f):
@@ -535,7 +564,7 @@ class SnapshotStore:
             specs[object_name(ds)] = TensorSpec(tuple(ds.shape[1:]), ds.dtype,
                                                 attr_str(ds, DTYPE_ATTR), held)
         table = f[SNAPSHOTS]
-        return specs, (int(table[-1]["epoch"]) if len(table) else None)
+        return specs, _last(table, int(table.shape[0]))
 
     def _bind(self, f: h5py.File) -> dict[str, _Known | _Member]:
         """What the store knows of *f*'s tensors, read from the file once per file: asking
@@ -555,7 +584,7 @@ class SnapshotStore:
                 continue  # never listed, its members unreadable: a kill's leftover
             _expand(_Known.of(ds, key, sums, version, packed), known)
         self._file, self._known, self._version = f, known, version
-        self._table = (n, int(table[n - 1]["epoch"]) if n else None)
+        self._table = (n, _last(table, n))
         return known
 
     def prepare(self, f: h5py.File, path: Path, epoch: int, step: int,
@@ -572,7 +601,7 @@ class SnapshotStore:
                 pack are there.
         """
         known = self._bind(f)
-        index, replaces = self._index(f, epoch)
+        index, replaces = self._index(f, epoch, step)
         for key, group in self._packs(f, encoded, known, index).items():
             _expand(self._pack(f, key, group, encoded, index), known)
         for name, (array, stored_dtype) in encoded.items():
@@ -695,20 +724,20 @@ class SnapshotStore:
             pack.direct, pack.key,
             tuple((m.name, m.offset) for m in pack.members))
 
-    def _index(self, f: h5py.File, epoch: int) -> tuple[int, bool]:
-        """The table index a snapshot of *epoch* goes to, and whether it replaces the last
-        snapshot (a second snapshot of the same epoch)."""
+    def _index(self, f: h5py.File, epoch: int, step: int) -> tuple[int, bool]:
+        """The table index a snapshot of (*epoch*, *step*) goes to, and whether it replaces
+        the last snapshot (:func:`replaces_snapshot`)."""
         self._bind(f)
         n, last = self._table
-        replaces = bool(n) and last == epoch
+        replaces = bool(n) and replaces_snapshot(last, epoch, step)
         return (n - 1 if replaces else n), replaces
 
-    def check_missing(self, f: h5py.File, path: Path, epoch: int,
+    def check_missing(self, f: h5py.File, path: Path, epoch: int, step: int,
                       encoded: dict[str, tuple[np.ndarray, str]]) -> None:
         """Raise SnapshotError when a tensor that earlier snapshots hold is not in the
         snapshot (a replacement need not hold tensors the replaced one did not)."""
         known = self._bind(f)
-        index, _ = self._index(f, epoch)
+        index, _ = self._index(f, epoch, step)
         for name, tensor in known.items():
             if name not in encoded and tensor.rows > index:
                 continue  # replacing a snapshot that did not hold this tensor either
@@ -803,7 +832,7 @@ class SnapshotStore:
             table.resize((plan.index + 1,))
         table[plan.index] = (plan.epoch, plan.step, time.time())
         if self._file is f:
-            self._table = (plan.index + 1, plan.epoch)
+            self._table = (plan.index + 1, (plan.epoch, plan.step))
         f.flush()
 
     def drop_from(self, f: h5py.File, epoch: int) -> None:

@@ -180,9 +180,9 @@ class RecordCallback(RecordingCallback, _LightningCallback):
             ``hparams``.
         snapshot_every: a positive int N (every N-th epoch), None (the last epoch only),
             ``"best"`` (each epoch where *monitor* improves) or ``"validation"`` (at each
-            validation, with its step; the record keeps one snapshot per epoch, so of
-            several validations inside one epoch the last one's stays). The final epoch
-            is always snapshotted.
+            validation, with its step: validations inside an epoch give that epoch
+            several snapshots, :attr:`~recordkit.Record.snapshot_steps` tells them
+            apart). The final epoch is always snapshotted.
         monitor: the metric ``snapshot_every="best"`` watches; a name that no epoch logs
             raises :class:`~recordkit.errors.RecordkitError` (listing the names logged) at
             the end of the first epoch with a validation, as ModelCheckpoint does.
