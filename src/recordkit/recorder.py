@@ -28,19 +28,31 @@ from recordkit.errors import RecordClosedError, RecordkitWarning, describe_error
 from recordkit.format.files import RecordFile
 from recordkit.format.header import write_end
 from recordkit.format.layout import DEFAULT_CHUNK_BYTES, STATUSES
-from recordkit.masking import SecretMask, mask_text
+from recordkit.masking import SecretMask
 from recordkit.params import RunParams, params_hash_of
 from recordkit.paths import check_experiment, check_name
 from recordkit.policy import SnapshotPolicy
 from recordkit.runfile import find_unfinished, new_run_id, resume_run, start_run
 from recordkit.runhistory import RunHistory
 from recordkit.snapshots import Snapshots
+from recordkit.trials import (
+    is_trial_pruned,
+    ray_trial,
+    status_for_exception,
+    storage_url,
+    with_trial_params,
+)
 
 __all__ = ["Recorder", "find_unfinished", "is_trial_pruned", "new_run_id", "params_hash_of",
            "status_for_exception", "storage_url", "take_trial_records"]
 
 #: A record whose estimated final size exceeds this gets a warning before its first snapshot.
 SIZE_WARNING_BYTES = 10 * 1024**3
+
+#: How long the exit of a Ray Tune trial's process waits for the training thread to close
+#: an open run: when Tune stops a trial, the thread leaves ``tune.report`` with
+#: ``SystemExit`` while the actor's process ends (see :func:`recordkit.trials.is_ray_stop`).
+RAY_STOP_WAIT_S = 10.0
 
 #: What :meth:`Recorder.get` loads a run with. The read side is not imported here (data
 #: flows one way); ``recordkit/__init__.py`` sets it to :func:`recordkit.load`.
@@ -53,79 +65,7 @@ def set_loader(loader: Callable[..., Any]) -> None:
     _loader = loader
 
 
-# --- Optuna trials, duck-typed: the core never imports optuna ----------------------------
-
-
-def is_trial_pruned(exc: BaseException | None) -> bool:
-    """Whether *exc* is ``optuna.TrialPruned`` (or a subclass), told by its class's name
-    and module, so that optuna is never imported here.
-
-    Example:
-        >>> is_trial_pruned(ValueError("x"))
-        False
-    """
-    return exc is not None and any(
-        cls.__name__ == "TrialPruned" and cls.__module__.partition(".")[0] == "optuna"
-        for cls in type(exc).__mro__)
-
-
-def status_for_exception(exc: BaseException | None) -> str:
-    """The status of a run that *exc* ended: ``completed`` for None, ``pruned`` for
-    ``optuna.TrialPruned``, ``interrupted`` for KeyboardInterrupt, else ``failed``.
-
-    Example:
-        >>> status_for_exception(None), status_for_exception(KeyboardInterrupt())
-        ('completed', 'interrupted')
-    """
-    if exc is None:
-        return "completed"
-    if is_trial_pruned(exc):
-        return "pruned"
-    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-
-
-def storage_url(storage: Any) -> str | None:
-    """Where an Optuna storage keeps its study, password masked: an ``RDBStorage``'s URL
-    (``postgresql://user:***@host/db``), the file of a ``JournalStorage`` on a
-    ``JournalFileBackend``, a Redis journal's URL; None for an in-memory storage or one
-    not known. Optuna has no public attribute for these behind the storage that
-    ``create_study`` returns (it wraps an RDBStorage in a cache), so the wrapper's
-    ``_backend`` and the journal backend's ``_file_path`` / ``_url`` are read;
-    tests/test_optuna.py fails when they change.
-
-    Example:
-        >>> storage_url(None) is None
-        True
-    """
-    for _ in range(3):  # the cache wraps an RDBStorage; a JournalStorage wraps a backend
-        if storage is None:
-            return None
-        for name in ("url", "_url"):
-            url = getattr(storage, name, None)
-            if isinstance(url, str):
-                return mask_text(url)[0]
-        path = getattr(storage, "_file_path", None)
-        if isinstance(path, (str, os.PathLike)):
-            return os.path.abspath(path)
-        storage = getattr(storage, "_backend", None)
-    return None
-
-
-def _trial_facts(trial: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The params of an Optuna ``Trial`` (or ``FrozenTrial``) and the facts that go into
-    ``info["optuna"]``: its number, the study's name and the storage's URL."""
-    number, params = getattr(trial, "number", None), getattr(trial, "params", None)
-    if isinstance(number, bool) or not isinstance(number, int) or not isinstance(
-            params, Mapping):
-        raise TypeError(f"Recorder(trial={trial!r}): must be an Optuna trial (with an int "
-                        "number and a params mapping), or None")
-    study = getattr(trial, "study", None)
-    name = getattr(study, "study_name", None)
-    return dict(params), {
-        "trial": number,
-        "study": name if isinstance(name, str) else None,
-        "storage": storage_url(getattr(trial, "storage", None)),
-    }
+# --- trials of sweep engines (recordkit.trials) ------------------------------------------
 
 
 #: The records of Optuna trials opened in this process, by (study name, trial number),
@@ -194,6 +134,17 @@ class Recorder:
             closes it ``pruned``. ``recordkit.integrations.optuna.RecordStudy`` adds the
             trial's state and objective value when the trial ends.
 
+    Inside a Ray Tune trial (a function or class trainable, found through
+    ``ray.tune.get_context()`` when the process has imported ``ray.tune``) the run takes,
+    with no argument, the trial's config as params (*params* adds to them and wins on a
+    clash), the experiment's name as *experiment* and the trial's name as *name* (each
+    unless given), and ``info["ray_tune"]`` holds ``trial_id``, ``trial_name``,
+    ``experiment``, ``trial_dir`` (and ``world_rank`` / ``world_size`` under Ray Train,
+    where the config is not found: pass it as *params*). A ``with`` block that Tune's
+    stop of the trial leaves (a scheduler such as ASHA, or a stopper) closes it
+    ``pruned``; see :func:`recordkit.trials.ray_trial` and
+    :func:`recordkit.trials.is_ray_stop`.
+
     Raises:
         RecordWriteError: the folder cannot be created or written.
         RecordLockedError: with *resume*, when another process has the run open.
@@ -231,8 +182,15 @@ class Recorder:
         trial: Any = None,
     ) -> None:
         trial_facts = None
+        ray = ray_trial()  # None outside a Ray Tune trial
+        if ray is not None:
+            config, ray_facts = ray
+            given = vars(params) if isinstance(params, argparse.Namespace) else params
+            params = {**(config or {}), **(given or {})}  # what the caller gives wins
+            experiment = ray_facts.get("experiment") if experiment is None else experiment
+            name = ray_facts.get("trial_name") if name is None and trial is None else name
         if trial is not None:
-            params, trial_facts = _with_trial_params(params, trial)
+            params, trial_facts = with_trial_params(params, trial)
             name = f"trial-{trial_facts['trial']}" if name is None else name
         store = Snapshots.store(checksum=bool(checksum), compression=compression,
                                 compression_opts=compression_opts, chunk_bytes=chunk_bytes)
@@ -267,6 +225,10 @@ class Recorder:
         self._trial = trial_facts
         if trial_facts is not None:
             self._start_trial(trial_facts)
+        self._in_ray_trial = ray is not None
+        self._ended = threading.Event()  # set once closed
+        if ray is not None:
+            self.set_info({"ray_tune": ray[1]})
 
 
     @property
@@ -589,6 +551,7 @@ class Recorder:
             finally:  # a run whose status could not be written stays writable
                 self._run.close(read_only=written and status != "running")
                 self._finalizer.detach()
+                self._ended.set()
                 self._snapshots.release_buffers()
 
     def _write_status(self, status: str, error: BaseException | str | None) -> None:
@@ -618,6 +581,8 @@ class Recorder:
     def _at_exit(ref: weakref.ref[Recorder]) -> None:
         rec = ref()
         if rec is not None and not rec._closed:
+            if getattr(rec, "_in_ray_trial", False):  # Tune's stop: its thread closes it
+                rec._ended.wait(RAY_STOP_WAIT_S)
             with contextlib.suppress(Exception):
                 rec.close("running")
 
@@ -637,15 +602,3 @@ class Recorder:
                 "pass resume=<run id> to continue this run"
             )
 
-
-def _with_trial_params(params: Mapping[str, Any] | argparse.Namespace | None, trial: Any
-                       ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The run's params, the trial's over *params*, and the trial's facts; a warning
-    names each key whose value the trial replaced."""
-    sampled, facts = _trial_facts(trial)
-    given = dict(vars(params) if isinstance(params, argparse.Namespace) else params or {})
-    for key in sorted(k for k in set(given) & set(sampled) if given[k] != sampled[k]):
-        warnings.warn(f"recordkit: Recorder(params=..., trial=...): params[{key!r}] is "
-                      f"{given[key]!r} but trial {facts['trial']} sampled {sampled[key]!r}; "
-                      "the trial's value is recorded", RecordkitWarning, stacklevel=3)
-    return {**given, **sampled}, facts

@@ -1,0 +1,190 @@
+"""The trials of sweep engines, duck-typed: an Optuna trial given as ``trial=``, and the
+Ray Tune trial a process runs in, detected. The core never imports optuna or ray: an
+Optuna trial is read through its attributes, and Ray only when the process has already
+imported ``ray.tune`` (a Tune trainable's worker always has).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Mapping
+from types import FrameType, TracebackType
+from typing import Any
+
+from recordkit.errors import RecordkitWarning
+from recordkit.masking import mask_text
+
+__all__ = ["is_ray_stop", "is_trial_pruned", "optuna_trial_facts", "ray_trial",
+           "status_for_exception", "storage_url", "with_trial_params"]
+
+
+def is_trial_pruned(exc: BaseException | None) -> bool:
+    """Whether *exc* is ``optuna.TrialPruned`` (or a subclass), told by its class's name
+    and module, so that optuna is never imported here.
+
+    Example:
+        >>> is_trial_pruned(ValueError("x"))
+        False
+    """
+    return exc is not None and any(
+        cls.__name__ == "TrialPruned" and cls.__module__.partition(".")[0] == "optuna"
+        for cls in type(exc).__mro__)
+
+
+def is_ray_stop(exc: BaseException | None) -> bool:
+    """Whether *exc* is how Ray Tune stops a function trainable: when a scheduler (ASHA)
+    or a stopper ends a trial, Tune's ``stop`` sets the session's stop event and the
+    training thread, blocked in ``tune.report``, raises ``SystemExit(0)`` there
+    (``ray/train/_internal/session.py``, ``_report_training_result``). Told by the
+    exception being a ``SystemExit`` of code 0 raised inside a ``ray`` module (the
+    innermost frame of its traceback), so a user's own ``sys.exit`` is not taken for it.
+
+    Example:
+        >>> is_ray_stop(SystemExit(0))
+        False
+    """
+    if not isinstance(exc, SystemExit) or exc.code not in (0, None):
+        return False
+    tb: TracebackType | None = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__")
+    return isinstance(module, str) and module.partition(".")[0] == "ray"
+
+
+def status_for_exception(exc: BaseException | None) -> str:
+    """The status of a run that *exc* ended: ``completed`` for None, ``pruned`` for
+    ``optuna.TrialPruned`` and for Ray Tune stopping the trial (:func:`is_ray_stop`),
+    ``interrupted`` for KeyboardInterrupt, else ``failed``.
+
+    Example:
+        >>> status_for_exception(None), status_for_exception(KeyboardInterrupt())
+        ('completed', 'interrupted')
+    """
+    if exc is None:
+        return "completed"
+    if is_trial_pruned(exc) or is_ray_stop(exc):
+        return "pruned"
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+
+
+def storage_url(storage: Any) -> str | None:
+    """Where an Optuna storage keeps its study, password masked: an ``RDBStorage``'s URL
+    (``postgresql://user:***@host/db``), the file of a ``JournalStorage`` on a
+    ``JournalFileBackend``, a Redis journal's URL; None for an in-memory storage or one
+    not known. Optuna has no public attribute for these behind the storage that
+    ``create_study`` returns (it wraps an RDBStorage in a cache), so the wrapper's
+    ``_backend`` and the journal backend's ``_file_path`` / ``_url`` are read;
+    tests/test_optuna.py fails when they change.
+
+    Example:
+        >>> storage_url(None) is None
+        True
+    """
+    for _ in range(3):  # the cache wraps an RDBStorage; a JournalStorage wraps a backend
+        if storage is None:
+            return None
+        for name in ("url", "_url"):
+            url = getattr(storage, name, None)
+            if isinstance(url, str):
+                return mask_text(url)[0]
+        path = getattr(storage, "_file_path", None)
+        if isinstance(path, (str, os.PathLike)):
+            return os.path.abspath(path)
+        storage = getattr(storage, "_backend", None)
+    return None
+
+
+def optuna_trial_facts(trial: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The params of an Optuna ``Trial`` (or ``FrozenTrial``) and the facts that go into
+    ``info["optuna"]``: its number, the study's name and the storage's URL."""
+    number, params = getattr(trial, "number", None), getattr(trial, "params", None)
+    if isinstance(number, bool) or not isinstance(number, int) or not isinstance(
+            params, Mapping):
+        raise TypeError(f"Recorder(trial={trial!r}): must be an Optuna trial (with an int "
+                        "number and a params mapping), or None")
+    study = getattr(trial, "study", None)
+    name = getattr(study, "study_name", None)
+    return dict(params), {
+        "trial": number,
+        "study": name if isinstance(name, str) else None,
+        "storage": storage_url(getattr(trial, "storage", None)),
+    }
+
+
+def with_trial_params(params: Mapping[str, Any] | argparse.Namespace | None, trial: Any
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's params, the Optuna trial's over *params*, and the trial's facts; a
+    warning names each key whose value the trial replaced."""
+    sampled, facts = optuna_trial_facts(trial)
+    given = dict(vars(params) if isinstance(params, argparse.Namespace) else params or {})
+    for key in sorted(k for k in set(given) & set(sampled) if given[k] != sampled[k]):
+        warnings.warn(f"recordkit: Recorder(params=..., trial=...): params[{key!r}] is "
+                      f"{given[key]!r} but trial {facts['trial']} sampled {sampled[key]!r}; "
+                      "the trial's value is recorded", RecordkitWarning, stacklevel=4)
+    return {**given, **sampled}, facts
+
+
+def ray_trial() -> tuple[dict[str, Any] | None, dict[str, Any]] | None:
+    """The Ray Tune trial this thread runs, or None outside one: its config (None when it
+    cannot be found) and the facts that go into ``info["ray_tune"]``: ``trial_id``,
+    ``trial_name``, ``experiment``, ``trial_dir``, and under Ray Train ``world_rank``
+    and ``world_size``.
+
+    The facts come from Ray's public context API, ``ray.tune.get_context()``
+    (``get_trial_id`` is None outside a trial). Ray has no public API for the trial's
+    config inside the trainable (it is only the function's argument), so it is taken
+    from the ``ray.tune.Trainable`` running the trial (its public ``config``), found on
+    this thread's stack by its ``trial_id``: a function trainable's thread and a class
+    trainable's ``step`` have it; a Ray Train worker does not (None).
+
+    Example:
+        >>> ray_trial() is None  # not inside a Tune trial
+        True
+    """
+    tune = sys.modules.get("ray.tune")
+    get_context = getattr(tune, "get_context", None)
+    if not callable(get_context):
+        return None
+    with warnings.catch_warnings():  # Ray warns when a context method is used outside
+        warnings.simplefilter("ignore")
+        try:
+            context = get_context()
+            trial_id = context.get_trial_id()
+        except Exception:  # Ray raised: no trial to detect
+            return None
+        if not isinstance(trial_id, str) or not trial_id:
+            return None
+        facts: dict[str, Any] = {"trial_id": trial_id}
+        for key, method in (("trial_name", "get_trial_name"),
+                            ("experiment", "get_experiment_name"),
+                            ("trial_dir", "get_trial_dir"),
+                            ("world_rank", "get_world_rank"),
+                            ("world_size", "get_world_size")):
+            try:
+                value = getattr(context, method)()
+            except Exception:  # a fact Ray cannot give here is left out
+                continue
+            if isinstance(value, (str, int)) and not isinstance(value, bool):
+                facts[key] = value
+    return _trainable_config(trial_id, sys._getframe(1)), facts
+
+
+def _trainable_config(trial_id: str, frame: FrameType | None) -> dict[str, Any] | None:
+    """The ``config`` of the ``ray.tune.Trainable`` of trial *trial_id* found as ``self``
+    in a frame of this stack; None when there is none."""
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if owner is not None and any(cls.__name__ == "Trainable"
+                                     and cls.__module__.startswith("ray.tune.")
+                                     for cls in type(owner).__mro__):
+            config = getattr(owner, "config", None)
+            if getattr(owner, "trial_id", None) == trial_id and isinstance(config, Mapping):
+                return dict(config)
+        frame = frame.f_back
+    return None
