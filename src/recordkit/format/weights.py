@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import threading
 import time
 import weakref
@@ -36,9 +37,14 @@ from recordkit.format.checksums import (
 )
 from recordkit.format.chunkread import (
     ChunkChecksumError,
+    RowLayout,
     check_stored_chunks,
+    file_fd,
     read_checked_row,
+    read_laid_out_row,
     read_snapshot,
+    read_unfiltered,
+    row_layout,
     stored_fd,
 )
 from recordkit.format.chunks import read_chunk, write_chunk
@@ -1094,9 +1100,81 @@ def _damaged_chunk(path: Path, ds: h5py.Dataset, tensor: StoredTensor, row: int,
         "(run `recordkit verify` on it); other snapshots and tensors may still read")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Laid:
+    """(v2) What reading rows of an unfiltered, CRC32C-checked weight dataset needs
+    without opening it through h5py (which costs more than reading a 4 MiB row): where
+    its chunks are and its checksums, both read once; kept while the file is unchanged
+    on disk (:func:`_stamp`). None when the dataset is read otherwise."""
+
+    stamp: tuple[int, int, int]
+    layout: RowLayout | None
+    crcs: np.ndarray | None
+
+
+#: (device, inode, link name) -> its _Laid; emptied when it grows past _MAX_LAID.
+_LAID: dict[tuple[int, int, str], _Laid] = {}
+_MAX_LAID = 4096
+_FDS: weakref.WeakKeyDictionary[Any, int | None] = weakref.WeakKeyDictionary()
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """What changes when a file is written: its size, mtime and ctime (ns)."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _lay_out(f: h5py.File, key: str, path: Path, stamp: tuple[int, int, int]) -> _Laid:
+    reader = _reader(f, key, path)
+    sums = reader.sums
+    if (reader.kind != "crc32c" or sums is None or sums.ndim != 2
+            or sums.dtype != CHECKSUM_DTYPE):
+        return _Laid(stamp, None, None)  # v1, no checksum, or damage said by the slow path
+    layout = row_layout(reader.dataset)
+    fd = reader.fd
+    # read from the file, not through HDF5's chunk cache, which may hold what this open
+    # read before the stamp changed
+    crcs = None if layout is None or fd is None else read_unfiltered(fd, sums)
+    return _Laid(stamp, layout if crcs is not None else None, crcs)
+
+
+def _read_laid_out(f: h5py.File, tensor: StoredTensor, row: int, path: Path
+                   ) -> np.ndarray | None:
+    """Row *row* of an unfiltered v2 dataset through its :class:`_Laid` (read once per
+    dataset while the file is unchanged), checked; None when that read does not apply."""
+    try:
+        fd = _FDS[f]
+    except KeyError:
+        fd = _FDS[f] = file_fd(f)
+    if fd is None:
+        return None
+    st = os.fstat(fd)
+    stamp = _stamp(st)
+    where = (st.st_dev, st.st_ino, tensor.key)
+    laid = _LAID.get(where)
+    if laid is None or laid.stamp != stamp or (
+            laid.layout is not None and laid.crcs is not None
+            and row >= min(laid.layout.rows, len(laid.crcs))):
+        laid = _lay_out(f, tensor.key, path, stamp)
+        if len(_LAID) >= _MAX_LAID:
+            _LAID.clear()
+        _LAID[where] = laid
+    layout, crcs = laid.layout, laid.crcs
+    if layout is None or crcs is None or row >= min(layout.rows, len(crcs)):
+        return None  # read otherwise; a row past the checksums is damage said there
+    try:
+        return read_laid_out_row(fd, layout, row, crcs[row])
+    except ChunkChecksumError as err:
+        _LAID.pop(where, None)
+        raise _damaged_chunk(path, _reader(f, tensor.key, path).dataset, tensor, row,
+                             err) from None
+
+
 def _read_stored_row(f: h5py.File, tensor: StoredTensor, row: int, path: Path
                      ) -> np.ndarray:
     """Row *row* of the dataset of *tensor* as stored (not decoded), verified."""
+    data = _read_laid_out(f, tensor, row, path)
+    if data is not None:
+        return data
     reader = _reader(f, tensor.key, path)
     ds = reader.dataset
     expected = _expected_crcs(reader, tensor.key, row, path)
