@@ -1115,7 +1115,6 @@ class _Laid:
 #: (device, inode, link name) -> its _Laid; emptied when it grows past _MAX_LAID.
 _LAID: dict[tuple[int, int, str], _Laid] = {}
 _MAX_LAID = 4096
-_FDS: weakref.WeakKeyDictionary[Any, int | None] = weakref.WeakKeyDictionary()
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int]:
@@ -1141,10 +1140,7 @@ def _read_laid_out(f: h5py.File, tensor: StoredTensor, row: int, path: Path
                    ) -> np.ndarray | None:
     """Row *row* of an unfiltered v2 dataset through its :class:`_Laid` (read once per
     dataset while the file is unchanged), checked; None when that read does not apply."""
-    try:
-        fd = _FDS[f]
-    except KeyError:
-        fd = _FDS[f] = file_fd(f)
+    fd = file_fd(f)  # asked each time: h5py objects hash by HDF5 ids, which are reused
     if fd is None:
         return None
     st = os.fstat(fd)
