@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import recordkit as rk
+from recordkit.headercache import LazyJSON
 from recordkit.recordset import load_all
 from tests.support import require
 
@@ -194,7 +195,7 @@ def test_compare(root):
 def test_cached_read_equals_uncached_and_follows_changes(root, tmp_path, pd):
     fresh = load_all(root, cache=False).to_dataframe()
     first = load_all(root).to_dataframe()  # fills the cache
-    assert list((tmp_path / "cache").glob("headers-*.json"))
+    assert list((tmp_path / "cache").glob("headers-*.jsonl"))
     cached_set = load_all(root)
     pd.testing.assert_frame_equal(fresh, first)
     pd.testing.assert_frame_equal(fresh, cached_set.to_dataframe())
@@ -238,11 +239,12 @@ def test_cache_keeps_the_most_recently_used_folders(tmp_path):
     folder = tmp_path / "cachefiles"
     folder.mkdir()
     for i in range(5):
-        path = folder / f"headers-{i}.json"
+        path = folder / f"headers-{i}.jsonl"
         path.write_text("{}")
         os.utime(path, (1000 + i, 1000 + i))
+    (folder / "headers-old.json").write_text("{}")  # an older layout's: dropped
     _prune(folder, keep=2)
-    assert sorted(p.name for p in folder.iterdir()) == ["headers-3.json", "headers-4.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["headers-3.jsonl", "headers-4.jsonl"]
 
 
 def _state_equal(a: object, b: object) -> bool:
@@ -298,8 +300,30 @@ def test_cached_records_equal_fresh_ones_attribute_by_attribute(tmp_path, monkey
     monkeypatch.setattr(rk.Record, "_read_summary", unread)
     monkeypatch.setattr(rk.Record, "_read_full", unread)
     cached = rk.load_all(root)
+    assert isinstance(cached[0]._summary, LazyJSON) and "_params" not in vars(cached[0])
     for a, b in zip(fresh, cached, strict=True):
-        assert vars(a).keys() == vars(b).keys()
+        b.params  # noqa: B018 - a run kept with its summary: params decoded on first use
+        b_vars = dict(vars(b))
+        if isinstance(b_vars["_summary"], LazyJSON):
+            b_vars["_summary"] = dict(b_vars["_summary"])
+            assert b_vars.pop("_params_text") == a._summary["params"]
+        assert vars(a).keys() == b_vars.keys()
         for name in vars(a):
             if name not in ("_h5", "_walked"):  # the safety checks' count, not the file's
-                assert _state_equal(vars(a)[name], vars(b)[name]), name
+                assert _state_equal(vars(a)[name], b_vars[name]), name
+
+
+def test_damaged_cache_lines_are_dropped_and_the_runs_read_from_their_files(root, tmp_path, pd):
+    fresh = load_all(root, cache=False).to_dataframe()
+    load_all(root)  # fills the cache
+    (cache_file,) = (tmp_path / "cache").glob("headers-*.jsonl")
+    lines = cache_file.read_bytes().split(b"\n")
+    assert len(lines) == 1 + len(fresh)
+    # one run's line changed (a value of its summary), another cut short (a torn write)
+    lines[1] = lines[1].replace(b'"final": ', b'"final": 9', 1)
+    lines[2] = lines[2][: len(lines[2]) // 2]
+    cache_file.write_bytes(b"\n".join(lines))
+    pd.testing.assert_frame_equal(fresh, load_all(root).to_dataframe())
+    # the file was written again without them, and then holds every run
+    assert len(cache_file.read_bytes().split(b"\n")) == 1 + len(fresh)
+    pd.testing.assert_frame_equal(fresh, load_all(root).to_dataframe())

@@ -1,6 +1,6 @@
 """The header cache of ``load_all``: what :meth:`recordkit.Record.cache_state` gave for each
-finished run of a folder, kept as JSON (no pickle) in the user's cache folder, keyed by
-file name and checked against the file's size, mtime and inode.
+finished run of a folder, kept as JSON lines (no pickle) in the user's cache folder, keyed
+by file name and checked against the file's size, mtime and inode.
 
 Opening a record and walking its header with h5py costs a few milliseconds, most of it in
 the safety checks; a sweep of thousands of runs takes seconds. A finished run never
@@ -8,6 +8,17 @@ changes, so what its header held is kept. The whole cache of a folder is discard
 its version changes: the record format version, the recordkit version, or
 :data:`CACHE_LAYOUT` (bump it when :meth:`~recordkit.Record.cache_state` changes shape or
 the reading code changes what a header holds).
+
+Layout (:data:`CACHE_LAYOUT` 5): a first line ``{"version": ..., "folder": ...}``, then a
+line per run, ``<crc32 of the rest, 8 hex digits>\t<head>\t<rest>``: *head* is the JSON
+list ``[file name, size, mtime_ns, inode, [run fields], params text, unserialisable keys,
+kind]``, *rest* the JSON of the run's summary (kind ``"summary"``) or of its whole state
+(kind ``"state"``, a run without a summary). Reading parses every head (one JSON document
+of short strings) and keeps each rest as bytes, parsed on the record's first use of
+anything the head lacks (:class:`LazyJSON`): 100,000 runs' summaries are 160 MB of JSON,
+and parsing them all took most of ``load_all``'s time. A line whose CRC does not match
+(a torn write, damage) is dropped: that run is read from its file. JSON text holds no
+raw tab or newline, so neither splits a line.
 """
 
 from __future__ import annotations
@@ -17,22 +28,23 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from recordkit.codec import dumps_json, loads_json
-from recordkit.format.layout import FORMAT_VERSION, HISTORY_DTYPE, SNAPSHOT_DTYPE
+from recordkit.format.layout import FORMAT_VERSION, HISTORY_DTYPE, RUN_FIELDS, SNAPSHOT_DTYPE
 from recordkit.format.weights import StoredTensor
 
-__all__ = ["CACHE_FILES", "CACHE_LAYOUT", "FullHeader", "HeaderCache", "cache_dir",
+__all__ = ["CACHE_FILES", "CACHE_LAYOUT", "FullHeader", "HeaderCache", "LazyJSON", "cache_dir",
            "cache_enabled", "cache_version", "full_header_from_state", "full_header_state",
            "json_exact", "prune"]
 
 #: The shape of the cache's entries (and of ``Record.cache_state``).
-CACHE_LAYOUT = 4
+CACHE_LAYOUT = 5
 #: Cache files (one per folder of records) kept; the least recently used go first.
 CACHE_FILES = 200
 
@@ -71,6 +83,45 @@ def _file_stamp(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
+class LazyJSON(Mapping[str, Any]):
+    """A JSON object kept as its text (bytes) and parsed on first use: a read-only
+    mapping.
+
+    Raises (on first use):
+        ValueError: the text is not a JSON object.
+    """
+
+    __slots__ = ("_text", "_value")
+
+    def __init__(self, text: bytes) -> None:
+        self._text = text
+        self._value: dict[str, Any] | None = None
+
+    def _decoded(self) -> dict[str, Any]:
+        if self._value is None:
+            value = json.loads(self._text)
+            if type(value) is not dict:
+                raise ValueError("not a JSON object")
+            self._value = value
+        return self._value
+
+    def __getitem__(self, key: str) -> Any:
+        return self._decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return f"LazyJSON({self._decoded()!r})"
+
+
+#: What the header cache keeps of one run: its stamp, its parsed head and its line.
+_Entry = tuple[list[int], list[Any], bytes]
+
+
 class HeaderCache:
     """The cached header states of the records in one folder.
 
@@ -82,31 +133,82 @@ class HeaderCache:
     def __init__(self, folder: Path) -> None:
         self._folder = folder.resolve()
         digest = hashlib.sha256(str(self._folder).encode("utf-8", "surrogateescape"))
-        self._file = cache_dir() / f"headers-{digest.hexdigest()[:24]}.json"
-        self._entries: dict[str, Any] = {}
+        self._file = cache_dir() / f"headers-{digest.hexdigest()[:24]}.jsonl"
+        self._entries: dict[str, _Entry] = {}
         self._seen: set[str] = set()
         self._dirty = False
         try:
-            document = json.loads(self._file.read_text(encoding="utf-8"))
-            if document.get("version") == cache_version() and document.get(
-                    "folder") == str(self._folder):
-                self._entries = dict(document["entries"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            self._entries = {}
+            self._entries = self._read(self._file.read_bytes())
+        except OSError:
+            pass
+
+    def _read(self, data: bytes) -> dict[str, _Entry]:
+        """The entries of a cache file's bytes: none when its first line is not this
+        folder's at this version; a line that fails its CRC or its shape is left out
+        (and the file rewritten without it)."""
+        lines = data.split(b"\n")
+        try:
+            document = json.loads(lines[0])
+            if document.get("version") != cache_version() or document.get(
+                    "folder") != str(self._folder):
+                return {}
+        except (ValueError, AttributeError):
+            return {}
+        kept: list[bytes] = []
+        heads: list[bytes] = []
+        for line in lines[1:]:
+            crc, _, body = line.partition(b"\t")
+            head, tab, _rest = body.partition(b"\t")
+            try:
+                if not tab or int(crc, 16) != zlib.crc32(body) or len(crc) != 8:
+                    raise ValueError
+            except ValueError:
+                if line:
+                    self._dirty = True  # damaged: written again without it
+                continue
+            kept.append(line)
+            heads.append(head)
+        try:
+            parsed = json.loads(b"[" + b",".join(heads) + b"]")
+        except ValueError:  # a line whose CRC matched but is not JSON: none is trusted
+            self._dirty = True
+            return {}
+        entries: dict[str, _Entry] = {}
+        for head, line in zip(parsed, kept):
+            if (type(head) is list and len(head) == 8 and type(head[0]) is str
+                    and all(type(v) is int for v in head[1:4])):
+                entries[head[0]] = (head[1:4], head, line)
+            else:
+                self._dirty = True
+        return entries
 
     def get(self, path: Path) -> Mapping[str, Any] | None:
-        """The state kept for *path*, or None (none kept, or the file changed since)."""
+        """The state kept for *path*, or None (none kept, or the file changed since).
+        A run kept with its summary gives ``fields``, ``params_text``, ``unserialisable``
+        and ``summary`` (a :class:`LazyJSON`); other runs the state
+        :meth:`~recordkit.Record.cache_state` gave."""
         self._seen.add(path.name)
         entry = self._entries.get(path.name)
-        if not isinstance(entry, dict):
+        if entry is None:
             return None
+        stamp, head, line = entry
         try:
-            if entry["stamp"] != _file_stamp(path):
+            if stamp != _file_stamp(path):
                 return None
-        except (OSError, KeyError):
+        except OSError:
             return None
-        state = entry.get("state")
-        return state if isinstance(state, dict) else None
+        rest = line[line.index(b"\t", 9) + 1:]
+        try:
+            _, _, _, _, fields, params_text, unserialisable, kind = head
+            if kind == "summary" and type(fields) is list and len(fields) == len(RUN_FIELDS):
+                return {"fields": dict(zip(RUN_FIELDS, fields)), "params_text": params_text,
+                        "unserialisable": unserialisable, "summary": LazyJSON(rest)}
+            if kind == "state":
+                state = json.loads(rest)
+                return state if isinstance(state, dict) else None
+        except (ValueError, TypeError):
+            pass
+        return None
 
     def put(self, path: Path, state: Mapping[str, Any] | None) -> None:
         """Keep *state* for *path*; None forgets what was kept (a run still changing)."""
@@ -116,9 +218,20 @@ class HeaderCache:
             return
         try:
             stamp = _file_stamp(path)
-        except OSError:
-            return
-        self._entries[path.name] = {"stamp": stamp, "state": state}
+            fields = state["fields"]
+            summary = state.get("summary")
+            if summary is not None:
+                head = [path.name, *stamp, [fields[k] for k in RUN_FIELDS], summary["params"],
+                        list(state["unserialisable"]), "summary"]
+                rest = json.dumps(dict(summary))
+            else:
+                head = [path.name, *stamp, None, None, None, "state"]
+                rest = json.dumps(dict(state))
+            body = f"{json.dumps(head)}\t{rest}".encode("utf-8", "surrogatepass")
+        except (OSError, KeyError, TypeError, ValueError):
+            return  # not kept: the file is read next time
+        line = b"%08x\t%s" % (zlib.crc32(body), body)
+        self._entries[path.name] = (stamp, head, line)
         self._dirty = True
 
     def save(self) -> None:
@@ -131,12 +244,13 @@ class HeaderCache:
             self._dirty = True
         if not self._dirty:
             return
-        document = {"version": cache_version(), "folder": str(self._folder),
-                    "entries": self._entries}
+        first = json.dumps({"version": cache_version(), "folder": str(self._folder)})
+        data = b"\n".join([first.encode("utf-8", "surrogateescape"),
+                           *(line for _, _, line in self._entries.values())])
         try:
             self._file.parent.mkdir(parents=True, exist_ok=True)
             temporary = self._file.with_name(f"{self._file.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(document), encoding="utf-8")
+            temporary.write_bytes(data)
             os.replace(temporary, self._file)
             prune(self._file.parent)
         except (OSError, ValueError, TypeError):
@@ -145,8 +259,10 @@ class HeaderCache:
 
 def prune(folder: Path, keep: int = CACHE_FILES) -> None:
     """Keep the cache files of the *keep* folders read most recently (temporary folders
-    of tests and notebooks would otherwise pile up)."""
-    files = list(folder.glob("headers-*.json"))
+    of tests and notebooks would otherwise pile up; files of older layouts go first)."""
+    for old in folder.glob("headers-*.json"):  # layout 4 and before
+        old.unlink(missing_ok=True)
+    files = list(folder.glob("headers-*.jsonl"))
     if len(files) <= keep:
         return
     files.sort(key=lambda p: p.stat().st_mtime, reverse=True)

@@ -232,9 +232,10 @@ class Record:
             "unserialisable": list(self._unserialisable),
         }
         if self._summary is not None:
-            if not json_exact(self._summary):
+            summary = dict(self._summary)  # (a LazyJSON of the header cache: parsed)
+            if not json_exact(summary):
                 return None
-            state["summary"] = self._summary
+            state["summary"] = summary
             return state
         self._read_parts(PARTS)  # every part, each with its checks
         header = full_header_state(FullHeader(
@@ -250,7 +251,8 @@ class Record:
     @classmethod
     def from_cache_state(cls, path: str | os.PathLike[str], state: Mapping[str, Any], *,
                          max_read_bytes: int | None = None) -> Record:
-        """The record *path* held when :meth:`cache_state` gave *state* (*max_read_bytes*:
+        """The record *path* held when :meth:`cache_state` gave *state*, or when the header
+        cache gave it (:meth:`recordkit.headercache.HeaderCache.get`; *max_read_bytes*:
         see :func:`load`, for what is read of it later).
 
         Raises:
@@ -265,6 +267,14 @@ class Record:
         # every record it returns, cached or not.
         record._fields = dict(state["fields"])
         record._unserialisable = list(state["unserialisable"])
+        if "params_text" in state:  # the header cache's: params and summary parsed on use
+            text, summary = state["params_text"], state["summary"]
+            if type(text) is not str or not isinstance(summary, Mapping):
+                raise TypeError("not a cache state")
+            record._params_text = text  # decoded, its hash compared, on first use
+            # a read-only mapping, used as the dict a summary is
+            record._summary = summary  # type: ignore[assignment]
+            return record
         params = state["params"]
         if "summary" in state:
             summary = state["summary"]
