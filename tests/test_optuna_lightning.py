@@ -70,15 +70,15 @@ MODULE = textwrap.dedent('''
         def prune(self, study, trial):
             return trial.number % 2 == 1 and (trial.last_step or 0) >= 1
 
-    def fit(trial, root, experiment, epochs=3):
+    def fit(trial, root, experiment, epochs=3, pruner_first=False):
         model = Tiny(trial.suggest_int("width", 2, 6),
                      trial.suggest_float("lr", 1e-3, 1e-1, log=True))
+        callbacks = [RecordCallback(root, experiment, trial=trial, system=False),
+                     PyTorchLightningPruningCallback(trial, "val_loss")]
         trainer = lp.Trainer(
             max_epochs=epochs, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-            devices=1, callbacks=[RecordCallback(root, experiment, trial=trial,
-                                                 system=False),
-                                  PyTorchLightningPruningCallback(trial, "val_loss")])
+            devices=1, callbacks=callbacks[::-1] if pruner_first else callbacks)
         trainer.fit(model)
         return float(trainer.callback_metrics["val_loss"])
 ''')
@@ -88,12 +88,14 @@ namespace: dict[str, Any] = {
 exec(MODULE, namespace)  # the same module and objective as the worker processes run
 
 
-@pytest.mark.parametrize("with_study_callback", [True, False])
-def test_pruning_callback_ends_the_trial_pruned(tmp_path: Path,
-                                                with_study_callback: bool) -> None:
+@pytest.mark.parametrize(("with_study_callback", "pruner_first"),
+                         [(True, False), (False, False), (True, True)])
+def test_pruning_callback_ends_the_trial_pruned(tmp_path: Path, with_study_callback: bool,
+                                                pruner_first: bool) -> None:
     root = tmp_path / "records"
     study = optuna.create_study(pruner=namespace["OddTrialsPruned"]())
-    study.optimize(lambda trial: namespace["fit"](trial, root, "lightning"), n_trials=2,
+    study.optimize(lambda trial: namespace["fit"](trial, root, "lightning",
+                                                  pruner_first=pruner_first), n_trials=2,
                    callbacks=[RecordStudy(root, system=False)] if with_study_callback
                    else [])
     records = {r.info["optuna"]["trial"]: r for r in recordkit.load_all(root, cache=False)}
@@ -102,13 +104,15 @@ def test_pruning_callback_ends_the_trial_pruned(tmp_path: Path,
     assert completed.status == "completed"
     assert pruned.status == "pruned"
     assert pruned.error == "TrialPruned: Trial was pruned at epoch 1."
-    # the pruner raises in on_validation_end of epoch 1, before the callback logs that
-    # epoch's validation: the record holds epoch 0's
-    assert pruned.history.epochs("val_loss").tolist() == [0]
+    # the pruner raises in on_validation_end of epoch 1 (before or after the callback's
+    # own hook): the callback records that validation when the exception reaches it, so
+    # the record holds the value that pruned the trial (epoch 1's training never ended)
+    assert pruned.history.epochs("val_loss").tolist() == [0, 1]
     assert pruned.history.epochs("loss").tolist() == [0]
     trial = study.trials[1]
     assert sorted(trial.intermediate_values) == [0, 1]
-    assert pruned.history["val_loss"].tolist() == pytest.approx([trial.intermediate_values[0]])
+    assert pruned.history["val_loss"].tolist() == pytest.approx(
+        [trial.intermediate_values[0], trial.intermediate_values[1]])
     assert completed.history["val_loss"].tolist() == pytest.approx(
         [study.trials[0].intermediate_values[e] for e in (0, 1, 2)])
     for number, record in records.items():
@@ -184,9 +188,7 @@ def test_distributed_study_of_four_worker_processes(tmp_path: Path) -> None:
         assert record.status == ("pruned" if number % 2 else "completed")
         assert record.info["optuna"]["storage"] == str(journal.resolve())
         trial = study.trials[number]
-        steps = sorted(trial.intermediate_values)
-        if number % 2:  # the pruned epoch's validation is not recorded (see above)
-            steps = steps[:-1]
+        steps = sorted(trial.intermediate_values)  # the pruned epoch's too (see above)
         assert record.history.epochs("val_loss").tolist() == steps
         assert record.history["val_loss"].tolist() == pytest.approx(
             [trial.intermediate_values[s] for s in steps])

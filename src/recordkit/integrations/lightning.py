@@ -148,7 +148,9 @@ class _LightningFit(FitState):
     resumed: bool = False  # the record was continued (a checkpoint, or fit() again)
     epoch_start_metrics: dict[str, Any] = field(default_factory=dict)
     eval_start_metrics: dict[str, Any] = field(default_factory=dict)
+    eval_ended: bool = False  # a validation's batches are done; on_validation_end not run
     val_metrics: dict[str, float] = field(default_factory=dict)
+    val_epoch: int | None = None  # the epoch of the validation val_metrics hold
     epoch_end_metrics: dict[str, Any] = field(default_factory=dict)
     open_epoch: int | None = None  # ended but may still get late metrics
     logged: set[str] = field(default_factory=set)  # metric names logged for open_epoch
@@ -377,12 +379,32 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         try:
             if self._fit.open_epoch is not None:
                 self._log_late_metrics(trainer)
+            self._finish_cut_validation(trainer, pl_module, rec)
             self._write_steps(rec)  # the steps and validations of the epoch that crashed
             rec.close(status, error=exception)
         except RecordkitError as err:  # never hide the exception that ended training
             warn_once("close after an exception",
                       f"recordkit: could not close {self._record_path!r} as {status}: {err}")
         self._recorder = None
+
+    def _finish_cut_validation(self, trainer: Any, pl_module: Any, rec: Recorder) -> None:
+        """Record the validation of an epoch that an exception cut after it: Optuna's
+        pruning callback raises ``TrialPruned`` in ``on_validation_end``, with the value
+        that pruned the trial. When the callback raising came before this one, this
+        one's ``on_validation_end`` runs now (the validation's batches were done, its
+        ``on_validation_epoch_end`` ran, and its values are in ``callback_metrics``). A
+        validation at the end of the epoch's batches is the epoch's row, as
+        ``on_train_epoch_end`` would have logged it."""
+        fit = self._fit
+        if fit.stage != "fit":
+            return
+        if fit.eval_ended:
+            self.on_validation_end(trainer, pl_module)
+        epoch = int(trainer.current_epoch)
+        if (fit.val_metrics and fit.val_epoch == epoch and fit.ended_epoch != epoch
+                and fit.epoch_batches >= trainer.num_training_batches):
+            with self._guard(f"record the validation of epoch {epoch}"):
+                rec.log(fit.val_metrics, epoch=epoch)
 
     # --- Lightning hooks: one epoch ---------------------------------------------------
 
@@ -431,10 +453,16 @@ class RecordCallback(RecordingCallback, _LightningCallback):
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.sanity_checking:
             self._fit.eval_start_metrics = dict(trainer.callback_metrics)
+            self._fit.eval_ended = False
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        # every batch done and its epoch-level values in callback_metrics
+        self._fit.eval_ended = not trainer.sanity_checking
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
             return
+        self._fit.eval_ended = False
         now = dict(trainer.callback_metrics)
         fresh, self._fit.last_read = written_since(self._fit.eval_start_metrics, now), now
         if self._fit.stage != "fit":
@@ -443,6 +471,7 @@ class RecordCallback(RecordingCallback, _LightningCallback):
         fit = self._fit
         values = _floats(fresh)
         fit.val_metrics.update(values)  # the epoch's row keeps its last validation
+        fit.val_epoch = int(trainer.current_epoch)
         fit.validated = True
         rec = self._recorder
         if self._fit.sharding and self._policy.at_validation:
