@@ -8,6 +8,11 @@ from types import ModuleType
 
 import pytest
 
+#: How long a test waits for a child process that starts a framework (TensorFlow, torch,
+#: Lightning, a distributed strategy) before it calls it hung: a child that takes 20 s
+#: on a quiet machine took over 120 s with both cores loaded (issue 16 item 9).
+SUBPROCESS_TIMEOUT_S = 600
+
 
 def required() -> set[str]:
     """Frameworks the environment promises (``RECORDKIT_REQUIRE=lightning,keras``)."""

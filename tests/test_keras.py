@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support import require
+from tests.support import SUBPROCESS_TIMEOUT_S, require
 
 keras = require("keras", "keras")
 
@@ -57,19 +57,6 @@ class Crash(keras.callbacks.Callback):
 def fit(model: Any, callbacks: list[Any], epochs: int = 3, **kwargs: Any) -> Any:
     return model.fit(X, Y, batch_size=16, epochs=epochs, verbose=0, callbacks=callbacks,
                      **kwargs)
-
-
-def snapshot_epochs_once_written(path: str | None, expected: list[int],
-                                 timeout: float = 60.0) -> list[int]:
-    """The snapshot epochs of a record that is still open, once they are *expected* (or
-    at the deadline): the callback commits with wait=False, so the writer thread writes
-    the last epoch's snapshot after fit() raised, at its own pace on a busy machine."""
-    deadline = time.monotonic() + timeout
-    while True:
-        epochs = recordkit.load(path).snapshot_epochs
-        if epochs == expected or time.monotonic() > deadline:
-            return epochs
-        time.sleep(0.1)
 
 
 def assert_history_equal(record: recordkit.Record, history: dict[str, list[Any]],
@@ -928,7 +915,8 @@ def run_script(tmp_path: Path, body: str, env: dict[str, str] | None = None,
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO),
                 **(env or {})}
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "records")],
-                          capture_output=True, text=True, env=full_env, timeout=120)
+                          capture_output=True, text=True, env=full_env,
+                          timeout=SUBPROCESS_TIMEOUT_S)
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -1014,7 +1002,8 @@ def test_backup_and_restore_across_a_process_restart_continues_one_record(
     script.write_text(body)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
     runs = [subprocess.run([sys.executable, str(script), str(tmp_path / "records"), how],
-                           capture_output=True, text=True, env=env, timeout=120)
+                           capture_output=True, text=True, env=env,
+                           timeout=SUBPROCESS_TIMEOUT_S)
             for how in ("crash", "again")]
     assert runs[0].returncode == 1 and "the machine went away" in runs[0].stderr
     assert runs[1].returncode == 0, runs[1].stderr[-3000:]
@@ -1240,7 +1229,7 @@ def test_multi_worker_mirrored_strategy_only_the_chief_writes(tmp_path: Path) ->
                 workers.append(subprocess.Popen(
                     [sys.executable, str(script), str(tmp_path / "records")],
                     stdout=stdout, stderr=stderr, env=env))
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
         for worker in workers:
             worker.wait(timeout=max(deadline - time.monotonic(), 1))
     finally:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support import require
+from tests.support import SUBPROCESS_TIMEOUT_S, require
 
 pl = require("pytorch_lightning", "lightning")
 torch = require("torch", "lightning")
@@ -422,7 +422,8 @@ def test_ddp_only_rank_zero_writes(tmp_path: Path) -> None:
     root = tmp_path / "records"
     final = tmp_path / "final.pt"
     result = subprocess.run([sys.executable, str(script), str(root), str(final)],
-                            capture_output=True, text=True, timeout=240, cwd=tmp_path)
+                            capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     files = list(root.rglob("*.h5"))
     assert len(files) == 1, files
@@ -444,7 +445,7 @@ def test_missing_framework_names_the_extra() -> None:
             "try:\n    import recordkit.integrations.lightning\n"
             "except ModuleNotFoundError as err:\n    print(err, '|', type(err.__cause__).__name__)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60)
+                            timeout=SUBPROCESS_TIMEOUT_S)
     assert "pip install 'recordkit[lightning]'" in result.stdout, result.stderr
     assert result.stdout.strip().endswith("| ModuleNotFoundError")  # the cause is kept
 
@@ -658,7 +659,8 @@ def test_a_last_snapshot_that_fails_is_not_closed_as_completed(tmp_path: Path,
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(LAST_SNAPSHOT_FAILS))
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "records"), on_error],
-                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["snapshots"] == [0]
@@ -717,7 +719,8 @@ def test_sigkill_after_the_epoch_end_hook_keeps_that_epochs_rows(tmp_path: Path,
     script.write_text(textwrap.dedent(KILLED_AFTER_EPOCH_END))
     root = tmp_path / "records"
     done = subprocess.run([sys.executable, str(script), str(root), str(kill_at)],
-                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+                          cwd=tmp_path)
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
     [path] = root.rglob("*.h5")
     record = load(path)

@@ -546,6 +546,40 @@ def test_snapshots_inside_one_epoch_at_distinct_steps_are_each_kept(
     assert r.weight("w").at(0).tolist() == [3.0, 3.0]
 
 
+class _ClosesWhenCollected:
+    """What a framework callback is to its recorder: it holds it in a reference cycle and
+    closes it, as failed, from ``__del__`` (Keras' RecordCallback collected after a
+    crashed fit)."""
+
+    def __init__(self, rec: rk.Recorder) -> None:
+        self.rec, self.cycle = rec, self
+
+    def __del__(self) -> None:
+        self.rec.close("failed", error=RuntimeError("boom"))
+
+
+def test_a_recorder_collected_in_a_cycle_writes_what_it_queued(tmp_path: pathlib.Path) -> None:
+    """A garbage-collected cycle loses its weak references before its finalizers run: the
+    snapshots still queued behind a large one are written all the same, and the error
+    stored is the crash's alone."""
+    import gc
+
+    rec = rk.Recorder(tmp_path, system=False, background=True)
+    path = rec.path
+    big = np.arange(16 << 20, dtype=np.float32)  # 64 MiB: the writer is busy with it
+    rec.snapshot({"w": big, "b": np.zeros(3)}, epoch=0)
+    rec.snapshot({"w": big + 1, "b": np.ones(3)}, epoch=1)  # queued behind it
+    holder = _ClosesWhenCollected(rec)
+    del rec, holder
+    gc.collect()
+    r = rk.load(path)
+    assert r.stored_status == "failed"
+    assert r.error == "RuntimeError: boom"
+    assert r.snapshot_epochs == [0, 1]
+    assert r.weights(1)["b"].tolist() == [1.0, 1.0, 1.0]
+    assert np.array_equal(r.weight("w").at(1), big + 1)
+
+
 def test_snapshot_shape_change_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     with rk.Recorder(tmp_path, system=False) as rec:
         rec.snapshot({"fc.weight": np.zeros((2, 3))}, epoch=0)

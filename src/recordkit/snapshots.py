@@ -240,7 +240,7 @@ class Snapshots:
                 self._specs = None  # this snapshot was checked but is not queued
             raise
         specs = {name: (tuple(a.shape), *stored_spec(a, dtype)) for name, a in arrays.items()}
-        job = SnapshotJob({}, epoch, step, nbytes, specs=specs)
+        job = SnapshotJob({}, epoch, step, nbytes, specs=specs, owner=self)
         writer.submit(job)
         try:
             for name, a in arrays.items():
@@ -319,8 +319,11 @@ class Snapshots:
         if self._writer is None or not self._writer.alive:
             ref = weakref.ref(self)
 
-            def write_job(job: SnapshotJob) -> None:  # holds the snapshots only while writing
-                snapshots = ref()
+            def write_job(job: SnapshotJob) -> None:
+                # A queued job holds its snapshots (job.owner), so a recorder collected
+                # in a cycle, whose weak references die before its finalizers run, still
+                # writes what it queued; once written the job lets go of them.
+                snapshots, job.owner = job.owner or ref(), None
                 if snapshots is None:
                     raise RecordClosedError("the recorder was garbage-collected with "
                                             "snapshots still queued")

@@ -59,6 +59,9 @@ class SnapshotJob:
     specs: dict[str, tuple[tuple[int, ...], Any, str]] | None = None
     #: Set when the caller gave up making the copies (its error was raised to it).
     aborted: BaseException | None = None
+    #: What writes the job, held while it is queued: a recorder dropped (or collected
+    #: with its callback) right after queueing a snapshot still writes it when it closes.
+    owner: Any = None
 
     def __post_init__(self) -> None:
         self._ready = threading.Condition()
