@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -43,3 +44,21 @@ def signed_summary(summary: dict) -> str:
                       ensure_ascii=False)
     digest = hashlib.sha256(body.encode()).hexdigest()
     return f'{body[:-1]}, "sha256": "{digest}"}}'
+
+
+def chunk_at(path: Path, dataset: str, coord: tuple[int, ...]) -> tuple[int, int]:
+    """The byte offset and stored size in *path* of the chunk of *dataset* at *coord*, for
+    tests that damage one chunk on disk."""
+    import h5py
+
+    with h5py.File(path, "r", locking=False) as f:
+        info = f[dataset].id.get_chunk_info_by_coord(coord)
+    return int(info.byte_offset), int(info.size)
+
+
+def overwrite(path: Path, at: int, data: bytes) -> None:
+    """Write *data* over *path* at byte *at* (a closed record is read-only on disk)."""
+    path.chmod(0o644)
+    with open(path, "r+b") as raw:
+        raw.seek(at)
+        raw.write(data)

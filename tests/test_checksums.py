@@ -23,6 +23,7 @@ import recordkit
 from recordkit.errors import RecordDamagedError
 from recordkit.format import checksums, chunkread
 from recordkit.verify import verify
+from tests.support import chunk_at, overwrite
 
 MiB = 1 << 20
 V1 = Path(__file__).parent / "data" / "v1"
@@ -91,19 +92,6 @@ def test_a_snapshot_grows_the_file_by_its_bytes_only(tmp_path: Path) -> None:
     assert (grown <= 1.02 * 16 * MiB).all() and (grown >= 16 * MiB).all(), grown
 
 
-def _chunk(path: Path, dataset: str, coord: tuple[int, ...]) -> tuple[int, int]:
-    with h5py.File(path, "r", locking=False) as f:
-        info = f[dataset].id.get_chunk_info_by_coord(coord)
-    return int(info.byte_offset), int(info.size)
-
-
-def _overwrite(path: Path, at: int, data: bytes) -> None:
-    path.chmod(0o644)
-    with open(path, "r+b") as raw:
-        raw.seek(at)
-        raw.write(data)
-
-
 @pytest.mark.parametrize("damage", ["zeroed chunk", "zeroed page", "flipped byte",
                                     "zeroed checksum", "edge chunk flipped"])
 def test_damaged_chunk_or_checksum_is_refused_not_read(tmp_path: Path, damage: str) -> None:
@@ -112,20 +100,20 @@ def test_damaged_chunk_or_checksum_is_refused_not_read(tmp_path: Path, damage: s
     with h5py.File(path, "r", locking=False) as f:
         rows = f["weights/w"].chunks[1]
     assert rows == 501, rows  # two chunks, the second one an edge chunk
-    at, size = _chunk(path, "weights/w", (1, rows if damage.startswith("edge") else 0, 0))
+    at, size = chunk_at(path, "weights/w", (1, rows if damage.startswith("edge") else 0, 0))
     if damage == "zeroed chunk":
-        _overwrite(path, at, bytes(size))
+        overwrite(path, at, bytes(size))
     elif damage == "zeroed page":
         page = at + 4096 - at % 4096 + 8192
-        _overwrite(path, page, bytes(4096))
+        overwrite(path, page, bytes(4096))
     elif damage == "zeroed checksum":
-        sums_at, sums_size = _chunk(path, "checksums/w", (0, 0))
-        _overwrite(path, sums_at, bytes(sums_size))
+        sums_at, sums_size = chunk_at(path, "checksums/w", (0, 0))
+        overwrite(path, sums_at, bytes(sums_size))
     else:
         with open(path, "rb") as raw:
             raw.seek(at + size // 3)
             byte = raw.read(1)
-        _overwrite(path, at + size // 3, bytes([byte[0] ^ 0x10]))
+        overwrite(path, at + size // 3, bytes([byte[0] ^ 0x10]))
     record = recordkit.load(path)
     with pytest.raises(RecordDamagedError, match=r"'w', dataset row 1: the chunk at \[") as info:
         record.weight("w")[1]
@@ -166,8 +154,8 @@ def test_compressed_chunks_are_checked_as_stored(tmp_path: Path, compression: st
         assert len(stored) < value.nbytes // 4  # compressed: the CRC covers these bytes
         assert checksums.crc32c(stored) == f["checksums/w"][1, 0]
     assert np.array_equal(recordkit.load(path).weight("w")[1], value + 1)
-    at, size = _chunk(path, "weights/w", (1, 0, 0))
-    _overwrite(path, at, bytes(size))
+    at, size = chunk_at(path, "weights/w", (1, 0, 0))
+    overwrite(path, at, bytes(size))
     with pytest.raises(RecordDamagedError, match="fails its CRC32C"):
         recordkit.load(path).weight("w")[1]
 
@@ -200,8 +188,8 @@ def test_the_plain_h5py_check_in_format_md_runs(tmp_path: Path) -> None:
     scope: dict[str, object] = {"path": str(path)}
     exec(snippet.group(1), scope)  # our own documentation
     assert np.array_equal(scope["weights"], value + 3)
-    at, _ = _chunk(path, "weights/fc.weight", (3, 512, 0))
-    _overwrite(path, at + 100, b"\x01")
+    at, _ = chunk_at(path, "weights/fc.weight", (3, 512, 0))
+    overwrite(path, at + 100, b"\x01")
     with pytest.raises(AssertionError, match="is damaged"):
         exec(snippet.group(1), {"path": str(path)})
 
@@ -240,8 +228,8 @@ def test_version_1_records_still_read_and_verify(tmp_path: Path, name: str) -> N
     assert record.extras["folds"] == {"acc": [0.25, 0.5], "who": "me"}
     assert verify(path, isolate=False).ok
     if name == "checked.h5":  # v1's fletcher32 still refuses a flipped byte
-        at, size = _chunk(path, "weights/enc%2Fbig.weight", (1, 0, 0))
-        _overwrite(path, at + size // 2, b"\x55\xaa")
+        at, size = chunk_at(path, "weights/enc%2Fbig.weight", (1, 0, 0))
+        overwrite(path, at + size // 2, b"\x55\xaa")
         with pytest.raises(RecordDamagedError):
             recordkit.load(path).weight("enc/big.weight")[1]
 
@@ -381,10 +369,10 @@ def test_recorders_in_threads_write_and_read_chunks_at_once(tmp_path: Path) -> N
 
 
 def _zero_page_inside(path: Path, dataset: str, chunk: tuple[int, ...]) -> None:
-    at, size = _chunk(path, dataset, chunk)
+    at, size = chunk_at(path, dataset, chunk)
     page = at + 4096 - at % 4096
     assert page + 4096 <= at + size, (at, size)  # a whole page inside the chunk
-    _overwrite(path, page, bytes(4096))
+    overwrite(path, page, bytes(4096))
 
 
 def test_a_zeroed_page_over_all_ones_words_is_refused(tmp_path: Path) -> None:

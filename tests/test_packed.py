@@ -19,6 +19,7 @@ from recordkit.dtypes import BFloat16Bits
 from recordkit.errors import RecordDamagedError, SnapshotError
 from recordkit.format.layout import FORMAT_VERSION, PACK_MIN_TENSORS
 from recordkit.verify import verify
+from tests.support import chunk_at, overwrite
 
 N = PACK_MIN_TENSORS  # small tensors of each kind: enough for packs
 
@@ -279,23 +280,14 @@ def test_tied_tensors_in_a_pack_keep_their_aliases(tmp_path: Path) -> None:
 
 
 def _chunk_of(path: Path, key: str, row: int) -> tuple[int, int]:
-    with h5py.File(path, "r", locking=False) as f:
-        info = f[f"weights/{key}"].id.get_chunk_info_by_coord((row, 0))
-    return int(info.byte_offset), int(info.size)
-
-
-def _overwrite(path: Path, at: int, data: bytes) -> None:
-    path.chmod(0o644)
-    with open(path, "r+b") as raw:
-        raw.seek(at)
-        raw.write(data)
+    return chunk_at(path, f"weights/{key}", (row, 0))
 
 
 def test_a_zeroed_pack_chunk_is_damage_naming_the_tensor_and_its_pack(tmp_path: Path
                                                                       ) -> None:
     path = _write(tmp_path, range(3))
     at, size = _chunk_of(path, "%pack-0-float16", 1)
-    _overwrite(path, at, bytes(size))
+    overwrite(path, at, bytes(size))
     record = recordkit.load(path)
     with pytest.raises(RecordDamagedError, match=r"block3/half.*%pack-0-float16"):
         record.weight("block3/half")[1]

@@ -18,6 +18,7 @@ import pytest
 import recordkit
 from recordkit.errors import RecordDamagedError
 from recordkit.format import chunkread
+from tests.support import chunk_at, overwrite
 
 MiB = 1 << 20
 
@@ -85,19 +86,6 @@ def test_bfloat16_and_packed_tensors(tmp_path: Path) -> None:
                     _equal(snapshot[name], value + i)
 
 
-def _chunk_at(path: Path, dataset: str, coord: tuple[int, ...]) -> tuple[int, int]:
-    with h5py.File(path, "r", locking=False) as f:
-        info = f[dataset].id.get_chunk_info_by_coord(coord)
-    return int(info.byte_offset), int(info.size)
-
-
-def _overwrite(path: Path, at: int, data: bytes) -> None:
-    path.chmod(0o644)
-    with open(path, "r+b") as raw:
-        raw.seek(at)
-        raw.write(data)
-
-
 @pytest.mark.parametrize("damage", ["zeroed chunk", "zeroed page", "flipped byte",
                                     "zeroed checksum"])
 @pytest.mark.parametrize("open_between", [False, True], ids=["same open", "reopened"])
@@ -107,24 +95,24 @@ def test_damage_written_after_a_read_is_refused(tmp_path: Path, damage: str,
     a zeroed checksum is refused in the same open too."""
     value = np.random.default_rng(5).standard_normal((1001, 1100)).astype(np.float32)
     path = _record(tmp_path, {"w": value})
-    at, size = _chunk_at(path, "weights/w", (1, 0, 0))
-    sums_at, sums_size = _chunk_at(path, "checksums/w", (0, 0))
+    at, size = chunk_at(path, "weights/w", (1, 0, 0))
+    sums_at, sums_size = chunk_at(path, "checksums/w", (0, 0))
     record = recordkit.load(path)
     with record:
         _equal(record.weight("w")[1], value + 1)  # layout and checksums now kept
         if open_between:
             record.close()
         if damage == "zeroed chunk":
-            _overwrite(path, at, bytes(size))
+            overwrite(path, at, bytes(size))
         elif damage == "zeroed page":
-            _overwrite(path, at + 4096 - at % 4096 + 8192, bytes(4096))
+            overwrite(path, at + 4096 - at % 4096 + 8192, bytes(4096))
         elif damage == "zeroed checksum":
-            _overwrite(path, sums_at, bytes(sums_size))
+            overwrite(path, sums_at, bytes(sums_size))
         else:
             with open(path, "rb") as raw:
                 raw.seek(at + size // 3)
                 byte = raw.read(1)
-            _overwrite(path, at + size // 3, bytes([byte[0] ^ 0x10]))
+            overwrite(path, at + size // 3, bytes([byte[0] ^ 0x10]))
         if open_between:
             record.__enter__()
         with pytest.raises(RecordDamagedError, match=r"'w', dataset row 1: the chunk at"):
@@ -184,7 +172,7 @@ def test_large_rows_read_on_two_threads(tmp_path: Path, monkeypatch: pytest.Monk
         for name, value in state.items():
             for i in range(3):
                 _equal(record.weight(name)[i], value + i)
-    at, size = _chunk_at(path, "weights/one", (2, 0, 0))
-    _overwrite(path, at + size - 4096, bytes(4096))  # the second half's last page
+    at, size = chunk_at(path, "weights/one", (2, 0, 0))
+    overwrite(path, at + size - 4096, bytes(4096))  # the second half's last page
     with record, pytest.raises(RecordDamagedError, match="'one', dataset row 2"):
         record.weight("one")[2]
