@@ -1,8 +1,9 @@
 """Ray Tune: the recorder and both callbacks detect the trial they run in (config, trial
 id and name, experiment) with no argument, and a trial that Tune stops early reads
 ``pruned``. A real ``tune.Tuner`` on a local Ray (``ray.init(num_cpus=2)``): four
-Lightning and four Keras trials, one of each stopped early by a stopper and ASHA, the
-records read back with ``load_all`` and compared with the ``ResultGrid`` value by value."""
+Lightning and four Keras trials with ``reuse_actors=True``, one of each stopped early by a
+stopper, and ``Recorder`` and Keras trials without reuse, one of each stopped; the records
+read back with ``load_all`` and compared with the ``ResultGrid`` value by value."""
 
 from __future__ import annotations
 
@@ -111,7 +112,8 @@ def _keras_trial(config: dict[str, Any], root: str) -> None:
 
 
 def _trial(config: dict[str, Any], root: str) -> None:
-    (_lightning_trial if config["framework"] == "lightning" else _keras_trial)(config, root)
+    {"lightning": _lightning_trial, "keras": _keras_trial,
+     "recorder": _recorder_trial}[config["framework"]](config, root)
 
 
 def _recorder_trial(config: dict[str, Any], root: str) -> None:
@@ -181,30 +183,35 @@ def test_tuner_lightning_and_keras_trials_recorded_as_the_result_grid(
     root, storage = tmp_path / "records", tmp_path / "ray"
     space = {**SPACE, "seed": tune.sample_from(lambda config: config["variant"]),
              "offset": tune.sample_from(lambda config: 1e6 if config["variant"] == 3
-                                        and config["framework"] == "lightning" else 0.0)}
+                                        else 0.0)}
     # two worker processes for the eight trials (each new one imports torch and lightning):
-    # a stopped trial's thread is ended by reset_config; without reuse (the default), by
-    # stop, as test_recorder_in_a_function_trainable_takes_the_trial has it
+    # a stopped trial's thread is ended by reset_config when the next trial reuses its
+    # actor, else (the last one) by stop; without reuse (the default) always by stop, as
+    # in test_recorder_and_keras_trials_without_reuse
     grid = _fit(_trial, root, space, "sweep", storage, reuse_actors=True)
-    runs = recordkit.load_all(root, experiment="sweep")
+    runs = recordkit.load_all(root, experiment="sweep")  # read as soon as fit returns
     by_trial = _check_against(grid, runs, "sweep")
     statuses = sorted((r.params["framework"], r.params["variant"], r.status)
                       for r in by_trial.values())
-    # a stopped Keras trial's record is closed only when its callback is collected (the
-    # exception that Tune's stop raises ends in Ray's thread runner): not checked here
-    assert [s for s in statuses if s[2] != "completed"] == [("lightning", 3, "pruned")]
+    assert [s for s in statuses if s[2] != "completed"] == [("keras", 3, "pruned"),
+                                                            ("lightning", 3, "pruned")]
     assert sum(s[0] == "lightning" for s in statuses) == 4 == sum(
         s[0] == "keras" for s in statuses)
 
 
-def test_recorder_in_a_function_trainable_takes_the_trial(local_ray: Any,
-                                                           tmp_path: Path) -> None:
+def test_recorder_and_keras_trials_without_reuse(local_ray: Any, tmp_path: Path) -> None:
+    """Each trial in a new actor, whose process Tune ends as soon as the stop of a trial
+    returns: the stopped trials' records are closed before that (``pruned``)."""
     root = tmp_path / "records"
-    space = {"offset": tune.grid_search([0.0, 1e6]), "lr": 0.5}
-    grid = _fit(_recorder_trial, root, space, "by-hand", tmp_path / "ray")
+    space = {"framework": tune.grid_search(["recorder", "keras"]),
+             "offset": tune.grid_search([0.0, 1e6]), "lr": 0.01, "seed": 0}
+    grid = _fit(_trial, root, space, "by-hand", tmp_path / "ray")
     runs = recordkit.load_all(root, experiment="by-hand")
     by_trial = _check_against(grid, runs, "by-hand")
-    assert sorted(r.status for r in by_trial.values()) == ["completed", "pruned"]
+    assert sorted((r.params["framework"], r.params["offset"], r.status)
+                  for r in by_trial.values()) == [
+        ("keras", 0.0, "completed"), ("keras", 1e6, "pruned"),
+        ("recorder", 0.0, "completed"), ("recorder", 1e6, "pruned")]
 
 
 def test_outside_a_trial_nothing_is_detected(tmp_path: Path) -> None:

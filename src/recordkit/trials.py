@@ -9,16 +9,24 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
+import time
 import warnings
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from types import FrameType, TracebackType
 from typing import Any
 
 from recordkit.errors import RecordkitWarning
 from recordkit.masking import mask_text
 
-__all__ = ["is_ray_stop", "is_trial_pruned", "optuna_trial_facts", "ray_trial",
-           "status_for_exception", "storage_url", "with_trial_params"]
+__all__ = ["TRIAL_STOP_WAIT_S", "is_ray_stop", "is_trial_pruned", "optuna_trial_facts",
+           "ray_trial", "status_for_exception", "storage_url", "with_trial_params"]
+
+
+#: How long Tune's stop of a trial waits for the trial's training thread to end (and so to
+#: close its record) once Tune has released it; see :func:`ray_trial`.
+TRIAL_STOP_WAIT_S = 10.0
 
 
 def is_trial_pruned(exc: BaseException | None) -> bool:
@@ -143,6 +151,14 @@ def ray_trial() -> tuple[dict[str, Any] | None, dict[str, Any]] | None:
     this thread's stack by its ``trial_id``: a function trainable's thread and a class
     trainable's ``step`` have it; a Ray Train worker does not (None).
 
+    When that Trainable runs the trial on Ray's runner thread (a function trainable), its
+    ``cleanup`` (which Tune's ``stop`` calls) is wrapped, once, to wait up to
+    :data:`TRIAL_STOP_WAIT_S` for this thread to end after it: Tune's stop releases the
+    thread blocked in ``tune.report`` without waiting for it
+    (``FunctionTrainable.cleanup``: ``finish(timeout=0)``), and the actor's process is
+    then ended with no exit handler run, so a record closed by that thread as it leaves
+    (``pruned``) was cut mid-close and read ``running``.
+
     Example:
         >>> ray_trial() is None  # not inside a Tune trial
         True
@@ -172,19 +188,61 @@ def ray_trial() -> tuple[dict[str, Any] | None, dict[str, Any]] | None:
                 continue
             if isinstance(value, (str, int)) and not isinstance(value, bool):
                 facts[key] = value
-    return _trainable_config(trial_id, sys._getframe(1)), facts
+    trainable = _running_trainable(trial_id, sys._getframe(1))
+    if trainable is None:
+        return None, facts
+    _hold_stop_for_this_thread(trainable)
+    config = getattr(trainable, "config", None)
+    return (dict(config) if isinstance(config, Mapping) else None), facts
 
 
-def _trainable_config(trial_id: str, frame: FrameType | None) -> dict[str, Any] | None:
-    """The ``config`` of the ``ray.tune.Trainable`` of trial *trial_id* found as ``self``
-    in a frame of this stack; None when there is none."""
+def _running_trainable(trial_id: str, frame: FrameType | None) -> Any:
+    """The ``ray.tune.Trainable`` of trial *trial_id* found as ``self`` in a frame of
+    this stack; None when there is none."""
     while frame is not None:
         owner = frame.f_locals.get("self")
-        if owner is not None and any(cls.__name__ == "Trainable"
-                                     and cls.__module__.startswith("ray.tune.")
-                                     for cls in type(owner).__mro__):
-            config = getattr(owner, "config", None)
-            if getattr(owner, "trial_id", None) == trial_id and isinstance(config, Mapping):
-                return dict(config)
+        if owner is not None and any(
+                cls.__name__ == "Trainable" and cls.__module__.startswith("ray.tune.")
+                for cls in type(owner).__mro__) and getattr(owner, "trial_id", None) == trial_id:
+            return owner  # the class first: getattr on any other frame's self is not safe
         frame = frame.f_back
     return None
+
+
+class _StopHold:
+    """A Trainable's ``cleanup``, then a wait (up to :data:`TRIAL_STOP_WAIT_S` in all)
+    for the training threads registered with it to end."""
+
+    def __init__(self, cleanup: Callable[..., Any]) -> None:
+        self.cleanup = cleanup
+        self.threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.cleanup(*args, **kwargs)
+        finally:
+            deadline = time.monotonic() + TRIAL_STOP_WAIT_S
+            for thread in list(self.threads):
+                if thread is not threading.current_thread():
+                    thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _hold_stop_for_this_thread(trainable: Any) -> None:
+    """Make *trainable*'s ``cleanup`` wait for this thread when it is the thread Ray runs
+    a function trainable on (its ``RunnerThread``, which the stop releases); a class
+    trainable's ``step`` runs on the actor's thread, which calls ``cleanup`` itself.
+    Never fails: a Trainable that cannot be wrapped is left as it is."""
+    here = threading.current_thread()
+    if not any(cls.__name__ == "RunnerThread" and cls.__module__.partition(".")[0] == "ray"
+               for cls in type(here).__mro__):
+        return
+    try:
+        cleanup = trainable.cleanup
+        if not isinstance(cleanup, _StopHold):
+            if not callable(cleanup):
+                return
+            cleanup = _StopHold(cleanup)
+            trainable.cleanup = cleanup
+        cleanup.threads.add(here)
+    except Exception:  # a Trainable with no settable cleanup: nothing waits
+        return

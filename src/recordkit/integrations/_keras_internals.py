@@ -19,7 +19,7 @@ import contextlib
 import inspect
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
@@ -268,12 +268,19 @@ class ExceptionTrap:
     ``StopIteration`` of an exhausted dataset). :meth:`remove` puts them back; a wrapped
     ``train_function`` left on the model by a fit that raised is unwrapped by the next
     :meth:`set` or :meth:`remove`. A wrapper costs a Python call per step.
+
+    Ray Tune's stop of a trial (a ``SystemExit(0)`` raised in ``tune.report``, status
+    ``pruned``) is swallowed by Ray's thread runner, so nothing after fit learns of it:
+    *on_trial_stop* is called with it as soon as it passes a wrapper.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_trial_stop: Callable[[SeenError], None] | None = None) -> None:
         self.seen: SeenError | None = None
         self._callbacks: Any = None
         self._model: Any = None
+        # held weakly: the owner (the callback) holds this trap
+        self._on_trial_stop = (weakref.WeakMethod(on_trial_stop)
+                               if on_trial_stop is not None else None)
 
     def set(self, model: Any, fit: RunningFit | None) -> None:
         self.seen = None
@@ -317,6 +324,7 @@ class ExceptionTrap:
                 if owner is not None:
                     owner.seen = SeenError(describe_error(err), type(err).__qualname__,
                                            type(err).__module__, status_for_exception(err))
+                    owner._stopped(owner.seen)
                 raise
             owner = trap()
             if owner is not None and owner.seen is not None:
@@ -325,6 +333,17 @@ class ExceptionTrap:
 
         setattr(trapped, _WRAPPED, fn)
         return trapped
+
+    def _stopped(self, seen: SeenError) -> None:
+        """A sweep engine's stop of the trial passed (Ray Tune's ``SystemExit(0)``, read
+        as ``pruned``): the engine swallows it, so no one else learns of it; tell the
+        owner now, while this thread still runs."""
+        if seen.status != "pruned" or seen.type_name != "SystemExit":
+            return
+        handler = self._on_trial_stop() if self._on_trial_stop is not None else None
+        if handler is not None:
+            with contextlib.suppress(Exception):  # closing must never hide the stop
+                handler(seen)
 
 
 #: The attribute of a trap's wrapper that holds the wrapped function.

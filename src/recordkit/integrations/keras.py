@@ -90,6 +90,12 @@ Choices worth knowing:
   trial ends. A ``TrialPruned`` raised after the fit ended (a ``trial.report`` /
   ``should_prune`` loop around ``fit``) closes the record ``pruned`` again when it leaves
   the ``with RecordCallback(...)`` block, or when ``RecordStudy`` sees the trial end.
+- **Ray Tune.** Inside a trial the record takes the trial's config, name and experiment
+  (see :class:`~recordkit.Recorder`). When Tune stops the trial (a scheduler or a
+  stopper), ``tune.report`` raises ``SystemExit(0)``, which Ray's thread runner
+  swallows: the record is closed ``pruned`` on the spot, as that exception leaves one of
+  fit's callback hooks (seen by the wrapper described above), with every epoch recorded
+  so far (placed before the callback that reports, the epoch Tune stopped at is in).
 - A fit that runs no epoch (``initial_epoch >= epochs``) records nothing.
 """
 
@@ -131,6 +137,7 @@ from recordkit.integrations._common import (
 from recordkit.integrations._keras_internals import (
     ExceptionTrap,
     RunningFit,
+    SeenError,
     exception_left_fit,
     fit_is_running_here,
     running_fit,
@@ -253,7 +260,8 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         self._raised_path: str | None = None  # that record, closed when its cell ended
         self._fit: _KerasFit = _KerasFit()
         self._running: RunningFit | None = None  # the fit() call of the latest fit
-        self._trap = ExceptionTrap()  # the exception that left the latest fit, if seen
+        # the exception that left the latest fit, if seen; Tune's stop closes the record
+        self._trap = ExceptionTrap(on_trial_stop=self._close_stopped)
 
     # --- Keras hooks --------------------------------------------------------------------
 
@@ -561,6 +569,16 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         else:
             self._abandon("interrupted", f"{_NO_TRAIN_END}; {why}, and the exception "
                           "that left fit was not known then")
+
+    def _close_stopped(self, seen: SeenError) -> None:
+        """Ray Tune stopped the trial (``SystemExit(0)`` from ``tune.report`` in a hook):
+        Ray's thread runner swallows it, so the record is closed ``pruned`` now."""
+        if self._recorder is None:
+            return
+        self._raised_path = self._record_path
+        self._trap.seen = None
+        self._trap.remove()
+        self._abandon(seen.status, seen.text)
 
     def _close_after_uncaught(self, exc: BaseException) -> None:
         """The exception ends the process: failed when it left the fit (interrupted for
