@@ -9,16 +9,18 @@ its version changes: the record format version, the recordkit version, or
 :data:`CACHE_LAYOUT` (bump it when :meth:`~recordkit.Record.cache_state` changes shape or
 the reading code changes what a header holds).
 
-Layout (:data:`CACHE_LAYOUT` 5): a first line ``{"version": ..., "folder": ...}``, then a
-line per run, ``<crc32 of the rest, 8 hex digits>\t<head>\t<rest>``: *head* is the JSON
-list ``[file name, size, mtime_ns, inode, [run fields], params text, unserialisable keys,
-kind]``, *rest* the JSON of the run's summary (kind ``"summary"``) or of its whole state
-(kind ``"state"``, a run without a summary). Reading parses every head (one JSON document
-of short strings) and keeps each rest as bytes, parsed on the record's first use of
-anything the head lacks (:class:`LazyJSON`): 100,000 runs' summaries are 160 MB of JSON,
-and parsing them all took most of ``load_all``'s time. A line whose CRC does not match
-(a torn write, damage) is dropped: that run is read from its file. JSON text holds no
-raw tab or newline, so neither splits a line.
+Layout (:data:`CACHE_LAYOUT` 6): a first line ``{"version": ..., "folder": ...}``, then a
+line per run, ``<crc32 of the rest, 8 hex digits>\t<head>\t<rest>``: *head* is the flat
+JSON list ``[file name, size, mtime_ns, inode, kind, *run fields, *unserialisable
+keys]`` (a run of kind ``"state"`` has neither fields nor keys there), *rest* the JSON of
+the run's summary (kind ``"summary"``) or of its whole state (kind ``"state"``, a run
+without a summary). Reading parses every head (one JSON document of short strings, flat:
+nested lists parsed twice as slowly) and keeps each rest as bytes, parsed on the
+record's first use of anything the head lacks, its params included (:class:`LazyJSON`):
+100,000 runs' summaries are 160 MB of JSON, and parsing them all took most of
+``load_all``'s time. A line whose CRC does not match (a torn write, damage) is dropped:
+that run is read from its file. JSON text holds no raw tab or newline, so neither splits
+a line.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ __all__ = ["CACHE_FILES", "CACHE_LAYOUT", "FullHeader", "HeaderCache", "LazyJSON
            "json_exact", "prune"]
 
 #: The shape of the cache's entries (and of ``Record.cache_state``).
-CACHE_LAYOUT = 5
+CACHE_LAYOUT = 6
 #: Cache files (one per folder of records) kept; the least recently used go first.
 CACHE_FILES = 200
 
@@ -91,15 +93,16 @@ class LazyJSON(Mapping[str, Any]):
         ValueError: the text is not a JSON object.
     """
 
-    __slots__ = ("_text", "_value")
+    __slots__ = ("_start", "_text", "_value")
 
-    def __init__(self, text: bytes) -> None:
-        self._text = text
+    def __init__(self, text: bytes, start: int = 0) -> None:
+        self._text = text  # (the JSON is text[start:]: a line's rest, sliced on first use)
+        self._start = start
         self._value: dict[str, Any] | None = None
 
     def _decoded(self) -> dict[str, Any]:
         if self._value is None:
-            value = json.loads(self._text)
+            value = json.loads(self._text[self._start:])
             if type(value) is not dict:
                 raise ValueError("not a JSON object")
             self._value = value
@@ -120,6 +123,8 @@ class LazyJSON(Mapping[str, Any]):
 
 #: What the header cache keeps of one run: its stamp, its parsed head and its line.
 _Entry = tuple[list[int], list[Any], bytes]
+#: Where a head's run fields end (and its unserialisable keys begin).
+_FIELDS_END = 5 + len(RUN_FIELDS)
 
 
 class HeaderCache:
@@ -175,8 +180,9 @@ class HeaderCache:
             return {}
         entries: dict[str, _Entry] = {}
         for head, line in zip(parsed, kept):
-            if (type(head) is list and len(head) == 8 and type(head[0]) is str
-                    and all(type(v) is int for v in head[1:4])):
+            if (type(head) is list and len(head) >= 5 and type(head[0]) is str
+                    and type(head[1]) is int and type(head[2]) is int
+                    and type(head[3]) is int):
                 entries[head[0]] = (head[1:4], head, line)
             else:
                 self._dirty = True
@@ -184,30 +190,32 @@ class HeaderCache:
 
     def get(self, path: Path) -> Mapping[str, Any] | None:
         """The state kept for *path*, or None (none kept, or the file changed since).
-        A run kept with its summary gives ``fields``, ``params_text``, ``unserialisable``
-        and ``summary`` (a :class:`LazyJSON`); other runs the state
+        A run kept with its summary gives ``fields``, ``unserialisable`` and ``summary``
+        (a :class:`LazyJSON`, which holds the params text); other runs the state
         :meth:`~recordkit.Record.cache_state` gave."""
-        self._seen.add(path.name)
-        entry = self._entries.get(path.name)
+        name = path.name
+        self._seen.add(name)
+        entry = self._entries.get(name)
         if entry is None:
             return None
         stamp, head, line = entry
         try:
-            if stamp != _file_stamp(path):
-                return None
+            st = os.stat(path)
         except OSError:
             return None
-        rest = line[line.index(b"\t", 9) + 1:]
-        try:
-            _, _, _, _, fields, params_text, unserialisable, kind = head
-            if kind == "summary" and type(fields) is list and len(fields) == len(RUN_FIELDS):
-                return {"fields": dict(zip(RUN_FIELDS, fields)), "params_text": params_text,
-                        "unserialisable": unserialisable, "summary": LazyJSON(rest)}
-            if kind == "state":
-                state = json.loads(rest)
-                return state if isinstance(state, dict) else None
-        except (ValueError, TypeError):
-            pass
+        if stamp[0] != st.st_size or stamp[1] != st.st_mtime_ns or stamp[2] != st.st_ino:
+            return None
+        start = line.index(b"\t", 9) + 1  # the rest: after the CRC and the head
+        kind = head[4]
+        if kind == "summary" and len(head) >= _FIELDS_END:
+            return {"fields": dict(zip(RUN_FIELDS, head[5:_FIELDS_END])),
+                    "unserialisable": head[_FIELDS_END:], "summary": LazyJSON(line, start)}
+        if kind == "state":
+            try:
+                state = json.loads(line[start:])
+            except ValueError:
+                return None
+            return state if isinstance(state, dict) else None
         return None
 
     def put(self, path: Path, state: Mapping[str, Any] | None) -> None:
@@ -221,11 +229,11 @@ class HeaderCache:
             fields = state["fields"]
             summary = state.get("summary")
             if summary is not None:
-                head = [path.name, *stamp, [fields[k] for k in RUN_FIELDS], summary["params"],
-                        list(state["unserialisable"]), "summary"]
+                head = [path.name, *stamp, "summary", *(str(fields[k]) for k in RUN_FIELDS),
+                        *(str(k) for k in state["unserialisable"])]
                 rest = json.dumps(dict(summary))
             else:
-                head = [path.name, *stamp, None, None, None, "state"]
+                head = [path.name, *stamp, "state"]
                 rest = json.dumps(dict(state))
             body = f"{json.dumps(head)}\t{rest}".encode("utf-8", "surrogatepass")
         except (OSError, KeyError, TypeError, ValueError):

@@ -88,6 +88,6 @@ def read_with_workers(paths: Sequence[Path], max_read_bytes: int, workers: int, 
     except (BrokenProcessPool, OSError, RuntimeError) as err:
         warnings.warn(f"recordkit: load_all(workers={workers}) could not use worker "
                       f"processes ({type(err).__name__}: {err}); reading in this process "
-                      "instead", RecordkitWarning, stacklevel=3)
+                      "instead", RecordkitWarning, stacklevel=4)
         return None
     return results

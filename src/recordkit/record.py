@@ -23,7 +23,13 @@ from recordkit.format.layout import RUN_FIELDS, escape_name
 from recordkit.format.safety import max_read_bytes as _read_cap
 from recordkit.format.summary import finished_epochs, metric_summary
 from recordkit.format.weights import StoredTensor, read_tensors_at
-from recordkit.headercache import FullHeader, full_header_from_state, full_header_state, json_exact
+from recordkit.headercache import (
+    FullHeader,
+    LazyJSON,
+    full_header_from_state,
+    full_header_state,
+    json_exact,
+)
 from recordkit.locking import is_locked
 from recordkit.opening import (
     PARTS,
@@ -110,7 +116,7 @@ class Record:
         *max_read_bytes*: see :func:`load`."""
         self._path = Path(path)
         self._h5: RecordFile | None = None
-        self._summary: dict[str, Any] | None = None
+        self._summary: Mapping[str, Any] | None = None
         self._max_read_bytes = _read_cap(max_read_bytes, caller="load")
         if lazy and self._read_summary():
             return
@@ -147,7 +153,15 @@ class Record:
         if "_path" in self.__dict__:
             if name == "_params":
                 if "_params_text" not in self.__dict__:
-                    self._read_full()
+                    try:
+                        text = (self._summary.get("params")
+                                if isinstance(self._summary, LazyJSON) else None)
+                    except ValueError:  # (its line's CRC matched: not seen in practice)
+                        text = None
+                    if isinstance(text, str):  # kept by the header cache, from the file's
+                        self._params_text = text
+                    else:
+                        self._read_full()
                 self._params = self._decoded_params()
                 return self._params
             if name in Record._ROOT_FIELDS:
@@ -251,9 +265,11 @@ class Record:
     @classmethod
     def from_cache_state(cls, path: str | os.PathLike[str], state: Mapping[str, Any], *,
                          max_read_bytes: int | None = None) -> Record:
-        """The record *path* held when :meth:`cache_state` gave *state*, or when the header
-        cache gave it (:meth:`recordkit.headercache.HeaderCache.get`; *max_read_bytes*:
-        see :func:`load`, for what is read of it later).
+        """The record *path* held when :meth:`cache_state` gave *state*, when the header
+        cache gave it (:meth:`recordkit.headercache.HeaderCache.get`), or, for a state
+        ``{"summary": summary}``, when its summary attribute was *summary* (the run index
+        gives it: :mod:`recordkit.runindex`; checked as :class:`Record` checks a file's).
+        *max_read_bytes*: see :func:`load`, for what is read of it later.
 
         Raises:
             KeyError, TypeError, ValueError: *state* is not one :meth:`cache_state` gives.
@@ -263,17 +279,26 @@ class Record:
         record._h5 = None
         record._summary = None
         record._max_read_bytes = _read_cap(max_read_bytes, caller="load_all")
+        if state.keys() == {"summary"}:  # the run index's: checked as a file's summary is
+            summary = state["summary"]
+            record._fields = {k: str(summary["fields"].get(k, "")) for k in RUN_FIELDS}
+            text = summary["params"]
+            if record._fields["status"] == "running" or (
+                    record._fields["params_hash"]
+                    and params_hash(text) != record._fields["params_hash"]):
+                raise ValueError("a running run, or params that do not match their hash")
+            record._params = decode_params(text)
+            record._unserialisable = list(loads_json(summary["unserialisable"]))
+            record._summary = dict(summary)
+            return record
         # As cache_state wrote them: load_all checks the run fields (check_fields) of
         # every record it returns, cached or not.
         record._fields = dict(state["fields"])
         record._unserialisable = list(state["unserialisable"])
-        if "params_text" in state:  # the header cache's: params and summary parsed on use
-            text, summary = state["params_text"], state["summary"]
-            if type(text) is not str or not isinstance(summary, Mapping):
-                raise TypeError("not a cache state")
-            record._params_text = text  # decoded, its hash compared, on first use
-            # a read-only mapping, used as the dict a summary is
-            record._summary = summary  # type: ignore[assignment]
+        summary = state.get("summary")
+        if isinstance(summary, LazyJSON):  # the header cache's: parsed on first use
+            # the params text too (taken from it), then decoded and its hash compared
+            record._summary = summary
             return record
         params = state["params"]
         if "summary" in state:

@@ -34,6 +34,7 @@ from recordkit.paths import check_experiment, check_name
 from recordkit.policy import SnapshotPolicy
 from recordkit.runfile import find_unfinished, new_run_id, resume_run, start_run
 from recordkit.runhistory import RunHistory
+from recordkit.runindex import add_closed_run
 from recordkit.snapshots import Snapshots
 from recordkit.trials import (
     is_trial_pruned,
@@ -553,6 +554,8 @@ class Recorder:
                 self._finalizer.detach()
                 self._ended.set()
                 self._snapshots.release_buffers()
+            if status != "running":
+                add_closed_run(self._path)  # the folder's run index (never raises)
 
     def _write_status(self, status: str, error: BaseException | str | None) -> None:
         with self._run.as_write_error(f"close the run as {status}"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import math
 import os
 import warnings
@@ -22,6 +24,7 @@ from recordkit.paths import record_files
 from recordkit.progress import with_progress
 from recordkit.readworkers import check_workers, read_with_workers
 from recordkit.record import Record
+from recordkit.runindex import RunIndex, index_enabled
 from recordkit.views import require_pandas
 
 if TYPE_CHECKING:
@@ -401,7 +404,8 @@ def _duration(record: Record) -> float:
 
 def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = None,
              *, cache: bool = True, progress: bool = False,
-             max_read_bytes: int | None = None, workers: int = 1) -> RecordSet:
+             max_read_bytes: int | None = None, workers: int = 1,
+             index: bool = True) -> RecordSet:
     """Every record under *root* (or under one experiment), oldest first.
 
     Files that cannot be read are left out with a warning naming each, and listed in
@@ -426,6 +430,11 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
             (:mod:`recordkit.readworkers`; h5py serialises its calls within a process);
             the same RecordSet as with 1. Starting them costs about a second: worth it
             for thousands of files, on a cold page cache or a network filesystem.
+        index: read the summaries of closed runs the header cache lacks from their
+            folder's run index (``<folder>/.recordkit-index.jsonl``, appended when a run
+            closes: :mod:`recordkit.runindex`) for files whose size, mtime, ctime and
+            inode are those it noted, instead of opening each file, and add the runs
+            read from their files to it. The variable ``RECORDKIT_INDEX=0`` turns it off.
 
     Raises:
         RecordNotFoundError: *root* (or the experiment folder) does not exist.
@@ -433,6 +442,28 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
     """
     cap = max_read_bytes_of(max_read_bytes, caller="load_all")
     workers = check_workers(workers)
+    with _collector_paused():
+        return _load_all(root, experiment, cache=cache, progress=progress, cap=cap,
+                         workers=workers, index=index)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block (when it was on): a load of
+    100,000 runs makes millions of small containers, none in a cycle, and the collector's
+    passes over them took up to half of a warm ``load_all``."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load_all(root: str | os.PathLike[str], experiment: str | None, *, cache: bool,
+              progress: bool, cap: int, workers: int, index: bool) -> RecordSet:
+    """:func:`load_all` with its arguments checked."""
     base = Path(root)
     if base.is_file():
         raise RecordNotFoundError(f"{str(base)!r} is a file, not a folder of records; "
@@ -445,15 +476,30 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
             f"no experiment {experiment!r} under {str(base)!r}; experiments: {known}"
         )
     use_cache = cache and cache_enabled() and cap == MAX_READ_BYTES
-    caches: dict[Path, HeaderCache] = {}
+    # keyed by the folder's text: a Path's parent and hash cost more than the rest of a
+    # cached run's lookup
+    caches: dict[str, HeaderCache] = {}
 
     def cache_of(path: Path) -> HeaderCache | None:
         if not use_cache:
             return None
-        header_cache = caches.get(path.parent)
+        folder = os.path.dirname(path)
+        header_cache = caches.get(folder)
         if header_cache is None:
-            header_cache = caches[path.parent] = HeaderCache(path.parent)
+            header_cache = caches[folder] = HeaderCache(path.parent)
         return header_cache
+
+    use_index = index and index_enabled()
+    indexes: dict[str, RunIndex] = {}
+
+    def index_of(path: Path) -> RunIndex | None:
+        if not use_index:
+            return None
+        folder = os.path.dirname(path)
+        run_index = indexes.get(folder)
+        if run_index is None:
+            run_index = indexes[folder] = RunIndex(path.parent)
+        return run_index
 
     files = record_files(base, experiment)
     found: list[Record | None] = [None] * len(files)
@@ -466,6 +512,19 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
             misses.append(i)
         else:
             found[i] = record
+    if use_index and misses:
+        unindexed = []
+        for i in misses:
+            path = files[i]
+            record = _indexed(index_of(path), path, cap)
+            if record is None:
+                unindexed.append(i)
+                continue
+            found[i] = record
+            header_cache = cache_of(path)
+            if header_cache is not None:
+                header_cache.put(path, record.cache_state())
+        misses = unindexed
     states = None
     if workers > 1 and len(misses) > 1:
         states = read_with_workers([files[i] for i in misses], cap, workers,
@@ -485,6 +544,7 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
                 found[i] = Record.from_cache_state(path, value, max_read_bytes=cap)
                 if header_cache is not None:
                     header_cache.put(path, value)
+                _index_state(index_of(path), path, value)
                 continue
             except Exception:
                 pass  # not a state this process can use: read the file here
@@ -493,18 +553,52 @@ def load_all(root: str | os.PathLike[str] = "records", experiment: str | None = 
             # The run fields of a run opened from its summary were not checked with the
             # root attributes: a forged summary is refused here, not by a property later.
             check_fields(record.fields, path)
-            if header_cache is not None:
-                header_cache.put(path, record.cache_state())
+            if header_cache is not None or use_index:
+                state = record.cache_state()
+                if header_cache is not None:
+                    header_cache.put(path, state)
+                _index_state(index_of(path), path, state)
             found[i] = record
         except RecordkitError as err:
             errors[i] = str(err)
     for header_cache in caches.values():
         header_cache.save()
+    if indexes:
+        names: dict[str, list[str]] = {}
+        for path in files:
+            names.setdefault(os.path.dirname(path), []).append(path.name)
+        for folder, run_index in indexes.items():
+            run_index.save(names.get(folder, ()))
     skipped = [(files[i], errors[i]) for i in sorted(errors)]
     for path, message in skipped:
         warnings.warn(f"recordkit: skipped {str(path)!r}: {message}", RecordkitWarning,
-                      stacklevel=2)
+                      stacklevel=3)  # (the caller of load_all)
     return RecordSet([r for r in found if r is not None], skipped=skipped)
+
+
+def _indexed(run_index: RunIndex | None, path: Path, cap: int) -> Record | None:
+    """The record as its folder's run index noted it at its close, or None (no line, the
+    file changed since, or a line that is not a closed run's summary: the file is read
+    instead, and says what is wrong)."""
+    if run_index is None:
+        return None
+    try:
+        summary = run_index.summary(path, os.stat(path))
+        if summary is None:
+            return None
+        record = Record.from_cache_state(path, {"summary": summary}, max_read_bytes=cap)
+        check_fields(record.fields, path)
+    except (RecordkitError, OSError, ValueError, TypeError, KeyError, AttributeError,
+            RecursionError):
+        return None
+    return record
+
+
+def _index_state(run_index: RunIndex | None, path: Path, state: Any) -> None:
+    """Note in the run index a closed run read from its summary (*state*: what
+    :meth:`Record.cache_state` gave)."""
+    if run_index is not None and isinstance(state, dict) and "summary" in state:
+        run_index.add(path, state["summary"])
 
 
 def _cached(header_cache: HeaderCache | None, path: Path, cap: int) -> Record | None:
