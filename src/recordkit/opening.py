@@ -285,7 +285,7 @@ def read_opened(f: RecordFile, path: Path, *, max_read_bytes: int | None = None,
         params_text, unserialisable = read_params(f, root_attrs=attrs)
     except MemoryError as err:
         raise out_of_memory(path, err, f"the params (/{PARAMS})") from None
-    crcs = params_hash_crcs(f)
+    crcs = params_hash_crcs(f, attrs)
     if check_params:
         fields["params_hash"] = check_params_hash(path, params_text, fields["params_hash"],
                                                   crcs)

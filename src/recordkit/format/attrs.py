@@ -30,26 +30,30 @@ def read_attr(obj: h5py.HLObject | h5py.h5o.ObjectID, key: str, default: Any = N
 
     h5py's ``.attrs`` builds an attribute manager (and on a File, a Group for ``/``) on
     every access, which costs more than reading a small attribute; opening thousands of
-    runs reads a few root attributes of each."""
+    runs reads a few root attributes of each. The attribute's type and dataspace are
+    asked once each (each h5py call costs 4-8 us: ``attr.shape`` and ``attr.dtype`` ask
+    them again), and the memory type of a plain numeric dtype is made once."""
     oid = obj.id if isinstance(obj, h5py.HLObject) else obj
     try:
         attr = h5py.h5a.open(oid, key.encode("utf-8", "surrogateescape"))
     except KeyError:
         return default
     stored = attr.get_type()
-    if (isinstance(stored, h5py.h5t.TypeStringID) and stored.is_variable_str()
-            and attr.get_space().get_simple_extent_type() == h5py.h5s.SCALAR):
+    space = attr.get_space()
+    extent = space.get_simple_extent_type()
+    if (extent == _SCALAR and isinstance(stored, h5py.h5t.TypeStringID)
+            and stored.is_variable_str()):
         # recordkit's own attributes: one variable-length string
         text = np.empty((), dtype=object)
         attr.read(text, mtype=_VLEN_STR)
         value = text[()]
         return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
     # Anything else as h5py's AttributeManager.__getitem__ reads it.
-    shape = attr.shape
-    if shape is None:
-        return h5py.Empty(attr.dtype)
-    dtype = attr.dtype
-    htype = h5py.h5t.py_create(dtype)
+    dtype = stored.dtype
+    if extent == _NULL:
+        return h5py.Empty(dtype)
+    shape = space.get_simple_extent_dims()
+    htype = _memory_type(dtype)
     if dtype.subdtype is not None:  # numpy has no top-level array type: fold it into shape
         dtype, subshape = dtype.subdtype
         shape = shape + subshape
@@ -60,6 +64,22 @@ def read_attr(obj: h5py.HLObject | h5py.h5o.ObjectID, key: str, default: Any = N
         arr = np.array([b.decode("utf-8", "surrogateescape") for b in arr.flat],
                        dtype=dtype).reshape(arr.shape)
     return arr[()] if arr.ndim == 0 else arr
+
+
+_SCALAR = h5py.h5s.SCALAR
+_NULL = h5py.h5s.NULL
+#: HDF5 memory types of plain numeric dtypes (no metadata: a vlen or enum dtype compares
+#: equal to its base dtype, so only these are safe to key by the dtype).
+_MEMORY_TYPES: dict[np.dtype[Any], h5py.h5t.TypeID] = {}
+
+
+def _memory_type(dtype: np.dtype[Any]) -> h5py.h5t.TypeID:
+    if dtype.kind not in "biuf" or dtype.metadata is not None or dtype.subdtype is not None:
+        return h5py.h5t.py_create(dtype)
+    htype = _MEMORY_TYPES.get(dtype)
+    if htype is None:
+        htype = _MEMORY_TYPES[dtype] = h5py.h5t.py_create(dtype)
+    return htype
 
 
 def is_record(f: h5py.File | h5py.h5f.FileID) -> bool:

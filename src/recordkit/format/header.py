@@ -82,13 +82,18 @@ def _header_value(f: h5py.File, key: str) -> str:
     return attr_str(f, key)
 
 
-def _stored_crcs(f: h5py.File) -> tuple[np.ndarray, np.ndarray] | None:
-    """(now, before) of ``header_crc32c``; None when the file has none.
+def _stored_crcs(f: h5py.File, root_attrs: Mapping[str, object] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(now, before) of ``header_crc32c`` (taken from *root_attrs* when they hold it, the
+    root attributes as already read); None when the file has none.
 
     Raises:
         RecordDamagedError: it is not one recordkit writes, or fails its own CRC32C.
     """
-    stored = read_attr(f, HEADER_CRC_ATTR)
+    if root_attrs is not None and HEADER_CRC_ATTR in root_attrs:
+        stored = root_attrs[HEADER_CRC_ATTR]
+    else:
+        stored = read_attr(f, HEADER_CRC_ATTR)
     if stored is None:
         return None
     arr = np.asarray(stored)
@@ -162,7 +167,7 @@ def check_header_crcs(f: h5py.File, keys: tuple[str, ...] = _ROOT_KEYS, *,
             last change (naming the attribute), or ``header_crc32c`` is missing from a
             version 2 file or damaged itself.
     """
-    stored = _stored_crcs(f)
+    stored = _stored_crcs(f, values)
     if stored is None:
         if read_format_version(f) >= 2:
             raise _damaged(f, f"its root attribute {HEADER_CRC_ATTR!r}, which format "
@@ -212,13 +217,15 @@ def write_params(f: h5py.File, document: str, unserialisable: str) -> None:
     write_root_attrs(f, {"params_hash": digest})
 
 
-def params_hash_crcs(f: h5py.File) -> tuple[int, ...]:
+def params_hash_crcs(f: h5py.File, root_attrs: Mapping[str, object] | None = None
+                     ) -> tuple[int, ...]:
     """(v2) The CRCs ``header_crc32c`` holds for ``params_hash``, now and before its last
     change; ``()`` without them. A kill can cut :func:`write_params` between the params
     text and its hash: the text is then either the announced params or those before,
-    and its hash has one of these CRCs (see :func:`~recordkit.opening.check_params_hash`)."""
+    and its hash has one of these CRCs (see :func:`~recordkit.opening.check_params_hash`).
+    *root_attrs*: the root attributes when the caller read them already."""
     try:
-        crcs = _stored_crcs(f)
+        crcs = _stored_crcs(f, root_attrs)
     except RecordDamagedError:
         return ()
     if crcs is None:
