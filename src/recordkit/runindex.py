@@ -161,10 +161,15 @@ def _append(folder: Path, lines: Iterable[bytes]) -> None:
     data = b"".join(lines)
     if not data:
         return
-    fd = os.open(folder / INDEX_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    fd = os.open(folder / INDEX_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        if os.fstat(fd).st_size > MAX_INDEX_BYTES:
+        size = os.fstat(fd).st_size
+        if size > MAX_INDEX_BYTES:
             return
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            # after a torn line (its writer killed), or one another process is writing
+            # now (then an empty line is left, ignored): a line of its own
+            data = b"\n" + data
         written = os.write(fd, data)
         if written != len(data):  # a short write (disk full): the rest is a torn line
             os.write(fd, b"\n")
@@ -223,6 +228,8 @@ class RunIndex:
         if lines[-1]:
             self._unusable += 1  # torn: no newline yet (or a writer is writing it now)
         for line in lines[:-1]:
+            if not line:
+                continue  # (a writer that saw another's line half copied began with "\n")
             parsed = parse_line(line)
             if parsed is None:
                 self._unusable += 1
