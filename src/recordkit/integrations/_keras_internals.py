@@ -28,7 +28,7 @@ from recordkit.errors import describe_error
 from recordkit.integrations._common import jsonable
 from recordkit.recorder import status_for_exception
 
-__all__ = ["HIDDEN_FIT_ARGS", "ExceptionTrap", "RunningFit", "SeenError",
+__all__ = ["HIDDEN_FIT_ARGS", "ExceptionTrap", "OnTrialStop", "RunningFit", "SeenError",
            "exception_left_fit", "fit_call_arguments",
            "fit_is_running_here",
            "random_seed", "running_fit", "serialising_without_tensorflow", "strategy_name"]
@@ -246,6 +246,10 @@ class SeenError:
     status: str
 
 
+#: What :class:`ExceptionTrap` calls when a trial's stop passes: the stop, the
+#: ``CallbackList`` hook it left (None: the train step), that hook's args and kwargs.
+OnTrialStop = Callable[[SeenError, "str | None", "tuple[Any, ...]", "dict[str, Any]"], None]
+
 #: The CallbackList hooks fit calls while it runs (on_train_begin has run when the trap is
 #: set; an exception of on_train_end comes after the record is closed).
 _TRAPPED_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin",
@@ -274,7 +278,7 @@ class ExceptionTrap:
     *on_trial_stop* is called with it as soon as it passes a wrapper.
     """
 
-    def __init__(self, on_trial_stop: Callable[[SeenError], None] | None = None) -> None:
+    def __init__(self, on_trial_stop: OnTrialStop | None = None) -> None:
         self.seen: SeenError | None = None
         self._callbacks: Any = None
         self._model: Any = None
@@ -295,7 +299,7 @@ class ExceptionTrap:
                 for hook in _TRAPPED_HOOKS:
                     method = getattr(callbacks, hook, None)
                     if callable(method):
-                        setattr(callbacks, hook, self._wrap(method))
+                        setattr(callbacks, hook, self._wrap(method, hook))
                 self._callbacks = weakref.ref(callbacks)
         except Exception:  # wrapping must never stop a fit; nothing is then seen
             self.remove()
@@ -313,7 +317,7 @@ class ExceptionTrap:
                         delattr(callbacks, hook)  # the class's method again
         self._model = self._callbacks = None
 
-    def _wrap(self, fn: Any) -> Any:
+    def _wrap(self, fn: Any, hook: str | None = None) -> Any:
         trap = weakref.ref(self)
 
         def trapped(*args: Any, **kwargs: Any) -> Any:
@@ -324,7 +328,7 @@ class ExceptionTrap:
                 if owner is not None:
                     owner.seen = SeenError(describe_error(err), type(err).__qualname__,
                                            type(err).__module__, status_for_exception(err))
-                    owner._stopped(owner.seen)
+                    owner._stopped(owner.seen, hook, args, kwargs)
                 raise
             owner = trap()
             if owner is not None and owner.seen is not None:
@@ -334,16 +338,18 @@ class ExceptionTrap:
         setattr(trapped, _WRAPPED, fn)
         return trapped
 
-    def _stopped(self, seen: SeenError) -> None:
+    def _stopped(self, seen: SeenError, hook: str | None, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
         """A sweep engine's stop of the trial passed (Ray Tune's ``SystemExit(0)``, read
         as ``pruned``): the engine swallows it, so no one else learns of it; tell the
-        owner now, while this thread still runs."""
+        owner now, while this thread still runs, with the hook it left (None: the train
+        step) and that hook's arguments."""
         if seen.status != "pruned" or seen.type_name != "SystemExit":
             return
         handler = self._on_trial_stop() if self._on_trial_stop is not None else None
         if handler is not None:
             with contextlib.suppress(Exception):  # closing must never hide the stop
-                handler(seen)
+                handler(seen, hook, args, kwargs)
 
 
 #: The attribute of a trap's wrapper that holds the wrapped function.

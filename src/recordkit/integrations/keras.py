@@ -94,8 +94,9 @@ Choices worth knowing:
   (see :class:`~recordkit.Recorder`). When Tune stops the trial (a scheduler or a
   stopper), ``tune.report`` raises ``SystemExit(0)``, which Ray's thread runner
   swallows: the record is closed ``pruned`` on the spot, as that exception leaves one of
-  fit's callback hooks (seen by the wrapper described above), with every epoch recorded
-  so far (placed before the callback that reports, the epoch Tune stopped at is in).
+  fit's callback hooks (seen by the wrapper described above), with every epoch reported:
+  when the stop leaves ``on_epoch_end`` before this callback's turn (the reporting
+  callback placed first), that epoch is recorded first.
 - A fit that runs no epoch (``initial_epoch >= epochs``) records nothing.
 """
 
@@ -570,15 +571,25 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
             self._abandon("interrupted", f"{_NO_TRAIN_END}; {why}, and the exception "
                           "that left fit was not known then")
 
-    def _close_stopped(self, seen: SeenError) -> None:
+    def _close_stopped(self, seen: SeenError, hook: str | None, args: tuple[Any, ...],
+                       kwargs: dict[str, Any]) -> None:
         """Ray Tune stopped the trial (``SystemExit(0)`` from ``tune.report`` in a hook):
-        Ray's thread runner swallows it, so the record is closed ``pruned`` now."""
+        Ray's thread runner swallows it, so the record is closed ``pruned`` now. When it
+        left ``on_epoch_end`` before this callback's turn (the reporting callback placed
+        first), that epoch, which Tune has, is recorded first."""
         if self._recorder is None:
             return
-        self._raised_path = self._record_path
-        self._trap.seen = None
-        self._trap.remove()
-        self._abandon(seen.status, seen.text)
+        try:
+            epoch = args[0] if args else kwargs.get("epoch")
+            if (hook == "on_epoch_end" and isinstance(epoch, int)
+                    and self._fit.last_logged != epoch):
+                logs = args[1] if len(args) > 1 else kwargs.get("logs")
+                self.on_epoch_end(epoch, logs)
+        finally:
+            self._raised_path = self._record_path
+            self._trap.seen = None
+            self._trap.remove()
+            self._abandon(seen.status, seen.text)
 
     def _close_after_uncaught(self, exc: BaseException) -> None:
         """The exception ends the process: failed when it left the fit (interrupted for
