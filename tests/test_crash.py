@@ -1,8 +1,8 @@
 """Crash consistency: SIGKILL a writer at random moments; every record must load, hold
 every epoch whose commit() returned, with the values logged, and not say completed.
 
-Budget: about 30 s on a 2-core machine (30 kills of a ~0.4 s writer + one checker
-process). The 200-kill experiment reported in docs/RELIABILITY.md is
+Budget: about 30 s on a 2-core machine (30 kills, each within its first dozen epochs, and
+one checker process). The 200-kill experiment reported in docs/RELIABILITY.md is
 benchmarks/crash_kills.py.
 """
 
@@ -33,9 +33,12 @@ KILLS = 30
 SEED = 20261123
 
 
-def run_and_kill(root: Path, delay: float) -> tuple[Path | None, int, int]:
-    """Start a writer, SIGKILL it *delay* seconds after its Recorder exists; return the
-    record path, the last epoch whose commit() returned (-1 for none) and the lines read."""
+def run_and_kill(root: Path, delay: float, after: int = 0) -> tuple[Path | None, int, int]:
+    """Start a writer, SIGKILL it *delay* seconds after its *after*-th commit returned (or,
+    with *after* 0, after its Recorder exists); return the record path, the last epoch
+    whose commit() returned (-1 for none) and the lines read. Counting commits rather
+    than seconds puts the kill at the same point of the run on a busy machine, where a
+    writer may commit nothing in the first 0.4 s."""
     proc = subprocess.Popen([sys.executable, str(WRITER), str(root)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -43,10 +46,13 @@ def run_and_kill(root: Path, delay: float) -> tuple[Path | None, int, int]:
     if not first.startswith("path "):
         proc.kill()
         raise AssertionError(f"writer failed to start: {first!r} {proc.stderr.read()!r}")
+    seen = [proc.stdout.readline() for _ in range(after)]
+    assert all(line.strip().isdigit() for line in seen), (seen, proc.stderr.read())
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     out, _ = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, proc.returncode
+    out = "".join(seen) + out
     committed = [int(line) for line in out.split() if line.isdigit()]
     assert "done" not in out
     return Path(first.split(" ", 1)[1].strip()), max(committed, default=-1), len(committed)
@@ -65,9 +71,14 @@ def test_sigkill_at_random_moments_keeps_every_committed_epoch(tmp_path: Path) -
     rng = random.Random(SEED)
     todo: dict[str, int] = {}
     for i in range(KILLS):
-        # a few kills right after start (creation, first commit), the rest anywhere
-        delay = rng.uniform(0.0, 0.02) if i % 6 == 0 else rng.uniform(0.0, 0.4)
-        path, last, _ = run_and_kill(tmp_path / f"k{i}", delay)
+        # a few kills right after start (creation, first commit), the rest anywhere in
+        # the first dozen epochs: after a random number of commits, at a random moment
+        # of the next epoch (one epoch takes ~20 ms on a quiet machine)
+        if i % 6 == 0:
+            path, last, _ = run_and_kill(tmp_path / f"k{i}", rng.uniform(0.0, 0.02))
+        else:
+            path, last, _ = run_and_kill(tmp_path / f"k{i}", rng.uniform(0.0, 0.05),
+                                         after=rng.randint(1, 12))
         assert path.exists()
         todo[str(path)] = last
     results = check_in_subprocess(todo)
@@ -76,12 +87,10 @@ def test_sigkill_at_random_moments_keeps_every_committed_epoch(tmp_path: Path) -
     assert len(results) == KILLS
     repaired = sum(bool(r["repaired"]) for r in results.values())
     assert repaired <= KILLS // 10, f"{repaired} of {KILLS} records needed recordkit repair"
-    # the kills did land mid-run: most records hold several committed epochs
-    assert sum(last >= 3 for last in todo.values()) >= KILLS // 2, todo
 
 
 def test_killed_run_reads_as_interrupted_and_resumes(tmp_path: Path) -> None:
-    path, last, _ = run_and_kill(tmp_path, 0.3)
+    path, last, _ = run_and_kill(tmp_path, 0.01, after=2)
     record = recordkit.load(path)
     assert record.status == "interrupted"
     assert record.epochs[-1] >= last

@@ -580,6 +580,26 @@ def test_a_recorder_collected_in_a_cycle_writes_what_it_queued(tmp_path: pathlib
     assert np.array_equal(r.weight("w").at(1), big + 1)
 
 
+def test_wait_for_snapshots_makes_every_queued_snapshot_readable(tmp_path: pathlib.Path
+                                                                 ) -> None:
+    """What a callback calls while an exception leaves training: a reader then sees every
+    snapshot taken, though the run stays open and nothing was committed after them."""
+    rec = rk.Recorder(tmp_path, system=False, background=True)
+    big = np.arange(16 << 20, dtype=np.float32)  # 64 MiB: still being written below
+    rec.log({"loss": 1.0}, epoch=0)
+    rec.commit(wait=False)
+    rec.snapshot({"w": big}, epoch=0)
+    rec.snapshot({"w": big + 1}, epoch=1)
+    rec.wait_for_snapshots()
+    seen = rk.load(rec.path)
+    assert seen.status == "running"
+    assert seen.snapshot_epochs == [0, 1]
+    assert np.array_equal(seen.weight("w").at(1), big + 1)
+    rec.close()
+    rec.wait_for_snapshots()  # closed: nothing to wait for
+    assert rk.load(rec.path).snapshot_epochs == [0, 1]
+
+
 def test_snapshot_shape_change_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     with rk.Recorder(tmp_path, system=False) as rec:
         rec.snapshot({"fc.weight": np.zeros((2, 3))}, epoch=0)

@@ -486,6 +486,15 @@ class Recorder:
         if writer_error is not None:
             raise writer_error
 
+    def wait_for_snapshots(self) -> None:
+        """Wait until every queued snapshot is written (and flushed, as the writer flushes
+        each one), without raising a snapshot's error: that is raised by the next
+        :meth:`commit` or :meth:`close`. What a framework callback calls when an exception
+        is leaving training, so that a reader then sees every snapshot taken, whatever
+        the writer's pace. Nothing without a background writer or once closed."""
+        if not self._closed:
+            self._snapshots.wait_written()
+
     def _write_buffered(self, what: str) -> None:
         """Append the buffered history rows to the table (inside ``as_write_error``)."""
         self._run.ensure_space(self._history.nbytes, what)

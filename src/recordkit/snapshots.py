@@ -265,6 +265,13 @@ class Snapshots:
             return err
         return None
 
+    def wait_written(self) -> None:
+        """Wait until the queued snapshots are written, keeping a writer error for the
+        next commit or close. Called without the run's lock."""
+        writer = self._writer
+        if writer is not None:
+            writer.wait_idle()
+
     def stop(self) -> BaseException | None:
         """Write what is queued, end the writer and return its error, if any."""
         writer = self._writer

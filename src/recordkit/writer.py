@@ -190,6 +190,15 @@ class SnapshotWriter:
                 self._cond.wait()
             self._raise_kept()
 
+    def wait_idle(self) -> None:
+        """Block until every queued job is written (or dropped after an error); a job's
+        error stays kept for :meth:`wait` or :meth:`check` to raise."""
+        with self._cond:
+            while self._queue or self._busy:
+                if not self._thread.is_alive():  # pragma: no cover - the loop never dies
+                    break
+                self._cond.wait()
+
     def stop(self) -> None:
         """Finish the queued jobs and end the thread. Safe to call twice. Does not raise
         a kept error: call :meth:`wait` first for that."""
