@@ -232,10 +232,12 @@ class Record:
 
     # --- the header cache (recordkit.headercache) --------------------------------------------
 
-    def cache_state(self) -> dict[str, Any] | None:
+    def cache_state(self, *, summary_only: bool = False) -> dict[str, Any] | None:
         """What was read of the header, as JSON-able values, for
         :meth:`from_cache_state`; None when the run is running (it still changes) or
-        something in it has no exact JSON form (the run is then read from its file)."""
+        something in it has no exact JSON form (the run is then read from its file).
+        *summary_only*: None, rather than every part read and checked, for a run
+        without a usable summary (what the run index keeps of a run, with no cache)."""
         if self._fields["status"] == "running":
             return None
         state: dict[str, Any] = {
@@ -251,6 +253,8 @@ class Record:
                 return None
             state["summary"] = summary
             return state
+        if summary_only:
+            return None
         self._read_parts(PARTS)  # every part, each with its checks
         header = full_header_state(FullHeader(
             self._format_version, self._params_text, self._system, self._info,

@@ -554,7 +554,9 @@ def _load_all(root: str | os.PathLike[str], experiment: str | None, *, cache: bo
             # root attributes: a forged summary is refused here, not by a property later.
             check_fields(record.fields, path)
             if header_cache is not None or use_index:
-                state = record.cache_state()
+                # without the cache, nothing but the root is read (a run index keeps
+                # only closed runs' summaries)
+                state = record.cache_state(summary_only=header_cache is None)
                 if header_cache is not None:
                     header_cache.put(path, state)
                 _index_state(index_of(path), path, state)
