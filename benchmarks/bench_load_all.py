@@ -5,7 +5,11 @@ Targets on the 2-core machine: at most 5 s with the header cache warm; at most 1
 cold (no header cache, page cache dropped); a speed-up from 1 to 2 workers. Each figure
 is quoted beside a baseline measured in the same run, alternated and paired with it:
 ``os.stat`` of every file (warm), and plain h5py reading every file's ``summary``
-attribute (cold, the same page-cache drop before each).
+attribute (cold, the same page-cache drop before each). Cold figures are taken with the
+folder's run index (``.recordkit-index.jsonl``, its pages dropped too) and without it
+(``index=False``: every file opened). Each figure's CPU time (this process and its
+workers) is printed beside it, and how busy the CPUs were (``/proc/stat``): a speed-up
+from a second worker needs an idle core.
 
     python benchmarks/bench_load_all.py DIR                  # 100,000 runs built in DIR
     python benchmarks/bench_load_all.py DIR --runs 10000 --repeat 3
@@ -196,10 +200,29 @@ def cached_pages(files: list[Path]) -> str:
     return f"{resident} bytes resident in {len(sample)} sampled files"
 
 
-def timed(fn: Callable[[], object]) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children waited for (the workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def busy_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the machine so far (``/proc/stat``), or (0, 0)."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle, iowait
+    return sum(values) - idle, sum(values)
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one call."""
+    cpu = cpu_seconds()
     start = time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def stat_all(files: list[Path]) -> None:
@@ -232,6 +255,7 @@ def main() -> int:
     root = build(args.directory, args.runs, args.procs)
     import recordkit as rk
     from recordkit.paths import record_files
+    from recordkit.runindex import INDEX_FILE
 
     files = record_files(root, "sweep")
     assert len(files) == args.runs, len(files)
@@ -250,16 +274,27 @@ def main() -> int:
                          **kwargs)  # type: ignore[arg-type]
         assert len(rs) == cold_runs and not rs.skipped
 
+    index_file = cold_files[0].parent / INDEX_FILE
+    start = time.perf_counter()
+    load_cold()  # writes (or completes) the run index of the cold folder
+    print(f"run index of {cold_runs} runs written (or checked) in "
+          f"{time.perf_counter() - start:.1f} s: {index_file.stat().st_size} bytes",
+          flush=True)
+
     start = time.perf_counter()
     rk.load_all(root, experiment="sweep", workers=2).close()  # fills the header cache
     print(f"header cache filled (or checked) in {time.perf_counter() - start:.1f} s",
           flush=True)
     results: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    busy0 = busy_ticks()
 
     def run(name: str, fn: Callable[[], object], cold: bool = False) -> None:
         if cold:
-            drop_page_cache(cold_files)
-        results.setdefault(name, []).append(timed(fn))
+            drop_page_cache([*cold_files, index_file])
+        wall, used = timed(fn)
+        results.setdefault(name, []).append(wall)
+        cpu.setdefault(name, []).append(used)
 
     print(f"{args.runs} runs (warm figures), {cold_runs} (cold and page-cache figures); "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}; page cache after "
@@ -269,12 +304,15 @@ def main() -> int:
     for rep in range(args.repeat):
         warm = [("warm: load_all, header cache", lambda: load()),
                 ("warm: os.stat of each file", lambda: stat_all(files))]
-        cold = [("cold: load_all(cache=False, workers=1)", lambda: load_cold()),
-                ("cold: load_all(cache=False, workers=2)", lambda: load_cold(workers=2)),
+        cold = [("cold: load_all(cache=False), run index", lambda: load_cold()),
+                ("cold: load_all(cache=False, workers=1)", lambda: load_cold(index=False)),
+                ("cold: load_all(cache=False, workers=2)",
+                 lambda: load_cold(index=False, workers=2)),
                 ("cold: plain h5py summary of each file", lambda: h5py_summaries(cold_files))]
-        pages = [("page cache warm: load_all(cache=False, workers=1)", lambda: load_cold()),
+        pages = [("page cache warm: load_all(cache=False, workers=1)",
+                  lambda: load_cold(index=False)),
                  ("page cache warm: load_all(cache=False, workers=2)",
-                  lambda: load_cold(workers=2)),
+                  lambda: load_cold(index=False, workers=2)),
                  ("page cache warm: plain h5py summary of each file",
                   lambda: h5py_summaries(cold_files))]
         order = 1 if rep % 2 == 0 else -1  # alternate the order within each pair
@@ -292,23 +330,37 @@ def main() -> int:
     def best(name: str) -> float:
         return min(results[name])
 
-    print(f"\n{'figure':<62} {'best s':>8} {'median s':>9} {'per run':>9}")
+    busy1 = busy_ticks()
+    total = busy1[1] - busy0[1]
+    busy = f"{100 * (busy1[0] - busy0[0]) / total:.0f}%" if total else "unknown"
+    print(f"\n{'figure':<62} {'best s':>8} {'median s':>9} {'per run':>9} {'CPU s':>7}")
     for name, times in results.items():
         n = args.runs if name.startswith("warm") else cold_runs
         print(f"{name:<62} {min(times):8.2f} {statistics.median(times):9.2f} "
-              f"{1e3 * min(times) / n:7.3f} ms")
+              f"{1e3 * min(times) / n:7.3f} ms {statistics.median(cpu[name]):7.2f}")
+    print(f"\nthe CPUs were busy {busy} of the time during the passes; load average "
+          f"{os.getloadavg()[0]:.1f}")
     warm_s = best("warm: load_all, header cache")
     stat_s = best("warm: os.stat of each file")
     print(f"\nwarm: {warm_s:.2f} s (target <= {WARM_TARGET:g} s): "
           f"{warm_s / stat_s:.1f}x os.stat of each file ({stat_s:.2f} s)")
+    indexed = best("cold: load_all(cache=False), run index")
+    plain = best("cold: plain h5py summary of each file")
+    print(f"cold, run index: {1e3 * indexed / cold_runs:.3f} ms a run (target <= 1 ms); "
+          f"{indexed / plain:.2f} of plain h5py ({1e3 * plain / cold_runs:.3f} ms a run)")
     for where in ("cold", "page cache warm"):
+
+        def cpu_of(workers: int, where: str = where) -> float:
+            return statistics.median(cpu[f"{where}: load_all(cache=False, workers={workers})"])
+
         one = best(f"{where}: load_all(cache=False, workers=1)")
         two = best(f"{where}: load_all(cache=False, workers=2)")
         plain = best(f"{where}: plain h5py summary of each file")
         print(f"{where}: workers=1 {1e3 * one / cold_runs:.3f} ms a run, workers=2 "
               f"{1e3 * two / cold_runs:.3f} ms a run (target <= 1 ms when cold); "
               f"speed-up 1 -> 2 workers {one / two:.2f}x; workers=1 / plain h5py "
-              f"{one / plain:.2f} (plain h5py {1e3 * plain / cold_runs:.3f} ms a run)")
+              f"{one / plain:.2f} (plain h5py {1e3 * plain / cold_runs:.3f} ms a run); "
+              f"CPU s workers=1 {cpu_of(1):.2f}, workers=2 {cpu_of(2):.2f}")
     if args.cache_dir is None:
         shutil.rmtree(cache_home, ignore_errors=True)
     return 0

@@ -9,6 +9,12 @@ opening the file again. Workers are started with ``spawn`` (a fork of a process 
 CUDA, threads or open HDF5 files is unsafe); as with any ``multiprocessing`` code, a
 script calling ``load_all(workers=N)`` at import time needs the
 ``if __name__ == "__main__":`` guard.
+
+Workers pay off only where a core is idle (or a second reader hides a filesystem's
+latency): on a machine whose CPUs other sessions keep busy, Linux's autogroup scheduling
+gives a session (``load_all`` and its workers together) the same share whatever its
+number of processes, and the workers' start (a spawned interpreter importing numpy,
+h5py and recordkit) is a loss (docs/BENCHMARKS.md, *100,000 runs*).
 """
 
 from __future__ import annotations
