@@ -8,6 +8,7 @@ Budget: ~10 s (each load_all with workers starts two interpreters).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -20,6 +21,7 @@ import pytest
 import recordkit as rk
 from recordkit.errors import RecordkitWarning
 from recordkit.headercache import HeaderCache
+from recordkit.runindex import INDEX_FILE, RunIndex
 from tests.test_recordset import _state_equal
 
 #: What the parent and a worker must agree on, of every Record.
@@ -30,6 +32,9 @@ ATTRIBUTES = ("run_id", "name", "experiment", "status", "stored_status", "error"
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECORDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    # the files themselves read (in workers): the folders' run index would serve them
+    # all in the parent (test_workers_fill_the_run_index turns it on)
+    monkeypatch.setenv("RECORDKIT_INDEX", "0")
 
 
 @pytest.fixture
@@ -126,6 +131,30 @@ def test_workers_fill_the_header_cache(root: Path, monkeypatch: pytest.MonkeyPat
     cached, _ = _load(root, workers=2)  # every run from the cache: no worker started
     monkeypatch.undo()
     _same_sets(many, cached)
+
+
+def test_workers_fill_the_run_index(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs read in workers get their lines in their folder's run index (the records
+    were written with the index off), after which no file is opened."""
+    monkeypatch.setenv("RECORDKIT_INDEX", "1")
+    assert not (root / "a" / INDEX_FILE).exists()
+    many, _ = _load(root, cache=False, workers=2)
+    closed_with_summary = [r for r in many if r._summary is not None]
+    assert len(closed_with_summary) == 12  # (the older record has none: never indexed)
+    for folder in (root / "a", root / "b"):
+        index = RunIndex(folder)
+        for record in closed_with_summary:
+            if record.path.parent == folder:
+                assert index.summary(record.path, os.stat(record.path)) == record._summary
+
+    def unread(*args: object) -> None:
+        raise AssertionError("read from the file, not from the index")
+
+    monkeypatch.setattr(rk.Record, "_read_summary", unread)
+    indexed, _ = _load(root, cache=False, index=True, workers=2)
+    monkeypatch.undo()
+    assert sorted(r.path for r in indexed if r._summary is not None) == sorted(
+        r.path for r in closed_with_summary)
 
 
 def test_an_empty_folder(tmp_path: Path) -> None:
