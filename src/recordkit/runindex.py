@@ -196,6 +196,8 @@ def add_closed_run(path: str | os.PathLike[str]) -> None:
         if stamp != before:
             return  # changed meanwhile (resumed by another process): not indexed
         _append(path.parent, [index_line(path.name, stamp, text)])
+    except FileNotFoundError:
+        return  # the file or its folder removed meanwhile: nothing to index
     except Exception as err:  # (training never fails because of the index)
         warnings.warn(f"recordkit: could not add {str(path)!r} to the run index of its "
                       f"folder ({type(err).__name__}: {err}); load_all reads this run from "
