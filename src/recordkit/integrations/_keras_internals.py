@@ -276,15 +276,25 @@ class ExceptionTrap:
     Ray Tune's stop of a trial (a ``SystemExit(0)`` raised in ``tune.report``, status
     ``pruned``) is swallowed by Ray's thread runner, so nothing after fit learns of it:
     *on_trial_stop* is called with it as soon as it passes a wrapper.
+
+    Any other exception (but the ``StopIteration`` / ``OutOfRangeError`` that ends a
+    dataset) calls *on_error* once as it passes, before it goes on: the callback waits
+    there for its queued snapshots, so that what a reader sees once fit has raised does
+    not depend on the writer's pace.
     """
 
-    def __init__(self, on_trial_stop: OnTrialStop | None = None) -> None:
+    def __init__(self, on_trial_stop: OnTrialStop | None = None,
+                 on_error: Callable[[], None] | None = None) -> None:
         self.seen: SeenError | None = None
         self._callbacks: Any = None
         self._model: Any = None
         # held weakly: the owner (the callback) holds this trap
         self._on_trial_stop = (weakref.WeakMethod(on_trial_stop)
                                if on_trial_stop is not None else None)
+        self._on_error = weakref.WeakMethod(on_error) if on_error is not None else None
+        # id of the exception on_error was called for (not the exception: its traceback
+        # holds the fit's frames)
+        self._settled = 0
 
     def set(self, model: Any, fit: RunningFit | None) -> None:
         self.seen = None
@@ -329,6 +339,7 @@ class ExceptionTrap:
                     owner.seen = SeenError(describe_error(err), type(err).__qualname__,
                                            type(err).__module__, status_for_exception(err))
                     owner._stopped(owner.seen, hook, args, kwargs)
+                    owner._leaving(err)
                 raise
             owner = trap()
             if owner is not None and owner.seen is not None:
@@ -337,6 +348,18 @@ class ExceptionTrap:
 
         setattr(trapped, _WRAPPED, fn)
         return trapped
+
+    def _leaving(self, err: BaseException) -> None:
+        """*err* passes a wrapper on its way out of fit (or to fit's own handler): call
+        *on_error* once for it, unless it is the end of a dataset or Tune's stop."""
+        if (id(err) == self._settled or isinstance(err, (StopIteration, SystemExit))
+                or type(err).__name__ == "OutOfRangeError"):
+            return
+        self._settled = id(err)
+        handler = self._on_error() if self._on_error is not None else None
+        if handler is not None:
+            with contextlib.suppress(Exception):  # waiting must never hide the error
+                handler()
 
     def _stopped(self, seen: SeenError, hook: str | None, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> None:

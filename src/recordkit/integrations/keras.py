@@ -262,7 +262,8 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         self._fit: _KerasFit = _KerasFit()
         self._running: RunningFit | None = None  # the fit() call of the latest fit
         # the exception that left the latest fit, if seen; Tune's stop closes the record
-        self._trap = ExceptionTrap(on_trial_stop=self._close_stopped)
+        self._trap = ExceptionTrap(on_trial_stop=self._close_stopped,
+                                   on_error=self._wait_for_snapshots)
 
     # --- Keras hooks --------------------------------------------------------------------
 
@@ -570,6 +571,12 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         else:
             self._abandon("interrupted", f"{_NO_TRAIN_END}; {why}, and the exception "
                           "that left fit was not known then")
+
+    def _wait_for_snapshots(self) -> None:
+        """An exception is leaving a step or hook of the fit: its queued snapshots are
+        written before it goes on, so a reader then sees every epoch's snapshot."""
+        if self._recorder is not None:
+            self._recorder.wait_for_snapshots()
 
     def _close_stopped(self, seen: SeenError, hook: str | None, args: tuple[Any, ...],
                        kwargs: dict[str, Any]) -> None:
