@@ -580,6 +580,41 @@ def test_a_recorder_collected_in_a_cycle_writes_what_it_queued(tmp_path: pathlib
     assert np.array_equal(r.weight("w").at(1), big + 1)
 
 
+class _ClosesFromFinalizer(_ClosesWhenCollected):
+    def __del__(self) -> None:
+        self.rec.close_from_finalizer("failed", error=RuntimeError("boom"))
+
+
+def test_a_recorder_collected_inside_an_h5py_call_closes_on_a_thread(
+        tmp_path: pathlib.Path) -> None:
+    """A collection that runs while this thread holds h5py's library lock (inside any h5py
+    call) must not close there: closing waits for the writer, which needs that lock. The
+    close runs on a thread of its own once the lock is free, every snapshot written."""
+    import gc
+    import threading
+
+    from h5py._objects import phil
+
+    rec = rk.Recorder(tmp_path, system=False, background=True)
+    path = rec.path
+    big = np.arange(16 << 20, dtype=np.float32)
+    rec.snapshot({"w": big}, epoch=0)
+    rec.snapshot({"w": big + 1}, epoch=1)  # queued: the writer needs the lock for it
+    holder = _ClosesFromFinalizer(rec)
+    del rec, holder
+    with phil:
+        gc.collect()
+    closers = [t for t in threading.enumerate() if t.name.startswith("recordkit-close-")]
+    for closer in closers:
+        closer.join(120)
+    assert closers and not any(t.is_alive() for t in closers)
+    r = rk.load(path)
+    assert r.stored_status == "failed"
+    assert r.error == "RuntimeError: boom"
+    assert r.snapshot_epochs == [0, 1]
+    assert np.array_equal(r.weight("w").at(1), big + 1)
+
+
 def test_wait_for_snapshots_makes_every_queued_snapshot_readable(tmp_path: pathlib.Path
                                                                  ) -> None:
     """What a callback calls while an exception leaves training: a reader then sees every

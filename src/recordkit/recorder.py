@@ -25,7 +25,7 @@ import numpy as np
 
 from recordkit.codec import dumps_json, loads_json
 from recordkit.errors import RecordClosedError, RecordkitWarning, describe_error
-from recordkit.format.files import RecordFile
+from recordkit.format.files import RecordFile, hdf5_lock_held
 from recordkit.format.header import write_end
 from recordkit.format.layout import DEFAULT_CHUNK_BYTES, STATUSES
 from recordkit.masking import SecretMask
@@ -546,6 +546,30 @@ class Recorder:
         self._close(status, error)
         if writer_error is not None:
             raise writer_error
+
+    def close_from_finalizer(self, status: str, *, error: BaseException | str | None = None
+                             ) -> None:
+        """:meth:`close` for a ``__del__`` or other finalizer (a callback collected with
+        its record open), never raising: at once, or on a new thread when this thread
+        holds the HDF5 library lock or the run's lock. A garbage collection runs inside
+        whatever call allocated, an h5py call too, and closing waits for the snapshot
+        writer, which needs that lock: closing there would wait forever. The process
+        waits for that thread at exit."""
+        if self._closed:
+            return
+        owned = getattr(self._lock, "_is_owned", None)
+        if hdf5_lock_held() or (owned is not None and owned()):
+            try:
+                threading.Thread(target=self._close_quietly, args=(status, error),
+                                 name=f"recordkit-close-{self._run_id}").start()
+                return
+            except RuntimeError:  # the interpreter is shutting down: no new thread
+                pass
+        self._close_quietly(status, error)
+
+    def _close_quietly(self, status: str, error: BaseException | str | None) -> None:
+        with contextlib.suppress(Exception):
+            self.close(status, error=error)
 
     def _close(self, status: str, error: BaseException | str | None) -> None:
         with self._lock:

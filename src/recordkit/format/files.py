@@ -15,7 +15,8 @@ import numpy as np
 from recordkit.format.chunks import read_chunk, write_chunk
 from recordkit.format.layout import WRITE_OPTIONS
 
-__all__ = ["RecordFile", "close", "file_handle", "flush", "hdf5_size", "is_open", "new_file",
+__all__ = ["RecordFile", "close", "file_handle", "flush", "hdf5_lock_held", "hdf5_size",
+           "is_open", "new_file",
            "open_file_object", "open_id", "open_read_only", "preallocate",
            "reopen"]
 
@@ -65,6 +66,17 @@ def open_file_object(view: io.RawIOBase) -> h5py.File:
 def file_handle(f: h5py.File) -> int:
     """The OS file descriptor of an open record (for fsync and fstat)."""
     return int(f.id.get_vfd_handle())
+
+
+def hdf5_lock_held() -> bool:
+    """Whether this thread holds h5py's library lock: a garbage collection can run inside
+    any h5py call, and a finalizer that then waits for another thread's HDF5 call (a
+    snapshot writer's) would wait forever."""
+    try:
+        from h5py._objects import phil
+        return bool(phil._is_owned())
+    except Exception:  # another h5py: assume held, the safe answer
+        return True
 
 
 def is_open(f: h5py.File | None) -> bool:

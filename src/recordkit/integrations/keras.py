@@ -542,12 +542,16 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
 
     # --- a fit that raised: Keras calls no hook then ------------------------------------
 
-    def _abandon(self, status: str, error: BaseException | str) -> None:
-        """Close the record of a fit that raised."""
+    def _abandon(self, status: str, error: BaseException | str, *,
+                 finalizing: bool = False) -> None:
+        """Close the record of a fit that raised (*finalizing*: from ``__del__``, which
+        may run inside any call of any thread: see ``Recorder.close_from_finalizer``)."""
         rec, self._recorder = self._recorder, None
         self._fit_thread = None
         _crash_watch.unwatch(self)
-        if rec is not None and not rec.closed:
+        if rec is not None and finalizing:
+            rec.close_from_finalizer(status, error=error)
+        elif rec is not None and not rec.closed:
             with contextlib.suppress(Exception):
                 rec.close(status, error=error)
 
@@ -623,10 +627,10 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
             if getattr(self, "_recorder", None) is not None:
                 seen = self._trap.seen
                 if seen is not None:
-                    self._abandon(seen.status, seen.text)
+                    self._abandon(seen.status, seen.text, finalizing=True)
                 else:
                     self._abandon("interrupted", f"{_NO_TRAIN_END}; the callback was "
-                                  "garbage-collected")
+                                  "garbage-collected", finalizing=True)
 
 
 def _release_abandoned(path: Path) -> None:
