@@ -30,12 +30,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from recordkit.codec import dumps_json, loads_json
+from recordkit.codec import dumps_json
 from recordkit.errors import RecordkitWarning
 from recordkit.format.attrs import read_attr
 from recordkit.format.files import open_id
 from recordkit.format.layout import FORMAT_NAME, MAX_SUMMARY_BYTES, READ_VERSIONS, SUMMARY_ATTR
-from recordkit.format.summary import summary_checksum_ok
+from recordkit.format.summary import summary_checksum_ok, summary_from_text
 
 __all__ = ["INDEX_FILE", "INDEX_LAYOUT", "RunIndex", "add_closed_run", "file_stamp",
            "index_enabled", "index_line", "parse_line"]
@@ -102,54 +102,19 @@ def parse_line(line: bytes) -> tuple[str, Stamp, bytes] | None:
 
 def _summary_of(text: bytes) -> dict[str, Any] | None:
     """The summary a line holds, checked as a summary read from its file is (its own
-    sha256, a format this recordkit reads, the shape ``load_all`` relies on); None when
-    it is not one."""
+    sha256, the shape ``load_all`` relies on: :func:`~.format.summary.summary_from_text`)
+    and of a format this recordkit reads; None when it is not one."""
     if len(text) > 4 * MAX_SUMMARY_BYTES:
         return None
     try:
         decoded = text.decode("utf-8", "surrogatepass")
-        if summary_checksum_ok(decoded) is not True:
-            return None
-        summary = loads_json(decoded)
-    except (ValueError, RecursionError):
+    except ValueError:
         return None
-    if (not isinstance(summary, dict) or summary.get("format") != FORMAT_NAME
-            or summary.get("format_version") not in READ_VERSIONS
-            or not _shape_ok(summary)):
+    summary = summary_from_text(decoded, require_checksum=True)
+    if (summary is None or summary.get("format") != FORMAT_NAME
+            or summary.get("format_version") not in READ_VERSIONS):
         return None
     return summary
-
-
-#: Per metric of a summary: the types of its values, and whether None is allowed
-#: (as :func:`recordkit.format.summary.read_summary` checks them).
-_METRIC_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
-    "count": ((int,), False), "final": ((int, float), True), "final_epoch": ((int,), True),
-    "min": ((int, float), True), "min_epoch": ((int,), True), "max": ((int, float), True),
-    "max_epoch": ((int,), True), "epoch_level": ((bool,), False),
-}
-
-
-def _shape_ok(summary: Mapping[str, Any]) -> bool:
-    """Whether a summary has the shape recordkit writes it with."""
-    if not isinstance(summary.get("fields"), dict) or not isinstance(
-            summary.get("params"), str) or not isinstance(summary.get("unserialisable", "[]"),
-                                                         str):
-        return False
-    if not all(type(summary.get(key, 0)) is int for key in ("epochs", "snapshots")):
-        return False
-    metrics = summary.get("metrics")
-    if not isinstance(metrics, dict):
-        return False
-    for stats in metrics.values():
-        if not isinstance(stats, dict):
-            return False
-        for key, (types, nullable) in _METRIC_TYPES.items():
-            value = stats.get(key)
-            if value is None and nullable:
-                continue
-            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-                return False
-    return True
 
 
 def _append(folder: Path, lines: Iterable[bytes]) -> None:

@@ -29,7 +29,7 @@ from recordkit.format.layout import (
 )
 
 __all__ = ["build_summary", "drop_summary", "finished_epochs", "metric_summary",
-           "read_summary", "summary_checksum_ok", "write_summary"]
+           "read_summary", "summary_checksum_ok", "summary_from_text", "write_summary"]
 
 def _finite_extreme(values: np.ndarray, epochs: np.ndarray, pick: Any) -> tuple[Any, Any]:
     finite = np.isfinite(values)
@@ -143,10 +143,21 @@ def read_summary(f: h5py.File | h5py.h5f.FileID) -> dict[str, Any] | None:
     """The ``summary`` attribute of a closed run, or None (running, too large, damaged,
     or not one recordkit writes)."""
     text = read_attr(f, SUMMARY_ATTR)
-    if not isinstance(text, str) or len(text) > MAX_SUMMARY_BYTES:
+    if not isinstance(text, str):
+        return None  # not one written by recordkit
+    return summary_from_text(text)
+
+
+def summary_from_text(text: str, *, require_checksum: bool = False
+                      ) -> dict[str, Any] | None:
+    """A summary's text (the attribute's, or a copy of it such as the run index's)
+    checked as :func:`read_summary` checks it: at most :data:`MAX_SUMMARY_BYTES`, its own
+    sha256 (required with *require_checksum*; only summaries older than 2026-11-30 lack
+    one), JSON, the shape :func:`build_summary` gives; None when it fails any."""
+    if len(text) > MAX_SUMMARY_BYTES:
         return None  # not one written by recordkit (a string of at most that many bytes)
     checked = summary_checksum_ok(text)
-    if checked is False:
+    if checked is False or (checked is None and require_checksum):
         return None  # damaged: the full read gives the run's own values
     try:
         summary = loads_json(text)
