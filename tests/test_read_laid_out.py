@@ -176,3 +176,51 @@ def test_large_rows_read_on_two_threads(tmp_path: Path, monkeypatch: pytest.Monk
     overwrite(path, at + size - 4096, bytes(4096))  # the second half's last page
     with record, pytest.raises(RecordDamagedError, match="'one', dataset row 2"):
         record.weight("one")[2]
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one thread", "two threads"])
+def test_a_folded_row_is_every_byte_of_the_row_once(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     split: bool) -> None:
+    """TensorHistory.fold (chunkread.fold_laid_out_row): the pieces, in order, are the
+    row's bytes, the edge chunk's padding left out, whether one thread folds the row or
+    two (a chunk cut between them); a damaged chunk raises once folded; a bfloat16 or
+    packed tensor is not folded (None: read it whole)."""
+    monkeypatch.setattr(chunkread, "MIN_SPLIT_FOLD_BYTES", 1 * MiB if split else 1 << 40)
+    rng = np.random.default_rng(13)
+    state = {"one": rng.standard_normal((1024, 1024)).astype(np.float32),  # one chunk
+             "edge": rng.standard_normal((1001, 1100)).astype(np.float32),  # two, padded
+             "i64": rng.integers(-9, 9, (700, 800)).astype(np.int64),
+             "small": rng.standard_normal(1000)}
+    path = _record(tmp_path, state)
+    record = recordkit.load(path)
+    with record:
+        for name, value in state.items():
+            for i in range(3):
+                parts = record.weight(name).fold(i, lambda piece, at: piece.copy())
+                assert parts is not None
+                starts = [at for at, _ in parts]
+                assert starts == list(np.cumsum([0] + [p.size for _, p in parts[:-1]]))
+                assert all(p.size <= chunkread.FOLD_PIECE_BYTES for _, p in parts)
+                got = np.concatenate([p for _, p in parts]).view(value.dtype)
+                _equal(got.reshape(value.shape), value + i)
+    at, size = chunk_at(path, "weights/edge", (2, 0, 0))
+    overwrite(path, at + size // 2 + 4096, bytes(4096))  # in the first chunk's second half
+    seen: list[int] = []
+    with record, pytest.raises(RecordDamagedError, match=r"'edge', dataset row 2: the chunk"):
+        record.weight("edge").fold(2, lambda piece, at: seen.append(at))
+    assert seen  # folded, then refused
+    with record:
+        assert record.weight("edge").fold(1, lambda piece, at: None) is not None
+
+
+def test_bfloat16_and_packed_tensors_are_not_folded(tmp_path: Path) -> None:
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    state = {"bf16": np.ones((300, 200), ml_dtypes.bfloat16)}
+    state.update({f"bias{i}": np.full(10, float(i), np.float32) for i in range(40)})
+    path = _record(tmp_path, state)
+    record = recordkit.load(path)
+    with record:
+        assert record.weight("bf16").fold(0, lambda piece, at: at) is None
+        assert record.weight("bias3").fold(0, lambda piece, at: at) is None  # packed
+        assert record.weight("bias3")[0].tolist() == [3.0] * 10

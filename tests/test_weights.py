@@ -81,6 +81,48 @@ def test_distance_from_init_and_previous_equals_numpy(run, per, metric):
                                                           nan_ok=True), (group, reference)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one thread", "two threads"])
+def test_distance_of_large_tensors_summed_as_read_equals_numpy(tmp_path, monkeypatch,
+                                                               split):
+    """Rows from init are summed piece by piece as they are read and checked (never held
+    whole; from 2 MiB on two threads, a chunk cut between them): the values of numpy on
+    the loaded arrays, for rows of several chunks with a padded edge chunk, float32 and
+    float64, and bfloat16 (read whole: not summed as read); a damaged chunk is refused,
+    not summed."""
+    require("pandas", "analysis")
+    from recordkit.errors import RecordDamagedError
+    from recordkit.format import chunkread
+    from tests.support import chunk_at, overwrite
+
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    monkeypatch.setattr(chunkread, "MIN_SPLIT_FOLD_BYTES", 1 << 20 if split else 1 << 40)
+    rng = np.random.default_rng(3)
+    start = {"edge.weight": rng.normal(size=(1001, 1100)).astype(np.float32),
+             "f64.weight": rng.normal(size=(700, 800)),
+             "bf16.weight": rng.normal(size=(300, 200)).astype(ml_dtypes.bfloat16)}
+    snapshots = []
+    with rk.Recorder(tmp_path, system=False) as rec:
+        for epoch in range(3):
+            state = {k: (v.astype(np.float64) + 0.01 * epoch * rng.normal(size=v.shape)
+                         ).astype(v.dtype) for k, v in start.items()}
+            rec.snapshot(state, epoch=epoch)
+            snapshots.append(state)
+    record = rk.load(rec.path)
+    assert record.weight("bf16.weight").dtype_name == "bfloat16"
+    for metric in ("l2", "cosine", "relative"):
+        frame = weights.distance(record, "init", per="tensor", metric=metric)
+        for name in start:
+            expected = [_expected(metric, snapshots[0][name].astype(np.float64).ravel(),
+                                  snapshots[e][name].astype(np.float64).ravel())
+                        for e in range(3)]
+            assert frame[name].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-9), (
+                metric, name)
+    at, size = chunk_at(rec.path, "weights/edge.weight", (2, 0, 0))
+    overwrite(rec.path, at + size // 2, bytes(4096))
+    with pytest.raises(RecordDamagedError, match=r"'edge.weight', dataset row 2"):
+        weights.distance(rk.load(rec.path), "init", per="tensor", tensors=["edge.weight"])
+
+
 def test_distance_between_two_epochs_and_from_an_epoch(run):
     require("pandas", "analysis")
     record, snapshots = run
@@ -243,10 +285,10 @@ def test_interpolate_is_the_line_between_the_ends_in_each_dtype(run, tmp_path):
 
 
 def test_distance_holds_two_snapshots_of_a_tensor_not_the_history(tmp_path):
-    """Peak memory of distance from init over 8 snapshots of a 1.5 MiB tensor (and small
-    ones): about two snapshots of it, not eight. (Rows of 2 MiB and more are read on two
-    threads, and a third row may then live on a moment in the reader's helper: see
-    docs/BENCHMARKS.md, issue 19.)"""
+    """Peak memory of distance over 8 snapshots of a 1.5 MiB tensor (and small ones):
+    from init, the reference snapshot and the pieces each later one is summed in as it
+    is read (chunkread.fold_laid_out_row), so about one snapshot; from the previous
+    epoch, two snapshots (each is the next one's reference), not eight."""
     require("pandas", "analysis")
     rng = np.random.default_rng(0)
     big = rng.normal(size=(384, 1024)).astype(np.float32)
@@ -255,14 +297,18 @@ def test_distance_holds_two_snapshots_of_a_tensor_not_the_history(tmp_path):
             big += 0.01
             rec.snapshot({"big": big, "small": np.full(100, float(epoch))}, epoch=epoch)
     record = rk.load(rec.path)
-    weights.distance(record, per="tensor")  # warm: the tensor list and the readers
-    tracemalloc.start()
-    frame = weights.distance(record, per="tensor")
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    assert frame["big"].tolist() == pytest.approx(
-        [0.01 * np.sqrt(big.size) * e for e in range(8)], rel=1e-3)
-    assert 2 * big.nbytes <= peak < 2.6 * big.nbytes  # eight would be 12 MiB
+    peaks = {}
+    for reference in ("init", "previous"):
+        weights.distance(record, reference, per="tensor")  # warm: tensor list, readers
+        tracemalloc.start()
+        frame = weights.distance(record, reference, per="tensor")
+        peaks[reference] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        moved = [0.01 * np.sqrt(big.size) * e for e in range(8)] if reference == "init" \
+            else [0.01 * np.sqrt(big.size)] * 7  # epochs 1-7
+        assert frame["big"].tolist() == pytest.approx(moved, rel=1e-3)
+    assert big.nbytes <= peaks["init"] < 1.5 * big.nbytes
+    assert 2 * big.nbytes <= peaks["previous"] < 2.6 * big.nbytes  # eight: 12 MiB
 
 
 def test_restore_a_state_dict_needs_a_model():

@@ -10,7 +10,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import numpy as np
 
@@ -461,6 +461,29 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+_Made = TypeVar("_Made")
+
+
+class _PerFolder(Generic[_Made]):
+    """One object per folder of runs (a header cache, a run index), made on first use;
+    None for every path when *make* is None (that store is off)."""
+
+    def __init__(self, make: Callable[[Path], _Made] | None) -> None:
+        self._make = make
+        #: keyed by the folder's text: a Path's parent and hash cost more than the rest
+        #: of a cached run's lookup
+        self.made: dict[str, _Made] = {}
+
+    def __call__(self, path: Path) -> _Made | None:
+        if self._make is None:
+            return None
+        folder = os.path.dirname(path)
+        made = self.made.get(folder)
+        if made is None:
+            made = self.made[folder] = self._make(path.parent)
+        return made
+
+
 def _load_all(root: str | os.PathLike[str], experiment: str | None, *, cache: bool,
               progress: bool, cap: int, workers: int, index: bool) -> RecordSet:
     """:func:`load_all` with its arguments checked."""
@@ -476,31 +499,9 @@ def _load_all(root: str | os.PathLike[str], experiment: str | None, *, cache: bo
             f"no experiment {experiment!r} under {str(base)!r}; experiments: {known}"
         )
     use_cache = cache and cache_enabled() and cap == MAX_READ_BYTES
-    # keyed by the folder's text: a Path's parent and hash cost more than the rest of a
-    # cached run's lookup
-    caches: dict[str, HeaderCache] = {}
-
-    def cache_of(path: Path) -> HeaderCache | None:
-        if not use_cache:
-            return None
-        folder = os.path.dirname(path)
-        header_cache = caches.get(folder)
-        if header_cache is None:
-            header_cache = caches[folder] = HeaderCache(path.parent)
-        return header_cache
-
+    cache_of = _PerFolder(HeaderCache if use_cache else None)
     use_index = index and index_enabled()
-    indexes: dict[str, RunIndex] = {}
-
-    def index_of(path: Path) -> RunIndex | None:
-        if not use_index:
-            return None
-        folder = os.path.dirname(path)
-        run_index = indexes.get(folder)
-        if run_index is None:
-            run_index = indexes[folder] = RunIndex(path.parent)
-        return run_index
-
+    index_of = _PerFolder(RunIndex if use_index else None)
     files = record_files(base, experiment)
     found: list[Record | None] = [None] * len(files)
     errors: dict[int, str] = {}
@@ -563,13 +564,13 @@ def _load_all(root: str | os.PathLike[str], experiment: str | None, *, cache: bo
             found[i] = record
         except RecordkitError as err:
             errors[i] = str(err)
-    for header_cache in caches.values():
+    for header_cache in cache_of.made.values():
         header_cache.save()
-    if indexes:
+    if index_of.made:
         names: dict[str, list[str]] = {}
         for path in files:
             names.setdefault(os.path.dirname(path), []).append(path.name)
-        for folder, run_index in indexes.items():
+        for folder, run_index in index_of.made.items():
             run_index.save(names.get(folder, ()))
     skipped = [(files[i], errors[i]) for i in sorted(errors)]
     for path, message in skipped:

@@ -7,19 +7,21 @@ import types
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from recordkit.format.extras import extra_flags_at, read_extra_at
 from recordkit.format.files import RecordFile
 from recordkit.format.layout import HISTORY_DTYPE
-from recordkit.format.weights import StoredTensor, no_rows, read_row, read_rows
+from recordkit.format.weights import StoredTensor, fold_row, no_rows, read_row, read_rows
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["Extras", "History", "TensorHistory", "require_pandas"]
+
+T = TypeVar("T")
 
 #: Opens the record for one lazy read (``Record._file``), given what is read (for the
 #: message of a read that runs out of memory).
@@ -181,6 +183,18 @@ class TensorHistory:
                              f"{n} snapshots (epochs {self.epochs.tolist()[:10]})")
         with self._reading(f"snapshot {i % n} of tensor {self.name!r}") as f:
             return read_row(f, self._tensor, i % n, self._path)
+
+    def fold(self, index: int, fold: Callable[[np.ndarray, int], T]
+             ) -> list[tuple[int, T]] | None:
+        """Snapshot *index* folded as it is read, never held whole: ``fold(piece, at)``
+        gets each checked piece of the stored row (a ``uint8`` view of its bytes in the
+        stored dtype, valid during the call, maybe on another thread) and its first
+        byte; the ``(at, result)`` of every piece, in order. None when the tensor is not
+        stored so that this applies (packed, bfloat16, a version 1 record): read
+        ``self[index]`` then. What :mod:`recordkit.weights` streams its sums with."""
+        i = int(index) % len(self)
+        with self._reading(f"snapshot {i} of tensor {self.name!r}") as f:
+            return fold_row(f, self._tensor, i, self._path, fold)
 
     def at(self, epoch: int) -> np.ndarray:
         """The snapshot taken at *epoch*."""

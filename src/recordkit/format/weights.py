@@ -18,13 +18,14 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
 
-from recordkit.dtypes import decode_tensor
+from recordkit.dtypes import BFLOAT16, decode_tensor
 from recordkit.errors import RecordDamagedError, SnapshotError
 from recordkit.format.attrs import attr_str, members, object_name, read_attr
 from recordkit.format.checksums import (
@@ -40,6 +41,7 @@ from recordkit.format.chunkread import (
     RowLayout,
     check_stored_chunks,
     file_fd,
+    fold_laid_out_row,
     read_checked_row,
     read_laid_out_row,
     read_snapshot,
@@ -90,6 +92,7 @@ __all__ = [
     "check_checksummed_rows",
     "check_object_name",
     "dataset_aliases",
+    "fold_row",
     "is_pack",
     "no_rows",
     "pack_members",
@@ -107,6 +110,7 @@ __all__ = [
     "write_aliases",
     "write_name",
 ]
+T = TypeVar("T")
 
 
 def _as_text(value: Any) -> str:
@@ -1136,10 +1140,12 @@ def _lay_out(f: h5py.File, key: str, path: Path, stamp: tuple[int, int, int]) ->
     return _Laid(stamp, layout if crcs is not None else None, crcs)
 
 
-def _read_laid_out(f: h5py.File, tensor: StoredTensor, row: int, path: Path
-                   ) -> np.ndarray | None:
+def _read_laid_out(f: h5py.File, tensor: StoredTensor, row: int, path: Path,
+                   fold: Callable[[np.ndarray, int], T] | None = None
+                   ) -> np.ndarray | list[tuple[int, T]] | None:
     """Row *row* of an unfiltered v2 dataset through its :class:`_Laid` (read once per
-    dataset while the file is unchanged), checked; None when that read does not apply."""
+    dataset while the file is unchanged), checked, or with *fold* that row folded
+    (:func:`.chunkread.fold_laid_out_row`); None when that read does not apply."""
     fd = file_fd(f)  # asked each time: h5py objects hash by HDF5 ids, which are reused
     if fd is None:
         return None
@@ -1158,6 +1164,8 @@ def _read_laid_out(f: h5py.File, tensor: StoredTensor, row: int, path: Path
     if layout is None or crcs is None or row >= min(layout.rows, len(crcs)):
         return None  # read otherwise; a row past the checksums is damage said there
     try:
+        if fold is not None:
+            return fold_laid_out_row(fd, layout, row, crcs[row], fold)
         return read_laid_out_row(fd, layout, row, crcs[row])
     except ChunkChecksumError as err:
         _LAID.pop(where, None)
@@ -1165,12 +1173,29 @@ def _read_laid_out(f: h5py.File, tensor: StoredTensor, row: int, path: Path
                              err) from None
 
 
+def fold_row(f: h5py.File, tensor: StoredTensor, row: int, path: Path,
+             fold: Callable[[np.ndarray, int], T]) -> list[tuple[int, T]] | None:
+    """One snapshot of a tensor folded piece by piece as it is read and checked, never
+    whole (:func:`.chunkread.fold_laid_out_row`: *fold* gets each piece's bytes, in the
+    dataset's dtype, and its first byte in the row); None when that read does not apply
+    (a packed tensor, a bfloat16 one, a version 1 or filtered dataset): then read it
+    with :func:`read_row`.
+
+    Raises:
+        RecordDamagedError: a chunk of the row fails its check.
+    """
+    if tensor.size is not None or tensor.stored_dtype == BFLOAT16:
+        return None
+    folded = _read_laid_out(f, tensor, row, path, fold)
+    return folded if isinstance(folded, list) else None
+
+
 def _read_stored_row(f: h5py.File, tensor: StoredTensor, row: int, path: Path
                      ) -> np.ndarray:
     """Row *row* of the dataset of *tensor* as stored (not decoded), verified."""
-    data = _read_laid_out(f, tensor, row, path)
-    if data is not None:
-        return data
+    laid: np.ndarray | list[Any] | None = _read_laid_out(f, tensor, row, path)
+    if isinstance(laid, np.ndarray):
+        return laid
     reader = _reader(f, tensor.key, path)
     ds = reader.dataset
     expected = _expected_crcs(reader, tensor.key, row, path)
