@@ -9,6 +9,9 @@ Budget: ~4 s.
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -178,15 +181,41 @@ def test_large_rows_read_on_two_threads(tmp_path: Path, monkeypatch: pytest.Monk
         record.weight("one")[2]
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["one thread", "two threads"])
-def test_a_folded_row_is_every_byte_of_the_row_once(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch,
-                                                     split: bool) -> None:
+@pytest.fixture
+def helper_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+                ) -> Iterator[str]:
+    """How a row of two halves is folded: "one thread" (not split), "helper" (the helper
+    thread always takes its half: a cancel never wins) or "stolen" (the helper is kept
+    busy, so the calling thread takes both halves)."""
+    path = request.param
+    monkeypatch.setattr(chunkread, "MIN_SPLIT_FOLD_BYTES",
+                        1 << 40 if path == "one thread" else 1 * MiB)
+    if path == "helper":
+        monkeypatch.setattr(concurrent.futures.Future, "cancel", lambda self: False)
+    release = threading.Event()
+    if path == "stolen":
+        chunkread._helper_executor().submit(release.wait, 60)
+    try:
+        yield path
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("helper_path", ["one thread", "helper", "stolen"],
+                         indirect=True)
+def test_a_folded_row_is_every_byte_of_the_row_once(tmp_path: Path, helper_path: str
+                                                     ) -> None:
     """TensorHistory.fold (chunkread.fold_laid_out_row): the pieces, in order, are the
     row's bytes, the edge chunk's padding left out, whether one thread folds the row or
-    two (a chunk cut between them); a damaged chunk raises once folded; a bfloat16 or
-    packed tensor is not folded (None: read it whole)."""
-    monkeypatch.setattr(chunkread, "MIN_SPLIT_FOLD_BYTES", 1 * MiB if split else 1 << 40)
+    two (a chunk cut between them), and which thread took which half; a damaged chunk
+    raises once folded; a bfloat16 or packed tensor is not folded (None: read it
+    whole)."""
+    threads: set[int] = set()
+
+    def copy(piece: np.ndarray, at: int) -> np.ndarray:
+        threads.add(threading.get_ident())
+        return piece.copy()
+
     rng = np.random.default_rng(13)
     state = {"one": rng.standard_normal((1024, 1024)).astype(np.float32),  # one chunk
              "edge": rng.standard_normal((1001, 1100)).astype(np.float32),  # two, padded
@@ -197,13 +226,16 @@ def test_a_folded_row_is_every_byte_of_the_row_once(tmp_path: Path,
     with record:
         for name, value in state.items():
             for i in range(3):
-                parts = record.weight(name).fold(i, lambda piece, at: piece.copy())
+                parts = record.weight(name).fold(i, copy)
                 assert parts is not None
                 starts = [at for at, _ in parts]
                 assert starts == list(np.cumsum([0] + [p.size for _, p in parts[:-1]]))
                 assert all(p.size <= chunkread.FOLD_PIECE_BYTES for _, p in parts)
                 got = np.concatenate([p for _, p in parts]).view(value.dtype)
                 _equal(got.reshape(value.shape), value + i)
+    assert len(threads) == (2 if helper_path == "helper" else 1)
+    with record, pytest.raises(IndexError, match="out of range"):
+        record.weight("edge").fold(3, copy)
     at, size = chunk_at(path, "weights/edge", (2, 0, 0))
     overwrite(path, at + size // 2 + 4096, bytes(4096))  # in the first chunk's second half
     seen: list[int] = []

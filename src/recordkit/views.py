@@ -187,14 +187,21 @@ class TensorHistory:
     def fold(self, index: int, fold: Callable[[np.ndarray, int], T]
              ) -> list[tuple[int, T]] | None:
         """Snapshot *index* folded as it is read, never held whole: ``fold(piece, at)``
-        gets each checked piece of the stored row (a ``uint8`` view of its bytes in the
-        stored dtype, valid during the call, maybe on another thread) and its first
-        byte; the ``(at, result)`` of every piece, in order. None when the tensor is not
-        stored so that this applies (packed, bfloat16, a version 1 record): read
-        ``self[index]`` then. What :mod:`recordkit.weights` streams its sums with."""
-        i = int(index) % len(self)
-        with self._reading(f"snapshot {i} of tensor {self.name!r}") as f:
-            return fold_row(f, self._tensor, i, self._path, fold)
+        gets each piece of the stored row as it lands (a ``uint8`` view of its bytes in
+        the stored dtype, *at* its first byte; valid during the call, which may write
+        over it; maybe on another thread). The ``(at, result)`` of every piece, in
+        order, once every chunk passed its check (else RecordDamagedError); None when
+        the tensor is not stored so that this applies (packed, bfloat16, a version 1
+        record, ...: :func:`~recordkit.format.weights.fold_row`): read ``self[index]``
+        then. *fold* must not read snapshots itself. What :mod:`recordkit.weights`
+        streams its sums with."""
+        n = len(self)
+        i = int(index)
+        if not -n <= i < n:
+            raise IndexError(f"snapshot index {i} out of range: tensor {self.name!r} has "
+                             f"{n} snapshots")
+        with self._reading(f"snapshot {i % n} of tensor {self.name!r}") as f:
+            return fold_row(f, self._tensor, i % n, self._path, fold)
 
     def at(self, epoch: int) -> np.ndarray:
         """The snapshot taken at *epoch*."""

@@ -191,19 +191,6 @@ def _helper() -> concurrent.futures.ThreadPoolExecutor:
         return _helper_pool
 
 
-_differences = threading.local()
-
-
-def _difference_buffer(dtype: np.dtype[Any], size: int) -> np.ndarray:
-    """This thread's buffer for one folded piece's difference (kept: a fresh one per
-    piece would be a fresh allocation, and its pages cold, 80 times per 20 MiB)."""
-    buffer = getattr(_differences, dtype.name, None)
-    if buffer is None or buffer.size < size:
-        buffer = np.empty(size, dtype)
-        setattr(_differences, dtype.name, buffer)
-    return buffer[:size]
-
-
 def _folded_sums(history: TensorHistory, row: int, reference: np.ndarray, *, norm: bool
                  ) -> tuple[float, float] | None:
     """What :func:`_sums` gives for ``history[row]`` against *reference*, summed piece by
@@ -219,9 +206,9 @@ def _folded_sums(history: TensorHistory, row: int, reference: np.ndarray, *, nor
     def fold(piece: np.ndarray, at: int) -> tuple[float, float]:
         current = piece.view(dtype)
         start = at // dtype.itemsize
-        d = np.subtract(current, ref[start:start + current.size],
-                        out=_difference_buffer(dtype, current.size))
-        return float(np.dot(d, d)), float(np.dot(current, current)) if norm else 0.0
+        current_norm = float(np.dot(current, current)) if norm else 0.0
+        d = np.subtract(current, ref[start:start + current.size], out=current)  # in place
+        return float(np.dot(d, d)), current_norm
 
     parts = history.fold(row, fold)
     if parts is None:

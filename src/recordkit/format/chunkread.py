@@ -446,9 +446,8 @@ def _check_pieces(places: list[_Place], pieces: list[_Piece], crcs: list[int],
             raise ChunkChecksumError(offset, "fails its CRC32C checksum")
 
 
-#: A row is folded (:func:`fold_laid_out_row`) in pieces of this many bytes: one piece,
-#: the same span of the array it is compared with and a buffer for their difference fit
-#: in a core's 1 MiB L2 cache here.
+#: A row is folded (:func:`fold_laid_out_row`) in pieces of this many bytes: one piece
+#: and the same span of an array it is compared with fit in a core's 1 MiB L2 cache here.
 FOLD_PIECE_BYTES = 1 << 18
 #: Rows of at least this many bytes are folded on two threads.
 MIN_SPLIT_FOLD_BYTES = 1 << 21
@@ -519,9 +518,11 @@ def fold_laid_out_row(fd: int, layout: RowLayout, index: int, expected: np.ndarr
     the helper has not started by the time it is done: a busy machine).
 
     *fold* gets a ``uint8`` view of the row's bytes ``[first_byte, first_byte +
-    piece.size)``, valid only during the call (copy what it keeps), on either thread; a
+    piece.size)``, valid only during the call (copy what it keeps; it may write over
+    it: the buffer is the reading thread's, read into again), on either thread; a
     chunk's checksum is known only once all of it was read, so *fold* may see bytes of a
     chunk that then fails: the row's results are only returned when every chunk passed.
+    *fold* must not read rows itself: a read on the same thread fills the same buffer.
 
     Returns:
         ``(first byte, fold's result)`` for each piece, in row order.
@@ -540,17 +541,18 @@ def fold_laid_out_row(fd: int, layout: RowLayout, index: int, expected: np.ndarr
         _check_pieces(places, pieces, crcs, expected)
         return folded
     theirs, mine = _halves(places, chunk_bytes, total)
-    # *fold* goes over in a list emptied below, as the buffer in _pipelined: a finished
-    # work item keeps its arguments (and with them whatever *fold* holds) a while.
-    future = _helper_executor().submit(_fold_pieces, fd, chunk_bytes, total, starts,
-                                       theirs, handed)
+    # *fold* goes over in a list emptied below (on an error too), as the buffer in
+    # _pipelined: a work item keeps its arguments (and whatever *fold* holds) a while.
     try:
-        mine_crcs, mine_folded = _fold_pieces(fd, chunk_bytes, total, starts, mine, handed)
-    finally:
-        stolen = future.cancel()  # not started yet: do it here rather than wait
-        if not stolen:
-            concurrent.futures.wait([future])
-    try:
+        future = _helper_executor().submit(_fold_pieces, fd, chunk_bytes, total, starts,
+                                           theirs, handed)
+        try:
+            mine_crcs, mine_folded = _fold_pieces(fd, chunk_bytes, total, starts, mine,
+                                                  handed)
+        finally:
+            stolen = future.cancel()  # not started yet: do it here rather than wait
+            if not stolen:
+                concurrent.futures.wait([future])
         their_crcs, their_folded = (
             _fold_pieces(fd, chunk_bytes, total, starts, theirs, handed) if stolen
             else future.result())

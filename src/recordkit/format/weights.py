@@ -1176,10 +1176,11 @@ def _read_laid_out(f: h5py.File, tensor: StoredTensor, row: int, path: Path,
 def fold_row(f: h5py.File, tensor: StoredTensor, row: int, path: Path,
              fold: Callable[[np.ndarray, int], T]) -> list[tuple[int, T]] | None:
     """One snapshot of a tensor folded piece by piece as it is read and checked, never
-    whole (:func:`.chunkread.fold_laid_out_row`: *fold* gets each piece's bytes, in the
-    dataset's dtype, and its first byte in the row); None when that read does not apply
-    (a packed tensor, a bfloat16 one, a version 1 or filtered dataset): then read it
-    with :func:`read_row`.
+    whole (:func:`.chunkread.fold_laid_out_row`: *fold* gets a ``uint8`` view of each
+    piece's bytes, stored in the dataset's dtype, and its first byte in the row); None
+    when that read does not apply (a packed tensor, a bfloat16 one, a version 1 or
+    filtered dataset, a file not on the default driver, a row without its checksums
+    yet): then read it with :func:`read_row`.
 
     Raises:
         RecordDamagedError: a chunk of the row fails its check.
