@@ -458,7 +458,7 @@ def _fold_buffer() -> np.ndarray:
     """This thread's piece buffer (kept: a buffer the kernel already mapped and the CPU
     has in cache is where a copy from the page cache is fastest)."""
     buffer = getattr(_scratch, "piece", None)
-    if buffer is None:
+    if buffer is None or buffer.size != FOLD_PIECE_BYTES:
         buffer = _scratch.piece = page_aligned(FOLD_PIECE_BYTES)
     return buffer
 
