@@ -246,6 +246,39 @@ def test_a_folded_row_is_every_byte_of_the_row_once(tmp_path: Path, helper_path:
         assert record.weight("edge").fold(1, lambda piece, at: None) is not None
 
 
+@pytest.mark.parametrize("helper_path", ["one thread", "helper", "stolen"],
+                         indirect=True)
+def test_rows_folded_together_span_by_span(tmp_path: Path, helper_path: str) -> None:
+    """TensorHistory.fold_rows: each row's pieces are its bytes, in order; a span of
+    every row is folded before the next span (one thread: exactly that order); a
+    damaged chunk of one row is refused, naming that row."""
+    rng = np.random.default_rng(17)
+    value = rng.standard_normal((1001, 1100)).astype(np.float32)  # two chunks, padded
+    path = _record(tmp_path, {"w": value}, snapshots=4)
+    record = recordkit.load(path)
+    calls: list[tuple[int, int]] = []
+
+    def copy(j: int, piece: np.ndarray, at: int) -> np.ndarray:
+        calls.append((j, at))
+        return piece.copy()
+
+    with record:
+        folded = record.weight("w").fold_rows([3, 0, 2], copy)
+    assert folded is not None and len(folded) == 3
+    for parts, row in zip(folded, [3, 0, 2]):
+        got = np.concatenate([p for _, p in parts]).view(np.float32).reshape(value.shape)
+        _equal(got, value + row)
+    if helper_path == "one thread":
+        spans = sorted({at for _, at in calls})
+        assert calls == [(j, at) for at in spans for j in range(3)]
+    at, _ = chunk_at(path, "weights/w", (2, 0, 0))
+    overwrite(path, at + 8192, bytes(4096))
+    with record, pytest.raises(RecordDamagedError, match=r"'w', dataset row 2: the chunk"):
+        record.weight("w").fold_rows([0, 1, 2, 3], copy)
+    with record:
+        assert record.weight("w").fold_rows([0, 1, 3], copy) is not None
+
+
 def test_bfloat16_and_packed_tensors_are_not_folded(tmp_path: Path) -> None:
     ml_dtypes = pytest.importorskip("ml_dtypes")
     state = {"bf16": np.ones((300, 200), ml_dtypes.bfloat16)}

@@ -4,7 +4,7 @@ snapshots of one tensor read lazily (:class:`TensorHistory`), and the extras map
 from __future__ import annotations
 
 import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -14,7 +14,7 @@ import numpy as np
 from recordkit.format.extras import extra_flags_at, read_extra_at
 from recordkit.format.files import RecordFile
 from recordkit.format.layout import HISTORY_DTYPE
-from recordkit.format.weights import StoredTensor, fold_row, no_rows, read_row, read_rows
+from recordkit.format.weights import StoredTensor, fold_rows, no_rows, read_row, read_rows
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -184,24 +184,35 @@ class TensorHistory:
         with self._reading(f"snapshot {i % n} of tensor {self.name!r}") as f:
             return read_row(f, self._tensor, i % n, self._path)
 
+    def fold_rows(self, indices: Sequence[int], fold: Callable[[int, np.ndarray, int], T]
+                  ) -> list[list[tuple[int, T]]] | None:
+        """Snapshots *indices* folded as they are read, none held whole, piece by piece
+        across them (a span of each snapshot, then the next span): ``fold(j, piece,
+        at)`` gets each piece of the j-th snapshot's stored row as it lands (a ``uint8``
+        view of its bytes in the stored dtype, *at* its first byte; valid during the
+        call, which may write over it; maybe on another thread). Per snapshot, the
+        ``(at, result)`` of every piece, in order, once every chunk passed its check
+        (else RecordDamagedError); None when the tensor is not stored so that this
+        applies (packed, bfloat16, a version 1 record, ...:
+        :func:`~recordkit.format.weights.fold_rows`): read ``self[i]`` then. *fold*
+        must not read snapshots itself. What :mod:`recordkit.weights` streams its sums
+        with: what a piece is compared with stays in the cache across the snapshots."""
+        n = len(self)
+        rows = []
+        for index in indices:
+            i = int(index)
+            if not -n <= i < n:
+                raise IndexError(f"snapshot index {i} out of range: tensor {self.name!r} "
+                                 f"has {n} snapshots")
+            rows.append(i % n)
+        with self._reading(f"{len(rows)} snapshots of tensor {self.name!r}") as f:
+            return fold_rows(f, self._tensor, rows, self._path, fold)
+
     def fold(self, index: int, fold: Callable[[np.ndarray, int], T]
              ) -> list[tuple[int, T]] | None:
-        """Snapshot *index* folded as it is read, never held whole: ``fold(piece, at)``
-        gets each piece of the stored row as it lands (a ``uint8`` view of its bytes in
-        the stored dtype, *at* its first byte; valid during the call, which may write
-        over it; maybe on another thread). The ``(at, result)`` of every piece, in
-        order, once every chunk passed its check (else RecordDamagedError); None when
-        the tensor is not stored so that this applies (packed, bfloat16, a version 1
-        record, ...: :func:`~recordkit.format.weights.fold_row`): read ``self[index]``
-        then. *fold* must not read snapshots itself. What :mod:`recordkit.weights`
-        streams its sums with."""
-        n = len(self)
-        i = int(index)
-        if not -n <= i < n:
-            raise IndexError(f"snapshot index {i} out of range: tensor {self.name!r} has "
-                             f"{n} snapshots")
-        with self._reading(f"snapshot {i % n} of tensor {self.name!r}") as f:
-            return fold_row(f, self._tensor, i % n, self._path, fold)
+        """:meth:`fold_rows` of one snapshot: ``fold(piece, at)``."""
+        folded = self.fold_rows([index], lambda _, piece, at: fold(piece, at))
+        return None if folded is None else folded[0]
 
     def at(self, epoch: int) -> np.ndarray:
         """The snapshot taken at *epoch*."""

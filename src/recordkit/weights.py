@@ -191,33 +191,38 @@ def _helper() -> concurrent.futures.ThreadPoolExecutor:
         return _helper_pool
 
 
-def _folded_sums(history: TensorHistory, row: int, reference: np.ndarray, *, norm: bool
-                 ) -> tuple[float, float] | None:
-    """What :func:`_sums` gives for ``history[row]`` against *reference*, summed piece by
-    piece as the row is read and checked (``TensorHistory.fold``), so that the row is
-    never held and each piece is summed while it is in the cache; None when the tensor is
-    not stored so that this applies (then read the row and use :func:`_sums`)."""
+def _folded_sums(history: TensorHistory, rows: list[int], reference: np.ndarray, *,
+                 norm: bool) -> list[tuple[float, float]] | None:
+    """What :func:`_sums` gives for each ``history[row]`` against *reference*, summed
+    piece by piece as the rows are read and checked (``TensorHistory.fold_rows``): no
+    row is held, and each span of the reference is read from memory once for all the
+    rows (it stays in the cache while the same span of each row is summed); None when
+    the tensor is not stored so that this applies (then read each row and use
+    :func:`_sums`)."""
     dtype = reference.dtype
     if (dtype not in (np.float32, np.float64) or dtype.name != history.dtype_name
             or tuple(reference.shape) != tuple(history.shape)):
         return None
     ref = np.ascontiguousarray(reference).reshape(-1)
 
-    def fold(piece: np.ndarray, at: int) -> tuple[float, float]:
+    def fold(_: int, piece: np.ndarray, at: int) -> tuple[float, float]:
         current = piece.view(dtype)
         start = at // dtype.itemsize
         current_norm = float(np.dot(current, current)) if norm else 0.0
         d = np.subtract(current, ref[start:start + current.size], out=current)  # in place
         return float(np.dot(d, d)), current_norm
 
-    parts = history.fold(row, fold)
-    if parts is None:
+    folded = history.fold_rows(rows, fold)
+    if folded is None:
         return None
-    squared = norm_squared = 0.0
-    for _, (piece_squared, piece_norm) in parts:
-        squared += piece_squared
-        norm_squared += piece_norm
-    return squared, norm_squared
+    sums = []
+    for parts in folded:
+        squared = norm_squared = 0.0
+        for _, (piece_squared, piece_norm) in parts:
+            squared += piece_squared
+            norm_squared += piece_norm
+        sums.append((squared, norm_squared))
+    return sums
 
 
 def _norm_squared(array: np.ndarray) -> float:
@@ -296,19 +301,26 @@ def distance(record: Record, a: int | str = "init", b: int | None = None, *,
             rows = _rows_by_epoch(history)
             pairs = _pairs(record, sorted(rows), a, None if b is None else int(b))
             held: dict[int, np.ndarray] = {}  # at most the reference and the current row
+            # From one reference (not "previous"): the other rows summed as read, together
+            folded: dict[int, tuple[float, float]] = {}
+            if a != "previous" and pairs:
+                ref = pairs[0][0]
+                held = {ref: history[rows[ref]]}
+                ref_norm = _norm_squared(held[ref]) if metric != "l2" else 0.0
+                others = [epoch for _, epoch in pairs if epoch != ref]
+                sums_of = _folded_sums(history, [rows[e] for e in others], held[ref],
+                                       norm=metric == "cosine") if others else None
+                folded = dict(zip(others, sums_of or []))
             for ref, epoch in pairs:
                 if ref not in held:
                     held = {ref: history[rows[ref]]}
                     ref_norm = _norm_squared(held[ref]) if metric != "l2" else 0.0
-                folded = None
-                if epoch != ref and a != "previous":  # the row is not kept: fold it
-                    folded = _folded_sums(history, rows[epoch], held[ref],
-                                          norm=metric == "cosine")
                 current: np.ndarray | None = None
-                if folded is None:
+                if epoch in folded:
+                    squared, norm = folded[epoch]
+                else:
                     current = held[ref] if epoch == ref else history[rows[epoch]]
-                    folded = _sums(held[ref], current, norm=metric == "cosine")
-                squared, norm = folded
+                    squared, norm = _sums(held[ref], current, norm=metric == "cosine")
                 cell = sums.setdefault(group, {}).setdefault(epoch, [0.0, 0.0, 0.0, 0])
                 cell[0] += squared
                 cell[1] += ref_norm

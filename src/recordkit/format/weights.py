@@ -41,7 +41,7 @@ from recordkit.format.chunkread import (
     RowLayout,
     check_stored_chunks,
     file_fd,
-    fold_laid_out_row,
+    fold_laid_out_rows,
     read_checked_row,
     read_laid_out_row,
     read_snapshot,
@@ -92,7 +92,7 @@ __all__ = [
     "check_checksummed_rows",
     "check_object_name",
     "dataset_aliases",
-    "fold_row",
+    "fold_rows",
     "is_pack",
     "no_rows",
     "pack_members",
@@ -1140,12 +1140,11 @@ def _lay_out(f: h5py.File, key: str, path: Path, stamp: tuple[int, int, int]) ->
     return _Laid(stamp, layout if crcs is not None else None, crcs)
 
 
-def _read_laid_out(f: h5py.File, tensor: StoredTensor, row: int, path: Path,
-                   fold: Callable[[np.ndarray, int], T] | None = None
-                   ) -> np.ndarray | list[tuple[int, T]] | None:
-    """Row *row* of an unfiltered v2 dataset through its :class:`_Laid` (read once per
-    dataset while the file is unchanged), checked, or with *fold* that row folded
-    (:func:`.chunkread.fold_laid_out_row`); None when that read does not apply."""
+def _laid_rows(f: h5py.File, tensor: StoredTensor, last: int, path: Path
+               ) -> tuple[int, tuple[int, int, str], RowLayout, np.ndarray] | None:
+    """(fd, its key in _LAID, layout, checksums) of an unfiltered v2 dataset whose rows up
+    to *last* that read applies to (read once per dataset while the file is unchanged),
+    else None."""
     fd = file_fd(f)  # asked each time: h5py objects hash by HDF5 ids, which are reused
     if fd is None:
         return None
@@ -1155,17 +1154,26 @@ def _read_laid_out(f: h5py.File, tensor: StoredTensor, row: int, path: Path,
     laid = _LAID.get(where)
     if laid is None or laid.stamp != stamp or (
             laid.layout is not None and laid.crcs is not None
-            and row >= min(laid.layout.rows, len(laid.crcs))):
+            and last >= min(laid.layout.rows, len(laid.crcs))):
         laid = _lay_out(f, tensor.key, path, stamp)
         if len(_LAID) >= _MAX_LAID:
             _LAID.clear()
         _LAID[where] = laid
     layout, crcs = laid.layout, laid.crcs
-    if layout is None or crcs is None or row >= min(layout.rows, len(crcs)):
+    if layout is None or crcs is None or last >= min(layout.rows, len(crcs)):
         return None  # read otherwise; a row past the checksums is damage said there
+    return fd, where, layout, crcs
+
+
+def _read_laid_out(f: h5py.File, tensor: StoredTensor, row: int, path: Path
+                   ) -> np.ndarray | None:
+    """Row *row* of an unfiltered v2 dataset through its :class:`_Laid`, checked; None
+    when that read does not apply."""
+    laid = _laid_rows(f, tensor, row, path)
+    if laid is None:
+        return None
+    fd, where, layout, crcs = laid
     try:
-        if fold is not None:
-            return fold_laid_out_row(fd, layout, row, crcs[row], fold)
         return read_laid_out_row(fd, layout, row, crcs[row])
     except ChunkChecksumError as err:
         _LAID.pop(where, None)
@@ -1173,30 +1181,38 @@ def _read_laid_out(f: h5py.File, tensor: StoredTensor, row: int, path: Path,
                              err) from None
 
 
-def fold_row(f: h5py.File, tensor: StoredTensor, row: int, path: Path,
-             fold: Callable[[np.ndarray, int], T]) -> list[tuple[int, T]] | None:
-    """One snapshot of a tensor folded piece by piece as it is read and checked, never
-    whole (:func:`.chunkread.fold_laid_out_row`: *fold* gets a ``uint8`` view of each
-    piece's bytes, stored in the dataset's dtype, and its first byte in the row); None
-    when that read does not apply (a packed tensor, a bfloat16 one, a version 1 or
-    filtered dataset, a file not on the default driver, a row without its checksums
-    yet): then read it with :func:`read_row`.
+def fold_rows(f: h5py.File, tensor: StoredTensor, rows: list[int], path: Path,
+              fold: Callable[[int, np.ndarray, int], T]) -> list[list[tuple[int, T]]] | None:
+    """Snapshots *rows* of a tensor folded piece by piece as they are read and checked,
+    never one whole (:func:`.chunkread.fold_laid_out_rows`: ``fold(j, piece, at)`` gets a
+    ``uint8`` view of a piece of the j-th row, stored in the dataset's dtype, and its
+    first byte in the row); None when that read does not apply (a packed tensor, a
+    bfloat16 one, a version 1 or filtered dataset, a file not on the default driver, a
+    row without its checksums yet): then read them with :func:`read_row`.
 
     Raises:
-        RecordDamagedError: a chunk of the row fails its check.
+        RecordDamagedError: a chunk of a row fails its check.
     """
-    if tensor.size is not None or tensor.stored_dtype == BFLOAT16:
+    if tensor.size is not None or tensor.stored_dtype == BFLOAT16 or not rows:
         return None
-    folded = _read_laid_out(f, tensor, row, path, fold)
-    return folded if isinstance(folded, list) else None
+    laid = _laid_rows(f, tensor, max(rows), path)
+    if laid is None:
+        return None
+    fd, where, layout, crcs = laid
+    try:
+        return fold_laid_out_rows(fd, layout, rows, [crcs[row] for row in rows], fold)
+    except ChunkChecksumError as err:
+        _LAID.pop(where, None)
+        raise _damaged_chunk(path, _reader(f, tensor.key, path).dataset, tensor,
+                             rows[0] if err.row is None else err.row, err) from None
 
 
 def _read_stored_row(f: h5py.File, tensor: StoredTensor, row: int, path: Path
                      ) -> np.ndarray:
     """Row *row* of the dataset of *tensor* as stored (not decoded), verified."""
-    laid: np.ndarray | list[Any] | None = _read_laid_out(f, tensor, row, path)
-    if isinstance(laid, np.ndarray):
-        return laid
+    data = _read_laid_out(f, tensor, row, path)
+    if data is not None:
+        return data
     reader = _reader(f, tensor.key, path)
     ds = reader.dataset
     expected = _expected_crcs(reader, tensor.key, row, path)
