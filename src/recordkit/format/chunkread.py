@@ -475,11 +475,11 @@ def _fold_pieces(fd: int, chunk_bytes: int, total: int, indices: list[int],
                  starts: list[dict[int, int]], pieces: list[_Piece], handed: list[RowFold]
                  ) -> tuple[list[list[int]], list[list[tuple[int, Any]]]]:
     """Fold *pieces* of each row (``starts[j]``: the chunk places of dataset row
-    ``indices[j]``), piece by piece
-    across the rows: each :data:`FOLD_PIECE_BYTES` of row 0, then the same span of row
-    1, and so on, each read into this thread's buffer, CRC32C'd, and its bytes that
-    belong to the row (not the edge chunk's padding) handed to the fold in *handed*.
-    Per row: the CRC32C of each piece, and [(first byte, fold's result)]."""
+    ``indices[j]``), piece by piece across the rows: each :data:`FOLD_PIECE_BYTES` of
+    row 0, then the same span of row 1, and so on, each read into this thread's buffer,
+    CRC32C'd, and its bytes that belong to the row (not the edge chunk's padding) handed
+    to the fold in *handed*. Per row: the CRC32C of each piece, and [(first byte,
+    fold's result)]."""
     fold = handed[0]
     buffer = _fold_buffer()
     rows = range(len(starts))
