@@ -252,3 +252,86 @@ def test_explicit_arguments_win_over_the_trial(local_ray: Any, tmp_path: Path) -
     assert record.params == {"lr": 7.0, "width": 3, "extra": 1}
     assert record.info["ray_tune"]["experiment"] == "exp"
     assert record.info["ray_tune"]["trial_id"] == grid[0].metrics["trial_id"]
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: a hand-used ``Recorder`` on every rank (warnings kept in a
+    file per rank), then a Lightning fit under Ray's DDP with the record callback."""
+    import json
+    import warnings
+
+    import ray.train
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from recordkit.integrations.lightning import RecordCallback
+
+    torch.set_num_threads(1)
+    rank = ray.train.get_context().get_world_rank()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Recorder(config["by_hand"], params={"rank": rank}, system=False) as rec:
+            rec.log({"loss": float(rank)}, epoch=0)
+    Path(config["warnings"], f"rank-{rank}.json").write_text(
+        json.dumps([str(w.message) for w in caught]))
+
+    class Tiny(lp.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, _: int) -> Any:
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.layer(x), y)
+            self.log("loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    x, y = _data(rank)
+    data = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=32)
+    trainer = lp.Trainer(
+        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", devices="auto",
+        strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()],
+        callbacks=[RecordCallback(config["root"], params={"lr": 0.01})])
+    prepare_trainer(trainer).fit(Tiny(), data)
+
+
+@pytest.mark.slow
+def test_ray_train_workers_rank_zero_writes(local_ray: Any, tmp_path: Path) -> None:
+    """A real ``TorchTrainer`` of two workers (Lightning under Ray's DDP strategy): the
+    callback writes one record, on rank zero, whose ``info["ray_train"]`` gives the Train
+    run's name, the rank and the world size; a hand-used ``Recorder`` writes on every
+    rank that opens one, and warns on every rank but zero."""
+    import json
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    folders = {key: tmp_path / key for key in ("root", "by_hand", "warnings")}
+    folders["warnings"].mkdir()
+    trainer = TorchTrainer(
+        _train_worker, train_loop_config={k: str(v) for k, v in folders.items()},
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
+        run_config=RunConfig(name="train-run", storage_path=str(tmp_path / "ray")))
+    trainer.fit()
+
+    (record,) = recordkit.load_all(folders["root"])  # rank zero's alone
+    assert verify(record.path).ok
+    assert record.status == "completed" and record.experiment == "train-run"
+    assert record.params == {"lr": 0.01}
+    facts = record.info["ray_train"]
+    assert (facts["experiment"], facts["world_rank"], facts["world_size"]) == (
+        "train-run", 0, 2)
+    assert len(record.history["loss"]) == 2 and record.snapshot_epochs == [0, 1]
+
+    by_hand = sorted(recordkit.load_all(folders["by_hand"]), key=lambda r: r.params["rank"])
+    assert [(r.params["rank"], r.info["ray_train"]["world_rank"], r.experiment)
+            for r in by_hand] == [(0, 0, "train-run"), (1, 1, "train-run")]
+    said = {rank: json.loads((folders["warnings"] / f"rank-{rank}.json").read_text())
+            for rank in (0, 1)}
+    assert not [w for w in said[0] if "Ray Train" in w]
+    (warning,) = [w for w in said[1] if "Ray Train" in w]
+    assert "rank 1 of 2" in warning and str(by_hand[1].path) in warning

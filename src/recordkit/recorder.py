@@ -38,6 +38,8 @@ from recordkit.runindex import add_closed_run
 from recordkit.snapshots import Snapshots
 from recordkit.trials import (
     is_trial_pruned,
+    ray_train_warning,
+    ray_train_worker,
     ray_trial,
     status_for_exception,
     storage_url,
@@ -141,7 +143,11 @@ class Recorder:
     clash), the experiment's name as *experiment* and the trial's name as *name* (each
     unless given), and ``info["ray_tune"]`` holds ``trial_id``, ``trial_name``,
     ``experiment``, ``trial_dir`` (and ``world_rank`` / ``world_size`` under Ray Train,
-    where the config is not found: pass it as *params*). A ``with`` block that Tune's
+    where the config is not found: pass it as *params*). In a Ray Train worker
+    (``train_loop_per_worker``) ``info["ray_train"]`` holds the Train run's name (also
+    the default *experiment*), ``world_rank``, ``world_size``, ``local_rank`` and
+    ``node_rank``, and a Recorder opened on a rank other than zero warns: every worker
+    that opens one writes a record of its own. A ``with`` block that Tune's
     stop of the trial leaves (a scheduler such as ASHA, or a stopper) closes it
     ``pruned``; see :func:`recordkit.trials.ray_trial` and
     :func:`recordkit.trials.is_ray_stop`.
@@ -190,6 +196,9 @@ class Recorder:
             params = {**(config or {}), **(given or {})}  # what the caller gives wins
             experiment = ray_facts.get("experiment") if experiment is None else experiment
             name = ray_facts.get("trial_name") if name is None and trial is None else name
+        train = ray_train_worker() if ray is None else None  # a Ray Train v2 worker
+        if train is not None and experiment is None:
+            experiment = train.get("experiment")
         if trial is not None:
             params, trial_facts = with_trial_params(params, trial)
             name = f"trial-{trial_facts['trial']}" if name is None else name
@@ -230,6 +239,11 @@ class Recorder:
         self._ended = threading.Event()  # set once closed
         if ray is not None:
             self.set_info({"ray_tune": ray[1]})
+        if train is not None:
+            self.set_info({"ray_train": train})
+        warning = ray_train_warning(train or (ray[1] if ray else {}), self._path)
+        if warning is not None:
+            warnings.warn(warning, RecordkitWarning, stacklevel=2)
 
 
     @property

@@ -21,7 +21,8 @@ from recordkit.errors import RecordkitWarning
 from recordkit.masking import mask_text
 
 __all__ = ["TRIAL_STOP_WAIT_S", "is_ray_stop", "is_trial_pruned", "optuna_trial_facts",
-           "ray_trial", "status_for_exception", "storage_url", "with_trial_params"]
+           "ray_train_warning", "ray_train_worker", "ray_trial",
+           "status_for_exception", "storage_url", "with_trial_params"]
 
 
 #: How long Tune's stop of a trial waits for the trial's training thread to end (and so to
@@ -176,24 +177,72 @@ def ray_trial() -> tuple[dict[str, Any] | None, dict[str, Any]] | None:
             return None
         if not isinstance(trial_id, str) or not trial_id:
             return None
-        facts: dict[str, Any] = {"trial_id": trial_id}
-        for key, method in (("trial_name", "get_trial_name"),
-                            ("experiment", "get_experiment_name"),
-                            ("trial_dir", "get_trial_dir"),
-                            ("world_rank", "get_world_rank"),
-                            ("world_size", "get_world_size")):
-            try:
-                value = getattr(context, method)()
-            except Exception:  # a fact Ray cannot give here is left out
-                continue
-            if isinstance(value, (str, int)) and not isinstance(value, bool):
-                facts[key] = value
+        facts = {"trial_id": trial_id, **_context_facts(
+            context, trial_name="get_trial_name", experiment="get_experiment_name",
+            trial_dir="get_trial_dir", world_rank="get_world_rank",
+            world_size="get_world_size")}
     trainable = _running_trainable(trial_id, sys._getframe(1))
     if trainable is None:
         return None, facts
     _hold_stop_for_this_thread(trainable)
     config = getattr(trainable, "config", None)
     return (dict(config) if isinstance(config, Mapping) else None), facts
+
+
+def ray_train_worker() -> dict[str, Any] | None:
+    """The facts of the Ray Train worker this process is, for ``info["ray_train"]``, or
+    None outside one: ``experiment`` (the Train run's name), ``world_rank``,
+    ``world_size``, ``local_rank``, ``node_rank``.
+
+    Ray Train's workers (a ``TorchTrainer``'s ``train_loop_per_worker``, run inside a Tune
+    trial or not) have no Tune context since Train v2 (Ray 2.51's default): they are told
+    by ``ray.train.get_context()``, which raises outside a worker. Asked only when the
+    process has imported ``ray.train`` (a Train worker always has).
+
+    Example:
+        >>> ray_train_worker() is None  # not a Ray Train worker
+        True
+    """
+    train = sys.modules.get("ray.train")
+    get_context = getattr(train, "get_context", None)
+    if not callable(get_context):
+        return None
+    with warnings.catch_warnings():  # Ray warns when a context method is used outside
+        warnings.simplefilter("ignore")
+        try:
+            context = get_context()
+        except Exception:  # outside a worker: "Ray Train function utilities not initialized"
+            return None
+        facts = _context_facts(context, experiment="get_experiment_name",
+                               world_rank="get_world_rank", world_size="get_world_size",
+                               local_rank="get_local_rank", node_rank="get_node_rank")
+    return facts if isinstance(facts.get("world_rank"), int) else None
+
+
+def ray_train_warning(facts: Mapping[str, Any], path: os.PathLike[str] | str) -> str | None:
+    """The warning for a ``Recorder`` opened on Ray Train worker *facts* other than rank
+    zero (every worker that opens one writes a record of its own), or None on rank zero."""
+    rank = facts.get("world_rank")
+    if rank in (0, None):
+        return None
+    return (f"recordkit: Recorder opened on Ray Train worker rank {rank} of "
+            f"{facts.get('world_size', '?')} ({path}): every worker that opens one writes a "
+            "record of its own; open it on rank zero only "
+            "(ray.train.get_context().get_world_rank() == 0), as the callbacks do")
+
+
+def _context_facts(context: Any, **methods: str) -> dict[str, Any]:
+    """The facts a Ray context gives, by key, from its methods; a fact it cannot give
+    here (the method raised, or gave no string or int) is left out."""
+    facts: dict[str, Any] = {}
+    for key, method in methods.items():
+        try:
+            value = getattr(context, method)()
+        except Exception:  # a fact Ray cannot give here is left out
+            continue
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            facts[key] = value
+    return facts
 
 
 def _running_trainable(trial_id: str, frame: FrameType | None) -> Any:
