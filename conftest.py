@@ -76,6 +76,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     stamp = os.environ.get("RECORDKIT_ONCE_STAMP")
     if os.environ.get("RECORDKIT_ONCE") != "write" or not stamp:
         return
+    if hasattr(session.config, "workerinput"):  # a pytest-xdist worker saw only its part
+        return
     path = pathlib.Path(stamp)
     path.unlink(missing_ok=True)
     if exitstatus == 0 and not session.testsfailed and _whole_suite(session.config):
