@@ -298,19 +298,29 @@ def _train_worker(config: dict[str, Any]) -> None:
         callbacks=[RecordCallback(config["root"], params={"lr": 0.01})])
     prepare_trainer(trainer).fit(Tiny(), data)
 
+    import keras  # the torch backend (the workers' environment): each rank fits its own
+
+    from recordkit.integrations.keras import RecordCallback as KerasRecordCallback
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0,
+              callbacks=[KerasRecordCallback(config["keras"])])
+
 
 @pytest.mark.slow
 def test_ray_train_workers_rank_zero_writes(local_ray: Any, tmp_path: Path) -> None:
-    """A real ``TorchTrainer`` of two workers (Lightning under Ray's DDP strategy): the
-    callback writes one record, on rank zero, whose ``info["ray_train"]`` gives the Train
-    run's name, the rank and the world size; a hand-used ``Recorder`` writes on every
-    rank that opens one, and warns on every rank but zero."""
+    """A real ``TorchTrainer`` of two workers (Lightning under Ray's DDP strategy, then
+    a Keras fit on each): each callback writes one record, on rank zero, whose
+    ``info["ray_train"]`` gives the Train run's name, the rank and the world size; a
+    hand-used ``Recorder`` writes on every rank that opens one, and warns on every rank
+    but zero."""
     import json
 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    folders = {key: tmp_path / key for key in ("root", "by_hand", "warnings")}
+    folders = {key: tmp_path / key for key in ("root", "keras", "by_hand", "warnings")}
     folders["warnings"].mkdir()
     trainer = TorchTrainer(
         _train_worker, train_loop_config={k: str(v) for k, v in folders.items()},
@@ -326,6 +336,9 @@ def test_ray_train_workers_rank_zero_writes(local_ray: Any, tmp_path: Path) -> N
     assert (facts["experiment"], facts["world_rank"], facts["world_size"]) == (
         "train-run", 0, 2)
     assert len(record.history["loss"]) == 2 and record.snapshot_epochs == [0, 1]
+    (fitted,) = recordkit.load_all(folders["keras"])  # rank zero's alone
+    assert fitted.status == "completed" and fitted.experiment == "train-run"
+    assert fitted.info["ray_train"]["world_rank"] == 0 and fitted.snapshot_epochs == [0, 1]
 
     by_hand = sorted(recordkit.load_all(folders["by_hand"]), key=lambda r: r.params["rank"])
     assert [(r.params["rank"], r.info["ray_train"]["world_rank"], r.experiment)

@@ -21,7 +21,7 @@ from recordkit.errors import RecordkitWarning
 from recordkit.masking import mask_text
 
 __all__ = ["TRIAL_STOP_WAIT_S", "is_ray_stop", "is_trial_pruned", "optuna_trial_facts",
-           "ray_train_warning", "ray_train_worker", "ray_trial",
+           "ray_train_rank", "ray_train_warning", "ray_train_worker", "ray_trial",
            "status_for_exception", "storage_url", "with_trial_params"]
 
 
@@ -217,6 +217,17 @@ def ray_train_worker() -> dict[str, Any] | None:
                                world_rank="get_world_rank", world_size="get_world_size",
                                local_rank="get_local_rank", node_rank="get_node_rank")
     return facts if isinstance(facts.get("world_rank"), int) else None
+
+
+def ray_train_rank() -> int | None:
+    """This process's world rank when it is a Ray Train worker, else None.
+
+    Example:
+        >>> ray_train_rank() is None
+        True
+    """
+    facts = ray_train_worker()
+    return None if facts is None else facts["world_rank"]
 
 
 def ray_train_warning(facts: Mapping[str, Any], path: os.PathLike[str] | str) -> str | None:

@@ -81,7 +81,8 @@ Choices worth knowing:
   ``Record.info["vector_metrics"]`` maps each to its shape and element names.
 - **Distributed.** Under ``tf.distribute`` only the chief writes (``MirroredStrategy``
   has one process and so one record); ``Record.info["distribution"]`` says how many
-  replicas trained.
+  replicas trained. In a Ray Train worker (``train_loop_per_worker`` of a
+  ``TensorflowTrainer``, or any other trainer) only world rank zero writes.
 - **Optuna.** ``RecordCallback(..., trial=trial)`` records the trial (see
   :class:`~recordkit.Recorder`'s ``trial``): its params, number, study and storage. A
   fit that ``optuna.TrialPruned`` leaves (optuna-integration's ``KerasPruningCallback``)
@@ -145,6 +146,7 @@ from recordkit.integrations._keras_internals import (
 )
 from recordkit.paths import resolve_path
 from recordkit.recorder import Recorder, find_unfinished, params_hash_of
+from recordkit.trials import ray_train_rank
 
 __all__ = ["RecordCallback", "is_chief"]
 
@@ -278,7 +280,8 @@ class RecordCallback(RecordingCallback, keras.callbacks.Callback):
         self._running = running
         self._trap.set(self.model, running)
         self._fit = _KerasFit(call_args=running.call_args if running else {},
-                              writes=is_chief(facts.cluster_resolver(self.model)))
+                              writes=is_chief(facts.cluster_resolver(self.model))
+                              and ray_train_rank() in (None, 0))
         self._continue_path = continue_path
         self._fit_thread = threading.get_ident()
         if self._fit.writes:
