@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import socket
@@ -758,6 +759,8 @@ def test_backup_and_restore_after_crash(tmp_path: Path, how: str) -> None:
         other = RecordCallback(tmp_path / "records", params={"lr": 0.5})
         with pytest.raises(RuntimeError, match="boom"):
             fit(tiny_model(), [other, Crash(at=2)], epochs=5)
+        del other  # its record, open since its fit raised, is closed as it is collected
+        gc.collect()
     again = {"same_callback": callback,
              "resume": RecordCallback(tmp_path / "records", resume=path),
              "auto": RecordCallback(tmp_path / "records", params={"lr": 0.01},

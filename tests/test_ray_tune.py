@@ -8,6 +8,7 @@ read back with ``load_all`` and compared with the ``ResultGrid`` value by value.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support import require
+from tests.support import SUBPROCESS_TIMEOUT_S, require
 
 ray = require("ray", "sweeps")
 torch = require("torch", "lightning")
@@ -27,7 +28,12 @@ from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback 
 
 import recordkit  # noqa: E402
 from recordkit.recorder import Recorder  # noqa: E402
-from recordkit.trials import is_ray_stop, ray_trial, status_for_exception  # noqa: E402
+from recordkit.trials import (  # noqa: E402
+    is_ray_stop,
+    ray_train_worker,
+    ray_trial,
+    status_for_exception,
+)
 from recordkit.verify import verify  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -219,12 +225,35 @@ def test_recorder_and_keras_trials_without_reuse(local_ray: Any, tmp_path: Path)
 
 
 def test_outside_a_trial_nothing_is_detected(tmp_path: Path) -> None:
-    assert ray_trial() is None
+    assert "ray.train" in sys.modules  # imported with ray.tune: asked, and not a worker
+    assert ray_trial() is None and ray_train_worker() is None
     with Recorder(tmp_path, params={"lr": 0.1}, system=False) as rec:
         pass
     record = recordkit.load(rec.path)
-    assert record.experiment == "default" and "ray_tune" not in record.info
+    assert record.experiment == "default"
+    assert "ray_tune" not in record.info and "ray_train" not in record.info
     assert record.params == {"lr": 0.1}
+
+
+def test_train_v1_context_outside_a_worker_is_not_a_worker(tmp_path: Path) -> None:
+    """Train v1's context is there in every process, its world rank 0 outside a worker:
+    a driver's Recorder must not take it for rank zero of a Train run."""
+    code = ("import sys, ray.tune, ray.train, recordkit\n"
+            "from recordkit.trials import ray_train_worker\n"
+            "from ray.train.v2._internal.constants import is_v2_enabled\n"
+            "assert not is_v2_enabled()\n"
+            "assert ray.train.get_context().get_world_rank() == 0  # v1's default\n"
+            "assert ray_train_worker() is None\n"
+            "with recordkit.Recorder(sys.argv[1], system=False) as rec:\n"
+            "    pass\n"
+            "record = recordkit.load(rec.path)\n"
+            "assert 'ray_train' not in record.info and record.experiment == 'default'\n"
+            "print('ok')\n")
+    env = {**os.environ, "RAY_TRAIN_V2_ENABLED": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
 def test_a_users_own_exit_is_not_a_tune_stop() -> None:
@@ -273,7 +302,7 @@ def _train_worker(config: dict[str, Any]) -> None:
         with Recorder(config["by_hand"], params={"rank": rank}, system=False) as rec:
             rec.log({"loss": float(rank)}, epoch=0)
     Path(config["warnings"], f"rank-{rank}.json").write_text(
-        json.dumps([str(w.message) for w in caught]))
+        json.dumps([[w.category.__name__, str(w.message)] for w in caught]))
 
     class Tiny(lp.LightningModule):
         def __init__(self) -> None:
@@ -345,6 +374,6 @@ def test_ray_train_workers_rank_zero_writes(local_ray: Any, tmp_path: Path) -> N
             for r in by_hand] == [(0, 0, "train-run"), (1, 1, "train-run")]
     said = {rank: json.loads((folders["warnings"] / f"rank-{rank}.json").read_text())
             for rank in (0, 1)}
-    assert not [w for w in said[0] if "Ray Train" in w]
-    (warning,) = [w for w in said[1] if "Ray Train" in w]
-    assert "rank 1 of 2" in warning and str(by_hand[1].path) in warning
+    assert not [text for kind, text in said[0] if kind == "RecordkitWarning"]
+    (warning,) = [text for kind, text in said[1] if kind == "RecordkitWarning"]
+    assert "Ray Train worker rank 1 of 2" in warning and str(folders["by_hand"]) in warning

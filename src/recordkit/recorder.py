@@ -38,6 +38,7 @@ from recordkit.runindex import add_closed_run
 from recordkit.snapshots import Snapshots
 from recordkit.trials import (
     is_trial_pruned,
+    ray_train_rank,
     ray_train_warning,
     ray_train_worker,
     ray_trial,
@@ -47,7 +48,7 @@ from recordkit.trials import (
 )
 
 __all__ = ["Recorder", "find_unfinished", "is_trial_pruned", "new_run_id", "params_hash_of",
-           "status_for_exception", "storage_url", "take_trial_records"]
+           "ray_train_rank", "status_for_exception", "storage_url", "take_trial_records"]
 
 #: A record whose estimated final size exceeds this gets a warning before its first snapshot.
 SIZE_WARNING_BYTES = 10 * 1024**3
@@ -142,8 +143,8 @@ class Recorder:
     with no argument, the trial's config as params (*params* adds to them and wins on a
     clash), the experiment's name as *experiment* and the trial's name as *name* (each
     unless given), and ``info["ray_tune"]`` holds ``trial_id``, ``trial_name``,
-    ``experiment``, ``trial_dir`` (and ``world_rank`` / ``world_size`` under Ray Train,
-    where the config is not found: pass it as *params*). In a Ray Train worker
+    ``experiment``, ``trial_dir`` (and ``world_rank`` / ``world_size`` in a Ray Train v1
+    worker, where the config is not found: pass it as *params*). In a Ray Train worker
     (``train_loop_per_worker``) ``info["ray_train"]`` holds the Train run's name (also
     the default *experiment*), ``world_rank``, ``world_size``, ``local_rank`` and
     ``node_rank``, and a Recorder opened on a rank other than zero warns: every worker
@@ -199,6 +200,10 @@ class Recorder:
         train = ray_train_worker() if ray is None else None  # a Ray Train v2 worker
         if train is not None and experiment is None:
             experiment = train.get("experiment")
+        # before the file is made: a warning turned into an error leaves no record behind
+        warning = ray_train_warning(train or (ray[1] if ray else {}), root)
+        if warning is not None:
+            warnings.warn(warning, RecordkitWarning, stacklevel=2)
         if trial is not None:
             params, trial_facts = with_trial_params(params, trial)
             name = f"trial-{trial_facts['trial']}" if name is None else name
@@ -241,9 +246,6 @@ class Recorder:
             self.set_info({"ray_tune": ray[1]})
         if train is not None:
             self.set_info({"ray_train": train})
-        warning = ray_train_warning(train or (ray[1] if ray else {}), self._path)
-        if warning is not None:
-            warnings.warn(warning, RecordkitWarning, stacklevel=2)
 
 
     @property

@@ -142,8 +142,9 @@ def with_trial_params(params: Mapping[str, Any] | argparse.Namespace | None, tri
 def ray_trial() -> tuple[dict[str, Any] | None, dict[str, Any]] | None:
     """The Ray Tune trial this thread runs, or None outside one: its config (None when it
     cannot be found) and the facts that go into ``info["ray_tune"]``: ``trial_id``,
-    ``trial_name``, ``experiment``, ``trial_dir``, and under Ray Train ``world_rank``
-    and ``world_size``.
+    ``trial_name``, ``experiment``, ``trial_dir``, and in a Ray Train v1 worker
+    ``world_rank`` and ``world_size`` (a v2 worker has no Tune context:
+    :func:`ray_train_worker`).
 
     The facts come from Ray's public context API, ``ray.tune.get_context()``
     (``get_trial_id`` is None outside a trial). Ray has no public API for the trial's
@@ -196,8 +197,13 @@ def ray_train_worker() -> dict[str, Any] | None:
 
     Ray Train's workers (a ``TorchTrainer``'s ``train_loop_per_worker``, run inside a Tune
     trial or not) have no Tune context since Train v2 (Ray 2.51's default): they are told
-    by ``ray.train.get_context()``, which raises outside a worker. Asked only when the
-    process has imported ``ray.train`` (a Train worker always has).
+    by ``ray.train.get_context()``, which raises outside a worker, and gives a worker's
+    ``DistributedTrainContext`` inside one. Anything else is not a worker: Train v1's
+    context, which is there in every process (a v1 worker has the Tune context, which
+    :func:`ray_trial` reads), and Train v2's local mode (``ScalingConfig(num_workers=0)``),
+    whose context stays set in the driver after its ``fit()``. Asked only when the process
+    has imported ``ray.train`` (a Train worker always has); no context method is called
+    outside a worker, so none of Ray's warnings of misuse is used up.
 
     Example:
         >>> ray_train_worker() is None  # not a Ray Train worker
@@ -212,6 +218,8 @@ def ray_train_worker() -> dict[str, Any] | None:
         try:
             context = get_context()
         except Exception:  # outside a worker: "Ray Train function utilities not initialized"
+            return None
+        if type(context).__name__ != "DistributedTrainContext":
             return None
         facts = _context_facts(context, experiment="get_experiment_name",
                                world_rank="get_world_rank", world_size="get_world_size",
@@ -230,15 +238,17 @@ def ray_train_rank() -> int | None:
     return None if facts is None else facts["world_rank"]
 
 
-def ray_train_warning(facts: Mapping[str, Any], path: os.PathLike[str] | str) -> str | None:
-    """The warning for a ``Recorder`` opened on Ray Train worker *facts* other than rank
-    zero (every worker that opens one writes a record of its own), or None on rank zero."""
+def ray_train_warning(facts: Mapping[str, Any], root: os.PathLike[str] | str) -> str | None:
+    """The warning for a ``Recorder`` opened under *root* on Ray Train worker *facts*
+    other than rank zero (every worker that opens one writes a record of its own), or
+    None on rank zero. The same text for every record under *root*: Python shows it once
+    per place."""
     rank = facts.get("world_rank")
     if rank in (0, None):
         return None
     return (f"recordkit: Recorder opened on Ray Train worker rank {rank} of "
-            f"{facts.get('world_size', '?')} ({path}): every worker that opens one writes a "
-            "record of its own; open it on rank zero only "
+            f"{facts.get('world_size', '?')} (records under {str(root)!r}): every worker "
+            "that opens one writes a record of its own; open it on rank zero only "
             "(ray.train.get_context().get_world_rank() == 0), as the callbacks do")
 
 

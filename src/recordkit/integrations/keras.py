@@ -145,8 +145,7 @@ from recordkit.integrations._keras_internals import (
     running_fit,
 )
 from recordkit.paths import resolve_path
-from recordkit.recorder import Recorder, find_unfinished, params_hash_of
-from recordkit.trials import ray_train_rank
+from recordkit.recorder import Recorder, find_unfinished, params_hash_of, ray_train_rank
 
 __all__ = ["RecordCallback", "is_chief"]
 

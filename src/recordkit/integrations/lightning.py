@@ -46,11 +46,11 @@ Choices worth knowing:
   so once.
 - Resuming with ``fit(ckpt_path=...)`` reopens the record named in the checkpoint (the
   callback's ``state_dict``), drops what it holds from the restored epoch on and goes on.
-- Only global rank zero writes. Metrics are read on every rank, so that the collective
-  calls a metric with ``sync_dist=True`` makes happen in the same order everywhere. Under
-  ``FSDPStrategy`` every rank takes part in gathering each snapshot (rank zero writes);
-  DeepSpeed and ``ModelParallelStrategy`` are refused at ``setup``
-  (``recordkit.integrations._lightning_sharded``).
+- Only global rank zero writes (in a Ray Train worker, world rank zero). Metrics are
+  read on every rank, so that the collective calls a metric with ``sync_dist=True`` makes
+  happen in the same order everywhere. Under ``FSDPStrategy`` every rank takes part in
+  gathering each snapshot (rank zero writes); DeepSpeed and ``ModelParallelStrategy`` are
+  refused at ``setup`` (``recordkit.integrations._lightning_sharded``).
 - Each kind of warning is shown once per process, at the user's line that called
   ``fit``, and names no run (a sweep of 100 fits prints it once).
 """
@@ -85,7 +85,7 @@ from recordkit.integrations._lightning_metrics import (
     written_since,
 )
 from recordkit.integrations._lightning_warnings import warn_once
-from recordkit.recorder import Recorder
+from recordkit.recorder import Recorder, ray_train_rank
 
 __all__ = ["RecordCallback"]
 
@@ -293,7 +293,9 @@ class RecordCallback(RecordingCallback, _LightningCallback):
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._close_quietly()  # a callback reused for a second fit starts a new record
-        self._fit = _LightningFit(stage=stage, writes=bool(trainer.is_global_zero))
+        # in a Ray Train worker, world rank zero only, whatever strategy each worker runs
+        self._fit = _LightningFit(stage=stage, writes=bool(trainer.is_global_zero)
+                                  and ray_train_rank() in (None, 0))
         if trainer.fast_dev_run:
             self._fit.writes = False
             warn_once("fast_dev_run", (
