@@ -65,13 +65,9 @@ def _data(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, (x @ np.arange(1.0, 5.0, dtype="float32"))[:, None]
 
 
-def _lightning_trial(config: dict[str, Any], root: str) -> None:
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from recordkit.integrations.lightning import RecordCallback
-
-    torch.set_num_threads(1)
-    torch.manual_seed(config["seed"])
+def _tiny_module(lr: float, offset: float) -> Any:
+    """A one-layer LightningModule fitting y + *offset*; its epoch loss is synchronised
+    across ranks (a no-op in one process)."""
 
     class Tiny(lp.LightningModule):
         def __init__(self) -> None:
@@ -80,12 +76,23 @@ def _lightning_trial(config: dict[str, Any], root: str) -> None:
 
         def training_step(self, batch: Any, _: int) -> Any:
             x, y = batch
-            loss = torch.nn.functional.mse_loss(self.layer(x), y + config["offset"])
-            self.log("loss", loss, on_step=False, on_epoch=True)
+            loss = torch.nn.functional.mse_loss(self.layer(x), y + offset)
+            self.log("loss", loss, on_step=False, on_epoch=True, sync_dist=True)
             return loss
 
         def configure_optimizers(self) -> Any:
-            return torch.optim.SGD(self.parameters(), lr=config["lr"])
+            return torch.optim.SGD(self.parameters(), lr=lr)
+
+    return Tiny()
+
+
+def _lightning_trial(config: dict[str, Any], root: str) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from recordkit.integrations.lightning import RecordCallback
+
+    torch.set_num_threads(1)
+    torch.manual_seed(config["seed"])
 
     x, y = _data(config["seed"])
     data = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=32)
@@ -95,7 +102,7 @@ def _lightning_trial(config: dict[str, Any], root: str) -> None:
         callbacks=[RecordCallback(root),  # before Tune's report: the stopped epoch is in
                    TuneReportCheckpointCallback(metrics=["loss"], save_checkpoints=False,
                                                 on="train_epoch_end")])
-    trainer.fit(Tiny(), data)
+    trainer.fit(_tiny_module(config["lr"], config["offset"]), data)
 
 
 def _keras_trial(config: dict[str, Any], root: str) -> None:
@@ -304,20 +311,6 @@ def _train_worker(config: dict[str, Any]) -> None:
     Path(config["warnings"], f"rank-{rank}.json").write_text(
         json.dumps([[w.category.__name__, str(w.message)] for w in caught]))
 
-    class Tiny(lp.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = torch.nn.Linear(4, 1)
-
-        def training_step(self, batch: Any, _: int) -> Any:
-            x, y = batch
-            loss = torch.nn.functional.mse_loss(self.layer(x), y)
-            self.log("loss", loss, on_step=False, on_epoch=True, sync_dist=True)
-            return loss
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.SGD(self.parameters(), lr=0.01)
-
     x, y = _data(rank)
     data = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=32)
     trainer = lp.Trainer(
@@ -325,7 +318,7 @@ def _train_worker(config: dict[str, Any]) -> None:
         enable_model_summary=False, accelerator="cpu", devices="auto",
         strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()],
         callbacks=[RecordCallback(config["root"], params={"lr": 0.01})])
-    prepare_trainer(trainer).fit(Tiny(), data)
+    prepare_trainer(trainer).fit(_tiny_module(0.01, 0.0), data)
 
     import keras  # the torch backend (the workers' environment): each rank fits its own
 

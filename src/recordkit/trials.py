@@ -165,23 +165,13 @@ def ray_trial() -> tuple[dict[str, Any] | None, dict[str, Any]] | None:
         >>> ray_trial() is None  # not inside a Tune trial
         True
     """
-    tune = sys.modules.get("ray.tune")
-    get_context = getattr(tune, "get_context", None)
-    if not callable(get_context):
+    context = _ray_context("ray.tune")
+    trial_id = _context_facts(context, trial_id="get_trial_id").get("trial_id")
+    if not isinstance(trial_id, str) or not trial_id:  # no context, or not in a trial
         return None
-    with warnings.catch_warnings():  # Ray warns when a context method is used outside
-        warnings.simplefilter("ignore")
-        try:
-            context = get_context()
-            trial_id = context.get_trial_id()
-        except Exception:  # Ray raised: no trial to detect
-            return None
-        if not isinstance(trial_id, str) or not trial_id:
-            return None
-        facts = {"trial_id": trial_id, **_context_facts(
-            context, trial_name="get_trial_name", experiment="get_experiment_name",
-            trial_dir="get_trial_dir", world_rank="get_world_rank",
-            world_size="get_world_size")}
+    facts = {"trial_id": trial_id, **_context_facts(
+        context, trial_name="get_trial_name", experiment="get_experiment_name",
+        trial_dir="get_trial_dir", world_rank="get_world_rank", world_size="get_world_size")}
     trainable = _running_trainable(trial_id, sys._getframe(1))
     if trainable is None:
         return None, facts
@@ -209,21 +199,12 @@ def ray_train_worker() -> dict[str, Any] | None:
         >>> ray_train_worker() is None  # not a Ray Train worker
         True
     """
-    train = sys.modules.get("ray.train")
-    get_context = getattr(train, "get_context", None)
-    if not callable(get_context):
+    context = _ray_context("ray.train")  # v2 raises outside a worker: None
+    if type(context).__name__ != "DistributedTrainContext":
         return None
-    with warnings.catch_warnings():  # Ray warns when a context method is used outside
-        warnings.simplefilter("ignore")
-        try:
-            context = get_context()
-        except Exception:  # outside a worker: "Ray Train function utilities not initialized"
-            return None
-        if type(context).__name__ != "DistributedTrainContext":
-            return None
-        facts = _context_facts(context, experiment="get_experiment_name",
-                               world_rank="get_world_rank", world_size="get_world_size",
-                               local_rank="get_local_rank", node_rank="get_node_rank")
+    facts = _context_facts(context, experiment="get_experiment_name",
+                           world_rank="get_world_rank", world_size="get_world_size",
+                           local_rank="get_local_rank", node_rank="get_node_rank")
     return facts if isinstance(facts.get("world_rank"), int) else None
 
 
@@ -252,17 +233,36 @@ def ray_train_warning(facts: Mapping[str, Any], root: os.PathLike[str] | str) ->
             "(ray.train.get_context().get_world_rank() == 0), as the callbacks do")
 
 
-def _context_facts(context: Any, **methods: str) -> dict[str, Any]:
-    """The facts a Ray context gives, by key, from its methods; a fact it cannot give
-    here (the method raised, or gave no string or int) is left out."""
-    facts: dict[str, Any] = {}
-    for key, method in methods.items():
+def _ray_context(module: str) -> Any:
+    """``get_context()`` of the Ray module *module* (``ray.tune``, ``ray.train``) when
+    the process has imported it; None when it has not, or when Ray raised."""
+    get_context = getattr(sys.modules.get(module), "get_context", None)
+    if not callable(get_context):
+        return None
+    with warnings.catch_warnings():  # Ray warns when its context is used outside
+        warnings.simplefilter("ignore")
         try:
-            value = getattr(context, method)()
-        except Exception:  # a fact Ray cannot give here is left out
-            continue
-        if isinstance(value, (str, int)) and not isinstance(value, bool):
-            facts[key] = value
+            return get_context()
+        except Exception:  # e.g. Train v2 outside a worker: "... not initialized"
+            return None
+
+
+def _context_facts(context: Any, **methods: str) -> dict[str, Any]:
+    """The facts a Ray context gives, by key, from its methods (Ray's warnings of use
+    outside a trial or worker silenced); a fact it cannot give here (no context, the
+    method raised, or gave no string or int) is left out."""
+    facts: dict[str, Any] = {}
+    if context is None:
+        return facts
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key, method in methods.items():
+            try:
+                value = getattr(context, method)()
+            except Exception:  # a fact Ray cannot give here is left out
+                continue
+            if isinstance(value, (str, int)) and not isinstance(value, bool):
+                facts[key] = value
     return facts
 
 
