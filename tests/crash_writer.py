@@ -22,6 +22,7 @@ report.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -57,6 +58,7 @@ def weights(epoch: int, big: bool = False, side: int | None = None, small: bool 
                          + epoch).astype(np.float32),
         "layer.bias": np.full(side, epoch, dtype=np.float64),
     }
+    out[DIRECT] = _direct(epoch)  # one chunk above HDF5's chunk cache: an O_DIRECT write
     for i in range(SMALL if small else 0):  # packed into one dataset (format v3)
         out[f"norm{i}.scale"] = np.full(3, epoch + i, dtype=np.float32)
     if epoch >= 2:  # a tensor that first appears later, and a name tied to a tensor
@@ -71,10 +73,28 @@ def weights(epoch: int, big: bool = False, side: int | None = None, small: bool 
 
 #: Small tensors of each pack (as many as make a pack).
 SMALL = PACK_MIN_TENSORS
+#: A tensor of every snapshot whose one chunk (2 MiB, whole pages) is written with a
+#: direct write (recordkit.format.directio): kills land inside those writes too.
+DIRECT = "direct/w"
+DIRECT_SHAPE = (520, 1024)
 #: The tied tensors of :func:`weights`, once they appear (epoch 2); with *small*, also
 #: :data:`SMALL_ALIASES`.
 ALIASES = {"tied/w": "head/w"}
 SMALL_ALIASES = {"late/tied": "late/norm0"}
+
+
+@functools.lru_cache(maxsize=1)
+def _direct_base() -> np.ndarray:
+    return (np.arange(DIRECT_SHAPE[0] * DIRECT_SHAPE[1], dtype=np.float32)
+            .reshape(DIRECT_SHAPE) % 241)
+
+
+@functools.lru_cache(maxsize=16)
+def _direct(epoch: int) -> np.ndarray:
+    """The :data:`DIRECT` tensor of *epoch* (kept: the checks ask for it often)."""
+    out = _direct_base() - np.float32(epoch)
+    out.flags.writeable = False
+    return out
 
 
 def _weight_keys(path: str) -> list[str] | None:
@@ -134,6 +154,8 @@ def check(path: str, last_committed: int, big: bool = False, *, side: int | None
     aliases = {**ALIASES, **(SMALL_ALIASES if small else {})}
     if "head/w" in record.tensor_names and record.tensor_aliases != aliases:
         failures.append(f"aliases {record.tensor_aliases!r}, expected {aliases!r}")
+    if snaps and DIRECT not in record.tensor_names:
+        failures.append(f"{DIRECT!r} missing: {record.tensor_names!r}")
     if small and snaps and sum(n.startswith(("norm", "late/norm"))
                                for n in record.tensor_names) < SMALL:
         failures.append(f"small tensors missing: {record.tensor_names!r}")

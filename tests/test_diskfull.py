@@ -35,21 +35,23 @@ from recordkit.errors import RecordWriteError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _writer(root: str, fsize_limit: int) -> None:
-    """Child: record 1 MiB snapshots until a write fails; report what happened as JSON."""
+def _writer(root: str, fsize_limit: int, rows: int = 512) -> None:
+    """Child: record snapshots of one tensor of *rows* x 512 float32 (512: 1 MiB, written
+    through HDF5; 1040: one 2 MiB chunk, written with O_DIRECT) until a write fails;
+    report what happened as JSON."""
     import resource
     import signal
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if fsize_limit:
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
-    committed, error, path = -1, None, None
+    committed, error, path, rec = -1, None, None, None
     try:
         rec = recordkit.Recorder(root, params={"x": 1}, system=False)
         path = str(rec.path)
         for epoch in range(1000):
             rec.log({"loss": float(epoch)}, epoch=epoch)
-            rec.snapshot({"w": np.full((512, 512), epoch, np.float32)}, epoch=epoch)
+            rec.snapshot({"w": np.full((rows, 512), epoch, np.float32)}, epoch=epoch)
             rec.commit()
             committed = epoch
     except RecordWriteError as err:
@@ -60,7 +62,9 @@ def _writer(root: str, fsize_limit: int) -> None:
             error["close"] = str(again)
     except BaseException as err:  # a raw error is a test failure
         error = {"type": type(err).__name__, "msg": str(err), "raw": True}
-    print(json.dumps({"committed": committed, "error": error, "path": path}), flush=True)
+    direct = rec._snapshots._store.direct_bytes if rec is not None else 0
+    print(json.dumps({"committed": committed, "error": error, "path": path,
+                      "direct": direct}), flush=True)
 
 
 def _run_child(call: str) -> dict:
@@ -74,8 +78,12 @@ def _run_child(call: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_writer(root: Path, fsize_limit: int = 0) -> dict:
-    return _run_child(f"_writer({str(root)!r}, {fsize_limit})")
+def run_writer(root: Path, fsize_limit: int = 0, rows: int = 512) -> dict:
+    return _run_child(f"_writer({str(root)!r}, {fsize_limit}, {rows})")
+
+
+#: (rows of the tensor, whether its chunks are written with O_DIRECT, the size limit)
+WRITES = {"through HDF5": (512, False, 5), "direct": (1040, True, 9)}
 
 
 def assert_committed_epochs_readable(result: dict) -> None:
@@ -89,14 +97,40 @@ def assert_committed_epochs_readable(result: dict) -> None:
     assert record.status in ("failed", "interrupted")
 
 
-def test_file_too_large_is_a_clear_error_and_committed_epochs_stay(tmp_path: Path) -> None:
-    result = run_writer(tmp_path, fsize_limit=5 * 1024 * 1024)
+def _check_direct(result: dict, direct: bool) -> None:
+    """The writes were the kind the case is about (a file system without O_DIRECT
+    writes through HDF5 whatever the chunk)."""
+    if not direct:
+        assert result["direct"] == 0, result
+    elif result["direct"] == 0 and not _takes_o_direct(Path(result["path"]).parent):
+        pytest.skip("this file system refuses O_DIRECT")
+    else:
+        assert result["direct"] > 0, result
+
+
+def _takes_o_direct(folder: Path) -> bool:
+    probe = folder / ".o_direct-probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0)))
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+    return hasattr(os, "O_DIRECT")
+
+
+@pytest.mark.parametrize("writes", sorted(WRITES))
+def test_file_too_large_is_a_clear_error_and_committed_epochs_stay(tmp_path: Path,
+                                                                  writes: str) -> None:
+    rows, direct, mib = WRITES[writes]
+    result = run_writer(tmp_path, fsize_limit=mib * 1024 * 1024, rows=rows)
     error = result["error"]
     assert error is not None and not error.get("raw"), result
     assert error["type"] == "RecordWriteError"
     assert "larger than this process may write" in error["msg"]
     assert result["path"] in error["msg"]
     assert_committed_epochs_readable(result)
+    _check_direct(result, direct)
 
 
 def _big_write(root: str, fsize_limit: int, operation: str) -> None:
@@ -182,16 +216,21 @@ def mounted(target: Path, *args: str) -> Iterator[None]:
         subprocess.run(["umount", "-l", str(target)], check=False)
 
 
-def test_disk_full_is_a_clear_error_and_committed_epochs_stay(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writes", sorted(WRITES))
+def test_disk_full_is_a_clear_error_and_committed_epochs_stay(tmp_path: Path,
+                                                             writes: str) -> None:
+    rows, direct, mib = WRITES[writes]
     disk = tmp_path / "tiny"
-    with mounted(disk, "-t", "tmpfs", "-o", "size=3m", f"recordkit-{uuid.uuid4().hex[:6]}"):
-        result = run_writer(disk)
+    with mounted(disk, "-t", "tmpfs", "-o", f"size={mib - 2}m",
+                 f"recordkit-{uuid.uuid4().hex[:6]}"):
+        result = run_writer(disk, rows=rows)
         error = result["error"]
         assert error is not None and not error.get("raw"), result
         assert error["type"] == "RecordWriteError"
         assert "disk is full" in error["msg"] and "are free" in error["msg"]
         assert result["path"] in error["msg"]
         assert_committed_epochs_readable(result)
+        _check_direct(result, direct)
 
 
 def test_read_only_folder_is_a_clear_error(tmp_path: Path) -> None:

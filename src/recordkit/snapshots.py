@@ -22,6 +22,8 @@ from recordkit.dtypes import (
     stored_spec,
 )
 from recordkit.errors import RecordClosedError, RecordkitWarning, SnapshotError, describe_error
+from recordkit.format.chunkread import page_aligned
+from recordkit.format.directio import MIN_DIRECT_BYTES
 from recordkit.format.filters import dataset_options
 from recordkit.format.weights import (
     Last,
@@ -320,6 +322,11 @@ class Snapshots:
                 and buffer.dtype == array.dtype and type(buffer) is type(array)):
             np.copyto(buffer, array)
             return buffer
+        if type(array) is np.ndarray and array.nbytes > MIN_DIRECT_BYTES:
+            # page-aligned, as a direct write of its chunks needs (format.directio)
+            buffer = page_aligned(array.nbytes).view(array.dtype).reshape(array.shape)
+            np.copyto(buffer, array)
+            return buffer
         return array.copy()  # .copy() keeps BFloat16Bits
 
     def _start_writer(self) -> SnapshotWriter:
@@ -450,21 +457,24 @@ class Snapshots:
                 # what earlier commits wrote.
                 run.ensure_space(sum(int(a.nbytes) for a, _ in encoded.values()), what)
                 plan = self._store.prepare(f, run.path, epoch, step, encoded)
-        for target in plan.targets:
-            if job is not None and job.specs is not None:
-                if target.members:  # a pack: written once all its members are copied
-                    for name, offset in target.members:
-                        array = _stored(name, job.take(name), encoded[name][0])
-                        target.array[offset:offset + array.size] = array.reshape(-1)
-                else:
-                    target.array = _stored(target.name, job.take(target.name),
-                                           target.array)
-            for part in slices(target):
-                with run.lock, run.as_write_error(what):
-                    SnapshotStore.write(target, part)
-        with run.lock, run.as_write_error(what):
-            self._store.finish(f, plan)
-            fd = run.fsync_handle() if self._durable else None
+        try:
+            for target in plan.targets:
+                if job is not None and job.specs is not None:
+                    if target.members:  # a pack: written once all its members are copied
+                        for name, offset in target.members:
+                            array = _stored(name, job.take(name), encoded[name][0])
+                            target.array[offset:offset + array.size] = array.reshape(-1)
+                    else:
+                        target.array = _stored(target.name, job.take(target.name),
+                                               target.array)
+                for part in slices(target):
+                    with run.lock, run.as_write_error(what):
+                        SnapshotStore.write(target, part)
+            with run.lock, run.as_write_error(what):
+                self._store.finish(f, plan)
+                fd = run.fsync_handle() if self._durable else None
+        finally:
+            plan.close()  # its direct writes' descriptor, when it failed before finish
         if fd is not None:  # without the lock: log() need not wait for the disk
             with run.as_write_error(what):
                 os.fsync(fd)

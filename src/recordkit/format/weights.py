@@ -5,8 +5,10 @@ snapshot table (``/snapshots``) that says which epoch each snapshot index is.
 Crash safety rests on one order: a snapshot's tensors (and their checksums) are written
 and flushed before its table row, and readers trust only the snapshots the table lists.
 
-Version 2 writes each chunk whole with ``H5Dwrite_chunk`` straight from the snapshot's
-buffer (no HDF5 filter, so no copy), its CRC32C computed alongside; version 1 files
+Version 2 writes each chunk whole straight from the snapshot's buffer, its CRC32C
+computed alongside: with a direct write (``O_DIRECT``, :mod:`.directio`) where the chunk
+is larger than HDF5's chunk cache and the file system allows it, else with
+``H5Dwrite_chunk`` (no HDF5 filter, so no copy but the kernel's); version 1 files
 (resumed by this writer) keep HDF5's fletcher32 filter, as they were written."""
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ from recordkit.format.chunkread import (
     stored_fd,
 )
 from recordkit.format.chunks import read_chunk, write_chunk
+from recordkit.format.directio import (
+    direct_size,
+    early_allocation,
+    open_direct,
+    write_at,
+    writes_directly,
+)
 from recordkit.format.filters import ensure_readable
 from recordkit.format.history import check_rows
 from recordkit.format.layout import (
@@ -391,6 +400,10 @@ class SnapshotTarget:
     #: (v3) For a pack: ``(name, element offset)`` of each member, whose stored array is
     #: copied, flattened, into *array* at its offset.
     members: tuple[tuple[str, int], ...] = ()
+    #: A descriptor for direct writes of its chunks (:mod:`.directio`), else None.
+    fd: int | None = None
+    #: Bytes of its chunks written with direct writes so far.
+    direct_bytes: int = 0
 
 
 @dataclasses.dataclass
@@ -403,6 +416,17 @@ class SnapshotPlan:
     index: int
     replaces: bool
     targets: list[SnapshotTarget]
+    #: The descriptor its direct writes use (:func:`.directio.open_direct`), else None:
+    #: closed by :meth:`close`.
+    fd: int | None = None
+
+    def close(self) -> None:
+        """Close the descriptor of its direct writes (safe to call twice)."""
+        fd, self.fd = self.fd, None
+        for target in self.targets:
+            target.fd = None
+        if fd is not None:
+            os.close(fd)
 
 
 @dataclasses.dataclass
@@ -423,6 +447,8 @@ class _Known:
     members: tuple[PackMember, ...] = ()
     #: The link name under /weights.
     key: str = ""
+    #: Its chunks may be written with direct writes (:func:`.directio.writes_directly`).
+    early: bool = False
 
     @classmethod
     def of(cls, ds: h5py.Dataset, key: str, sums_group: h5py.Group | None,
@@ -432,7 +458,8 @@ class _Known:
         direct = checked and ds.id.get_create_plist().get_nfilters() == 0
         return cls(ds, sums, tuple(ds.shape[1:]), ds.dtype, attr_str(ds, DTYPE_ATTR),
                    int(read_attr(ds, FIRST_SNAPSHOT_ATTR, 0)), int(ds.shape[0]), ds.chunks,
-                   int(sums.shape[1]) if sums is not None else 0, direct, packed, key)
+                   int(sums.shape[1]) if sums is not None else 0, direct, packed, key,
+                   direct and sums is not None and writes_directly(ds))
 
     def grow(self, rows: int) -> None:
         """Make room for *rows* rows (dataset and checksums), with h5py's checks skipped."""
@@ -546,6 +573,9 @@ class SnapshotStore:
         #: The record's tied tensors ``{alias: tensor}``: a tensor's aliases are written
         #: on its dataset when it is made (a tensor and its aliases first appear together).
         self.aliases: dict[str, str] = {}
+        #: Bytes of weight chunks written with direct writes (:mod:`.directio`), in all:
+        #: what a benchmark or a test reads to see which write each snapshot took.
+        self.direct_bytes = 0
 
     @staticmethod
     def create(f: h5py.File, *, checksum: bool) -> None:
@@ -648,10 +678,19 @@ class SnapshotStore:
                 None if tensor.checksums is None else np.zeros(tensor.per_row,
                                                                 CHECKSUM_DTYPE),
                 tensor.direct, name))
+        early = []
         for target in targets:
             grown = known[target.members[0][0] if target.members else target.name]
-            (grown.pack if isinstance(grown, _Member) else grown).grow(target.row + 1)
-        return SnapshotPlan(epoch, step, index, replaces, targets)
+            grown = grown.pack if isinstance(grown, _Member) else grown
+            grown.grow(target.row + 1)  # an early-allocated dataset's chunks placed here
+            if grown.early:
+                early.append(target)
+        plan = SnapshotPlan(epoch, step, index, replaces, targets)
+        if early:
+            plan.fd = open_direct(f, path)
+            for target in early:
+                target.fd = plan.fd
+        return plan
 
     def _packs(self, f: h5py.File, encoded: dict[str, tuple[np.ndarray, str]],
                known: dict[str, _Known | _Member], index: int) -> dict[str, list[str]]:
@@ -770,6 +809,10 @@ class SnapshotStore:
             return _Known.of(group[key], key, f.get(CHECKSUMS), version)
         shape = tuple(int(d) for d in array.shape)
         chunks = weight_chunks(shape, array.dtype.itemsize, self._chunk_bytes)
+        # (v2, checked, unfiltered, large chunks) placed as the dataset grows, so that
+        # each chunk can be written directly at its place
+        early = (version >= 2 and self._checksum and self._compression is None
+                 and not packed and direct_size(math.prod(chunks) * array.dtype.itemsize))
         ds = group.create_dataset(
             key,
             shape=(0, *shape),
@@ -781,6 +824,7 @@ class SnapshotStore:
             fletcher32=self._checksum and version < 2,
             compression=self._compression,
             compression_opts=self._compression_opts,
+            dcpl=early_allocation() if early else None,
         )
         write_name(ds, name)
         kind = None
@@ -812,7 +856,8 @@ class SnapshotStore:
                 per_row = 0
         direct = sums is not None and ds.id.get_create_plist().get_nfilters() == 0
         return _Known(ds, sums, shape, ds.dtype, stored_dtype, first_snapshot, 0, ds.chunks,
-                      per_row, direct, tuple(packed or ()), key)
+                      per_row, direct, tuple(packed or ()), key,
+                      early and direct and writes_directly(ds))
 
     @staticmethod
     def write(target: SnapshotTarget, part: slice | None) -> None:
@@ -836,6 +881,8 @@ class SnapshotStore:
         for target in plan.targets:
             if target.checksums is not None and target.crcs is not None:
                 target.checksums[target.row] = target.crcs
+            self.direct_bytes += target.direct_bytes
+        plan.close()
         f.flush()
         table = f[SNAPSHOTS]
         if not plan.replaces:
@@ -891,7 +938,8 @@ def _write_chunks(target: SnapshotTarget, part: slice | None) -> None:
     crcs = target.crcs
     for k, offset in _chunk_ranges(target, part):
         ends = [min(o + c, d) for o, c, d in zip(offset, chunks, shape)]
-        if plain and (not shape or ends[0] - offset[0] == chunks[0]):
+        whole = plain and (not shape or ends[0] - offset[0] == chunks[0])
+        if whole:
             data = array[offset[0]:ends[0]] if shape else array
         else:  # an edge chunk: HDF5 stores it padded to the full chunk shape
             data = np.zeros(chunks, array.dtype)
@@ -900,7 +948,11 @@ def _write_chunks(target: SnapshotTarget, part: slice | None) -> None:
         raw = data.reshape(-1).view(np.uint8)  # a view: the bytes as they are stored
         if crcs is not None:
             crcs[k] = crc32c(raw)
-        write_chunk(dsid, (target.row, *offset), raw)
+        coord = (target.row, *offset)
+        if target.fd is not None and whole and write_at(target.fd, dsid, coord, raw):
+            target.direct_bytes += raw.nbytes
+            continue
+        write_chunk(dsid, coord, raw)
 
 
 def _read_back_crcs(target: SnapshotTarget, part: slice | None) -> None:
