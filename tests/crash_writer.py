@@ -74,7 +74,8 @@ def weights(epoch: int, big: bool = False, side: int | None = None, small: bool 
 #: Small tensors of each pack (as many as make a pack).
 SMALL = PACK_MIN_TENSORS
 #: A tensor of every snapshot whose one chunk (2 MiB, whole pages) is written with a
-#: direct write (recordkit.format.directio): kills land inside those writes too.
+#: direct write (recordkit.format.directio): the crash points kill before those writes
+#: too, the random kills also inside them.
 DIRECT = "direct/w"
 DIRECT_SHAPE = (520, 1024)
 #: The tied tensors of :func:`weights`, once they appear (epoch 2); with *small*, also

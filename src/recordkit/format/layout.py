@@ -174,8 +174,11 @@ SNAPSHOT_CHUNK_ROWS = 170
 #: Names per chunk of /history/metrics.
 METRIC_NAME_CHUNK = 64
 #: File access options of every writer: objects of 4000 bytes or more (history and table
-#: chunks, weight chunks) start on a 4 KiB page boundary. Not stored in the file.
-WRITE_OPTIONS: dict[str, int] = {"alignment_threshold": 4000, "alignment_interval": 4096}
+#: chunks, weight chunks) start on a 4 KiB page boundary; each dataset's chunk cache is
+#: 1 MiB (HDF5 1.14's default; HDF5 2.0 made it 8 MiB), so that a larger weight chunk is
+#: never cached and may be written directly (format/directio.py). Not stored in the file.
+WRITE_OPTIONS: dict[str, int] = {"alignment_threshold": 4000, "alignment_interval": 4096,
+                                 "rdcc_nbytes": 1 << 20}
 #: Target size of one chunk of a weight dataset: big enough for fast appends, small enough
 #: to stay far below HDF5's 4 GiB chunk limit. Tensors above it are split along their axes.
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024

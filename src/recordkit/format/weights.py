@@ -449,6 +449,13 @@ class _Known:
     key: str = ""
     #: Its chunks may be written with direct writes (:func:`.directio.writes_directly`).
     early: bool = False
+    #: Rows it had when this open of the file first saw it: only rows grown since, whose
+    #: chunks this open placed, are written directly. An older row's chunks may lie past
+    #: the end the file's superblock records (a writer killed while a flush wrote the
+    #: chunk index and not yet the superblock), where HDF5 places new blocks on reopening;
+    #: ``H5Dwrite_chunk`` refuses such a place ("addr overflow"), a direct write would
+    #: write over those blocks.
+    bound_rows: int = 0
 
     @classmethod
     def of(cls, ds: h5py.Dataset, key: str, sums_group: h5py.Group | None,
@@ -459,7 +466,7 @@ class _Known:
         return cls(ds, sums, tuple(ds.shape[1:]), ds.dtype, attr_str(ds, DTYPE_ATTR),
                    int(read_attr(ds, FIRST_SNAPSHOT_ATTR, 0)), int(ds.shape[0]), ds.chunks,
                    int(sums.shape[1]) if sums is not None else 0, direct, packed, key,
-                   direct and sums is not None and writes_directly(ds))
+                   direct and sums is not None and writes_directly(ds), int(ds.shape[0]))
 
     def grow(self, rows: int) -> None:
         """Make room for *rows* rows (dataset and checksums), with h5py's checks skipped."""
@@ -683,7 +690,7 @@ class SnapshotStore:
             grown = known[target.members[0][0] if target.members else target.name]
             grown = grown.pack if isinstance(grown, _Member) else grown
             grown.grow(target.row + 1)  # an early-allocated dataset's chunks placed here
-            if grown.early:
+            if grown.early and target.row >= grown.bound_rows:
                 early.append(target)
         plan = SnapshotPlan(epoch, step, index, replaces, targets)
         if early:
