@@ -62,3 +62,19 @@ def overwrite(path: Path, at: int, data: bytes) -> None:
     with open(path, "r+b") as raw:
         raw.seek(at)
         raw.write(data)
+
+
+def takes_o_direct(folder: Path) -> bool:
+    """Whether *folder*'s file system opens files with ``O_DIRECT`` (else recordkit writes
+    every chunk through HDF5)."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return False
+    probe = folder / ".o_direct-probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | flag))
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+    return True

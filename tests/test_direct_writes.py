@@ -23,7 +23,7 @@ import recordkit
 from recordkit.errors import RecordDamagedError
 from recordkit.format import directio
 from recordkit.verify import verify
-from tests.support import chunk_at, overwrite
+from tests.support import chunk_at, overwrite, takes_o_direct
 
 MiB = 1 << 20
 
@@ -52,23 +52,9 @@ def _direct_bytes(rec: recordkit.Recorder) -> int:
     return int(rec._snapshots._store.direct_bytes)
 
 
-def _supported(folder: Path) -> bool:
-    """Whether this folder's file system takes O_DIRECT at all (else the buffered write
-    is the one to test)."""
-    probe = folder / "probe"
-    probe.write_bytes(b"")
-    try:
-        os.close(os.open(probe, os.O_WRONLY | getattr(os, "O_DIRECT", 0)))
-    except OSError:
-        return False
-    finally:
-        probe.unlink()
-    return hasattr(os, "O_DIRECT")
-
-
 @pytest.fixture
 def direct(tmp_path: Path) -> Path:
-    if not _supported(tmp_path):
+    if not takes_o_direct(tmp_path):
         pytest.skip(f"{tmp_path}'s file system refuses O_DIRECT")
     return tmp_path
 

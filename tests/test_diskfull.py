@@ -31,6 +31,7 @@ import pytest
 
 import recordkit
 from recordkit.errors import RecordWriteError
+from tests.support import takes_o_direct
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,21 +105,10 @@ def _check_direct(result: dict, direct: bool) -> None:
     if not direct:
         assert result["direct"] == 0, result
     elif result["direct"] == 0 and (result["path"] is None
-                                    or not _takes_o_direct(Path(result["path"]).parent)):
+                                    or not takes_o_direct(Path(result["path"]).parent)):
         pytest.skip("this file system refuses O_DIRECT")
     else:
         assert result["direct"] > 0, result
-
-
-def _takes_o_direct(folder: Path) -> bool:
-    probe = folder / ".o_direct-probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0)))
-    except OSError:
-        return False
-    finally:
-        probe.unlink(missing_ok=True)
-    return hasattr(os, "O_DIRECT")
 
 
 @pytest.mark.parametrize("writes", sorted(WRITES))

@@ -71,9 +71,9 @@ def writes_directly(ds: h5py.Dataset) -> bool:
 
 
 def open_direct(f: h5py.File, path: Path) -> int | None:
-    """A descriptor of *f*'s file opened for direct writes (by its name, *path* or the
-    name HDF5 opened it by, and only when that is still the same file), or None where
-    ``O_DIRECT`` is not available."""
+    """A descriptor of *f*'s file opened for direct writes (by the name HDF5 opened it
+    by, else by *path*, which a published resume was renamed to; only when that is still
+    the same file), or None where ``O_DIRECT`` is not available."""
     flag = getattr(os, "O_DIRECT", 0)
     if not flag:
         return None
@@ -81,7 +81,7 @@ def open_direct(f: h5py.File, path: Path) -> int | None:
         held = os.fstat(file_handle(f))
     except (OSError, ValueError, RuntimeError):
         return None
-    for name in dict.fromkeys((str(path), str(f.filename))):
+    for name in dict.fromkeys((str(f.filename), str(path))):
         try:
             fd = os.open(name, os.O_WRONLY | flag | getattr(os, "O_CLOEXEC", 0))
         except OSError:
