@@ -30,11 +30,14 @@ loaded once, without ``load()`` in the time) and ``np.fromfile`` of the same byt
 their offset in the raw file (the floor). Each result is copied into a reused buffer
 (every byte read), so an mmap's laziness does not count as speed. Two passes: files in
 the page cache, and with each file's pages dropped (``posix_fadvise(DONTNEED)``) before
-each read.
+each read. Then a whole epoch, in the page cache: ``np.fromfile`` of the raw epoch file
+(one read of all its bytes), ``safetensors.torch.load_file``, and recordkit
+``weights(epoch)`` of a record loaded once and after a fresh ``load()``.
 
 Targets (issue 13): recordkit write throughput >= 1.0x safetensors and >= 0.95x raw in
 the same run; one tensor read no slower than safetensors (page cache; the dropped pass is
-informational: it measures this disk); write_bytes per snapshot <= 1.02x the tensor bytes.
+informational: it measures this disk); write_bytes per snapshot <= 1.02x the tensor bytes;
+a whole epoch of a record loaded once <= 1.2x reading its bytes raw.
 
 Run: ``python benchmarks/bench_peers.py [--quick] [--rounds N] [--reads N]``
 (full: 4 x 256 MiB, 5 rounds, 2-3 minutes; quick: 4 x 32 MiB, 3 rounds, no verdicts
@@ -233,6 +236,34 @@ READ_WAYS = ["raw", "safetensors", "torch.load(mmap)", "recordkit",
              "recordkit, loaded once"]
 
 
+def pages_touched(array: np.ndarray) -> int:
+    """One byte of every page of *array* read (a tensor backed by a file mapping, as
+    safetensors' may be, is then in memory, not merely mapped); its bytes."""
+    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    int(flat[::4096].sum())
+    return int(flat.nbytes)
+
+
+def read_epoch(readers: Readers, way: str) -> int:
+    """Every tensor of epoch READ_EPOCH, every page of each touched (:func:`pages_touched`);
+    the bytes read."""
+    if way == "raw":
+        path = readers.files["raw"][READ_EPOCH]
+        return pages_touched(np.fromfile(path, dtype=np.uint8))  # the whole epoch: one read
+    if way == "safetensors":
+        arrays = {k: v.numpy() for k, v in
+                  safetensors.torch.load_file(str(readers.files["safetensors"][READ_EPOCH])
+                                              ).items()}
+    elif way == "recordkit":
+        arrays = load(readers.path("recordkit")).weights(READ_EPOCH)
+    else:
+        arrays = readers.record.weights(READ_EPOCH)
+    return sum(pages_touched(a) for a in arrays.values())
+
+
+EPOCH_WAYS = ["raw", "safetensors", "recordkit", "recordkit, loaded once"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 x 32 MiB, 3 rounds")
@@ -334,6 +365,30 @@ def main() -> None:
                    f"time), recordkit / raw ({med['recordkit, loaded once'] * 1000:.2f} ms; "
                    f"raw {med['raw'] * 1000:.2f} ms)", ratio, "none (issue 13 item 3: <= 1.2)",
                    None)
+        # A whole epoch (issue 13 item 3: weights(epoch) <= 1.2x reading its bytes raw).
+        sizes = {way: read_epoch(readers, way) for way in EPOCH_WAYS}
+        assert len(set(sizes.values())) == 1, sizes
+        epoch_mib = sizes["raw"] / MiB
+        epoch_reads = max(3, reads // 3)
+        print(f"  reading all of epoch {READ_EPOCH} ({epoch_mib:.0f} MiB), in the page cache, "
+              f"{epoch_reads} reads of each way, order alternated")
+        took = {w: [] for w in EPOCH_WAYS}
+        for i in range(epoch_reads):
+            for way in EPOCH_WAYS if i % 2 == 0 else reversed(EPOCH_WAYS):
+                start = time.perf_counter()
+                read_epoch(readers, way)
+                took[way].append(time.perf_counter() - start)
+        med = {w: statistics.median(t) for w, t in took.items()}
+        print("  [whole epoch] median ms: " + ", ".join(
+            f"{w} {med[w] * 1000:.1f} ({epoch_mib / med[w]:.0f} MiB/s)" for w in EPOCH_WAYS))
+        for way in ("recordkit, loaded once", "recordkit"):
+            for base in ("raw", "safetensors"):
+                ratio = statistics.median(a / b for a, b in zip(took[way], took[base]))
+                goal = way == "recordkit, loaded once" and base == "raw"
+                report(f"read a whole epoch, {way} / {base} ({med[way] * 1000:.1f} ms; "
+                       f"{base} {med[base] * 1000:.1f} ms, {epoch_mib / med[base]:.0f} "
+                       "MiB/s)", ratio, target("<= 1.2") if goal else "none",
+                       ratio <= 1.2 if goal and not args.quick else None)
 
 
 if __name__ == "__main__":

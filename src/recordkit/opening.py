@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,8 +25,16 @@ from recordkit.errors import (
 )
 from recordkit.format.attrs import is_record, read_attr
 from recordkit.format.checksums import identity_crc
+from recordkit.format.chunkread import file_fd
 from recordkit.format.extras import extra_keys
-from recordkit.format.files import RecordFile, is_open, open_id, open_read_only
+from recordkit.format.files import (
+    RecordFile,
+    file_stamp,
+    is_open,
+    open_id,
+    open_read_only,
+    settled,
+)
 from recordkit.format.header import (
     params_hash_crcs,
     read_checked_text,
@@ -66,13 +74,14 @@ from recordkit.format.safety import (
     read_root_attrs,
 )
 from recordkit.format.summary import read_summary
-from recordkit.format.weights import read_table, stored_tensor, stored_tensors
+from recordkit.format.weights import lay_out, read_table, stored_tensor, stored_tensors
 from recordkit.locking import is_locked
 from recordkit.repair import damage_hint, has_hdf5_signature, open_with_patched_eof
 
 __all__ = ["PARTS", "Opened", "check_params_hash", "open_record", "out_of_memory",
            "read_closed_summary", "read_consistently", "read_info_alone", "read_lazily",
-           "read_opened", "read_parts", "read_tensor", "reading"]
+           "read_opened", "read_parts", "read_tensor", "reading", "recalled",
+           "remembered"]
 
 T = TypeVar("T")
 
@@ -478,7 +487,10 @@ def read_tensor(f: RecordFile, path: Path, name: str, *, snapshots: Any = None,
         walked += checked or 0
     check_weights_layout(f, path, (key,))
     stored, tensor = stored_tensor(f[WEIGHTS], key, rows)
-    return (tensor if stored == name else None), snapshots, walked
+    if stored != name:
+        return None, snapshots, walked
+    lay_out(f, tensor, path)  # its first snapshot read then needs no second open
+    return tensor, snapshots, walked
 
 
 def read_lazily(path: Path, held: RecordFile | None, read: Callable[[RecordFile], T]) -> T:
@@ -507,6 +519,52 @@ def read_lazily(path: Path, held: RecordFile | None, read: Callable[[RecordFile]
                     f"{damage_hint(path, err)}"
                 ) from None
     return read_consistently(path, read)
+
+
+#: What reads of a file gave, kept for the next open of the same file in this process
+#: while it is unchanged: (device, inode) -> (its stamp, {what: value}). Each value is
+#: the result of a read that passed its safety checks on the file as it was then; the
+#: same bytes pass them again. Emptied when it holds :data:`_MAX_REMEMBERED` files.
+_REMEMBERED: dict[tuple[int, int], tuple[tuple[int, int, int], dict[Hashable, Any]]] = {}
+_MAX_REMEMBERED = 256
+
+
+def recalled(path: Path, what: Hashable) -> Any:
+    """What :func:`remembered` kept as *what* of the file now at *path*, if the file is
+    unchanged since (same device, inode and :func:`~recordkit.format.files.file_stamp`);
+    else None. Costs one ``stat``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    entry = _REMEMBERED.get((st.st_dev, st.st_ino))
+    if entry is None or entry[0] != file_stamp(st):
+        return None
+    return entry[1].get(what)
+
+
+def remembered(f: RecordFile, what: Hashable, read: Callable[[RecordFile], T]) -> T:
+    """``read(f)``, kept as *what* for :func:`recalled` when the file did not change
+    during the read and was :func:`~recordkit.format.files.settled` before it (a file
+    read through a patched view, or on another driver, is not kept). Not None."""
+    fd = file_fd(f)
+    before = os.fstat(fd) if fd is not None else None
+    value = read(f)
+    if before is None or not settled(before):
+        return value
+    after = os.fstat(fd)  # type: ignore[arg-type]
+    stamp = file_stamp(before)
+    if file_stamp(after) != stamp or (after.st_dev, after.st_ino) != (before.st_dev,
+                                                                       before.st_ino):
+        return value
+    key = (before.st_dev, before.st_ino)
+    entry = _REMEMBERED.get(key)
+    if entry is None or entry[0] != stamp:
+        if len(_REMEMBERED) >= _MAX_REMEMBERED:
+            _REMEMBERED.clear()
+        entry = _REMEMBERED[key] = (stamp, {})
+    entry[1][what] = value
+    return value
 
 
 def read_info_alone(path: str | os.PathLike[str]) -> Any:

@@ -42,6 +42,8 @@ from recordkit.opening import (
     read_parts,
     read_tensor,
     reading,
+    recalled,
+    remembered,
 )
 from recordkit.paths import resolve_path
 from recordkit.views import Extras, History, TensorHistory
@@ -182,14 +184,18 @@ class Record:
     def _read_full(self) -> None:
         """Read the root of the file (run fields, format) and the params, with their
         safety checks; what the summary said is superseded."""
-        opened = read_consistently(self._path, lambda f: read_opened(
-            f, self._path, max_read_bytes=self._max_read_bytes, check_params=False))
+        what = ("opened", self._max_read_bytes)
+        opened = recalled(self._path, what)  # this file, read unchanged before
+        if opened is None:
+            opened = read_consistently(self._path, lambda f: remembered(
+                f, what, lambda f: read_opened(f, self._path, check_params=False,
+                                               max_read_bytes=self._max_read_bytes)))
         self._summary = None
-        self._fields = opened.fields
+        self._fields = dict(opened.fields)  # (kept by remembered: not changed here)
         self._format_version = opened.format_version
         self._params_text = opened.params_text
         self.__dict__.pop("_params", None)  # decoded from this text on first use
-        self._unserialisable = opened.unserialisable
+        self._unserialisable = list(opened.unserialisable)
         self._walked = opened.walked
         self._params_hash_crcs = opened.params_hash_crcs
 
@@ -568,11 +574,17 @@ class Record:
         if "_format_version" not in self.__dict__:  # opened from its summary
             self._read_full()
         snapshots = self.__dict__.get("_snapshots")
-        tensor, table, walked = read_lazily(self._path, self._h5, lambda f: read_tensor(
-            f, self._path, name, snapshots=snapshots, walked=self._walked,
-            max_read_bytes=self._max_read_bytes))
+        what = ("tensor", name, self._walked, self._max_read_bytes, snapshots is None)
+        got = None if is_open(self._h5) else recalled(self._path, what)
+        if got is None:
+            got = read_lazily(self._path, self._h5, lambda f: remembered(
+                f, what, lambda f: read_tensor(f, self._path, name, snapshots=snapshots,
+                                               walked=self._walked,
+                                               max_read_bytes=self._max_read_bytes)))
+        tensor, table, walked = got
         self._walked = walked
-        self.__dict__.setdefault("_snapshots", table)
+        if "_snapshots" not in self.__dict__:
+            self._snapshots = table.copy()  # (kept by remembered: not shared)
         if tensor is not None:
             known[name] = tensor
         return tensor

@@ -14,7 +14,14 @@ import numpy as np
 from recordkit.format.extras import extra_flags_at, read_extra_at
 from recordkit.format.files import RecordFile
 from recordkit.format.layout import HISTORY_DTYPE
-from recordkit.format.weights import StoredTensor, fold_rows, no_rows, read_row, read_rows
+from recordkit.format.weights import (
+    StoredTensor,
+    fold_rows,
+    no_rows,
+    read_row,
+    read_row_unopened,
+    read_rows,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -181,6 +188,9 @@ class TensorHistory:
         if not -n <= i < n:
             raise IndexError(f"snapshot index {i} out of range: tensor {self.name!r} has "
                              f"{n} snapshots (epochs {self.epochs.tolist()[:10]})")
+        data = read_row_unopened(self._path, self._tensor, i % n)
+        if data is not None:  # laid out before in this process, the file unchanged since
+            return data
         with self._reading(f"snapshot {i % n} of tensor {self.name!r}") as f:
             return read_row(f, self._tensor, i % n, self._path)
 

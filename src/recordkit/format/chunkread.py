@@ -22,9 +22,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -182,11 +184,13 @@ class ChunkChecksumError(ValueError):
 
 
 #: Below this a row is read and checked on the calling thread alone, in cache-sized
-#: pieces. Measured at 4 MiB (paired, 300 reads, load average 9 on 2 cores), half the
-#: row on a helper thread took 2.3-2.9x ``np.fromfile`` against 1.6x alone: on a busy
-#: machine the helper waits for a core. Kept for rows this large, where one hand-over is
-#: small against the row.
-MIN_PIPELINED_BYTES = 64 << 20
+#: pieces; from it on, half of it is handed to a helper thread when that thread has
+#: been starting in time (:class:`_Sharer`). Measured at 4 MiB (300 reads, each paired
+#: with an ``np.fromfile`` of 4 MiB, medians of the ratios): idle machine, shared 1.32x
+#: against alone 1.53x; both cores busy, 1.50x against 1.42x (after a miss the helper
+#: is left out). The hand-over (a lock released, the helper woken) costs 20-80 us, as
+#: much as reading 0.5 MiB, so smaller rows are read alone.
+MIN_PIPELINED_BYTES = 2 << 20
 _helper: concurrent.futures.ThreadPoolExecutor | None = None
 _helper_pid = 0
 
@@ -200,6 +204,108 @@ def _helper_executor() -> concurrent.futures.ThreadPoolExecutor:
                 1, thread_name_prefix="recordkit-crc32c")
             _helper_pid = os.getpid()
         return _helper
+
+
+class _Share:
+    """A piece of work handed to the read helper thread, done by whichever thread claims
+    it first: the helper when it starts in time, else the caller once its own part is
+    done (a busy machine, where the helper waits for a core). Lighter than a
+    ``concurrent.futures`` future (two locks, no condition): at 4 MiB the hand-over is
+    what decides whether sharing pays.
+
+    The caller must :meth:`claim_or_wait` before it returns (the work writes into the
+    caller's buffer); the work's arguments are dropped once it ran, so that a buffer
+    is not kept alive by a finished item."""
+
+    __slots__ = ("_claimed", "_done", "_work", "error", "result")
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self._claimed = threading.Lock()
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._work: Callable[[], Any] | None = work
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> bool:
+        """Do the work unless the other thread claimed it; whether it was done here."""
+        if not self._claimed.acquire(blocking=False):
+            return False
+        work, self._work = self._work, None
+        try:
+            assert work is not None
+            self.result = work()
+        except BaseException as err:  # handed to the caller
+            self.error = err
+        finally:
+            self._done.release()
+        return True
+
+    def claim_or_wait(self) -> bool:
+        """Do the work here if the helper has not started it, else wait until it is done;
+        True when the helper did it."""
+        if self.run():
+            return False
+        self._done.acquire()
+        self._done.release()
+        return True
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class _Sharer:
+    """The read helper thread, and whether handing it work pays now: after a hand-over
+    the helper did not start on before the caller was done (the machine's cores are
+    busy), rows are read alone for the next :data:`_ALONE_AFTER_MISS` reads."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Share] = queue.SimpleQueue()
+        self._alone = 0
+        self._thread = threading.Thread(target=self._serve, name="recordkit-read-helper",
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            self._queue.get().run()
+
+    def wanted(self) -> bool:
+        if self._alone:
+            self._alone -= 1
+            return False
+        return True
+
+    def hand(self, work: Callable[[], Any]) -> _Share:
+        share = _Share(work)
+        self._queue.put(share)
+        return share
+
+    def settle(self, share: _Share) -> Any:
+        """Wait for (or do) *share*; its result. A share the helper had not started is
+        counted as a miss."""
+        if not share.claim_or_wait():
+            self._alone = _ALONE_AFTER_MISS
+        return share.value()
+
+
+#: Rows read alone after a hand-over the helper did not start on in time.
+_ALONE_AFTER_MISS = 32
+_sharer: _Sharer | None = None
+_sharer_pid = 0
+
+
+def _read_sharer() -> _Sharer:
+    """This process's :class:`_Sharer` (made again in a forked child: a thread does not
+    survive fork)."""
+    global _sharer, _sharer_pid
+    with _pool_lock:
+        if _sharer is None or _sharer_pid != os.getpid():
+            _sharer = _Sharer()
+            _sharer_pid = os.getpid()
+        return _sharer
 
 
 def stored_fd(ds: h5py.Dataset) -> int | None:
@@ -399,15 +505,14 @@ def read_laid_out_row(fd: int, layout: RowLayout, index: int, expected: np.ndarr
     total = layout.dtype.itemsize * math.prod(layout.shape)
     # Padded to whole chunks, so the edge chunk is read in place too.
     buffer = page_aligned(len(grid) * chunk_bytes)
-    if total < MIN_PIPELINED_BYTES:
+    if total < MIN_PIPELINED_BYTES or not _pipelined(fd, buffer, chunk_bytes, places,
+                                                     expected):
         starts = {k: at for k, _, at in places}
         crcs = _read_pieces(fd, buffer, chunk_bytes, starts,
                             [(k, offset, 0, chunk_bytes) for k, offset, _ in places])
         for (k, offset, _), crc in zip(places, crcs):
             if crc != int(expected[k]):
                 raise ChunkChecksumError(offset, "fails its CRC32C checksum")
-    else:
-        _pipelined(fd, buffer, chunk_bytes, places, expected)
     return buffer[:total].view(layout.dtype).reshape(layout.shape)
 
 
@@ -624,43 +729,35 @@ def _read_pieces(fd: int, buffer: np.ndarray, chunk_bytes: int,
     return crcs
 
 
-def _read_handed(fd: int, handed: list[np.ndarray], chunk_bytes: int,
-                 starts: dict[int, int], pieces: list[_Piece]) -> list[int]:
-    """:func:`_read_pieces` of the buffer in *handed* (see :func:`_pipelined`)."""
-    return _read_pieces(fd, handed[0], chunk_bytes, starts, pieces)
-
-
 def _pipelined(fd: int, buffer: np.ndarray, chunk_bytes: int,
-               places: list[_Place], expected: np.ndarray) -> None:
+               places: list[_Place], expected: np.ndarray) -> bool:
     """Read and check a row on two threads: the row's pieces (its chunks, a single chunk
-    cut in two) are shared out in two halves, one read and checked here, one by a helper
-    thread (``preadv`` and ``crc32c`` both release the GIL); a chunk cut in two is checked
-    by combining its halves' CRCs. One hand-over per row; when the helper has not started
-    by the time this thread is done (a busy machine), this thread does its half too."""
+    cut in two) are shared out in two halves, one read and checked here, one by the
+    helper thread (``preadv`` and ``crc32c`` both release the GIL); a chunk cut in two
+    is checked by combining its halves' CRCs. One hand-over per row; when the helper
+    has not started by the time this thread is done (a busy machine), this thread does
+    its half too. False, and nothing read, when the helper is not used now
+    (:meth:`_Sharer.wanted`)."""
+    sharer = _read_sharer()
+    if not sharer.wanted():
+        return False
     pieces: list[_Piece] = []
     for k, offset, _ in places:
         if len(places) == 1:  # one chunk: two halves, on whole pages
-            half = (chunk_bytes // 2) & ~4095 or chunk_bytes // 2
+            half = (chunk_bytes // 2) & ~(PAGE - 1) or chunk_bytes // 2
             pieces += [(k, offset, 0, half), (k, offset, half, chunk_bytes)]
         else:
             pieces.append((k, offset, 0, chunk_bytes))
     starts = {k: at for k, _, at in places}
     mine, theirs = pieces[len(pieces) // 2:], pieces[:len(pieces) // 2]
-    # The buffer goes over in a list emptied below: a work item (a cancelled one still
-    # queued, or one whose result is set) keeps its arguments, and with them a whole row,
-    # alive after this read returned (a third snapshot in weights.distance's peak).
-    handed = [buffer]
-    future = _helper_executor().submit(_read_handed, fd, handed, chunk_bytes, starts, theirs)
+    share = sharer.hand(functools.partial(_read_pieces, fd, buffer, chunk_bytes, starts,
+                                          theirs))
     try:
         mine_crcs = _read_pieces(fd, buffer, chunk_bytes, starts, mine)
     finally:
-        stolen = future.cancel()  # not started yet: do it here rather than wait
-        if not stolen:
-            concurrent.futures.wait([future])  # never free a buffer the thread still reads
-        handed.clear()
-    their_crcs = (_read_pieces(fd, buffer, chunk_bytes, starts, theirs) if stolen
-                  else future.result())
+        their_crcs = sharer.settle(share)  # never return a buffer the helper still fills
     _check_pieces(places, theirs + mine, their_crcs + mine_crcs, expected)
+    return True
 
 
 def check_stored_chunks(ds: h5py.Dataset, index: int, expected: np.ndarray) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import time
 from pathlib import Path
 
 import h5py
@@ -15,10 +16,9 @@ import numpy as np
 from recordkit.format.chunks import read_chunk, write_chunk
 from recordkit.format.layout import WRITE_OPTIONS
 
-__all__ = ["RecordFile", "close", "file_handle", "flush", "hdf5_lock_held", "hdf5_size",
-           "is_open", "new_file",
-           "open_file_object", "open_id", "open_read_only", "preallocate",
-           "reopen"]
+__all__ = ["RecordFile", "close", "file_handle", "file_stamp", "flush", "hdf5_lock_held",
+           "hdf5_size", "is_open", "new_file", "open_file_object", "open_id",
+           "open_read_only", "preallocate", "reopen", "settled"]
 
 #: An open record file, for modules outside this package that hold one without reading
 #: into it.
@@ -66,6 +66,34 @@ def open_file_object(view: io.RawIOBase) -> h5py.File:
 def file_handle(f: h5py.File) -> int:
     """The OS file descriptor of an open record (for fsync and fstat)."""
     return int(f.id.get_vfd_handle())
+
+
+def file_stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """What changes when a file is written: its size, mtime and ctime (ns). What a
+    reader keeps of a file across opens (a dataset's chunk places, a checked root) is
+    kept with it, and used while the file's stamp is the same (and it is the same file:
+    device and inode) and it was :func:`settled` when kept."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+#: A file's times are trusted to change on its next write only once they are this many
+#: seconds in the past: the kernel stamps a write with a clock that moves by ticks (a
+#: few ms on Linux), so a second write in the same tick that keeps the size (an
+#: attribute rewritten in place) would leave the stamp as it was. File systems whose
+#: times are whole seconds (FAT's are 2 s) get :data:`SETTLED_COARSE`. (Git's index
+#: has the same rule for its "racily clean" files.)
+SETTLED = 0.1
+SETTLED_COARSE = 3.0
+
+
+def settled(st: os.stat_result, now: float | None = None) -> bool:
+    """Whether what was read of a file whose ``fstat`` was *st* (before the read) may be
+    kept by its :func:`file_stamp`: its mtime and ctime are far enough in the past that
+    any later write changes one of them."""
+    now = time.time() if now is None else now
+    newest = max(st.st_mtime_ns, st.st_ctime_ns)
+    coarse = st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0
+    return now - newest / 1e9 >= (SETTLED_COARSE if coarse else SETTLED)
 
 
 def hdf5_lock_held() -> bool:

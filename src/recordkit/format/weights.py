@@ -59,6 +59,7 @@ from recordkit.format.directio import (
     write_at,
     writes_directly,
 )
+from recordkit.format.files import file_stamp, settled
 from recordkit.format.filters import ensure_readable
 from recordkit.format.history import check_rows
 from recordkit.format.layout import (
@@ -103,11 +104,13 @@ __all__ = [
     "dataset_aliases",
     "fold_rows",
     "is_pack",
+    "lay_out",
     "no_rows",
     "pack_members",
     "read_aliases",
     "read_last_snapshot",
     "read_row",
+    "read_row_unopened",
     "read_rows",
     "read_table",
     "read_tensors_at",
@@ -1168,7 +1171,8 @@ class _Laid:
     """(v2) What reading rows of an unfiltered, CRC32C-checked weight dataset needs
     without opening it through h5py (which costs more than reading a 4 MiB row): where
     its chunks are and its checksums, both read once; kept while the file is unchanged
-    on disk (:func:`_stamp`). None when the dataset is read otherwise."""
+    on disk (:func:`~recordkit.format.files.file_stamp`). None when the dataset is read
+    otherwise."""
 
     stamp: tuple[int, int, int]
     layout: RowLayout | None
@@ -1178,11 +1182,6 @@ class _Laid:
 #: (device, inode, link name) -> its _Laid; emptied when it grows past _MAX_LAID.
 _LAID: dict[tuple[int, int, str], _Laid] = {}
 _MAX_LAID = 4096
-
-
-def _stamp(st: os.stat_result) -> tuple[int, int, int]:
-    """What changes when a file is written: its size, mtime and ctime (ns)."""
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _lay_out(f: h5py.File, key: str, path: Path, stamp: tuple[int, int, int]) -> _Laid:
@@ -1208,16 +1207,17 @@ def _laid_rows(f: h5py.File, tensor: StoredTensor, last: int, path: Path
     if fd is None:
         return None
     st = os.fstat(fd)
-    stamp = _stamp(st)
+    stamp = file_stamp(st)
     where = (st.st_dev, st.st_ino, tensor.key)
     laid = _LAID.get(where)
     if laid is None or laid.stamp != stamp or (
             laid.layout is not None and laid.crcs is not None
             and last >= min(laid.layout.rows, len(laid.crcs))):
         laid = _lay_out(f, tensor.key, path, stamp)
-        if len(_LAID) >= _MAX_LAID:
-            _LAID.clear()
-        _LAID[where] = laid
+        if settled(st):  # else used for this read only: the next write may keep the stamp
+            if len(_LAID) >= _MAX_LAID:
+                _LAID.clear()
+            _LAID[where] = laid
     layout, crcs = laid.layout, laid.crcs
     if layout is None or crcs is None or last >= min(layout.rows, len(crcs)):
         return None  # read otherwise; a row past the checksums is damage said there
@@ -1238,6 +1238,54 @@ def _read_laid_out(f: h5py.File, tensor: StoredTensor, row: int, path: Path
         _LAID.pop(where, None)
         raise _damaged_chunk(path, _reader(f, tensor.key, path).dataset, tensor, row,
                              err) from None
+
+
+def read_row_unopened(path: Path, tensor: StoredTensor, row: int) -> np.ndarray | None:
+    """:func:`read_row` without opening the file through HDF5, when the :class:`_Laid` of
+    the tensor's dataset is known for the file as it is now (the same device, inode and
+    :func:`~recordkit.format.files.file_stamp`): the file's descriptor opened,
+    ``fstat``, and the row read and checked with ``preadv`` and CRC32C alone. None when
+    that does not apply (not laid out yet in this process, the file changed or was
+    replaced since, a row past what is known, no ``preadv``) or the row fails its check
+    (the entry is dropped, so that the read through HDF5 lays the dataset out again and
+    says what is wrong): then read it with :func:`read_row`.
+
+    The checks of the open through HDF5 (:func:`recordkit.opening.open_record`) were
+    made when the entry was: a file whose stamp is unchanged since holds the same bytes.
+    """
+    if not hasattr(os, "preadv"):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None  # renamed, removed, not allowed: the open through HDF5 says which
+    try:
+        st = os.fstat(fd)
+        where = (st.st_dev, st.st_ino, tensor.key)
+        laid = _LAID.get(where)
+        if (laid is None or laid.stamp != file_stamp(st) or laid.layout is None
+                or laid.crcs is None or not 0 <= row < min(laid.layout.rows, len(laid.crcs))):
+            return None
+        try:
+            return _member_of(read_laid_out_row(fd, laid.layout, row, laid.crcs[row]),
+                              tensor)
+        except ChunkChecksumError:
+            _LAID.pop(where, None)
+            return None
+    finally:
+        os.close(fd)
+
+
+def lay_out(f: h5py.File, tensor: StoredTensor, path: Path) -> None:
+    """Read where the chunks of the tensor's dataset are and their checksums now (one
+    :class:`_Laid`, kept while the file is unchanged), so that the first snapshot read
+    needs no second open (:func:`read_row_unopened`). Damage found here is left for that
+    read to say, with the snapshot it is in."""
+    try:
+        _laid_rows(f, tensor, 0, path)
+    except (RecordDamagedError, ChunkChecksumError, OSError, RuntimeError, KeyError,
+            ValueError, TypeError):
+        pass
 
 
 def fold_rows(f: h5py.File, tensor: StoredTensor, rows: list[int], path: Path,
