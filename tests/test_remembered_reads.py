@@ -96,6 +96,36 @@ def test_an_unchanged_record_is_read_again_without_opening_it(
     assert recordkit.load(path).snapshot_epochs == [0, 1, 2]
 
 
+def test_packed_tensors_and_extras_are_read_again_without_opening_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A packed tensor (v3) is found through the list of every tensor, which is kept
+    too, as are the snapshot table and the names of the extras."""
+    small = {f"norm{i}.bias": np.full(16, float(i), np.float32) for i in range(40)}
+    with recordkit.Recorder(tmp_path, system=False) as rec:
+        for epoch in range(2):
+            rec.snapshot({k: v + epoch for k, v in small.items()}, epoch=epoch)
+        rec.add("notes", {"seed": 7})
+    _settle(rec.path)
+    first = recordkit.load(rec.path)
+    assert np.array_equal(first.weight("norm3.bias")[1], small["norm3.bias"] + 1)
+    names, extras = first.tensor_names, list(first.extras)
+    assert len(names) == 40 and extras == ["notes"]
+
+    def no_open(path: Path) -> None:
+        raise AssertionError(f"{path} opened through HDF5")
+
+    monkeypatch.setattr(opening, "open_record", no_open)
+    again = recordkit.load(rec.path)  # the same reads, in the same order, as the first
+    assert np.array_equal(again.weight("norm3.bias")[1], small["norm3.bias"] + 1)
+    assert again.tensor_names == names and list(again.extras) == extras
+    assert again.snapshot_epochs == [0, 1]
+    for i in range(2):
+        for name in ("norm3.bias", "norm39.bias"):
+            assert np.array_equal(again.weight(name)[i], small[name] + i)
+    monkeypatch.undo()
+    assert again.extras["notes"] == {"seed": 7}
+
+
 def test_damage_after_a_read_is_refused_by_the_next_load(tmp_path: Path) -> None:
     state = _state()
     path = _record(tmp_path, state)

@@ -8,10 +8,10 @@ import copy
 import datetime as _dt
 import os
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from recordkit.config import config_hash, merged_config, run_config
 from recordkit.errors import RecordDamagedError, RecordkitError
 from recordkit.format.files import RecordFile, close, is_open
 from recordkit.format.layout import RUN_FIELDS, escape_name
+from recordkit.format.safety import MAX_OBJECTS
 from recordkit.format.safety import max_read_bytes as _read_cap
 from recordkit.format.summary import finished_epochs, metric_summary
 from recordkit.format.weights import StoredTensor, read_tensors_at
@@ -48,6 +49,8 @@ from recordkit.opening import (
 from recordkit.paths import resolve_path
 from recordkit.views import Extras, History, TensorHistory
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -75,6 +78,9 @@ def _copied(value: Any) -> Any:
 #: (:data:`recordkit.opening.PARTS`).
 _PART_ATTRS = {"system": "_system", "info": "_info", "history": "_history",
                "snapshots": "_snapshots", "tensors": "_tensors", "extras": "_extra_keys"}
+#: Parts kept by :func:`~recordkit.opening.remembered` across opens of an unchanged file:
+#: a table and two dicts of immutable values, each copied for its record.
+_KEPT_PARTS = frozenset({"snapshots", "tensors", "extras"})
 _ATTR_PARTS = {attr: part for part, attr in _PART_ATTRS.items()}
 
 
@@ -199,6 +205,29 @@ class Record:
         self._walked = opened.walked
         self._params_hash_crcs = opened.params_hash_crcs
 
+    def _kept_read(self, what: tuple[Any, ...],
+                   read: Callable[[RecordFile], tuple[T, int]]) -> tuple[T, int]:
+        """``read(file)`` of a part read on first use: (its value, the links the checks
+        walked in all, from ``self._walked`` on). When the same unchanged file gave it
+        before in this process (:func:`~recordkit.opening.recalled`), that value, if
+        the links its checks walked still fit in what the bound on the walk leaves
+        (:data:`~recordkit.format.safety.MAX_OBJECTS`); the caller copies what it
+        keeps."""
+        start = self._walked
+        what = (*what, self._max_read_bytes)
+        if not is_open(self._h5):
+            got = recalled(self._path, what)
+            if got is not None and start + got[1] <= MAX_OBJECTS:
+                return got[0], start + got[1]
+
+        def walked_here(f: RecordFile) -> tuple[T, int]:
+            value, walked = read(f)
+            return value, walked - start
+
+        value, links = read_lazily(self._path, self._h5,
+                                   lambda f: remembered(f, what, walked_here))
+        return value, start + links
+
     def _decoded_params(self) -> dict[str, Any]:
         """The params text read with the root, its hash compared, decoded.
 
@@ -227,14 +256,23 @@ class Record:
         if not missing:
             return
         snapshots = self.__dict__.get("_snapshots")
-        values, walked = read_lazily(self._path, self._h5, lambda f: read_parts(
-            f, self._path, missing, snapshots=snapshots, walked=self._walked,
-            max_read_bytes=self._max_read_bytes))
+
+        def read(f: RecordFile) -> tuple[dict[str, Any], int]:
+            return read_parts(f, self._path, missing, snapshots=snapshots,
+                              walked=self._walked, max_read_bytes=self._max_read_bytes)
+
+        # The table, the tensors and the extras are kept for the next open of the same
+        # unchanged file (as the root is): values no caller changes, copied below.
+        kept = set(missing) <= _KEPT_PARTS
+        if kept:
+            values, walked = self._kept_read(("parts", missing, snapshots is None), read)
+        else:
+            values, walked = read_lazily(self._path, self._h5, read)
         self._walked = walked
         for part, value in values.items():
             if _PART_ATTRS[part] not in self.__dict__:
                 setattr(self, _PART_ATTRS[part], History(value) if part == "history"
-                        else value)
+                        else value.copy() if kept else value)
 
     # --- the header cache (recordkit.headercache) --------------------------------------------
 
@@ -574,14 +612,14 @@ class Record:
         if "_format_version" not in self.__dict__:  # opened from its summary
             self._read_full()
         snapshots = self.__dict__.get("_snapshots")
-        what = ("tensor", name, self._walked, self._max_read_bytes, snapshots is None)
-        got = None if is_open(self._h5) else recalled(self._path, what)
-        if got is None:
-            got = read_lazily(self._path, self._h5, lambda f: remembered(
-                f, what, lambda f: read_tensor(f, self._path, name, snapshots=snapshots,
-                                               walked=self._walked,
-                                               max_read_bytes=self._max_read_bytes)))
-        tensor, table, walked = got
+
+        def read(f: RecordFile) -> tuple[tuple[StoredTensor | None, np.ndarray], int]:
+            tensor, table, walked = read_tensor(f, self._path, name, snapshots=snapshots,
+                                                walked=self._walked,
+                                                max_read_bytes=self._max_read_bytes)
+            return (tensor, table), walked
+
+        (tensor, table), walked = self._kept_read(("tensor", name, snapshots is None), read)
         self._walked = walked
         if "_snapshots" not in self.__dict__:
             self._snapshots = table.copy()  # (kept by remembered: not shared)
