@@ -162,16 +162,24 @@ def test_a_resumed_or_replaced_record_is_read_again(tmp_path: Path) -> None:
         replaced.weight("big")[3]
 
 
-def test_a_file_written_just_now_is_not_kept(tmp_path: Path) -> None:
+def test_a_file_written_just_now_is_not_kept(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file whose times are less than files.SETTLED old is read as before and nothing
+    of it is kept (SETTLED raised to a minute, so that a slow machine cannot settle it
+    during the test)."""
     path = _record(tmp_path, {"w": np.ones((300, 300), np.float32)})
-    os.utime(path)  # its times are now: a write in this same tick would keep its stamp
-    record = recordkit.load(path)
-    assert np.array_equal(record.weight("w")[1], np.full((300, 300), 2, np.float32))
-    if not files.settled(os.stat(path)):  # (a machine slow enough to settle it meanwhile)
-        assert _remembered(path) == []
-        st = os.stat(path)
-        laid = weights_format._LAID.get((st.st_dev, st.st_ino, "w"))
-        assert laid is None or laid.stamp != files.file_stamp(st)
+    monkeypatch.setattr(files, "SETTLED", 60.0)
+    for _ in range(2):
+        record = recordkit.load(path)
+        assert np.array_equal(record.weight("w")[1], np.full((300, 300), 2, np.float32))
+    assert _remembered(path) == []
+    st = os.stat(path)
+    laid = weights_format._LAID.get((st.st_dev, st.st_ino, "w"))
+    assert laid is None or laid.stamp != files.file_stamp(st)
+    monkeypatch.undo()
+    assert np.array_equal(recordkit.load(path).weight("w")[1], np.full((300, 300), 2,
+                                                                       np.float32))
+    assert _remembered(path)  # settled (files.SETTLED of 0.1 s): kept now
 
 
 def test_settled_times() -> None:
@@ -246,3 +254,78 @@ def test_a_large_row_is_shared_with_the_helper_or_read_alone(tmp_path: Path, hel
     overwrite(path, at + 4096, bytes(4096))  # a page of the helper's half (the first)
     with pytest.raises(RecordDamagedError, match=r"'one', dataset row 2"):
         recordkit.load(path).weight("one")[2]
+
+
+def test_a_record_holding_an_older_table_does_not_spoil_what_is_kept(tmp_path: Path
+                                                                    ) -> None:
+    """A record that read its snapshot table before the run was resumed counts the
+    tensor's snapshots from that table (its own view); what it reads is not kept for a
+    record that reads the file as it is now."""
+    state = _state()
+    path = _record(tmp_path, state)
+    older = recordkit.load(path)
+    assert older.snapshot_epochs == [0, 1, 2]
+    with recordkit.Recorder(tmp_path, resume=path, system=False) as rec:
+        rec.snapshot({k: v - 10 for k, v in state.items()}, epoch=3)
+    _settle(path)
+    assert older.weight("big").epochs.tolist() == [0, 1, 2]
+    assert set(older.tensor_names) == set(state)
+    for first_table in (True, False):
+        now = recordkit.load(path)
+        if first_table:
+            assert now.snapshot_epochs == [0, 1, 2, 3]
+        history = now.weight("big")
+        assert history.epochs.tolist() == [0, 1, 2, 3]
+        assert np.array_equal(history[-1], state["big"] - 10)
+
+
+def test_inside_a_with_block_the_held_file_is_read(tmp_path: Path) -> None:
+    """A ``with record:`` block reads the file it holds, even when another file was put
+    at its path since (one this process read, so its layout is known)."""
+    value = np.ones((1024, 1024), np.float32)
+    path = _record(tmp_path / "a", {"w": value})
+    other = _record(tmp_path / "b", {"w": value * 100})
+    assert recordkit.load(other).weight("w")[1][0, 0] == 101.0  # laid out, kept
+    record = recordkit.load(path)
+    with record:
+        history = record.weight("w")
+        assert history[1][0, 0] == 2.0
+        os.replace(other, path)
+        assert history[1][0, 0] == 2.0 and np.array_equal(history[2], value + 2)
+    assert recordkit.load(path).weight("w")[1][0, 0] == 101.0
+
+
+def test_a_read_error_of_a_kept_layout_is_said_as_damage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An I/O error while a row is read through a kept layout is not raised bare: the
+    row is read again through HDF5, whose error names the file and what to do."""
+    path = _record(tmp_path, {"w": np.ones((1024, 1024), np.float32)})
+    history = recordkit.load(path).weight("w")
+    assert history[1][0, 0] == 2.0
+
+    def failing(fd: int, buffers: object, offset: int) -> int:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "preadv", failing)
+    with pytest.raises(RecordDamagedError, match="Input/output error"):
+        history[1]
+
+
+def test_a_file_changed_between_its_stat_and_the_read_is_not_kept(tmp_path: Path
+                                                                 ) -> None:
+    """opening.remembered keeps a read only when the file is still the one stat'ed
+    before it was opened: a write in between (HDF5 read the root at the open) leaves
+    nothing kept."""
+    path = _record(tmp_path, {"w": np.ones(10, np.float32)})
+    before = opening.settled_stat(path)
+    assert before is not None
+    time.sleep(0.01)
+    os.utime(path)  # a write after the stat
+    with opening.open_record(path) as f:
+        assert opening.remembered(f, ("probe",), lambda f: 1, before) == 1
+    assert opening.recalled(path, ("probe",)) is None
+    _settle(path)
+    before = opening.settled_stat(path)
+    with opening.open_record(path) as f:
+        assert opening.remembered(f, ("probe",), lambda f: 2, before) == 2
+    assert opening.recalled(path, ("probe",)) == 2

@@ -14,6 +14,8 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from recordkit.codec import loads_json, params_hash
 from recordkit.errors import (
     NotARecordError,
@@ -81,7 +83,7 @@ from recordkit.repair import damage_hint, has_hdf5_signature, open_with_patched_
 __all__ = ["PARTS", "Opened", "check_params_hash", "open_record", "out_of_memory",
            "read_closed_summary", "read_consistently", "read_info_alone", "read_lazily",
            "read_opened", "read_parts", "read_tensor", "reading", "recalled",
-           "remembered"]
+           "remembered", "settled_stat"]
 
 T = TypeVar("T")
 
@@ -529,13 +531,28 @@ _REMEMBERED: dict[tuple[int, int], tuple[tuple[int, int, int], dict[Hashable, An
 _MAX_REMEMBERED = 256
 
 
+def current_stat(path: Path) -> os.stat_result | None:
+    """The ``fstat`` of the file at *path* now, through an open descriptor (a network
+    file system revalidates what it cached of a file on open, not on ``stat``); None
+    when it cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        return os.fstat(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def recalled(path: Path, what: Hashable) -> Any:
     """What :func:`remembered` kept as *what* of the file now at *path*, if the file is
     unchanged since (same device, inode and :func:`~recordkit.format.files.file_stamp`);
-    else None. Costs one ``stat``."""
-    try:
-        st = os.stat(path)
-    except OSError:
+    else None."""
+    st = current_stat(path)
+    if st is None:
         return None
     entry = _REMEMBERED.get((st.st_dev, st.st_ino))
     if entry is None or entry[0] != file_stamp(st):
@@ -543,28 +560,71 @@ def recalled(path: Path, what: Hashable) -> Any:
     return entry[1].get(what)
 
 
-def remembered(f: RecordFile, what: Hashable, read: Callable[[RecordFile], T]) -> T:
-    """``read(f)``, kept as *what* for :func:`recalled` when the file did not change
-    during the read and was :func:`~recordkit.format.files.settled` before it (a file
-    read through a patched view, or on another driver, is not kept). Not None."""
-    fd = file_fd(f)
-    before = os.fstat(fd) if fd is not None else None
+def settled_stat(path: Path) -> os.stat_result | None:
+    """The file at *path* as it is before a read that may be remembered (taken before
+    the file is opened: HDF5 reads the superblock and the root at the open), when it is
+    :func:`~recordkit.format.files.settled` now; else None (the read is not kept)."""
+    st = current_stat(path)
+    return st if st is not None and settled(st) else None
+
+
+def remembered(f: RecordFile, what: Hashable, read: Callable[[RecordFile], T],
+               before: os.stat_result | None) -> T:
+    """``read(f)``, kept as *what* for :func:`recalled` when the file is the one
+    *before* (:func:`settled_stat`, taken before *f* was opened) and unchanged from then
+    until the read is done; a write in between changes the stamp, since the file's
+    times were settled. A file read through a patched view, or on another driver, is
+    not kept; nor is anything when *before* is None. A value a tuple of which holds an
+    array equal to one kept for the same file keeps that one (the snapshot table read
+    with each tensor is kept once). Never None."""
     value = read(f)
-    if before is None or not settled(before):
+    fd = file_fd(f) if before is not None else None
+    if before is None or fd is None:
         return value
-    after = os.fstat(fd)  # type: ignore[arg-type]
+    after = os.fstat(fd)
     stamp = file_stamp(before)
-    if file_stamp(after) != stamp or (after.st_dev, after.st_ino) != (before.st_dev,
-                                                                       before.st_ino):
-        return value
     key = (before.st_dev, before.st_ino)
+    if file_stamp(after) != stamp or (after.st_dev, after.st_ino) != key:
+        return value
     entry = _REMEMBERED.get(key)
     if entry is None or entry[0] != stamp:
         if len(_REMEMBERED) >= _MAX_REMEMBERED:
             _REMEMBERED.clear()
         entry = _REMEMBERED[key] = (stamp, {})
-    entry[1][what] = value
+    entry[1][what] = _sharing_arrays(entry[1], value)
     return value
+
+
+def _sharing_arrays(kept: dict[Hashable, Any], value: T) -> T:
+    """*value* with each array among its items (a tuple's, nested once, or a dict's)
+    replaced by an equal array already among *kept*'s."""
+    def arrays(item: Any) -> Iterator[np.ndarray]:
+        if isinstance(item, np.ndarray):
+            yield item
+        elif isinstance(item, tuple):
+            for x in item:
+                yield from arrays(x)
+        elif isinstance(item, dict):
+            yield from (x for x in item.values() if isinstance(x, np.ndarray))
+
+    known = [a for v in kept.values() for a in arrays(v)]
+    if not known:
+        return value
+
+    def shared(item: Any, depth: int = 0) -> Any:
+        if isinstance(item, np.ndarray):
+            for other in known:
+                if (other.dtype == item.dtype and other.shape == item.shape
+                        and np.array_equal(other, item)):
+                    return other
+            return item
+        if isinstance(item, tuple) and depth < 2:
+            return tuple(shared(x, depth + 1) for x in item)
+        if isinstance(item, dict) and depth < 2:
+            return {k: shared(x, depth + 1) for k, x in item.items()}
+        return item
+
+    return shared(value)
 
 
 def read_info_alone(path: str | os.PathLike[str]) -> Any:

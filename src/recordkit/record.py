@@ -45,6 +45,7 @@ from recordkit.opening import (
     reading,
     recalled,
     remembered,
+    settled_stat,
 )
 from recordkit.paths import resolve_path
 from recordkit.views import Extras, History, TensorHistory
@@ -78,6 +79,11 @@ def _copied(value: Any) -> Any:
 #: (:data:`recordkit.opening.PARTS`).
 _PART_ATTRS = {"system": "_system", "info": "_info", "history": "_history",
                "snapshots": "_snapshots", "tensors": "_tensors", "extras": "_extra_keys"}
+def _same_table(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two snapshot tables are the same rows."""
+    return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+
+
 #: Parts kept by :func:`~recordkit.opening.remembered` across opens of an unchanged file:
 #: a table and two dicts of immutable values, each copied for its record.
 _KEPT_PARTS = frozenset({"snapshots", "tensors", "extras"})
@@ -193,9 +199,11 @@ class Record:
         what = ("opened", self._max_read_bytes)
         opened = recalled(self._path, what)  # this file, read unchanged before
         if opened is None:
+            before = settled_stat(self._path)
             opened = read_consistently(self._path, lambda f: remembered(
                 f, what, lambda f: read_opened(f, self._path, check_params=False,
-                                               max_read_bytes=self._max_read_bytes)))
+                                               max_read_bytes=self._max_read_bytes),
+                before))
         self._summary = None
         self._fields = dict(opened.fields)  # (kept by remembered: not changed here)
         self._format_version = opened.format_version
@@ -212,20 +220,22 @@ class Record:
         before in this process (:func:`~recordkit.opening.recalled`), that value, if
         the links its checks walked still fit in what the bound on the walk leaves
         (:data:`~recordkit.format.safety.MAX_OBJECTS`); the caller copies what it
-        keeps."""
+        keeps. *read* must depend on nothing this record read before (which may be
+        older than the file); not for a ``with record:`` block (the open file's view may
+        be older than the file)."""
         start = self._walked
         what = (*what, self._max_read_bytes)
-        if not is_open(self._h5):
-            got = recalled(self._path, what)
-            if got is not None and start + got[1] <= MAX_OBJECTS:
-                return got[0], start + got[1]
+        got = recalled(self._path, what)
+        if got is not None and start + got[1] <= MAX_OBJECTS:
+            return got[0], start + got[1]
 
         def walked_here(f: RecordFile) -> tuple[T, int]:
             value, walked = read(f)
             return value, walked - start
 
+        before = settled_stat(self._path)
         value, links = read_lazily(self._path, self._h5,
-                                   lambda f: remembered(f, what, walked_here))
+                                   lambda f: remembered(f, what, walked_here, before))
         return value, start + links
 
     def _decoded_params(self) -> dict[str, Any]:
@@ -257,17 +267,27 @@ class Record:
             return
         snapshots = self.__dict__.get("_snapshots")
 
-        def read(f: RecordFile) -> tuple[dict[str, Any], int]:
-            return read_parts(f, self._path, missing, snapshots=snapshots,
-                              walked=self._walked, max_read_bytes=self._max_read_bytes)
+        def read(table: np.ndarray | None
+                 ) -> Callable[[RecordFile], tuple[dict[str, Any], int]]:
+            return lambda f: read_parts(f, self._path, missing, snapshots=table,
+                                        walked=self._walked,
+                                        max_read_bytes=self._max_read_bytes)
 
         # The table, the tensors and the extras are kept for the next open of the same
-        # unchanged file (as the root is): values no caller changes, copied below.
-        kept = set(missing) <= _KEPT_PARTS
+        # unchanged file (as the root is): values no caller changes, copied below. The
+        # tensors' snapshot counts come from the table, so a kept list of them is one
+        # read with its table in the same open; it is used only when that table is the
+        # one this record holds (else the file changed since: read with this one).
+        kept = set(missing) <= _KEPT_PARTS and not is_open(self._h5)
+        got = None
         if kept:
-            values, walked = self._kept_read(("parts", missing, snapshots is None), read)
-        else:
-            values, walked = read_lazily(self._path, self._h5, read)
+            got = self._kept_read(("parts", missing), read(None))
+            if (snapshots is not None and "tensors" in missing
+                    and not _same_table(got[0]["snapshots"], snapshots)):
+                got = None
+        if got is None:
+            got = read_lazily(self._path, self._h5, read(snapshots))
+        values, walked = got
         self._walked = walked
         for part, value in values.items():
             if _PART_ATTRS[part] not in self.__dict__:
@@ -598,7 +618,7 @@ class Record:
                 raise KeyError(f"no tensor {name!r} in {str(self._path)!r}; tensors: "
                                f"{known}") from None
         return TensorHistory(name, tensor, tensor.epochs(self._snapshots), self._path,
-                             self._file)
+                             self._file, held=lambda: is_open(self._h5))
 
     def _one_tensor(self, name: str) -> StoredTensor | None:
         """The tensor *name* when the list of every tensor was not read: that one read
@@ -613,13 +633,27 @@ class Record:
             self._read_full()
         snapshots = self.__dict__.get("_snapshots")
 
-        def read(f: RecordFile) -> tuple[tuple[StoredTensor | None, np.ndarray], int]:
-            tensor, table, walked = read_tensor(f, self._path, name, snapshots=snapshots,
-                                                walked=self._walked,
-                                                max_read_bytes=self._max_read_bytes)
-            return (tensor, table), walked
+        def read(table: np.ndarray | None) -> Callable[
+                [RecordFile], tuple[tuple[StoredTensor | None, np.ndarray], int]]:
+            def read_one(f: RecordFile) -> tuple[tuple[StoredTensor | None, np.ndarray],
+                                                 int]:
+                tensor, read_table, walked = read_tensor(
+                    f, self._path, name, snapshots=table, walked=self._walked,
+                    max_read_bytes=self._max_read_bytes)
+                return (tensor, read_table), walked
+            return read_one
 
-        (tensor, table), walked = self._kept_read(("tensor", name, snapshots is None), read)
+        # The tensor's snapshot count comes from the table: a kept tensor is one read
+        # with its table in the same open, used only when that table is the one this
+        # record holds (else the file changed since: read with this one).
+        got = None
+        if not is_open(self._h5):
+            got = self._kept_read(("tensor", name), read(None))
+            if snapshots is not None and not _same_table(got[0][1], snapshots):
+                got = None
+        if got is None:
+            got = read_lazily(self._path, self._h5, read(snapshots))
+        (tensor, table), walked = got
         self._walked = walked
         if "_snapshots" not in self.__dict__:
             self._snapshots = table.copy()  # (kept by remembered: not shared)

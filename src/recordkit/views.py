@@ -160,7 +160,7 @@ class TensorHistory:
     bytes of that one snapshot only."""
 
     def __init__(self, name: str, tensor: StoredTensor, epochs: np.ndarray, path: Path,
-                 reading: Reading) -> None:
+                 reading: Reading, *, held: Callable[[], bool] = lambda: False) -> None:
         self.name = name
         self.epochs = epochs
         self.shape = tensor.shape
@@ -168,6 +168,7 @@ class TensorHistory:
         self._tensor = tensor
         self._path = path
         self._reading = reading
+        self._held = held  # a ``with record:`` block holds the file: read that one
 
     def __len__(self) -> int:
         return len(self.epochs)
@@ -188,8 +189,10 @@ class TensorHistory:
         if not -n <= i < n:
             raise IndexError(f"snapshot index {i} out of range: tensor {self.name!r} has "
                              f"{n} snapshots (epochs {self.epochs.tolist()[:10]})")
-        data = read_row_unopened(self._path, self._tensor, i % n)
-        if data is not None:  # laid out before in this process, the file unchanged since
+        # laid out before in this process, the file at the path unchanged since (not in
+        # a ``with record:`` block, whose file another may have replaced at the path)
+        data = None if self._held() else read_row_unopened(self._path, self._tensor, i % n)
+        if data is not None:
             return data
         with self._reading(f"snapshot {i % n} of tensor {self.name!r}") as f:
             return read_row(f, self._tensor, i % n, self._path)

@@ -750,14 +750,25 @@ def _pipelined(fd: int, buffer: np.ndarray, chunk_bytes: int,
             pieces.append((k, offset, 0, chunk_bytes))
     starts = {k: at for k, _, at in places}
     mine, theirs = pieces[len(pieces) // 2:], pieces[:len(pieces) // 2]
-    share = sharer.hand(functools.partial(_read_pieces, fd, buffer, chunk_bytes, starts,
-                                          theirs))
+    # The helper reads through its own descriptor: a caller interrupted while it waits
+    # (Ctrl-C) closes its own, and that number may name another file by then.
+    share = sharer.hand(functools.partial(_read_pieces_dup, os.dup(fd), buffer,
+                                          chunk_bytes, starts, theirs))
     try:
         mine_crcs = _read_pieces(fd, buffer, chunk_bytes, starts, mine)
     finally:
         their_crcs = sharer.settle(share)  # never return a buffer the helper still fills
     _check_pieces(places, theirs + mine, their_crcs + mine_crcs, expected)
     return True
+
+
+def _read_pieces_dup(fd: int, buffer: np.ndarray, chunk_bytes: int,
+                     starts: dict[int, int], pieces: list[_Piece]) -> list[int]:
+    """:func:`_read_pieces` through *fd*, a descriptor of its own, closed after."""
+    try:
+        return _read_pieces(fd, buffer, chunk_bytes, starts, pieces)
+    finally:
+        os.close(fd)
 
 
 def check_stored_chunks(ds: h5py.Dataset, index: int, expected: np.ndarray) -> None:

@@ -1269,7 +1269,8 @@ def read_row_unopened(path: Path, tensor: StoredTensor, row: int) -> np.ndarray 
         try:
             return _member_of(read_laid_out_row(fd, laid.layout, row, laid.crcs[row]),
                               tensor)
-        except ChunkChecksumError:
+        except (ChunkChecksumError, OSError, ValueError, MemoryError):
+            # the read through HDF5 lays it out again and says what is wrong, as before
             _LAID.pop(where, None)
             return None
     finally:
@@ -1280,8 +1281,12 @@ def lay_out(f: h5py.File, tensor: StoredTensor, path: Path) -> None:
     """Read where the chunks of the tensor's dataset are and their checksums now (one
     :class:`_Laid`, kept while the file is unchanged), so that the first snapshot read
     needs no second open (:func:`read_row_unopened`). Damage found here is left for that
-    read to say, with the snapshot it is in."""
+    read to say, with the snapshot it is in. Nothing is read for a file written just
+    now (not :func:`~recordkit.format.files.settled`: it would not be kept)."""
+    fd = file_fd(f)
     try:
+        if fd is None or not settled(os.fstat(fd)):
+            return
         _laid_rows(f, tensor, 0, path)
     except (RecordDamagedError, ChunkChecksumError, OSError, RuntimeError, KeyError,
             ValueError, TypeError):
