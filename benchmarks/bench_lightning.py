@@ -20,8 +20,8 @@ float32), 8 batches of 64 per epoch, 6 epochs, fitted ``none``, ``recordkit``
 state_dict's bytes into reused buffers (``np.copyto``) and writing them raw (``tofile``,
 a file per snapshot, no fsync: the callback's defaults do not fsync either) on one
 thread, times the number of snapshots. Targets: the wall time the callback adds
-(``recordkit`` - ``none``, paired) <= 1.2 x that floor, and the fit <= 1.25 x ``none``
-(medians of the paired per-repeat figures).
+(``recordkit`` - ``none``, paired; its median) <= 1.2 x the median floor, and the fit
+<= 1.25 x ``none`` (the median of the paired per-repeat ratios).
 
 ``steps`` (issue 15, item 2): what recording step metrics costs, where it shows most: a
 small model (32 -> 64 -> 1, so a batch takes well under a millisecond), 400 batches of 16
@@ -320,13 +320,22 @@ def run_short(args: argparse.Namespace, tmp: Path) -> None:
     cpu = {s: statistics.median(CPU_SECONDS[s]) for s in setups if s != "floor"}
     print("[info] short case: process CPU seconds, median: "
           + ", ".join(f"{s} {c:.2f}" for s, c in cpu.items()))
-    added = statistics.median((r - n) / f for r, n, f in zip(
-        times["recordkit"], times["none"], times["floor"]))
+    # The floor's repeats are bimodal (40-60 ms when tofile's bytes find room in the
+    # page cache, 280-370 ms when they wait for writeback), set by the floor's place in
+    # the alternated order, not by the machine in that repeat: a per-repeat ratio is
+    # then 0.4 or 3 by turns. The verdict divides the median of what the callback adds
+    # (paired with the fit without it) by the median floor; the per-repeat median is
+    # printed beside it.
     added_s = statistics.median(r - n for r, n in zip(times["recordkit"], times["none"]))
+    added = added_s / floor
+    per_repeat = statistics.median((r - n) / f for r, n, f in zip(
+        times["recordkit"], times["none"], times["floor"]))
     tag = "info" if args.quick else "PASS" if added <= 1.2 else "FAIL"
     print(f"[{tag}] short case: wall time RecordCallback adds / floor (median of {repeats} "
-          f"paired: adds {added_s * 1000:.0f} ms, floor {floor * 1000:.0f} ms at "
+          f"paired: adds {added_s * 1000:.0f} ms; median floor {floor * 1000:.0f} ms at "
           f"{epochs * nbytes / 2**20 / floor:.0f} MiB/s): {added:.3f} (target <= 1.20)")
+    print(f"[info] short case: the same, median of the per-repeat ratios (each repeat's "
+          f"own floor): {per_repeat:.3f}")
     for other, target in (("none", 1.25), ("checkpoint+csv", None))[:1 if args.quick else 2]:
         ratio = paired_median(times["recordkit"], times[other])
         tag = ("info" if args.quick or target is None
