@@ -595,21 +595,17 @@ def remembered(f: RecordFile, what: Hashable, read: Callable[[RecordFile], T],
     return value
 
 
+#: The key, in a file's entry of :data:`_REMEMBERED`, of the distinct arrays its values
+#: hold (the snapshot table, usually one): what a new value's arrays are matched with.
+_ARRAYS = ("arrays",)
+
+
 def _sharing_arrays(kept: dict[Hashable, Any], value: T) -> T:
     """*value* with each array among its items (a tuple's, nested once, or a dict's)
-    replaced by an equal array already among *kept*'s."""
-    def arrays(item: Any) -> Iterator[np.ndarray]:
-        if isinstance(item, np.ndarray):
-            yield item
-        elif isinstance(item, tuple):
-            for x in item:
-                yield from arrays(x)
-        elif isinstance(item, dict):
-            yield from (x for x in item.values() if isinstance(x, np.ndarray))
-
-    known = [a for v in kept.values() for a in arrays(v)]
-    if not known:
-        return value
+    replaced by an equal one of the file's (``kept[_ARRAYS]``), which gets those it
+    lacked: each is compared with the few distinct arrays of the file, not with every
+    value kept (thousands of tensors read one by one)."""
+    known: list[np.ndarray] = kept.setdefault(_ARRAYS, [])
 
     def shared(item: Any, depth: int = 0) -> Any:
         if isinstance(item, np.ndarray):
@@ -617,6 +613,8 @@ def _sharing_arrays(kept: dict[Hashable, Any], value: T) -> T:
                 if (other.dtype == item.dtype and other.shape == item.shape
                         and np.array_equal(other, item)):
                     return other
+            if len(known) < 8:
+                known.append(item)
             return item
         if isinstance(item, tuple) and depth < 2:
             return tuple(shared(x, depth + 1) for x in item)

@@ -1260,7 +1260,10 @@ def read_row_unopened(path: Path, tensor: StoredTensor, row: int) -> np.ndarray 
     except OSError:
         return None  # renamed, removed, not allowed: the open through HDF5 says which
     try:
-        st = os.fstat(fd)
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return None  # (a stale handle on NFS): the read through HDF5 says what is wrong
         where = (st.st_dev, st.st_ino, tensor.key)
         laid = _LAID.get(where)
         if (laid is None or laid.stamp != file_stamp(st) or laid.layout is None
