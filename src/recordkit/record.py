@@ -79,15 +79,15 @@ def _copied(value: Any) -> Any:
 #: (:data:`recordkit.opening.PARTS`).
 _PART_ATTRS = {"system": "_system", "info": "_info", "history": "_history",
                "snapshots": "_snapshots", "tensors": "_tensors", "extras": "_extra_keys"}
-def _same_table(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two snapshot tables are the same rows."""
-    return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
-
-
+_ATTR_PARTS = {attr: part for part, attr in _PART_ATTRS.items()}
 #: Parts kept by :func:`~recordkit.opening.remembered` across opens of an unchanged file:
 #: a table and two dicts of immutable values, each copied for its record.
 _KEPT_PARTS = frozenset({"snapshots", "tensors", "extras"})
-_ATTR_PARTS = {attr: part for part, attr in _PART_ATTRS.items()}
+
+
+def _same_table(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two snapshot tables are the same rows."""
+    return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
 
 
 class Record:
@@ -214,29 +214,38 @@ class Record:
         self._params_hash_crcs = opened.params_hash_crcs
 
     def _kept_read(self, what: tuple[Any, ...],
-                   read: Callable[[RecordFile], tuple[T, int]]) -> tuple[T, int]:
-        """``read(file)`` of a part read on first use: (its value, the links the checks
-        walked in all, from ``self._walked`` on). When the same unchanged file gave it
-        before in this process (:func:`~recordkit.opening.recalled`), that value, if
-        the links its checks walked still fit in what the bound on the walk leaves
-        (:data:`~recordkit.format.safety.MAX_OBJECTS`); the caller copies what it
-        keeps. *read* must depend on nothing this record read before (which may be
-        older than the file); not for a ``with record:`` block (the open file's view may
-        be older than the file)."""
-        start = self._walked
-        what = (*what, self._max_read_bytes)
-        got = recalled(self._path, what)
-        if got is not None and start + got[1] <= MAX_OBJECTS:
-            return got[0], start + got[1]
+                   read: Callable[[RecordFile, np.ndarray | None], tuple[T, int]],
+                   table_of: Callable[[T], np.ndarray | None]) -> tuple[T, int]:
+        """``read(file, table)`` of a part read on first use: (its value, the links the
+        checks walked in all, from ``self._walked`` on); *table* is the snapshot table
+        it counts snapshots by, None to read the file's own (``table_of(value)``).
 
-        def walked_here(f: RecordFile) -> tuple[T, int]:
-            value, walked = read(f)
-            return value, walked - start
+        Outside a ``with record:`` block (whose open file's view may be older than the
+        file) the value is the file's own, read with its own table: recalled when the
+        same unchanged file gave it before in this process
+        (:func:`~recordkit.opening.recalled`; if the links its checks walked still fit
+        in what the bound on the walk leaves, :data:`~recordkit.format.safety.MAX_OBJECTS`),
+        else read and kept. It is used when this record holds no table yet or the same
+        one; else (the file changed since this record read its table) the part is read
+        with this record's table, not kept. The caller copies what it keeps."""
+        held = self.__dict__.get("_snapshots")
+        if not is_open(self._h5):
+            start = self._walked
+            what = (*what, self._max_read_bytes)
+            got = recalled(self._path, what)
+            if got is None or start + got[1] > MAX_OBJECTS:
+                def walked_here(f: RecordFile) -> tuple[T, int]:
+                    value, walked = read(f, None)
+                    return value, walked - start
 
-        before = settled_stat(self._path)
-        value, links = read_lazily(self._path, self._h5,
-                                   lambda f: remembered(f, what, walked_here, before))
-        return value, start + links
+                before = settled_stat(self._path)
+                got = read_lazily(self._path, self._h5,
+                                  lambda f: remembered(f, what, walked_here, before))
+            value, links = got
+            table = table_of(value)
+            if held is None or table is None or _same_table(table, held):
+                return value, start + links
+        return read_lazily(self._path, self._h5, lambda f: read(f, held))
 
     def _decoded_params(self) -> dict[str, Any]:
         """The params text read with the root, its hash compared, decoded.
@@ -265,28 +274,21 @@ class Record:
         missing = tuple(p for p in parts if _PART_ATTRS[p] not in self.__dict__)
         if not missing:
             return
-        snapshots = self.__dict__.get("_snapshots")
 
-        def read(table: np.ndarray | None
-                 ) -> Callable[[RecordFile], tuple[dict[str, Any], int]]:
-            return lambda f: read_parts(f, self._path, missing, snapshots=table,
-                                        walked=self._walked,
-                                        max_read_bytes=self._max_read_bytes)
+        def read(f: RecordFile, table: np.ndarray | None) -> tuple[dict[str, Any], int]:
+            return read_parts(f, self._path, missing, snapshots=table, walked=self._walked,
+                              max_read_bytes=self._max_read_bytes)
 
         # The table, the tensors and the extras are kept for the next open of the same
         # unchanged file (as the root is): values no caller changes, copied below. The
-        # tensors' snapshot counts come from the table, so a kept list of them is one
-        # read with its table in the same open; it is used only when that table is the
-        # one this record holds (else the file changed since: read with this one).
-        kept = set(missing) <= _KEPT_PARTS and not is_open(self._h5)
-        got = None
+        # tensors' snapshot counts come from the table read with them.
+        kept = set(missing) <= _KEPT_PARTS
         if kept:
-            got = self._kept_read(("parts", missing), read(None))
-            if (snapshots is not None and "tensors" in missing
-                    and not _same_table(got[0]["snapshots"], snapshots)):
-                got = None
-        if got is None:
-            got = read_lazily(self._path, self._h5, read(snapshots))
+            got = self._kept_read(("parts", missing), read, lambda values: values.get(
+                "snapshots") if "tensors" in missing else None)
+        else:
+            got = read_lazily(self._path, self._h5, lambda f: read(
+                f, self.__dict__.get("_snapshots")))
         values, walked = got
         self._walked = walked
         for part, value in values.items():
@@ -631,28 +633,16 @@ class Record:
             return known[name]
         if "_format_version" not in self.__dict__:  # opened from its summary
             self._read_full()
-        snapshots = self.__dict__.get("_snapshots")
 
-        def read(table: np.ndarray | None) -> Callable[
-                [RecordFile], tuple[tuple[StoredTensor | None, np.ndarray], int]]:
-            def read_one(f: RecordFile) -> tuple[tuple[StoredTensor | None, np.ndarray],
-                                                 int]:
-                tensor, read_table, walked = read_tensor(
-                    f, self._path, name, snapshots=table, walked=self._walked,
-                    max_read_bytes=self._max_read_bytes)
-                return (tensor, read_table), walked
-            return read_one
+        def read(f: RecordFile, table: np.ndarray | None
+                 ) -> tuple[tuple[StoredTensor | None, np.ndarray], int]:
+            tensor, read_table, walked = read_tensor(f, self._path, name, snapshots=table,
+                                                     walked=self._walked,
+                                                     max_read_bytes=self._max_read_bytes)
+            return (tensor, read_table), walked
 
-        # The tensor's snapshot count comes from the table: a kept tensor is one read
-        # with its table in the same open, used only when that table is the one this
-        # record holds (else the file changed since: read with this one).
-        got = None
-        if not is_open(self._h5):
-            got = self._kept_read(("tensor", name), read(None))
-            if snapshots is not None and not _same_table(got[0][1], snapshots):
-                got = None
-        if got is None:
-            got = read_lazily(self._path, self._h5, read(snapshots))
+        # the tensor's snapshot count comes from the table read with it
+        got = self._kept_read(("tensor", name), read, lambda value: value[1])
         (tensor, table), walked = got
         self._walked = walked
         if "_snapshots" not in self.__dict__:

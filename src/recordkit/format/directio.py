@@ -25,14 +25,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from recordkit.format.chunkread import PAGE  # (the page covers every disk's logical block)
 from recordkit.format.files import file_handle
 
-__all__ = ["MIN_DIRECT_BYTES", "PAGE", "direct_size", "early_allocation", "open_direct",
+__all__ = ["MIN_DIRECT_BYTES", "direct_size", "early_allocation", "open_direct",
            "write_at", "writes_directly"]
 
-#: What a direct write's buffer, file offset and length must be multiples of (the page
-#: covers every disk's logical block).
-PAGE = 4096
 #: HDF5's default chunk cache (1 MiB): a chunk written directly must be larger than the
 #: dataset's cache, and than this.
 MIN_DIRECT_BYTES = 1 << 20
@@ -103,7 +101,7 @@ def write_at(fd: int, dsid: h5py.h5d.DatasetID, coord: tuple[int, ...],
     Raises:
         OSError: the write failed (ENOSPC, EIO, ...), or stopped short.
     """
-    if raw.ctypes.data % PAGE or raw.nbytes % PAGE:
+    if raw.ctypes.data % PAGE or raw.nbytes % PAGE:  # what O_DIRECT needs
         return False
     try:
         info = dsid.get_chunk_info_by_coord(coord)
